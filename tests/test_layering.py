@@ -1,0 +1,60 @@
+"""Keeps the dependency direction of docs/DESIGN.md true by walking the imports of every module."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+# package -> top-level modules it must never import
+FORBIDDEN = {
+    "server": {"torch", "funasr", "export", "clients", "onnx", "yaml"},
+    "clients": {"torch", "funasr", "export", "server", "onnxruntime"},
+    "export": {"clients"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _modules(package: str) -> list[Path]:
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"{package}/ has no modules"
+    return files
+
+
+def test_batching_uses_only_the_standard_library() -> None:
+    for path in _modules("batching"):
+        outside = _imports(path) - STDLIB - {"batching"}
+        assert not outside, f"{path.relative_to(ROOT)} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_forbidden_imports(package: str) -> None:
+    for path in _modules(package):
+        bad = _imports(path) & FORBIDDEN[package]
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_serving_process_never_loads_torch_or_the_exporter() -> None:
+    code = (
+        "import sys, server.app, server.__main__, clients.cli\n"
+        "bad = sorted(m for m in ('torch', 'funasr', 'export', 'onnx') if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "", f"serving imports pulled in: {out.stdout.strip()}"
