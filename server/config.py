@@ -1,0 +1,220 @@
+"""Server settings: one frozen dataclass; every field is a command-line flag and an environment variable.
+
+``--max-batch-size`` is also ``EMOTION_MAX_BATCH_SIZE``. Precedence: flag > environment > default.
+Defaults are what measured best on a 2-core CPU machine (see ``benchmarks/``): one runner instance using
+every core for intra-op parallelism, with the adaptive batcher deciding whether batching pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "build_parser", "parse_settings"]
+
+ENV_PREFIX = "EMOTION_"
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot use."""
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "emotion2vec-serving")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told.
+
+    Field ``foo_bar`` is flag ``--foo-bar`` and environment variable ``EMOTION_FOO_BAR``.
+    """
+
+    # --- network
+    host: str = _opt("[::]", "address to listen on for gRPC")
+    port: int = _opt(50051, "gRPC port (0 picks a free port)")
+    metrics_port: int = _opt(9090, "Prometheus /metrics HTTP port (0 picks a free port, -1 disables)")
+    max_message_bytes: int = _opt(32 * 1024 * 1024, "largest gRPC message accepted, in bytes")
+    max_connection_age_s: float = _opt(
+        0.0, "close client connections after this many seconds so clients rebalance (0 = never)"
+    )
+    max_concurrent_streams: int = _opt(64, "StreamRecognize calls open at once; more are refused")
+    # --- model
+    model: str = _opt(
+        "demo",
+        "'demo' (tiny untrained model, built once), a model repository directory (has manifest.json), "
+        "a checkpoint directory or a model id (exported first; needs the 'export' extra)",
+    )
+    model_cache_dir: str = field(
+        default_factory=_default_cache_dir,
+        metadata={"help": "where built and exported model repositories are cached"},
+    )
+    providers: tuple[str, ...] = _opt(
+        ("CUDAExecutionProvider", "CPUExecutionProvider"),
+        "ONNX Runtime execution providers in order of preference, comma-separated",
+    )
+    intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per runner instance (0 = CPU cores)")
+    runner_instances: int = _opt(1, "model sessions run concurrently, each in its own thread")
+    graph_optimization_level: str = _opt("all", "ONNX Runtime graph optimisation: disable|basic|extended|all")
+    gpu_failures_before_fallback: int = _opt(
+        3, "consecutive GPU run failures after which the runner moves to a CPU session"
+    )
+    # --- batching
+    max_batch_size: int = _opt(8, "most requests in one batch")
+    preferred_batch_sizes: tuple[int, ...] = _opt((), "batch sizes to prefer, comma-separated (e.g. 4,8)")
+    max_batch_audio_s: float = _opt(60.0, "padded audio per batch (items x longest), in seconds")
+    max_queue_delay_ms: float = _opt(10.0, "longest a request waits for a batch to fill")
+    max_queue_requests: int = _opt(256, "queued requests before RESOURCE_EXHAUSTED")
+    max_queue_audio_s: float = _opt(600.0, "queued audio before RESOURCE_EXHAUSTED, in seconds")
+    adaptive_batching: bool = _opt(True, "fit a latency model and batch only when it pays")
+    default_timeout_s: float = _opt(30.0, "deadline applied to calls that carry none")
+    # --- audio limits
+    max_duration_s: float = _opt(60.0, "longest audio accepted per request or stream segment, in seconds")
+    min_duration_s: float = _opt(0.1, "shortest audio accepted per request, in seconds")
+    max_stream_duration_s: float = _opt(3600.0, "longest StreamRecognize audio, in seconds")
+    # --- lifecycle
+    warmup: bool = _opt(True, "run the model across the batch length ranges before reporting SERVING")
+    drain_grace_s: float = _opt(25.0, "on SIGTERM, time allowed to finish accepted work before exiting")
+    log_level: str = _opt("INFO", "logging level")
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} out of range")
+        if not -1 <= self.metrics_port <= 65535:
+            problems.append(f"metrics port {self.metrics_port} out of range")
+        if not self.providers:
+            problems.append("providers must name at least one execution provider")
+        if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
+            problems.append(
+                f"graph optimisation level {self.graph_optimization_level!r} is not one of "
+                f"{', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
+            )
+        for name in ("runner_instances", "max_batch_size", "max_queue_requests", "max_concurrent_streams",
+                     "max_message_bytes", "gpu_failures_before_fallback"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.intra_op_threads < 0:
+            problems.append("intra_op_threads must be >= 0")
+        for name in ("max_batch_audio_s", "max_queue_audio_s", "max_duration_s", "min_duration_s",
+                     "max_stream_duration_s", "default_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        for name in ("max_queue_delay_ms", "drain_grace_s", "max_connection_age_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if self.min_duration_s > self.max_duration_s:
+            problems.append("min_duration_s exceeds max_duration_s")
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def effective_intra_op_threads(self) -> int:
+        """Threads per session: the configured number, or the usable CPU cores."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _convert(kind: str, text: str) -> Any:
+    if kind == "bool":
+        return _parse_bool(text)
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if kind == "tuple[int, ...]":
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    return text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``emotion-server`` argument parser; every option names its environment variable."""
+    parser = argparse.ArgumentParser(
+        prog="emotion-server",
+        description="gRPC speech emotion recognition server (emotion2vec+ on ONNX Runtime). "
+        f"Every option can also be set with an environment variable {ENV_PREFIX}<OPTION_IN_UPPER_SNAKE>; "
+        "a flag wins over the environment.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(Settings):
+        kind = str(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]"
+        if kind == "bool":
+            parser.add_argument(
+                _flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                help=help_text + f" (default: {_show(default)})",
+            )
+        else:
+            parser.add_argument(
+                _flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
+                help=help_text + f" (default: {_show(default)})",
+            )
+    parser.formatter_class = argparse.HelpFormatter  # defaults are already in the help text
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from flags (``argv``) and the environment (``env``, default ``os.environ``).
+
+    Raises SettingsError naming the offending flag or variable.
+    """
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        kind = str(f.type)
+        raw = getattr(args, f.name)
+        source = _flag_name(f.name)
+        if raw is None and _env_name(f.name) in env:
+            raw, source = env[_env_name(f.name)], _env_name(f.name)
+        if raw is None:
+            continue
+        if isinstance(raw, bool):
+            values[f.name] = raw
+            continue
+        try:
+            values[f.name] = _convert(kind, raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}={raw!r}: {exc}") from exc
+    return Settings(**values)
