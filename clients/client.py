@@ -1,0 +1,244 @@
+"""Synchronous client for the emotion recognition service.
+
+>>> with EmotionClient("localhost:50051") as client:
+...     result = client.recognize("speech.wav")
+...     print(result.label, result.confidence)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+from emotion.v1 import emotion_pb2, emotion_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import results as R
+from ._requests import (
+    Granularity,
+    PcmName,
+    PreparedStream,
+    Segmentation,
+    as_pcm_bytes,
+    embed_request,
+    prepare_stream,
+    recognize_request,
+)
+from .audio import AudioInput
+from .channel import ChannelSettings, TLSConfig, create_channel
+from .errors import EmotionClientError, from_rpc_error
+from .retry import RetryPolicy
+
+__all__ = ["SERVICE_NAME", "EmotionClient"]
+
+#: The gRPC service name, also the health-check name Kubernetes readiness probes use.
+SERVICE_NAME = "emotion.v1.EmotionRecognizer"
+
+T = TypeVar("T")
+
+
+class EmotionClient:
+    """Blocking client. Thread-safe: one instance (one channel) can serve many threads.
+
+    Args:
+        target: ``host:port`` or any gRPC target, e.g. ``dns:///emotion-headless.ns.svc:50051``.
+        tls: TLS/mTLS settings; None for a plaintext channel.
+        token: bearer token sent as ``authorization: Bearer <token>`` on every call.
+        timeout_s: default deadline of each call, retries included (``stream`` has none by default).
+        retry: retry policy for UNAVAILABLE and RESOURCE_EXHAUSTED; ``NO_RETRY`` disables retries.
+        settings: full channel settings (overrides ``target``, ``tls`` and ``token``).
+        channel: an existing channel to use instead of creating one (not closed by ``close``).
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
+        timeout_s: float | None = 30.0,
+        retry: RetryPolicy | None = None,
+        settings: ChannelSettings | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.settings = settings or ChannelSettings(target=target, tls=tls, token=token)
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self._owns_channel = channel is None
+        self._channel = channel or create_channel(self.settings)
+        self._stub = emotion_pb2_grpc.EmotionRecognizerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = self.settings.token_metadata()
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the channel (when this client created it)."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> EmotionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ calls
+
+    def recognize(
+        self,
+        audio: AudioInput,
+        *,
+        sample_rate: int | None = None,
+        granularity: Granularity = "utterance",
+        embedding: bool = False,
+        smoothing_frames: int = 0,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> R.Recognition:
+        """Classify one utterance.
+
+        ``audio`` is a path, encoded bytes, or a numpy array (``sample_rate`` required). With
+        ``granularity="frame"`` the result also holds per-frame scores at 50 Hz, optionally smoothed by a
+        centred moving average over ``smoothing_frames``; ``embedding=True`` adds the utterance embedding.
+        """
+        request = recognize_request(audio, sample_rate, granularity, embedding, smoothing_frames, priority)
+        response = self._unary(self._stub.Recognize, request, timeout)
+        return R.recognition_from_proto(response, granularity)
+
+    def embed(
+        self,
+        audio: AudioInput,
+        *,
+        sample_rate: int | None = None,
+        frames: bool = False,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> R.EmbeddingResult:
+        """The utterance embedding ``[dim]``; with ``frames=True`` also frame embeddings ``[T, dim]``."""
+        request = embed_request(audio, sample_rate, frames, priority)
+        return R.embedding_from_proto(self._unary(self._stub.Embed, request, timeout))
+
+    def model_info(self, *, timeout: float | None = None) -> R.ModelInfo:
+        """Describe the served model."""
+        return R.model_info_from_proto(
+            self._unary(self._stub.GetModelInfo, emotion_pb2.GetModelInfoRequest(), timeout)
+        )
+
+    def health(self, service: str = SERVICE_NAME, *, timeout: float | None = None) -> str:
+        """The gRPC health status of ``service`` ("" = the whole server), e.g. ``"SERVING"``."""
+        response = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_until_serving(self, timeout: float = 30.0, service: str = SERVICE_NAME) -> None:
+        """Block until ``service`` reports SERVING (e.g. after the model warmed up); raise on timeout."""
+        deadline = time.monotonic() + timeout
+        last: str | Exception = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = self.health(service, timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                if last == "SERVING":
+                    return
+            except EmotionClientError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.settings.target} not SERVING after {timeout:.1f} s (last: {last})")
+
+    def stream(
+        self,
+        audio: Any,
+        *,
+        sample_rate: int | None = None,
+        channels: int = 1,
+        encoding: PcmName = "f32le",
+        segmentation: Segmentation | None = None,
+        embedding: bool = False,
+        priority: int = 0,
+        chunk_ms: float = 100.0,
+        realtime: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[R.Segment | R.StreamSummary]:
+        """Stream audio and yield each ``Segment`` as the server finishes it, then one ``StreamSummary``.
+
+        ``audio`` is a path (decoded locally to 16 kHz mono), a numpy array with ``sample_rate``, or an
+        iterable of PCM chunks (bytes in ``encoding``, or numpy arrays) with ``sample_rate``. Paths and
+        arrays are sent in ``chunk_ms`` chunks; ``realtime=True`` paces them at the audio's own speed.
+        A stream is retried only before its first result and when its source can be replayed.
+        ``timeout`` is a deadline for the whole stream (none by default).
+        """
+        prepared = prepare_stream(
+            audio, sample_rate, channels, encoding, segmentation, embedding, priority, chunk_ms
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            received = False
+            call = self._stub.StreamRecognize(
+                self._stream_requests(prepared, realtime),
+                timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                metadata=self._metadata,
+            )
+            try:
+                for message in call:
+                    received = True
+                    item = R.stream_item_from_proto(message)
+                    if item is not None:
+                        yield item
+                return
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if received or not prepared.replayable:
+                    raise error from exc
+                self._sleep_before_retry(error, attempt, deadline, exc)
+            finally:
+                call.cancel()  # no-op after a clean end; stops the upload when the caller stops early
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _stream_requests(
+        self, prepared: PreparedStream, realtime: bool
+    ) -> Iterator[emotion_pb2.StreamRecognizeRequest]:
+        yield emotion_pb2.StreamRecognizeRequest(config=prepared.config)
+        chunks = prepared.chunk_source() if prepared.replayable else prepared.chunk_source
+        start = time.monotonic()
+        sent_s = 0.0
+        encoding = prepared.encoding
+        for chunk in chunks:
+            data = as_pcm_bytes(chunk, encoding)
+            if not data:
+                continue
+            if realtime:
+                # Send each chunk when its audio would have been captured, as a live source would.
+                ahead = start + sent_s - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            yield emotion_pb2.StreamRecognizeRequest(audio=data)
+            sent_s += len(data) / prepared.bytes_per_second
+
+    def _unary(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        limit = self.timeout_s if timeout is None else timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                return method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                self._sleep_before_retry(from_rpc_error(exc), attempt, deadline, exc)
+
+    def _sleep_before_retry(
+        self, error: EmotionClientError, attempt: int, deadline: float | None, cause: BaseException
+    ) -> None:
+        """Sleep the backoff when ``error`` is retryable and time is left; otherwise raise ``error``."""
+        if not self.retry.should_retry(error.code, attempt):
+            raise error from cause
+        delay = self.retry.backoff_s(attempt, error.retry_after_s, self._rng)
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            raise error from cause
+        time.sleep(delay)
