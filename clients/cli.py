@@ -1,0 +1,444 @@
+"""``emotion-client``: the command-line client.
+
+    emotion-client --target localhost:50051 recognize clips/ --granularity frame --embedding
+    emotion-client stream call.wav --realtime
+    emotion-client plot call.wav --out call.png
+    emotion-client health
+
+Connection flags (``--target``, TLS, ``--token``) come before the command; each also reads an
+``EMOTION_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ._requests import Segmentation
+from .aio import AsyncEmotionClient
+from .audio import find_audio_files
+from .channel import ChannelSettings, TLSConfig
+from .client import SERVICE_NAME, EmotionClient
+from .errors import EmotionClientError
+from .results import Recognition, Segment, StreamSummary, recognition_to_json
+from .retry import RetryPolicy
+
+__all__ = ["main", "make_output_dir"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emotion-client", description="Client for the emotion2vec speech emotion recognition server."
+    )
+    conn = parser.add_argument_group("connection")
+    conn.add_argument(
+        "--target",
+        default=_env("EMOTION_TARGET", "localhost:50051"),
+        help="server address, e.g. dns:///emotion-headless:50051 (env EMOTION_TARGET; default %(default)s)",
+    )
+    conn.add_argument(
+        "--tls",
+        action="store_true",
+        default=_env("EMOTION_TLS") in ("1", "true"),
+        help="use TLS (implied by the certificate flags; env EMOTION_TLS=1)",
+    )
+    conn.add_argument(
+        "--root-cert", default=_env("EMOTION_ROOT_CERT"), help="CA bundle (PEM) to verify the server"
+    )
+    conn.add_argument(
+        "--client-cert", default=_env("EMOTION_CLIENT_CERT"), help="client certificate (PEM) for mTLS"
+    )
+    conn.add_argument(
+        "--client-key", default=_env("EMOTION_CLIENT_KEY"), help="client private key (PEM) for mTLS"
+    )
+    conn.add_argument(
+        "--server-name", default=_env("EMOTION_SERVER_NAME"), help="name to verify in the certificate"
+    )
+    conn.add_argument(
+        "--token",
+        default=_env("EMOTION_TOKEN"),
+        help="bearer token (env EMOTION_TOKEN); sent as 'authorization: Bearer <token>'",
+    )
+    conn.add_argument(
+        "--timeout",
+        type=float,
+        default=float(_env("EMOTION_TIMEOUT", "60") or 60),
+        help="deadline of each call in seconds, retries included (default %(default)s)",
+    )
+    conn.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries on UNAVAILABLE / RESOURCE_EXHAUSTED (default %(default)s)",
+    )
+    conn.add_argument(
+        "--lb",
+        choices=("round_robin", "pick_first"),
+        default="round_robin",
+        help="load-balancing policy over the resolved addresses (default %(default)s)",
+    )
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rec = sub.add_parser("recognize", help="classify files and directories")
+    rec.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    rec.add_argument("--granularity", choices=("utterance", "frame"), default="utterance")
+    rec.add_argument(
+        "--embedding", action="store_true", help="also save the utterance embedding (embedding.npy)"
+    )
+    rec.add_argument(
+        "--smoothing-frames", type=int, default=0, help="frame granularity: moving average width"
+    )
+    rec.add_argument(
+        "--output-dir",
+        default="outputs",
+        help="where the per-input outputs_YYYYMMDD_HHMMSS folders go (default %(default)s)",
+    )
+    rec.add_argument(
+        "--json", action="store_true", help="print one JSON line per input instead of writing files"
+    )
+    rec.add_argument("--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
+    rec.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    emb = sub.add_parser("embed", help="utterance (and frame) embeddings of a file")
+    emb.add_argument("file")
+    emb.add_argument("--frames", action="store_true", help="also return frame embeddings [T, dim]")
+    emb.add_argument("--out", help="write the embedding to this .npy file (frames to <stem>.frames.npy)")
+
+    stm = sub.add_parser(
+        "stream", help="stream a file in real-time-sized chunks; print segments as they arrive"
+    )
+    stm.add_argument("file")
+    stm.add_argument("--chunk-ms", type=float, default=100.0, help="chunk size (default %(default)s ms)")
+    stm.add_argument("--realtime", action="store_true", help="send chunks at the audio's own pace")
+    stm.add_argument("--segmentation", choices=("energy", "fixed"), default="energy")
+    stm.add_argument("--min-segment-s", type=float)
+    stm.add_argument("--max-segment-s", type=float)
+    stm.add_argument("--min-silence-s", type=float)
+    stm.add_argument("--energy-threshold-db", type=float)
+    stm.add_argument("--window-s", type=float, help="fixed segmentation: window length")
+    stm.add_argument("--hop-s", type=float, help="fixed segmentation: hop between windows")
+    stm.add_argument(
+        "--embedding", action="store_true", help="include each segment's embedding (JSON output)"
+    )
+    stm.add_argument("--json", action="store_true", help="print JSON lines")
+
+    hl = sub.add_parser("health", help="gRPC health status (exit 0 when SERVING)")
+    hl.add_argument("--service", default=SERVICE_NAME, help="service name; '' for the whole server")
+
+    sub.add_parser("info", help="describe the served model (JSON)")
+
+    pl = sub.add_parser("plot", help="frame-level emotion scores over time as a PNG")
+    pl.add_argument("file")
+    pl.add_argument("--out", default="plot.png", help="PNG path (default %(default)s)")
+    pl.add_argument("--width", type=int, default=1200, help="width in pixels (default %(default)s)")
+    pl.add_argument("--height", type=int, default=600, help="height in pixels (default %(default)s)")
+    pl.add_argument("--dpi", type=int, default=100)
+    pl.add_argument("--smoothing-frames", type=int, default=0, help="moving average over N frames")
+    pl.add_argument("--title")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> ChannelSettings:
+    tls = None
+    if args.tls or args.root_cert or args.client_cert or args.client_key:
+        tls = TLSConfig(
+            root_cert=args.root_cert,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+            server_name=args.server_name,
+        )
+    return ChannelSettings(target=args.target, tls=tls, token=args.token or None, load_balancing=args.lb)
+
+
+def _retry(args: argparse.Namespace) -> RetryPolicy:
+    return RetryPolicy(max_attempts=max(1, args.retries + 1))
+
+
+def _sync_client(args: argparse.Namespace) -> EmotionClient:
+    return EmotionClient(settings=_settings(args), timeout_s=args.timeout, retry=_retry(args))
+
+
+def _print_json(obj: Any, file: TextIO = sys.stdout) -> None:
+    print(json.dumps(obj, ensure_ascii=False), file=file, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- recognize
+
+
+def make_output_dir(root: Path, now: datetime | None = None) -> Path:
+    """Create ``root/outputs_YYYYMMDD_HHMMSS`` (``_1``, ``_2``... when taken) and return it.
+
+    The layout of the emotion2vec WebUI, which users script against. ``mkdir`` without ``exist_ok`` makes
+    the choice atomic, so concurrent writers never share a folder.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
+    n = 0
+    while True:
+        path = root / (f"outputs_{stamp}" if n == 0 else f"outputs_{stamp}_{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def _write_outputs(root: Path, source: Path, result: Recognition) -> Path:
+    folder = make_output_dir(root)
+    payload = recognition_to_json(result, input_name=str(source))
+    (folder / "result.json").write_text(
+        json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    if result.embedding is not None:
+        np.save(folder / "embedding.npy", result.embedding)
+    return folder
+
+
+async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
+    from tqdm import tqdm
+
+    root = Path(args.output_dir)
+    queue: asyncio.Queue[Path] = asyncio.Queue()
+    for path in files:
+        queue.put_nowait(path)
+    failures = 0
+    bar = tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+
+    async def worker(client: AsyncEmotionClient) -> None:
+        nonlocal failures
+        while True:
+            try:
+                path = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                data = await asyncio.to_thread(path.read_bytes)
+                result = await client.recognize(
+                    data,
+                    granularity=args.granularity,
+                    embedding=args.embedding,
+                    smoothing_frames=args.smoothing_frames,
+                )
+            except (EmotionClientError, OSError, ValueError) as exc:
+                failures += 1
+                bar.write(f"error: {path}: {exc}", file=sys.stderr)
+            else:
+                if args.json:
+                    payload = recognition_to_json(result, input_name=str(path))
+                    if result.embedding is not None:
+                        payload["embedding"] = result.embedding.tolist()
+                    bar.clear()
+                    _print_json(payload)
+                else:
+                    folder = await asyncio.to_thread(_write_outputs, root, path, result)
+                    bar.write(
+                        f"{path}: {result.label} ({result.confidence:.3f}) -> {folder}", file=sys.stderr
+                    )
+            finally:
+                bar.update(1)
+
+    try:
+        async with AsyncEmotionClient(
+            settings=_settings(args), timeout_s=args.timeout, retry=_retry(args)
+        ) as client:
+            await asyncio.gather(*(worker(client) for _ in range(max(1, min(args.concurrency, len(files))))))
+    finally:
+        bar.close()
+    if failures:
+        print(f"{failures} of {len(files)} inputs failed", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_recognize(args: argparse.Namespace) -> int:
+    files = find_audio_files(args.inputs)
+    if not files:
+        print("no audio files found", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_recognize_files(args, files))
+
+
+# ---------------------------------------------------------------------------------------------- others
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    with _sync_client(args) as client:
+        result = client.embed(args.file, frames=args.frames)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, result.embedding)
+        written = [str(out)]
+        if result.frames is not None:
+            frames_path = out.with_name(out.stem + ".frames.npy")
+            np.save(frames_path, result.frames)
+            written.append(str(frames_path))
+        print(f"dim {result.dim}: wrote {', '.join(written)}", file=sys.stderr)
+    else:
+        payload: dict[str, Any] = {
+            "input": args.file,
+            "dim": result.dim,
+            "embedding": result.embedding.tolist(),
+            "duration_s": result.duration_s,
+            "model": result.model.to_dict(),
+        }
+        if result.frames is not None:
+            payload["frames"] = result.frames.tolist()
+        _print_json(payload)
+    return EXIT_OK
+
+
+def _segment_json(item: Segment) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": "segment",
+        "segment_id": item.segment_id,
+        "start_s": item.start_s,
+        "end_s": item.end_s,
+        "emotion": item.label,
+        "confidence": item.confidence,
+        "scores": item.scores,
+        "timing": item.timing.to_dict(),
+    }
+    if item.embedding is not None:
+        out["embedding"] = item.embedding.tolist()
+    return out
+
+
+def _summary_json(item: StreamSummary) -> dict[str, Any]:
+    return {
+        "type": "summary",
+        "segments": item.segments,
+        "duration_s": item.duration_s,
+        "voiced_s": item.voiced_s,
+        "emotion": item.label,
+        "confidence": item.confidence,
+        "scores": item.scores,
+        "label_seconds": item.label_seconds,
+        "model": item.model.to_dict() if item.model else None,
+    }
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    segmentation = Segmentation(
+        mode=args.segmentation,
+        min_segment_s=args.min_segment_s,
+        max_segment_s=args.max_segment_s,
+        min_silence_s=args.min_silence_s,
+        energy_threshold_db=args.energy_threshold_db,
+        window_s=args.window_s,
+        hop_s=args.hop_s,
+    )
+    start = time.monotonic()
+    with _sync_client(args) as client:
+        # A stream lasts as long as its audio: the per-call timeout does not apply to it.
+        for item in client.stream(
+            args.file,
+            segmentation=segmentation,
+            embedding=args.embedding,
+            chunk_ms=args.chunk_ms,
+            realtime=args.realtime,
+        ):
+            if isinstance(item, Segment):
+                if args.json:
+                    _print_json(_segment_json(item))
+                else:
+                    print(
+                        f"[{item.start_s:7.2f} - {item.end_s:7.2f}] #{item.segment_id:<3d} "
+                        f"{item.label:<10s} {item.confidence:.3f}   (+{time.monotonic() - start:.2f} s)",
+                        flush=True,
+                    )
+            elif args.json:
+                _print_json(_summary_json(item))
+            else:
+                share = "".join(f"; {k} {v:.1f} s" for k, v in item.label_seconds.items() if v > 0)
+                print(
+                    f"summary: {item.segments} segments, {item.duration_s:.2f} s audio, "
+                    f"{item.voiced_s:.2f} s voiced; overall {item.label} ({item.confidence:.3f}){share}",
+                    flush=True,
+                )
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with _sync_client(args) as client:
+        status = client.health(args.service)
+    print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_FAILED
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _sync_client(args) as client:
+        info = client.model_info()
+    _print_json(
+        {
+            "model": info.model.to_dict(),
+            "labels": [{"index": x.index, "name": x.name, "name_zh": x.name_zh} for x in info.labels],
+            "sample_rate_hz": info.sample_rate_hz,
+            "frame_rate_hz": info.frame_rate_hz,
+            "embedding_dim": info.embedding_dim,
+            "execution_provider": info.execution_provider,
+            "min_duration_s": info.min_duration_s,
+            "max_duration_s": info.max_duration_s,
+        }
+    )
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_frame_scores
+
+    with _sync_client(args) as client:
+        result = client.recognize(args.file, granularity="frame", smoothing_frames=args.smoothing_frames)
+    path = plot_frame_scores(
+        result, args.out, width_px=args.width, height_px=args.height, dpi=args.dpi, title=args.title
+    )
+    print(f"wrote {path} ({args.width}x{args.height}, {len(result.frames)} frames)", file=sys.stderr)
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "recognize": cmd_recognize,
+    "embed": cmd_embed,
+    "stream": cmd_stream,
+    "health": cmd_health,
+    "info": cmd_info,
+    "plot": cmd_plot,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``emotion-client``; returns the exit status (0 ok, 1 failed, 2 usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except EmotionClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Frame-level emotion scores over time as a PNG (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .results import Recognition
+
+__all__ = ["label_runs", "plot_frame_scores"]
+
+
+def label_runs(labels: list[str]) -> list[tuple[int, int, str]]:
+    """Maximal runs of equal consecutive labels as ``(first, end_exclusive, label)``."""
+    runs: list[tuple[int, int, str]] = []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            runs.append((start, i, labels[start]))
+            start = i
+    return runs if labels else []
+
+
+def plot_frame_scores(
+    result: Recognition,
+    out: str | os.PathLike[str],
+    *,
+    width_px: int = 1200,
+    height_px: int = 600,
+    dpi: int = 100,
+    title: str | None = None,
+) -> Path:
+    """Draw one line per enabled emotion over time and shade each segment by its top label.
+
+    Segments are the runs of frames sharing a top label. The image is exactly ``width_px`` x ``height_px``.
+    """
+    if not result.frames:
+        raise ValueError("the result has no frames: recognize with granularity='frame'")
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    scores = result.frame_scores
+    times = np.array([(f.start_s + f.end_s) / 2 for f in result.frames])
+    # Disabled labels ("unuse_N") score 0 everywhere: drawing them only clutters the legend.
+    shown = [i for i, _ in enumerate(result.labels) if scores[:, i].max(initial=0.0) > 0.0]
+    cmap = plt.get_cmap("tab10")
+    colour = {name: cmap(i % 10) for i, name in enumerate(result.labels)}
+
+    fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    try:
+        for first, end, label in label_runs([f.label for f in result.frames]):
+            ax.axvspan(
+                result.frames[first].start_s,
+                result.frames[end - 1].end_s,
+                color=colour[label],
+                alpha=0.12,
+                lw=0,
+            )
+        for i in shown:
+            name = result.labels[i]
+            ax.plot(times, scores[:, i], color=colour[name], lw=1.4, label=name)
+        ax.set_xlim(result.frames[0].start_s, result.frames[-1].end_s)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("probability")
+        suffix = " (untrained demo model)" if result.model.untrained else ""
+        ax.set_title(title or f"{result.model.name}: top {result.label} ({result.confidence:.2f}){suffix}")
+        ax.legend(loc="upper right", fontsize="small", ncol=min(len(shown), 5) or 1)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # No bbox_inches="tight": it would change the pixel size the caller asked for.
+        fig.savefig(path, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    return path
