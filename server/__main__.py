@@ -1,0 +1,107 @@
+"""``emotion-server`` / ``python -m server``: resolve the model, then serve until SIGTERM.
+
+``--model`` is one of:
+- ``demo``: a tiny untrained model, built once into the cache by ``python -m export.cli demo`` in a
+  subprocess (so torch is never loaded into the server process). Its scores are meaningless.
+- a model repository directory (it has ``manifest.json``): served as is.
+- a checkpoint directory or a model id: exported once into the cache by ``python -m export.cli onnx``
+  in a subprocess (needs the ``export`` extra), then served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.config import Settings, SettingsError, parse_settings
+from server.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
+
+__all__ = ["ModelResolutionError", "main", "resolve_model"]
+
+log = logging.getLogger("server")
+
+
+class ModelResolutionError(RuntimeError):
+    """``--model`` names nothing the server can serve."""
+
+
+def _run_export(args: list[str], what: str) -> None:
+    cmd = [sys.executable, "-m", "export.cli", *args]
+    log.info("%s: %s", what, " ".join(cmd))
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0:
+        raise ModelResolutionError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}")
+
+
+def _require_export_extra(model: str) -> None:
+    missing = [name for name in ("torch", "funasr", "onnx") if importlib.util.find_spec(name) is None]
+    if missing or importlib.util.find_spec("export") is None:
+        raise ModelResolutionError(
+            f"--model {model!r} is not a model repository (no {MANIFEST_FILE}), so it must be exported to "
+            f"ONNX first, which needs the 'export' extra (missing: {', '.join(missing) or 'export'}). "
+            "Install it with: pip install 'emotion2vec-serving[export]', or export elsewhere with "
+            "'emotion-export onnx --source <checkpoint> --out <dir>' and pass --model <dir>."
+        )
+
+
+def resolve_model(settings: Settings) -> ModelManifest:
+    """Turn ``--model`` into a loaded manifest, building or exporting into the cache when needed."""
+    model = settings.model
+    cache = Path(settings.model_cache_dir).expanduser()
+    if model == "demo":
+        out = cache / "demo"
+        if not (out / MANIFEST_FILE).is_file():
+            _require_export_extra(model)
+            _run_export(["demo", "--out", str(out)], "building the demo model")
+        manifest = load_manifest(out)
+        log.warning("=" * 78)
+        log.warning("SERVING THE DEMO MODEL %s: random weights, its scores are UNTRAINED and MEANINGLESS",
+                    manifest.model_name)
+        log.warning("=" * 78)
+        return manifest
+    path = Path(model).expanduser()
+    if (path / MANIFEST_FILE).is_file():
+        return load_manifest(path)
+    # A checkpoint directory or a model id: export once, keyed by what was asked for.
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(path.resolve()) if path.exists() else model).strip("_")
+    key = hashlib.sha256(model.encode()).hexdigest()[:8]
+    out = cache / "exports" / f"{slug[-60:]}-{key}"
+    if not (out / MANIFEST_FILE).is_file():
+        _require_export_extra(model)
+        _run_export(["onnx", "--source", model, "--out", str(out)], f"exporting {model}")
+    manifest = load_manifest(out)
+    if manifest.untrained:
+        log.warning("the model %s is UNTRAINED: its scores are meaningless", manifest.model_name)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    try:
+        settings = parse_settings(argv)
+    except SettingsError as exc:
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        manifest = resolve_model(settings)
+    except (ModelResolutionError, ManifestError) as exc:
+        log.error("%s", exc)
+        return 2
+    from server.app import run_server  # after model resolution: keeps --help and errors fast
+
+    return asyncio.run(run_server(settings, manifest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

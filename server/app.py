@@ -1,0 +1,221 @@
+"""Wiring and lifecycle: runner -> batcher -> servicer -> grpc.aio server, with metrics and health.
+
+Start-up: load the model (reporting the provider really active), start the batcher, bind the port with
+health NOT_SERVING, warm the model up across the batch length ranges, then report SERVING.
+
+Shutdown (SIGTERM), in this order: health NOT_SERVING -> refuse new calls (UNAVAILABLE) -> let accepted
+calls finish and drain the batcher within ``drain_grace_s`` -> ``server.stop(grace)`` -> close the runner.
+A second SIGTERM (or SIGINT) exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+from emotion.v1 import emotion_pb2, emotion_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from batching import BatchPolicy, DynamicBatcher
+from server.audio import AudioLimits
+from server.config import Settings
+from server.health import SERVICE_NAME, Health
+from server.manifest import ModelManifest
+from server.metrics import ServerMetrics
+from server.runner import Runner, RunnerOptions, SessionFactory, ort_session_factory, split_on_error
+from server.service import EmotionService, ServiceLimits
+
+__all__ = ["EmotionServer", "run_server", "warmup_durations"]
+
+log = logging.getLogger(__name__)
+
+
+def warmup_durations(min_s: float, max_s: float) -> list[float]:
+    """Durations that cover the length range geometrically: min, 1, 2, 4, ... up to max (inclusive)."""
+    out = [min_s]
+    d = 1.0
+    while d < max_s:
+        if d > min_s:
+            out.append(d)
+        d *= 2
+    out.append(max_s)
+    return sorted(set(out))
+
+
+class EmotionServer:
+    """One running server. ``await start()``, then ``await stop()`` (or ``run_server`` for signals)."""
+
+    def __init__(self, settings: Settings, manifest: ModelManifest, *,
+                 session_factory: SessionFactory = ort_session_factory) -> None:
+        self.settings = settings
+        self.manifest = manifest
+        self.metrics = ServerMetrics(manifest.sample_rate_hz)
+        self.health = Health()
+        self._session_factory = session_factory
+        self._decode_executor = ThreadPoolExecutor(
+            max_workers=max(2, settings.effective_intra_op_threads), thread_name_prefix="decode"
+        )
+        self.runner: Runner | None = None
+        self.batcher: DynamicBatcher[Any, Any] | None = None
+        self.service: EmotionService | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self) -> None:
+        s = self.settings
+        m = self.manifest
+        self.metrics.set_model(m.model_name, m.model_version, m.precision, m.untrained)
+        if s.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(s.metrics_port)
+            log.info("metrics on http://0.0.0.0:%d/metrics", self.metrics_port)
+        options = RunnerOptions(
+            providers=s.providers, intra_op_threads=s.effective_intra_op_threads,
+            instances=s.runner_instances,
+            graph_optimization_level=s.graph_optimization_level,
+            gpu_failures_before_fallback=s.gpu_failures_before_fallback,
+        )
+        loop = asyncio.get_running_loop()
+        # Loading a large model takes seconds: keep the event loop free meanwhile.
+        self.runner = await loop.run_in_executor(None, lambda: Runner(
+            m, options, session_factory=self._session_factory, on_provider_change=self.metrics.set_provider,
+        ))
+        rate = m.sample_rate_hz
+        policy = BatchPolicy(
+            max_batch_size=s.max_batch_size,
+            preferred_batch_sizes=s.preferred_batch_sizes,
+            max_batch_cost=int(s.max_batch_audio_s * rate),
+            max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
+            max_queue_requests=s.max_queue_requests,
+            max_queue_cost=int(s.max_queue_audio_s * rate),
+            adaptive=s.adaptive_batching,
+        )
+        self.batcher = DynamicBatcher(self.runner.run, policy, instances=s.runner_instances,
+                                      observer=self.metrics, split_on_error=split_on_error)
+        await self.batcher.start()
+        batcher = self.batcher
+        self.metrics.bind_drain_estimate(lambda: float(batcher.estimated_drain_s))
+        audio_limits = AudioLimits(max_duration_s=s.max_duration_s, min_duration_s=s.min_duration_s,
+                                   max_encoded_bytes=s.max_message_bytes, target_sample_rate_hz=rate)
+        runner = self.runner
+        self.service = EmotionService(
+            manifest=m, batcher=self.batcher, metrics=self.metrics,
+            limits=ServiceLimits(audio=audio_limits, default_timeout_s=s.default_timeout_s,
+                                 max_concurrent_streams=s.max_concurrent_streams,
+                                 max_stream_duration_s=s.max_stream_duration_s),
+            decode_executor=self._decode_executor, provider=lambda: runner.provider,
+        )
+        grpc_options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),  # room for the envelope
+            ("grpc.max_send_message_length", s.max_message_bytes + 64 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        if s.max_connection_age_s > 0:
+            grpc_options += [("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+                             ("grpc.max_connection_age_grace_ms", int(s.drain_grace_s * 1000))]
+        self.server = grpc.aio.server(options=grpc_options)
+        emotion_pb2_grpc.add_EmotionRecognizerServicer_to_server(self.service, self.server)
+        await self.health.start()
+        self.health.add_to_server(self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {s.host}:{s.port}")
+        await self.server.start()
+        log.info("listening on %s:%d (model %s %s, provider %s)", s.host, self.port, m.model_name,
+                 m.model_version, self.runner.provider)
+        if s.warmup:
+            await self.warmup()
+        await self.health.set_serving()
+        log.info("SERVING")
+
+    async def warmup(self) -> None:
+        """Run the model on each length of ``warmup_durations`` (and one full batch) before SERVING."""
+        assert self.batcher is not None
+        s = self.settings
+        rate = self.manifest.sample_rate_hz
+        rng = np.random.default_rng(0)
+        started = time.monotonic()
+        for duration in warmup_durations(max(s.min_duration_s, 0.5), s.max_duration_s):
+            wave = (0.01 * rng.standard_normal(int(duration * rate))).astype(np.float32)
+            await self.batcher.submit(wave, cost=wave.shape[0], deadline=None)
+        # A burst of short items so batched shapes are compiled too.
+        burst = [(0.01 * rng.standard_normal(rate)).astype(np.float32) for _ in range(s.max_batch_size)]
+        await asyncio.gather(*(self.batcher.submit(w, cost=w.shape[0], deadline=None) for w in burst))
+        log.info("warm-up done in %.2f s", time.monotonic() - started)
+
+    async def stop(self) -> None:
+        """Ordered shutdown; idempotent. Accepted work finishes within ``drain_grace_s``."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace_end = time.monotonic() + self.settings.drain_grace_s
+        log.info("draining (grace %.1f s)", self.settings.drain_grace_s)
+        await self.health.enter_drain()
+        if self.service is not None:
+            self.service.begin_drain()
+            await self.service.wait_idle(max(0.0, grace_end - time.monotonic()))
+        if self.batcher is not None:
+            await self.batcher.close(drain=True, timeout_s=max(0.0, grace_end - time.monotonic()))
+        if self.server is not None:
+            await self.server.stop(grace=max(0.0, grace_end - time.monotonic()))
+        if self.runner is not None:
+            self.runner.close()
+        self.metrics.close()
+        self._decode_executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def run_server(settings: Settings, manifest: ModelManifest) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; returns the exit code (0 after a clean drain)."""
+    server = EmotionServer(settings, manifest)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.error("second %s: exiting now without draining", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s received", signal.Signals(signum).name)
+        stop_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        start = asyncio.ensure_future(server.start())
+        stop_wait = asyncio.ensure_future(stop_requested.wait())
+        done, _ = await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if start in done:
+            start.result()  # raise start-up errors
+            await stop_wait
+        else:
+            start.cancel()
+            with_suppress = asyncio.gather(start, return_exceptions=True)
+            await with_suppress
+        await server.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+_ = emotion_pb2  # the generated module must be imported before reflection reads its descriptor

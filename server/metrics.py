@@ -1,0 +1,155 @@
+"""Prometheus metrics with exactly the names of docs/DESIGN.md "Metrics", on a separate HTTP port.
+
+``ServerMetrics`` owns a dedicated ``CollectorRegistry`` (several servers can live in one process, as in
+tests) and implements the batcher's observer protocol. Observer methods run on the event loop and only
+update in-memory counters, so they never block.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["ServerMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+_AUDIO_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class ServerMetrics:
+    """All server metrics; also the batcher observer. Costs are in samples at ``sample_rate_hz``."""
+
+    def __init__(self, sample_rate_hz: int = 16000) -> None:
+        self.sample_rate_hz = sample_rate_hz
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("emotion_requests", "RPCs finished, by method and status code",
+                                ["rpc", "code"], registry=r)
+        self.request_duration = Histogram("emotion_request_duration_seconds",
+                                          "server-side end-to-end RPC time", ["rpc"],
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("emotion_queue_wait_seconds", "time requests wait in the batcher",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.inference_duration = Histogram("emotion_inference_duration_seconds", "model run time per batch",
+                                            buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("emotion_batch_size", "requests per batch", buckets=_BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_padded_audio = Histogram("emotion_batch_padded_audio_seconds",
+                                            "padded audio per batch (items x longest item)",
+                                            buckets=_AUDIO_BUCKETS, registry=r)
+        self.padded_audio = Counter("emotion_padded_audio_seconds",
+                                    "audio run through the model including padding", registry=r)
+        self.useful_audio = Counter("emotion_useful_audio_seconds",
+                                    "audio run through the model excluding padding", registry=r)
+        self.queue_requests = Gauge("emotion_queue_requests", "requests waiting in the batcher", registry=r)
+        self.queue_audio = Gauge("emotion_queue_audio_seconds", "audio waiting in the batcher", registry=r)
+        self.queue_drain = Gauge("emotion_queue_drain_seconds",
+                                 "estimated time to drain the queue at the fitted throughput", registry=r)
+        self.audio_seconds = Counter("emotion_audio_seconds", "audio processed, by method", ["rpc"],
+                                     registry=r)
+        self.predictions = Counter("emotion_predictions", "utterance and segment predictions by top label",
+                                   ["label"], registry=r)
+        self.confidence = Histogram("emotion_prediction_confidence", "probability of the top label",
+                                    buckets=_CONFIDENCE_BUCKETS, registry=r)
+        self.execution_provider = Gauge("emotion_execution_provider",
+                                        "1 for the ONNX Runtime execution provider in use", ["provider"],
+                                        registry=r)
+        self.provider_fallbacks = Counter("emotion_provider_fallbacks", "moves to another execution provider",
+                                          ["from_provider", "to_provider", "reason"], registry=r)
+        self.rejections = Counter("emotion_rejections", "requests refused before running", ["reason"],
+                                  registry=r)
+        self.batcher_dropped = Counter("emotion_batcher_dropped", "queued requests dropped before running",
+                                       ["reason"], registry=r)
+        self.batch_failures = Counter("emotion_batch_failures", "failed batch runs", ["retried"], registry=r)
+        self.active_streams = Gauge("emotion_active_streams", "open StreamRecognize calls", registry=r)
+        self.model_info = Gauge("emotion_model_info", "the served model",
+                                ["model", "version", "precision", "untrained"], registry=r)
+        self._lock = threading.Lock()
+        self._providers_seen: set[str] = set()
+        self._http: Any = None
+        self._http_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ server side
+
+    def set_model(self, model: str, version: str, precision: str, untrained: bool) -> None:
+        self.model_info.labels(model, version, precision, str(untrained).lower()).set(1)
+
+    def set_provider(self, old: str | None, new: str, reason: str) -> None:
+        """Record the active provider; thread-safe (the runner calls it from a worker thread)."""
+        with self._lock:
+            for provider in self._providers_seen:
+                self.execution_provider.labels(provider).set(0)
+            self._providers_seen.add(new)
+            self.execution_provider.labels(new).set(1)
+        if old is not None and old != new:
+            self.provider_fallbacks.labels(old, new, reason).inc()
+
+    def record_load_fallback(self, wanted: str, active: str) -> None:
+        self.provider_fallbacks.labels(wanted, active, "unavailable_at_load").inc()
+
+    def bind_drain_estimate(self, estimate: Callable[[], float]) -> None:
+        self.queue_drain.set_function(estimate)
+
+    def observe_request(self, rpc: str, code: str, duration_s: float) -> None:
+        self.requests.labels(rpc, code).inc()
+        self.request_duration.labels(rpc).observe(duration_s)
+
+    def observe_prediction(self, label: str, confidence: float) -> None:
+        self.predictions.labels(label).inc()
+        self.confidence.observe(confidence)
+
+    def observe_audio(self, rpc: str, seconds: float) -> None:
+        self.audio_seconds.labels(rpc).inc(seconds)
+
+    def reject(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
+
+    # ------------------------------------------------------------------ batcher observer protocol
+
+    def on_batch(self, size: int, padded_cost: int, useful_cost: int, run_s: float,
+                 queue_waits_s: Sequence[float]) -> None:
+        self.batch_size.observe(size)
+        self.batch_padded_audio.observe(padded_cost / self.sample_rate_hz)
+        self.padded_audio.inc(padded_cost / self.sample_rate_hz)
+        self.useful_audio.inc(useful_cost / self.sample_rate_hz)
+        self.inference_duration.observe(run_s)
+        for wait in queue_waits_s:
+            self.queue_wait.observe(wait)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
+
+    def on_expire(self, n: int) -> None:
+        self.batcher_dropped.labels("expired").inc(n)
+
+    def on_cancel(self, n: int) -> None:
+        self.batcher_dropped.labels("cancelled").inc(n)
+
+    def on_batch_error(self, size: int, exc: BaseException, will_retry: bool) -> None:
+        self.batch_failures.labels(str(will_retry).lower()).inc()
+
+    def on_queue(self, requests: int, cost: int) -> None:
+        self.queue_requests.set(requests)
+        self.queue_audio.set(cost / self.sample_rate_hz)
+
+    # ------------------------------------------------------------------ HTTP endpoint
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start the /metrics HTTP server in a daemon thread; return the bound port (for ``port=0``)."""
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http, self._http_thread = httpd, thread
+        return int(httpd.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._http_thread is not None:
+            self._http_thread.join(timeout=5)
+            self._http_thread = None
