@@ -1,0 +1,360 @@
+"""DynamicBatcher: asyncio front end that queues requests, forms batches and runs them on runner threads.
+
+Concurrency model: everything that touches the queue, the latency model and the request futures runs on
+one event loop, so none of it needs locks. ``run_batch`` is blocking and runs in a dedicated thread pool,
+one thread per runner instance, so the loop keeps admitting requests and forming the next batch while
+batches run. ``instances`` worker tasks each loop: ask the pure policy for a decision, then either run the
+batch or wait on a future that ``submit`` resolves (or a timer, for ``Wait(seconds)``) — no polling.
+A batch is chosen at the moment a runner is free, from the queue as it is then: deciding costs microseconds
+on the loop, and late binding lets requests that arrived during the previous run join the best-fitting batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+from .errors import BatcherClosed, DeadlineExceeded, QueueFull
+from .latency import LatencyModel
+from .observer import bind_observer
+from .policy import BatchPolicy, Dispatch, decide
+from .queue import RequestQueue
+from .request import QueuedRequest
+
+__all__ = ["DynamicBatcher"]
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+_log = logging.getLogger(__name__)
+
+
+def _timed(run_batch: Callable[[list[P]], Sequence[R]], payloads: list[P]) -> tuple[Sequence[R], float]:
+    # Timed inside the runner thread: the latency model must learn the device's time, not the loop's.
+    t0 = time.perf_counter()
+    results = run_batch(payloads)
+    return results, time.perf_counter() - t0
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class DynamicBatcher(Generic[P, R]):
+    """Length-aware dynamic batcher.
+
+    ``run_batch(payloads) -> results`` is a blocking callable, run in a runner thread; results come back in
+    the same order. If it raises, every request of the batch fails with that exception, unless
+    ``split_on_error(exc)`` is true: then the batch is split in halves and each half retried, down to single
+    items, so a poison request only fails itself.
+
+    ``instances`` runner instances run batches in parallel (one thread each). ``latency_model`` is fitted
+    from measured runs when ``policy.adaptive``; pass one to tune it, one per runner device.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[P]], Sequence[R]],
+        policy: BatchPolicy | None = None,
+        *,
+        instances: int = 1,
+        observer: object | None = None,
+        split_on_error: Callable[[BaseException], bool] | None = None,
+        latency_model: LatencyModel | None = None,
+    ) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
+        self._run_batch = run_batch
+        self.policy = policy if policy is not None else BatchPolicy()
+        self.instances = instances
+        self._split_on_error = split_on_error
+        self.latency_model = latency_model if latency_model is not None else LatencyModel()
+        obs = bind_observer(observer)
+        self._on_batch = obs["on_batch"]
+        self._on_reject = obs["on_reject"]
+        self._on_expire = obs["on_expire"]
+        self._on_cancel = obs["on_cancel"]
+        self._on_batch_error = obs["on_batch_error"]
+        self._on_queue = obs["on_queue"]
+        self._queue = RequestQueue(self.policy.max_queue_requests, self.policy.max_queue_cost)
+        self._seq = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._running: set[QueuedRequest[P, R]] = set()
+        self._closing = False
+        self._flush = False
+        self._closed = False
+
+    # -- gauges -------------------------------------------------------------------------------------
+
+    @property
+    def queued_requests(self) -> int:
+        """Requests waiting in the queue (not counting running batches)."""
+        return len(self._queue)
+
+    @property
+    def queued_cost(self) -> int:
+        """Samples waiting in the queue."""
+        return self._queue.cost
+
+    @property
+    def estimated_drain_s(self) -> float:
+        """Seconds to run the queued work with the fitted throughput (0.0 before any run was measured)."""
+        return self.latency_model.estimated_drain_s(
+            len(self._queue), self._queue.cost, self.policy.max_batch_size, self.instances
+        )
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called: new requests are refused."""
+        return self._closing
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the runner workers on the running event loop. Call once, before ``submit``."""
+        if self._loop is not None:
+            raise RuntimeError("DynamicBatcher.start() was already called")
+        if self._closing:
+            raise BatcherClosed("batcher is closed")
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="batch-runner")
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"batch-runner-{i}") for i in range(self.instances)
+        ]
+
+    async def close(self, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Refuse new work; with ``drain`` finish everything accepted (within ``timeout_s`` if given).
+
+        Requests still queued or running when the drain ends (or at once without ``drain``) fail with
+        BatcherClosed. A run already inside ``run_batch`` cannot be interrupted: its thread finishes in the
+        background and its results are dropped.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        self._flush = True  # no point waiting for batches to fill: nothing new will join
+        self._wake_all()
+        if drain and self._workers:
+            done, _ = await asyncio.wait(self._workers, timeout=timeout_s)
+            if len(done) < len(self._workers):
+                _log.warning("batcher drain did not finish within %.3f s; failing the rest", timeout_s)
+        self._closed = True
+        for task in self._workers:
+            task.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        leftover = self._queue.drain_all()
+        for req in leftover:
+            self._fail(req, BatcherClosed("batcher closed before the request ran"))
+        for req in list(self._running):
+            self._fail(req, BatcherClosed("batcher closed while the request was running"))
+        self._running.clear()
+        self._on_queue(0, 0)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- submission ---------------------------------------------------------------------------------
+
+    async def submit(self, payload: P, cost: int, deadline: float | None = None, priority: int = 0) -> R:
+        """Queue one request and wait for its result.
+
+        ``cost`` is its size in samples (> 0); ``deadline`` an absolute ``time.monotonic()`` time;
+        ``priority`` higher runs first. Raises QueueFull at once when a queue bound would be exceeded,
+        BatcherClosed after ``close``, DeadlineExceeded when the deadline passes before it runs or the
+        latency model says it cannot finish in time, and whatever ``run_batch`` raised for its batch.
+        Cancelling the awaiting task removes the request from the queue.
+        """
+        loop = self._loop
+        if self._closing:
+            self._on_reject("draining")
+            raise BatcherClosed("batcher is closed; not accepting new requests")
+        if loop is None:
+            raise RuntimeError("call `await DynamicBatcher.start()` before submit()")
+        if cost < 1:
+            raise ValueError(f"cost must be a positive number of samples, got {cost}")
+        levels = self.policy.priority_levels
+        if levels is not None and not 0 <= priority < levels:
+            raise ValueError(f"priority must lie in 0..{levels - 1}, got {priority}")
+        now = time.monotonic()
+        if deadline is not None:
+            if deadline <= now:
+                self._on_reject("deadline")
+                raise DeadlineExceeded("deadline already passed at submit")
+            if self.policy.adaptive:
+                alone = self.latency_model.predict(1, cost)
+                if alone is not None and deadline - now < self.policy.deadline_slack * alone:
+                    self._on_reject("deadline")
+                    raise DeadlineExceeded(
+                        f"cannot finish in time: {deadline - now:.3f} s left, a run takes about {alone:.3f} s"
+                    )
+        queue = self._queue
+        refusal = queue.refusal(cost)
+        if refusal is not None:
+            self._on_reject("queue_full")
+            if refusal == "requests":
+                raise QueueFull(
+                    refusal, f"queue full: {len(queue)} requests queued (max {queue.max_requests})"
+                )
+            raise QueueFull(
+                refusal, f"queue full: {queue.cost} + {cost} samples exceeds max_queue_cost {queue.max_cost}"
+            )
+        fut: asyncio.Future[R] = loop.create_future()
+        due = now + self.policy.max_queue_delay_s
+        if deadline is not None and deadline < due:
+            due = deadline
+        req: QueuedRequest[P, R] = QueuedRequest(
+            payload, cost, priority, now, deadline, due, next(self._seq), fut
+        )
+        queue.push(req)
+        if deadline is not None:
+            # Expire exactly at the deadline even while every runner is busy and nobody is deciding.
+            req.expiry_handle = loop.call_at(loop.time() + (deadline - now), self._expire, req)
+        self._on_queue(len(queue), queue.cost)
+        self._wake_all()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if queue.remove(req):
+                self._cancel_timer(req)
+                self._on_cancel(1)
+                self._on_queue(len(queue), queue.cost)
+            raise
+
+    # -- internals (event loop only) ------------------------------------------------------------------
+
+    def _wake_all(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                _wake(w)
+
+    @staticmethod
+    def _cancel_timer(req: QueuedRequest[P, R]) -> None:
+        if req.expiry_handle is not None:
+            req.expiry_handle.cancel()
+            req.expiry_handle = None
+
+    def _fail(self, req: QueuedRequest[P, R], exc: BaseException) -> None:
+        self._cancel_timer(req)
+        fut = req.future
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def _expire(self, req: QueuedRequest[P, R]) -> None:
+        req.expiry_handle = None
+        if self._queue.remove(req):
+            self._fail(req, DeadlineExceeded("deadline passed while queued"))
+            self._on_expire(1)
+            self._on_queue(len(self._queue), self._queue.cost)
+            self._wake_all()  # the anchor may have changed
+
+    async def _next_batch(self) -> list[QueuedRequest[P, R]] | None:
+        """Wait until the policy dispatches a batch; None when closing and nothing is left."""
+        assert self._loop is not None
+        queue = self._queue
+        while True:
+            model = self.latency_model if self.policy.adaptive else None
+            decision = decide(queue, time.monotonic(), self.policy, model, flush=self._flush)
+            if decision.doomed:
+                for req in decision.doomed:
+                    queue.remove(req)
+                    self._fail(req, DeadlineExceeded("cannot finish before its deadline"))
+                self._on_expire(len(decision.doomed))
+                self._on_queue(len(queue), queue.cost)
+            if isinstance(decision, Dispatch):
+                batch = list(decision.batch)
+                for req in batch:
+                    queue.remove(req)
+                    self._cancel_timer(req)
+                self._on_queue(len(queue), queue.cost)
+                return batch
+            if decision.doomed:
+                continue
+            if self._closing and not queue:
+                return None
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._waiters.append(waiter)
+            timer = None
+            if math.isfinite(decision.seconds):
+                timer = self._loop.call_later(decision.seconds, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    async def _worker(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            await self._execute(batch, dispatched_s=time.monotonic())
+
+    async def _execute(self, batch: list[QueuedRequest[P, R]], dispatched_s: float) -> None:
+        assert self._loop is not None and self._executor is not None
+        self._running.update(batch)
+        try:
+            payloads = [r.payload for r in batch]
+            try:
+                results, run_s = await self._loop.run_in_executor(
+                    self._executor, _timed, self._run_batch, payloads
+                )
+                if len(results) != len(batch):
+                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} payloads")
+            except Exception as exc:
+                await self._handle_failure(batch, exc, dispatched_s)
+                return
+            costs = [r.cost for r in batch]
+            longest = max(costs)
+            self.latency_model.observe(len(batch), longest, run_s)
+            for req, result in zip(batch, results, strict=True):
+                fut = req.future
+                if fut is not None and not fut.done():
+                    fut.set_result(result)
+            self._on_batch(
+                len(batch),
+                len(batch) * longest,
+                sum(costs),
+                run_s,
+                [dispatched_s - r.enqueued_s for r in batch],
+            )
+        finally:
+            self._running.difference_update(batch)
+
+    async def _handle_failure(
+        self, batch: list[QueuedRequest[P, R]], exc: Exception, dispatched_s: float
+    ) -> None:
+        retry = len(batch) > 1 and self._split_on_error is not None and self._split_on_error(exc)
+        self._on_batch_error(len(batch), exc, retry)
+        if not retry:
+            for req in batch:
+                self._fail(req, exc)
+            return
+        # Callers that went away or ran out of time meanwhile are not retried.
+        now = time.monotonic()
+        alive: list[QueuedRequest[P, R]] = []
+        expired = 0
+        for req in batch:
+            if req.future is not None and req.future.done():
+                continue
+            if req.deadline_s is not None and req.deadline_s <= now:
+                self._fail(req, DeadlineExceeded("deadline passed while its batch was retried"))
+                expired += 1
+                continue
+            alive.append(req)
+        if expired:
+            self._on_expire(expired)
+        mid = (len(alive) + 1) // 2
+        for half in (alive[:mid], alive[mid:]):
+            if half:
+                await self._execute(half, dispatched_s)
