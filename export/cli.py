@@ -1,0 +1,111 @@
+"""``emotion-export``: build checkpoints, export ONNX model repositories, verify them against FunASR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from export.checkpoint import write_checkpoint
+
+    started = time.perf_counter()
+    _say(f"writing {args.size} checkpoint (seed {args.seed}, random weights) to {args.out}")
+    out = write_checkpoint(args.out, size=args.size, seed=args.seed, headless=args.headless)
+    _say(f"done in {time.perf_counter() - started:.1f} s")
+    print(out)
+    return 0
+
+
+def _onnx(args: argparse.Namespace) -> int:
+    from export.onnx_export import export_repository
+
+    started = time.perf_counter()
+    repo = export_repository(args.source, args.out, precision=args.precision, verify=not args.no_verify,
+                             progress=_say)
+    manifest = json.loads((repo / "manifest.json").read_text(encoding="utf-8"))
+    sizes = {p.name: p.stat().st_size for p in sorted(repo.iterdir())}
+    _say(f"done in {time.perf_counter() - started:.1f} s: {repo} " +
+         ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
+    print(json.dumps({"repo": str(repo), "deviation_from_fp32": manifest["deviation_from_fp32"],
+                      "parity": manifest["parity"]}, indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from export.verify import ParityError, verify_repository
+    from server.manifest import load_manifest
+
+    precision = load_manifest(args.repo).precision
+    tolerance = args.tolerance if precision == "fp32" else None
+    try:
+        report = verify_repository(args.source, args.repo, tolerance=tolerance, progress=_say)
+    except ParityError as exc:
+        _say(f"PARITY FAILED: {exc}")
+        return 1
+    print(json.dumps(report, indent=2))
+    _say("parity OK" if tolerance is not None else f"{precision}: maxima reported (no tolerance applied)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from export.demo import ensure_demo_repo
+
+    repo = ensure_demo_repo(Path(args.out), progress=_say)
+    print(repo)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("checkpoint", help="write a random-weight checkpoint in the real emotion2vec layout")
+    p.add_argument("--size", choices=["tiny", "base", "large"], default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--headless", action="store_true",
+                   help="emotion2vec_base layout: emotion2vec_base.pt, no tokens.txt, no head")
+    p.set_defaults(func=_checkpoint)
+
+    p = sub.add_parser("onnx", help="export a checkpoint directory or model id to an ONNX model repository")
+    p.add_argument("--source", required=True,
+                   help="checkpoint directory or model id (e.g. emotion2vec_plus_large)")
+    p.add_argument("--out", required=True, type=Path, help="model repository directory to write")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check against FunASR")
+    p.set_defaults(func=_onnx)
+
+    p = sub.add_parser("verify", help="check a model repository against FunASR on the same checkpoint")
+    p.add_argument("--source", required=True, type=Path, help="checkpoint directory")
+    p.add_argument("--repo", required=True, type=Path, help="model repository directory")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("demo", help="build the tiny random demo model repository (idempotent)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``emotion-export`` and ``python -m export.cli``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as exc:  # CheckpointError and bad arguments: a message, not a traceback
+        _say(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
