@@ -1,0 +1,72 @@
+"""The online latency model: recovers known cost curves and tells whether batching pays."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from batching import LatencyModel
+
+SR = 16000
+
+
+def feed(model: LatencyModel, f, runs: int = 200, seed: int = 0, noise: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(seed)
+    for _ in range(runs):
+        n = rng.randint(1, 8)
+        L = int(rng.uniform(1, 30) * SR)
+        model.observe(n, L, f(n, L) * (1 + rng.uniform(-noise, noise)))
+
+
+def test_not_ready_before_enough_runs() -> None:
+    model = LatencyModel(min_observations=8)
+    assert model.predict(1, SR) is None and model.batching_pays(SR, 8) is None
+    assert model.best_batch_size(SR, 8) == 8  # explores with what is queued
+    assert model.estimated_drain_s(10, SR * 10, 8) == 0.0
+
+
+def test_recovers_quadratic_cost_exactly() -> None:
+    model = LatencyModel()
+    feed(model, lambda n, L: 0.01 + 0.002 * n * L / SR + 0.0001 * n * (L / SR) ** 2)
+    a, b, c, d = model.coefficients  # type: ignore[misc]
+    assert a == pytest.approx(0.01, rel=1e-3)
+    assert b == pytest.approx(0.002, rel=1e-3)
+    assert c == pytest.approx(0.0001, rel=1e-3)
+    assert d == pytest.approx(0.0, abs=1e-6)
+    assert model.predict(4, 10 * SR) == pytest.approx(0.01 + 0.08 + 0.04, rel=1e-3)
+
+
+def test_gpu_like_batching_pays_cpu_like_does_not() -> None:
+    gpu, cpu = LatencyModel(), LatencyModel()
+    feed(gpu, lambda n, L: 0.02 + 0.002 * n * L / SR, noise=0.05)
+    # Measured on 2 cores: 3.2 audio-s/s at batch 1, 2.7 at batch 8.
+    feed(cpu, lambda n, L: 0.005 + 0.31 * n * L / SR * (1 + 0.025 * (n - 1)), noise=0.05)
+    assert gpu.batching_pays(5 * SR, 8) is True and gpu.best_batch_size(5 * SR, 8) == 8
+    assert cpu.batching_pays(5 * SR, 8) is False and cpu.best_batch_size(5 * SR, 8) == 1
+
+
+def test_window_forgets_an_old_regime() -> None:
+    model = LatencyModel(window=64)
+    feed(model, lambda n, L: 0.02 + 0.002 * n * L / SR)
+    assert model.batching_pays(5 * SR, 8)
+    feed(model, lambda n, L: 0.31 * n * L / SR * (1 + 0.03 * (n - 1)), runs=64, seed=1)
+    assert not model.batching_pays(5 * SR, 8)
+
+
+def test_drain_estimate_follows_the_fit() -> None:
+    model = LatencyModel()
+    feed(model, lambda n, L: 0.31 * n * L / SR)  # no fixed cost: batch size 1
+    assert model.estimated_drain_s(10, 10 * 5 * SR, 8) == pytest.approx(10 * 0.31 * 5, rel=0.02)
+    assert model.estimated_drain_s(10, 10 * 5 * SR, 8, instances=2) == pytest.approx(
+        10 * 0.31 * 5 / 2, rel=0.02
+    )
+
+
+def test_explore_due_after_only_single_runs() -> None:
+    model = LatencyModel(explore_every=3)
+    for _ in range(3):
+        model.observe(1, SR, 0.3)
+    assert model.explore_due
+    model.observe(2, SR, 0.6)
+    assert not model.explore_due
