@@ -1,0 +1,126 @@
+"""Fixtures for the client tests: a real server process serving the tiny model, and real audio files.
+
+The server is started once per session as ``python -m server --model <tiny_repo>`` on free ports and
+torn down with SIGTERM (its drain path) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+from client_helpers import SR, AudioSet, free_port, speech_like
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = "emotion.v1.EmotionRecognizer"
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    target: str
+    port: int
+    metrics_port: int
+    log_path: Path
+
+
+def _wait_serving(target: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"server not SERVING after {timeout_s} s:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def model_repo(request: pytest.FixtureRequest) -> Path:
+    """The tiny model repository (``tiny_repo`` from tests/conftest.py)."""
+    return Path(request.getfixturevalue("tiny_repo"))
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real ``python -m server`` process serving the tiny model."""
+    port, metrics_port = free_port(), free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable, "-m", "server",
+        "--model", str(model_repo),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--metrics-port", str(metrics_port),
+        "--intra-op-threads", "1",
+        "--drain-grace-s", "2",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    target = f"127.0.0.1:{port}"
+    try:
+        _wait_serving(target, proc, log_path, timeout_s=90.0)
+        yield ServerProcess(target=target, port=port, metrics_port=metrics_port, log_path=log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def target(server: ServerProcess) -> str:
+    return server.target
+
+
+# ------------------------------------------------------------------------------------------------ audio
+
+
+@pytest.fixture(scope="session")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> AudioSet:
+    """Real encoded files of several formats in one directory (plus a non-audio file to be ignored)."""
+    d = tmp_path_factory.mktemp("audio")
+    wav_samples = speech_like(6.0, SR, seed=1)
+    sf.write(d / "speech.wav", wav_samples, SR, subtype="PCM_16")
+    left = speech_like(4.0, 44100, seed=2)
+    sf.write(d / "stereo.flac", np.stack([left, 0.5 * left], axis=1), 44100)
+    sf.write(d / "short.ogg", speech_like(2.0, SR, seed=4, bursts=1), SR, format="OGG", subtype="VORBIS")
+    mp3_src = d / "mp3_source.raw"
+    mp3_src.write_bytes(speech_like(3.0, 22050, seed=3).tobytes())
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-f", "f32le", "-ar", "22050", "-ac", "1", "-i", str(mp3_src),
+         "-c:a", "libmp3lame", "-b:a", "64k", str(d / "voice.mp3")],
+        check=True,
+    )  # fmt: skip
+    mp3_src.unlink()
+    (d / "notes.txt").write_text("not audio\n")
+    # The PCM_16 file is what the server decodes: compare against the quantised samples.
+    decoded, _ = sf.read(d / "speech.wav", dtype="float32")
+    return AudioSet(
+        directory=d,
+        wav=d / "speech.wav",
+        flac=d / "stereo.flac",
+        mp3=d / "voice.mp3",
+        ogg=d / "short.ogg",
+        wav_samples=decoded,
+    )
