@@ -89,9 +89,6 @@ class ServerMetrics:
         if old is not None and old != new:
             self.provider_fallbacks.labels(old, new, reason).inc()
 
-    def record_load_fallback(self, wanted: str, active: str) -> None:
-        self.provider_fallbacks.labels(wanted, active, "unavailable_at_load").inc()
-
     def bind_drain_estimate(self, estimate: Callable[[], float]) -> None:
         self.queue_drain.set_function(estimate)
 
@@ -146,10 +143,12 @@ class ServerMetrics:
         return int(httpd.server_port)
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
-        if self._http_thread is not None:
-            self._http_thread.join(timeout=5)
-            self._http_thread = None
+        """Stop the HTTP endpoint (in the background: the server notices within its 0.5 s poll)."""
+        httpd, self._http, self._http_thread = self._http, None, None
+        if httpd is not None:
+
+            def shut_down() -> None:
+                httpd.shutdown()
+                httpd.server_close()
+
+            threading.Thread(target=shut_down, name="metrics-shutdown", daemon=True).start()

@@ -183,7 +183,10 @@ class Runner:
                  self.manifest.model_name, self.manifest.model_version, active,
                  self.options.instances, self.options.intra_op_threads)
         if self._on_provider_change is not None:
-            self._on_provider_change(None, active, "load" if active == wanted else "unavailable_at_load")
+            if active == wanted:
+                self._on_provider_change(None, active, "load")
+            else:
+                self._on_provider_change(wanted, active, "unavailable_at_load")
         return active
 
     def _create(self, providers: Sequence[str]) -> tuple[SessionLike, str]:

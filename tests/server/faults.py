@@ -1,0 +1,107 @@
+"""Fault injection for the runner: real ONNX Runtime sessions wrapped to fail, block or pretend a GPU.
+
+The runner takes a session factory; these factories return the real CPU session wrapped, so every
+successful run is still the real model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.runner import CPU_PROVIDER, CUDA_PROVIDER, RunnerOptions, SessionLike, ort_session_factory
+
+#: Decides, from one batch's feeds, whether to raise (return the exception) or run normally (None).
+Fault = Callable[[dict[str, Any]], BaseException | None]
+
+
+class WrappedSession:
+    """A real CPU session that records every batch and can block or fail on demand."""
+
+    def __init__(self, real: SessionLike, providers: list[str], fault: Fault | None,
+                 gate: threading.Event | None, log: list[list[int]]) -> None:
+        self._real = real
+        self._providers = providers
+        self._fault = fault
+        self._gate = gate
+        self._log = log
+
+    def get_providers(self) -> list[str]:
+        return list(self._providers)
+
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]) -> list[Any]:
+        if self._gate is not None and not self._gate.wait(timeout=30):
+            raise RuntimeError("test gate never opened")
+        self._log.append([int(n) for n in np.asarray(input_feed["lengths"])])
+        if self._fault is not None:
+            exc = self._fault(input_feed)
+            if exc is not None:
+                raise exc
+        return self._real.run(output_names, input_feed)
+
+
+class FaultyFactory:
+    """Session factory for ``Runner``/``EmotionServer``.
+
+    - ``fault``: applied to every run (of the pretend-GPU sessions only, when ``fake_gpu``).
+    - ``gate``: runs wait until it is set (to hold requests in the queue or in flight).
+    - ``fake_gpu``: sessions created with CUDA in the provider list claim CUDA is active.
+    - ``fail_gpu_load``: creating a session with CUDA in the list raises, as a broken CUDA install does.
+    ``batches`` records the item lengths of every batch that reached a session.
+    """
+
+    def __init__(self, fault: Fault | None = None, gate: threading.Event | None = None, *,
+                 fake_gpu: bool = False, fail_gpu_load: bool = False) -> None:
+        self.fault = fault
+        self.gate = gate
+        self.fake_gpu = fake_gpu
+        self.fail_gpu_load = fail_gpu_load
+        self.batches: list[list[int]] = []
+        self.created: list[list[str]] = []
+
+    def __call__(self, model_path: Path, providers: Sequence[str], options: RunnerOptions) -> SessionLike:
+        self.created.append(list(providers))
+        wants_gpu = CUDA_PROVIDER in providers
+        if wants_gpu and self.fail_gpu_load:
+            raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version (injected)")
+        real = ort_session_factory(model_path, [CPU_PROVIDER], options)
+        if self.fake_gpu and wants_gpu:
+            return WrappedSession(real, [CUDA_PROVIDER, CPU_PROVIDER], self.fault, self.gate, self.batches)
+        fault = None if self.fake_gpu else self.fault
+        return WrappedSession(real, [CPU_PROVIDER], fault, self.gate, self.batches)
+
+
+def oom_above(max_padded_samples: int) -> Fault:
+    """Out-of-memory whenever the padded batch (items x longest) exceeds the budget."""
+
+    def fault(feeds: dict[str, Any]) -> BaseException | None:
+        if int(np.prod(feeds["waveform"].shape)) > max_padded_samples:
+            return RuntimeError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer "
+                "(injected)"
+            )
+        return None
+
+    return fault
+
+
+def poison_length(n_samples: int) -> Fault:
+    """A generic model failure whenever a batch contains an item of exactly this length."""
+
+    def fault(feeds: dict[str, Any]) -> BaseException | None:
+        if n_samples in {int(n) for n in feeds["lengths"]}:
+            return RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code (injected poison)")
+        return None
+
+    return fault
+
+
+def always(message: str) -> Fault:
+    def fault(feeds: dict[str, Any]) -> BaseException | None:
+        return RuntimeError(message)
+
+    return fault
