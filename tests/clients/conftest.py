@@ -6,24 +6,15 @@ torn down with SIGTERM (its drain path) at the end.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from client_helpers import SR, AudioSet, free_port, speech_like
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "emotion.v1.EmotionRecognizer"
+from client_helpers import SR, AudioSet, free_port, running_server, speech_like
 
 
 @dataclass(frozen=True)
@@ -32,23 +23,6 @@ class ServerProcess:
     port: int
     metrics_port: int
     log_path: Path
-
-
-def _wait_serving(target: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError(f"server not SERVING after {timeout_s} s:\n{log_path.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -62,30 +36,8 @@ def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A real ``python -m server`` process serving the tiny model."""
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable, "-m", "server",
-        "--model", str(model_repo),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--metrics-port", str(metrics_port),
-        "--intra-op-threads", "1",
-        "--drain-grace-s", "2",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    target = f"127.0.0.1:{port}"
-    try:
-        _wait_serving(target, proc, log_path, timeout_s=90.0)
+    with running_server(model_repo, port, log_path, "--metrics-port", str(metrics_port)) as target:
         yield ServerProcess(target=target, port=port, metrics_port=metrics_port, log_path=log_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
