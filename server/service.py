@@ -309,6 +309,15 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
     def limits(self) -> ServiceLimits:
         return self._limits
 
+    @property
+    def decode_executor(self) -> Executor:
+        return self._executor
+
+    @property
+    def enabled_labels(self) -> npt.NDArray[np.bool_]:
+        """Mask of labels that can be predicted (``unuse*`` labels are False)."""
+        return self._enabled
+
     def utterance(self, probs: FloatArray) -> emotion_pb2.UtteranceResult:
         """Top label (among enabled labels) and every score in model order."""
         masked = np.where(self._enabled, probs, -np.inf)
