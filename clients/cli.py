@@ -178,8 +178,9 @@ def _sync_client(args: argparse.Namespace) -> EmotionClient:
     return EmotionClient(settings=_settings(args), timeout_s=args.timeout, retry=_retry(args))
 
 
-def _print_json(obj: Any, file: TextIO = sys.stdout) -> None:
-    print(json.dumps(obj, ensure_ascii=False), file=file, flush=True)
+def _print_json(obj: Any, file: TextIO | None = None) -> None:
+    # sys.stdout is looked up per call: a default argument would pin the stream seen at import time.
+    print(json.dumps(obj, ensure_ascii=False), file=file or sys.stdout, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- recognize
