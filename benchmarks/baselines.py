@@ -1,0 +1,302 @@
+"""Baselines measured without the server, on the same clips and the same machine.
+
+- ``offline_limit``: the ONNX model over the clips sorted by length at each batch size, no server, no
+  queue: the most throughput the serving stack could reach with this model and these threads.
+- ``funasr_sequential``: FunASR ``AutoModel.generate`` one clip at a time in PyTorch (what the popular
+  emotion2vec WebUI runs). ``funasr`` is imported only inside this function.
+- ``inprocess_policy``: a single-runner dispatcher in this process, fed an arrival stream, forming batches
+  by a named policy: ``none`` (batch of one), ``fifo`` (first-in-first-out, pad to the longest),
+  ``equal_shape`` (only identical lengths batch together, as Triton's dynamic batcher does without
+  ragged batching). Used when the server cannot be told to batch that way, and to separate the
+  policies' effect from gRPC costs.
+- ``threads_instances``: throughput of ``instances`` sessions in parallel threads with ``threads`` each.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.loadgen import SAMPLE_RATE_HZ, LoadResult, percentile_ms
+
+MIN_SAMPLES = 400
+POLICIES = ("none", "fifo", "equal_shape")
+
+
+class OrtModel:
+    """One ONNX Runtime CPU session over a model repository, run on right-padded batches."""
+
+    def __init__(self, repo: str | Path, intra_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        from server.manifest import load_manifest
+
+        self.manifest = load_manifest(repo)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(self.manifest.onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def run(self, clips: Sequence[np.ndarray]) -> tuple[int, int]:
+        """Run one padded batch; return (padded samples, useful samples)."""
+        longest = max(MIN_SAMPLES, max(len(c) for c in clips))
+        waveform = np.zeros((len(clips), longest), dtype=np.float32)
+        for i, c in enumerate(clips):
+            waveform[i, : len(c)] = c
+        lengths = np.array([len(c) for c in clips], dtype=np.int64)
+        self.session.run(None, {"waveform": waveform, "lengths": lengths})
+        return longest * len(clips), int(lengths.sum())
+
+
+def _audio_s(clips: Sequence[np.ndarray]) -> float:
+    return sum(len(c) for c in clips) / SAMPLE_RATE_HZ
+
+
+def offline_limit(
+    model: OrtModel, clips: Sequence[np.ndarray], batch_sizes: Sequence[int] = (1, 2, 4, 8)
+) -> list[LoadResult]:
+    """Throughput over the clips sorted by length at each batch size (one warm-up batch first)."""
+    ordered = sorted(clips, key=len)
+    model.run(ordered[:1])
+    results = []
+    for bs in batch_sizes:
+        padded = useful = 0
+        start = time.perf_counter()
+        for i in range(0, len(ordered), bs):
+            p, u = model.run(ordered[i : i + bs])
+            padded += p
+            useful += u
+        wall = time.perf_counter() - start
+        results.append(
+            LoadResult(
+                label=f"offline bs={bs}",
+                mode="offline",
+                offered=float(bs),
+                requests=len(ordered),
+                ok=len(ordered),
+                rejected=0,
+                errors=0,
+                wall_s=wall,
+                audio_s_per_s=_audio_s(ordered) / wall,
+                rps=len(ordered) / wall,
+                p50_ms=float("nan"),
+                p95_ms=float("nan"),
+                p99_ms=float("nan"),
+                mean_batch_size=float(bs),
+                padding_waste=1 - useful / padded,
+            )
+        )
+    return results
+
+
+def funasr_sequential(
+    checkpoint_dir: str | Path, clips: Sequence[np.ndarray], budget_s: float = 120.0
+) -> LoadResult:
+    """FunASR ``AutoModel.generate`` one clip at a time (PyTorch, CPU), stopping after ``budget_s``."""
+    import torch
+    from funasr import AutoModel
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = AutoModel(model=str(checkpoint_dir), disable_update=True, device="cpu", disable_pbar=True)
+    model.generate(clips[0], granularity="utterance", extract_embedding=False, disable_pbar=True)
+    latencies: list[float] = []
+    done: list[np.ndarray] = []
+    start = time.perf_counter()
+    for clip in clips:
+        t0 = time.perf_counter()
+        model.generate(clip, granularity="utterance", extract_embedding=False, disable_pbar=True)
+        latencies.append(time.perf_counter() - t0)
+        done.append(clip)
+        if time.perf_counter() - start > budget_s:
+            break
+    wall = time.perf_counter() - start
+    return LoadResult(
+        label="FunASR sequential (PyTorch)",
+        mode="funasr",
+        offered=1.0,
+        requests=len(done),
+        ok=len(done),
+        rejected=0,
+        errors=0,
+        wall_s=wall,
+        audio_s_per_s=_audio_s(done) / wall,
+        rps=len(done) / wall,
+        p50_ms=percentile_ms(latencies, 50),
+        p95_ms=percentile_ms(latencies, 95),
+        p99_ms=percentile_ms(latencies, 99),
+        mean_batch_size=1.0,
+        batch_sizes={"1": float(len(done))},
+        padding_waste=0.0,
+    )
+
+
+def _select(
+    policy: str, pending: deque[int], clips: Sequence[np.ndarray], max_batch_size: int, max_batch_samples: int
+) -> list[int]:
+    head = pending[0]
+    if policy == "none":
+        return [head]
+    batch = [head]
+    longest = len(clips[head])
+    for i in list(pending)[1:]:
+        if len(batch) >= max_batch_size:
+            break
+        if policy == "equal_shape":
+            if len(clips[i]) == len(clips[head]):
+                batch.append(i)
+        elif policy == "fifo":
+            # Plain FIFO: the next requests in arrival order, padded to the longest, within the budget.
+            new_longest = max(longest, len(clips[i]))
+            if new_longest * (len(batch) + 1) > max_batch_samples:
+                break
+            batch.append(i)
+            longest = new_longest
+        else:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
+    return batch
+
+
+def inprocess_policy(
+    model: OrtModel,
+    clips: Sequence[np.ndarray],
+    arrivals_s: Sequence[float],
+    policy: str,
+    max_batch_size: int = 8,
+    max_queue_delay_s: float = 0.010,
+    max_batch_audio_s: float = 60.0,
+    label: str = "",
+) -> LoadResult:
+    """Serve ``clips[i]`` arriving at ``arrivals_s[i]`` (seconds from start, sorted) with one runner.
+
+    Real time, real model, no gRPC: latency is completion minus arrival. An all-zero arrival list is a
+    backlog: it measures the policy's saturated throughput (latencies then mean nothing).
+    """
+    n = len(clips)
+    max_batch_samples = int(max_batch_audio_s * SAMPLE_RATE_HZ)
+    pending: deque[int] = deque()
+    latencies: list[float] = []
+    sizes: dict[str, float] = {}
+    padded = useful = 0
+    nxt = 0
+    model.run(clips[:1])  # warm-up outside the clock
+    start = time.perf_counter()
+    while len(latencies) < n:
+        now = time.perf_counter() - start
+        while nxt < n and arrivals_s[nxt] <= now:
+            pending.append(nxt)
+            nxt += 1
+        if not pending:
+            time.sleep(max(0.0, arrivals_s[nxt] - now))
+            continue
+        batch = _select(policy, pending, clips, max_batch_size, max_batch_samples)
+        oldest_deadline = arrivals_s[pending[0]] + max_queue_delay_s
+        if (
+            policy != "none"
+            and len(batch) < max_batch_size
+            and nxt < n
+            and arrivals_s[nxt] < oldest_deadline
+            and now < oldest_deadline
+        ):
+            # Wait for the batch to fill, but never past the oldest request's queue delay.
+            time.sleep(max(0.0, min(arrivals_s[nxt], oldest_deadline) - now))
+            continue
+        for i in batch:
+            pending.remove(i)
+        p, u = model.run([clips[i] for i in batch])
+        padded += p
+        useful += u
+        done = time.perf_counter() - start
+        latencies.extend(done - arrivals_s[i] for i in batch)
+        sizes[str(len(batch))] = sizes.get(str(len(batch)), 0.0) + 1
+    wall = time.perf_counter() - start
+    return LoadResult(
+        label=label or f"in-process {policy}",
+        mode="inprocess",
+        offered=n / arrivals_s[-1] if arrivals_s[-1] > 0 else 0.0,  # 0 = backlog
+        requests=n,
+        ok=n,
+        rejected=0,
+        errors=0,
+        wall_s=wall,
+        audio_s_per_s=_audio_s(clips) / wall,
+        rps=n / wall,
+        p50_ms=percentile_ms(latencies, 50),
+        p95_ms=percentile_ms(latencies, 95),
+        p99_ms=percentile_ms(latencies, 99),
+        mean_batch_size=n / sum(sizes.values()),
+        batch_sizes=dict(sorted(sizes.items(), key=lambda kv: int(kv[0]))),
+        padding_waste=1 - useful / padded,
+    )
+
+
+def poisson_arrivals(n: int, rate_rps: float, seed: int = 0) -> list[float]:
+    """``n`` arrival times (seconds from start) of a Poisson process at ``rate_rps``; 0 rate = backlog."""
+    if rate_rps <= 0:
+        return [0.0] * n
+    rng = np.random.default_rng(seed + 11)
+    return list(np.cumsum(rng.exponential(1.0 / rate_rps, size=n)))
+
+
+def threads_instances(
+    repo: str | Path, clips: Sequence[np.ndarray], threads: int, instances: int, budget_s: float = 20.0
+) -> LoadResult:
+    """Batch-of-one throughput of ``instances`` sessions in parallel threads, ``threads`` intra-op each."""
+    models = [OrtModel(repo, threads) for _ in range(instances)]
+    for m in models:
+        m.run(clips[:1])
+    lock = threading.Lock()
+    next_index = [0]
+    done_audio = [0.0]
+    done_n = [0]
+    start = time.perf_counter()
+
+    def worker(m: OrtModel) -> None:
+        while time.perf_counter() - start < budget_s:
+            with lock:
+                i = next_index[0]
+                next_index[0] += 1
+            clip = clips[i % len(clips)]
+            m.run([clip])
+            with lock:
+                done_audio[0] += len(clip) / SAMPLE_RATE_HZ
+                done_n[0] += 1
+
+    pool = [threading.Thread(target=worker, args=(m,)) for m in models]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    wall = time.perf_counter() - start
+    return LoadResult(
+        label=f"threads={threads} instances={instances}",
+        mode="offline",
+        offered=float(instances),
+        requests=done_n[0],
+        ok=done_n[0],
+        rejected=0,
+        errors=0,
+        wall_s=wall,
+        audio_s_per_s=done_audio[0] / wall,
+        rps=done_n[0] / wall,
+        p50_ms=float("nan"),
+        p95_ms=float("nan"),
+        p99_ms=float("nan"),
+        mean_batch_size=1.0,
+        padding_waste=0.0,
+        extra={"intra_op_threads": threads, "runner_instances": instances},
+    )
+
+
+def describe(result: LoadResult) -> dict[str, Any]:
+    """Row of a result for the JSON dump."""
+    return result.to_row()
