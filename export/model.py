@@ -58,9 +58,10 @@ def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, alibi_heads: int) -> None:
         super().__init__()
         self.num_heads = heads
+        self.alibi_heads = alibi_heads  # FunASR adds the bias to the first alibi_heads heads only
         self.scale = (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
@@ -71,11 +72,11 @@ class _Attention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn.float()  # FunASR adds the float32 bias and takes the softmax in float32
-        heads_with_bias = alibi.size(1)
-        if heads_with_bias == self.num_heads:
+        if self.alibi_heads == self.num_heads:
             attn = attn + alibi
         else:
-            attn = torch.cat([attn[:, :heads_with_bias] + alibi, attn[:, heads_with_bias:]], dim=1)
+            n = self.alibi_heads
+            attn = torch.cat([attn[:, :n] + alibi, attn[:, n:]], dim=1)
         if key_pad is not None:
             attn = attn.masked_fill(key_pad[:, None, None, :], float("-inf"))
         attn = attn.softmax(dim=-1).to(v.dtype)
@@ -97,10 +98,10 @@ class _Mlp(nn.Module):
 class _Block(nn.Module):
     """FunASR's ``AltBlock`` with ``layer_norm_first: false`` (post-LN), inference only."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float) -> None:
+    def __init__(self, dim: int, heads: int, alibi_heads: int, mlp_ratio: float, eps: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = _Attention(dim, heads)
+        self.attn = _Attention(dim, heads, alibi_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio))
 
@@ -179,7 +180,7 @@ class _AudioEncoder(nn.Module):
             persistent=False,
         )
         blocks = [
-            _Block(d, int(cfg["num_heads"]), float(cfg["mlp_ratio"]), eps)
+            _Block(d, int(cfg["num_heads"]), int(audio["num_alibi_heads"]), float(cfg["mlp_ratio"]), eps)
             for _ in range(int(audio["prenet_depth"]))
         ]
         self.context_encoder = _BlockEncoder(blocks, d, eps)
@@ -205,7 +206,8 @@ class Emotion2vecBatchExact(nn.Module):
         self.embed_dim = d
         self.modality_encoders = nn.ModuleDict({"AUDIO": _AudioEncoder(cfg, audio)})
         self.blocks = nn.ModuleList(
-            _Block(d, int(cfg["num_heads"]), float(cfg["mlp_ratio"]), eps) for _ in range(int(cfg["depth"]))
+            _Block(d, int(cfg["num_heads"]), int(audio["num_alibi_heads"]), float(cfg["mlp_ratio"]), eps)
+            for _ in range(int(cfg["depth"]))
         )
         self.labels = tuple(labels)
         self.proj: nn.Linear | None = nn.Linear(d, len(labels)) if labels else None
