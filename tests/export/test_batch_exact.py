@@ -53,7 +53,7 @@ def test_extra_padding_beyond_the_longest_item_changes_nothing(
     model: OnnxModel, alone: dict[int, dict[str, np.ndarray]]
 ) -> None:
     clip = speech_like(16000, seed=16000)
-    waveform, lengths = pad_batch([clip, np.zeros(48000, np.float32)])
+    waveform, _ = pad_batch([clip, np.zeros(48000, np.float32)])
     out = model.run(waveform, np.array([16000, 1], dtype=np.int64))
     n = int(out["frame_lengths"][0])
     assert n == alone[16000]["frame_lengths"]

@@ -25,7 +25,9 @@ def test_layout_matches_the_published_model_directory(tiny_checkpoint: Path) -> 
     assert tokens.split("\n") == list(TOKENS)
     assert tokens.split("\n")[0] == "生气/angry" and tokens.split("\n")[-1] == "<unk>"
     metas = json.loads((tiny_checkpoint / "configuration.json").read_text())["file_path_metas"]
-    assert metas == {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": {"token_list": "tokens.txt"}}
+    assert metas == {
+        "init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": {"token_list": "tokens.txt"}
+    }
     config = yaml.safe_load((tiny_checkpoint / "config.yaml").read_text())
     assert config["model"] == "Emotion2vec" and config["tokenizer"] == "CharTokenizer"
     assert config["model_conf"]["modalities"]["audio"]["num_extra_tokens"] == 10
@@ -58,7 +60,8 @@ def test_every_parameter_is_randomised_and_seeded(tiny_checkpoint: Path, tmp_pat
     state = torch.load(tiny_checkpoint / "model.pt", weights_only=True)
     for key, value in state.items():
         assert value.numel() == 1 or value.std() > 0.01, f"{key} is not random"
-        assert not torch.allclose(value, torch.ones_like(value)) and not torch.allclose(value, torch.zeros_like(value))
+        assert not torch.allclose(value, torch.ones_like(value))
+        assert not torch.allclose(value, torch.zeros_like(value))
     assert (state["modality_encoders.AUDIO.alibi_scale"] > 0).all()
     again = torch.load(write_checkpoint(tmp_path / "same", "tiny", seed=0) / "model.pt", weights_only=True)
     other = torch.load(write_checkpoint(tmp_path / "other", "tiny", seed=1) / "model.pt", weights_only=True)

@@ -22,7 +22,9 @@ def automodel(tiny_checkpoint: Path) -> Any:
     return _load_funasr(tiny_checkpoint)
 
 
-def test_fp32_export_matches_funasr_within_1e4(tiny_checkpoint: Path, tiny_repo: Path, automodel: Any) -> None:
+def test_fp32_export_matches_funasr_within_1e4(
+    tiny_checkpoint: Path, tiny_repo: Path, automodel: Any
+) -> None:
     report = verify_repository(tiny_checkpoint, tiny_repo, automodel=automodel, **QUIET)
     maxima = report["max_abs"]
     assert set(maxima) == {f"{w}_{k}" for w in ("single", "batch") for k in ("probs", "embedding",

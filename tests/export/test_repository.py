@@ -47,11 +47,20 @@ def test_graph_has_dynamic_axes_and_no_baked_length(tiny_repo: Path) -> None:
     assert out["frame_features"].shape == (2249, 32)
 
 
-@pytest.mark.parametrize(("precision", "max_probs", "min_cos"), [("int8", 0.05, 0.99), ("fp16", 5e-3, 0.999)])
+@pytest.mark.parametrize(
+    ("precision", "max_probs", "min_cos"), [("int8", 0.05, 0.99), ("fp16", 5e-3, 0.999)]
+)
 def test_lower_precisions_record_their_deviation(
-    tiny_checkpoint: Path, tiny_repo: Path, tmp_path: Path, precision: str, max_probs: float, min_cos: float
+    tiny_checkpoint: Path,
+    tiny_repo: Path,
+    tmp_path: Path,
+    precision: str,
+    max_probs: float,
+    min_cos: float,
 ) -> None:
-    repo = export_repository(tiny_checkpoint, tmp_path / precision, precision=precision, verify=False, **QUIET)
+    repo = export_repository(
+        tiny_checkpoint, tmp_path / precision, precision=precision, verify=False, **QUIET
+    )
     manifest = load_manifest(repo)
     dev = manifest.raw["deviation_from_fp32"]
     assert manifest.precision == precision
