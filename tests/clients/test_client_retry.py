@@ -69,9 +69,15 @@ class SheddingProxy(emotion_pb2_grpc.EmotionRecognizerServicer):
                 context.set_trailing_metadata((("retry-after-ms", str(self.retry_after_ms)),))
             context.abort(self.code, f"scripted refusal {self.calls} of {self.refuse}")
 
+    @staticmethod
+    def _timeout(context: grpc.ServicerContext) -> float | None:
+        remaining = context.time_remaining()
+        # A call without a deadline reports an "infinite" remainder, which overflows as a timeout.
+        return None if remaining is None or remaining > 1e6 else remaining
+
     def _forward(self, method: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(request, timeout=context.time_remaining())
+            return method(request, timeout=self._timeout(context))
         except grpc.RpcError as exc:
             context.abort(exc.code(), exc.details() or "")
 
@@ -91,7 +97,7 @@ class SheddingProxy(emotion_pb2_grpc.EmotionRecognizerServicer):
         self, request_iterator: Iterator[Any], context: grpc.ServicerContext
     ) -> Iterator[Any]:
         self._admit(context)
-        yield from self._stub.StreamRecognize(request_iterator, timeout=context.time_remaining())
+        yield from self._stub.StreamRecognize(request_iterator, timeout=self._timeout(context))
 
     def close(self) -> None:
         self._channel.close()
