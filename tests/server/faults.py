@@ -23,20 +23,23 @@ class WrappedSession:
     """A real CPU session that records every batch and can block or fail on demand."""
 
     def __init__(self, real: SessionLike, providers: list[str], fault: Fault | None,
-                 gate: threading.Event | None, log: list[list[int]]) -> None:
+                 gate: threading.Event | None, log: list[list[int]], entered: list[list[int]]) -> None:
         self._real = real
         self._providers = providers
         self._fault = fault
         self._gate = gate
         self._log = log
+        self._entered = entered
 
     def get_providers(self) -> list[str]:
         return list(self._providers)
 
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]) -> list[Any]:
+        lengths = [int(n) for n in np.asarray(input_feed["lengths"])]
+        self._entered.append(lengths)
         if self._gate is not None and not self._gate.wait(timeout=30):
             raise RuntimeError("test gate never opened")
-        self._log.append([int(n) for n in np.asarray(input_feed["lengths"])])
+        self._log.append(lengths)
         if self._fault is not None:
             exc = self._fault(input_feed)
             if exc is not None:
@@ -51,7 +54,8 @@ class FaultyFactory:
     - ``gate``: runs wait until it is set (to hold requests in the queue or in flight).
     - ``fake_gpu``: sessions created with CUDA in the provider list claim CUDA is active.
     - ``fail_gpu_load``: creating a session with CUDA in the list raises, as a broken CUDA install does.
-    ``batches`` records the item lengths of every batch that reached a session.
+    ``entered`` records the item lengths of every batch that reached a session (before the gate),
+    ``batches`` those that passed the gate.
     """
 
     def __init__(self, fault: Fault | None = None, gate: threading.Event | None = None, *,
@@ -61,6 +65,7 @@ class FaultyFactory:
         self.fake_gpu = fake_gpu
         self.fail_gpu_load = fail_gpu_load
         self.batches: list[list[int]] = []
+        self.entered: list[list[int]] = []
         self.created: list[list[str]] = []
 
     def __call__(self, model_path: Path, providers: Sequence[str], options: RunnerOptions) -> SessionLike:
@@ -70,9 +75,10 @@ class FaultyFactory:
             raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version (injected)")
         real = ort_session_factory(model_path, [CPU_PROVIDER], options)
         if self.fake_gpu and wants_gpu:
-            return WrappedSession(real, [CUDA_PROVIDER, CPU_PROVIDER], self.fault, self.gate, self.batches)
+            return WrappedSession(real, [CUDA_PROVIDER, CPU_PROVIDER], self.fault, self.gate, self.batches,
+                                  self.entered)
         fault = None if self.fake_gpu else self.fault
-        return WrappedSession(real, [CPU_PROVIDER], fault, self.gate, self.batches)
+        return WrappedSession(real, [CPU_PROVIDER], fault, self.gate, self.batches, self.entered)
 
 
 def oom_above(max_padded_samples: int) -> Fault:
