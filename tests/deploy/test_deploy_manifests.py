@@ -142,6 +142,9 @@ def test_containers_run_unprivileged_on_a_read_only_root(rendered: tuple[str, li
         tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
         assert "emptyDir" in volumes[tmp["name"]], container["name"]
         assert "requests" in container["resources"] and "limits" in container["resources"], container["name"]
+    containers = pod["containers"] + pod.get("initContainers", [])
+    mounted = {m["name"] for c in containers for m in c["volumeMounts"]}
+    assert mounted == set(volumes)
     server = _server(objects)
     model_mount = next(m for m in server["volumeMounts"] if m["mountPath"] == "/models")
     assert model_mount["readOnly"] is True
@@ -245,7 +248,7 @@ def test_model_volume_component_replaces_the_export_step(tmp_path: Path) -> None
     assert "initContainers" not in pod
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["model-repository"]["persistentVolumeClaim"]["claimName"] == "emotion-model-repository"
-    assert "emptyDir" in volumes["tmp"]
+    assert set(volumes) == {"model-repository", "tmp"}
     for obj in objects:
         if (obj["apiVersion"], obj["kind"]) not in CUSTOM_KINDS:
             kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
