@@ -149,6 +149,10 @@ class DynamicBatcher(Generic[P, R]):
             if len(done) < len(self._workers):
                 _log.warning("batcher drain did not finish within %.3f s; failing the rest", timeout_s)
         self._closed = True
+        # Fail running requests before cancelling the workers: cancellation unwinds their bookkeeping.
+        for req in list(self._running):
+            self._fail(req, BatcherClosed("batcher closed while the request was running"))
+        self._running.clear()
         for task in self._workers:
             task.cancel()
         if self._workers:
@@ -156,9 +160,6 @@ class DynamicBatcher(Generic[P, R]):
         leftover = self._queue.drain_all()
         for req in leftover:
             self._fail(req, BatcherClosed("batcher closed before the request ran"))
-        for req in list(self._running):
-            self._fail(req, BatcherClosed("batcher closed while the request was running"))
-        self._running.clear()
         self._on_queue(0, 0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
