@@ -8,16 +8,14 @@ the real server. What is under test is the client's retry loop, so scripting the
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from client_helpers import AudioSet, free_port, running_server
+from client_helpers import AudioSet, SheddingProxy, free_port, running_server
 from emotion.v1 import emotion_pb2_grpc
 
 from clients import (
@@ -33,74 +31,6 @@ from clients import (
     Unavailable,
 )
 from clients.errors import retry_after_s
-
-
-class SheddingProxy(emotion_pb2_grpc.EmotionRecognizerServicer):
-    """Refuses the first ``refuse`` calls, then forwards to ``upstream``; records what it saw."""
-
-    def __init__(self, upstream: str) -> None:
-        self._channel = grpc.insecure_channel(upstream)
-        self._stub = emotion_pb2_grpc.EmotionRecognizerStub(self._channel)
-        self._lock = threading.Lock()
-        self.refuse = 0
-        self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-        self.retry_after_ms: int | None = None
-        self.delay_s = 0.0
-        self.calls = 0
-        self.call_times: list[float] = []
-        self.metadata: list[dict[str, str]] = []
-
-    def reset(self, refuse: int, code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED,
-              retry_after_ms: int | None = None, delay_s: float = 0.0) -> None:  # fmt: skip
-        with self._lock:
-            self.refuse, self.code, self.retry_after_ms, self.delay_s = refuse, code, retry_after_ms, delay_s
-            self.calls, self.call_times, self.metadata = 0, [], []
-
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        with self._lock:
-            self.calls += 1
-            self.call_times.append(time.monotonic())
-            self.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
-            refusing = self.calls <= self.refuse
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if refusing:
-            if self.retry_after_ms is not None:
-                context.set_trailing_metadata((("retry-after-ms", str(self.retry_after_ms)),))
-            context.abort(self.code, f"scripted refusal {self.calls} of {self.refuse}")
-
-    @staticmethod
-    def _timeout(context: grpc.ServicerContext) -> float | None:
-        remaining = context.time_remaining()
-        # A call without a deadline reports an "infinite" remainder, which overflows as a timeout.
-        return None if remaining is None or remaining > 1e6 else remaining
-
-    def _forward(self, method: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(request, timeout=self._timeout(context))
-        except grpc.RpcError as exc:
-            context.abort(exc.code(), exc.details() or "")
-
-    def Recognize(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._admit(context)
-        return self._forward(self._stub.Recognize, request, context)
-
-    def Embed(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._admit(context)
-        return self._forward(self._stub.Embed, request, context)
-
-    def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._admit(context)
-        return self._forward(self._stub.GetModelInfo, request, context)
-
-    def StreamRecognize(
-        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
-    ) -> Iterator[Any]:
-        self._admit(context)
-        yield from self._stub.StreamRecognize(request_iterator, timeout=self._timeout(context))
-
-    def close(self) -> None:
-        self._channel.close()
 
 
 @pytest.fixture(scope="module")
