@@ -453,10 +453,15 @@ def _decode_any(data: bytes, fmt: str, limits: AudioLimits) -> tuple[FloatArray,
     if fmt not in _SNDFILE_FORMATS or is_opus:
         return _decode_av(data, fmt, limits)
     try:
-        return _decode_sndfile(data, limits)
+        mono, rate = _decode_sndfile(data, limits)
     except AudioError:
         raise
     except Exception:
         # libsndfile lacks some codecs FFmpeg has (e.g. WAV carrying MP3 or G.726); FFmpeg gets a second
         # try and its error, if any, is the one reported.
         return _decode_av(data, fmt, limits)
+    if mono.size == 0:
+        # libsndfile reports some damaged files (e.g. a truncated OGG Vorbis) as empty without an error;
+        # FFmpeg either decodes them or says what is wrong.
+        return _decode_av(data, fmt, limits)
+    return mono, rate
