@@ -134,9 +134,7 @@ async def test_async_client_over_mutual_tls(
     assert shed.metadata[0].get("authorization") == "Bearer aio-token"
 
 
-@pytest.mark.parametrize(
-    "case", ["no client certificate", "client certificate from another CA", "wrong root"]
-)
+@pytest.mark.parametrize("case", ["no client certificate", "client cert from another CA", "wrong root"])
 def test_handshake_failures_are_unavailable(
     mtls_proxy: tuple[SheddingProxy, str], certs: Certs, case: str
 ) -> None:
