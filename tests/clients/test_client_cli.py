@@ -191,3 +191,35 @@ def test_console_script_entry_point(target: str, audio: AudioSet, tmp_path: Path
         [*cmd, "bogus"], capture_output=True, text=True, env=env_target, timeout=60, check=False
     )
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_stub_example_once_and_http_front_end(target: str, audio: AudioSet) -> None:
+    """examples/stub_client.py, which uses only the generated stubs, against the real server."""
+    import urllib.error
+    import urllib.request
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "stub_client.py"
+    once = subprocess.run([sys.executable, str(script), "--target", target, "once", str(audio.mp3)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert once.returncode == 0, once.stderr
+    doc = json.loads(once.stdout)
+    assert doc["emotion"] in doc["scores"] and doc["untrained"] is True
+
+    port = free_port()
+    serve = [sys.executable, str(script), "--target", target, "serve", "--http-port", str(port)]
+    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}/recognize"
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=audio.ogg.read_bytes()), timeout=30
+        ) as reply:
+            assert reply.status == 200
+            assert json.loads(reply.read())["emotion"] in doc["scores"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"not audio" * 50), timeout=30)
+        assert refused.value.code == 400
+        assert json.loads(refused.value.read())["code"] == "INVALID_ARGUMENT"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
