@@ -215,6 +215,14 @@ class EnergySegmenter:
     def covered_samples(self) -> int:
         return self._covered
 
+    @property
+    def buffered_samples(self) -> int:
+        """Samples held right now (bounded by one segment or window plus one chunk)."""
+        return self._buf.end - self._buf.start + self._pending_size()
+
+    def _pending_size(self) -> int:
+        return int(self._pending.size)
+
     def feed(self, samples: FloatArray) -> list[Segment]:
         """Add 16 kHz mono samples (any length); return the segments they completed."""
         if self._finished:
@@ -328,6 +336,14 @@ class FixedSegmenter:
     @property
     def covered_samples(self) -> int:
         return self._covered
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples held right now (bounded by one segment or window plus one chunk)."""
+        return self._buf.end - self._buf.start + self._pending_size()
+
+    def _pending_size(self) -> int:
+        return 0
 
     def feed(self, samples: FloatArray) -> list[Segment]:
         """Add 16 kHz mono samples (any length); return the windows they completed."""
