@@ -12,15 +12,25 @@ from .results import Recognition
 __all__ = ["label_runs", "plot_frame_scores"]
 
 
-def label_runs(labels: list[str]) -> list[tuple[int, int, str]]:
-    """Maximal runs of equal consecutive labels as ``(first, end_exclusive, label)``."""
+def label_runs(labels: list[str], min_frames: int = 1) -> list[tuple[int, int, str]]:
+    """Runs of equal consecutive labels as ``(first, end_exclusive, label)``.
+
+    A run shorter than ``min_frames`` is absorbed by the run before it, so a label flickering for a frame
+    or two does not split a segment.
+    """
     runs: list[tuple[int, int, str]] = []
     start = 0
     for i in range(1, len(labels) + 1):
         if i == len(labels) or labels[i] != labels[start]:
-            runs.append((start, i, labels[start]))
+            if runs and i - start < min_frames:
+                first, _, label = runs[-1]
+                runs[-1] = (first, i, label)
+            elif runs and runs[-1][2] == labels[start]:
+                runs[-1] = (runs[-1][0], i, labels[start])  # rejoined after an absorbed flicker
+            else:
+                runs.append((start, i, labels[start]))
             start = i
-    return runs if labels else []
+    return runs
 
 
 def plot_frame_scores(
@@ -31,10 +41,12 @@ def plot_frame_scores(
     height_px: int = 600,
     dpi: int = 100,
     title: str | None = None,
+    min_segment_s: float = 0.2,
 ) -> Path:
     """Draw one line per enabled emotion over time and shade each segment by its top label.
 
-    Segments are the runs of frames sharing a top label. The image is exactly ``width_px`` x ``height_px``.
+    Segments are the runs of frames sharing a top label, runs shorter than ``min_segment_s`` absorbed by
+    their predecessor. The image is exactly ``width_px`` x ``height_px``.
     """
     if not result.frames:
         raise ValueError("the result has no frames: recognize with granularity='frame'")
@@ -52,7 +64,9 @@ def plot_frame_scores(
 
     fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     try:
-        for first, end, label in label_runs([f.label for f in result.frames]):
+        frame_s = result.frames[0].end_s - result.frames[0].start_s or 0.02
+        min_frames = max(1, round(min_segment_s / frame_s))
+        for first, end, label in label_runs([f.label for f in result.frames], min_frames):
             ax.axvspan(
                 result.frames[first].start_s,
                 result.frames[end - 1].end_s,

@@ -223,3 +223,12 @@ def test_stub_example_once_and_http_front_end(target: str, audio: AudioSet) -> N
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_plot_segments_absorb_flicker() -> None:
+    from clients.plot import label_runs
+
+    assert label_runs([]) == []
+    assert label_runs(list("aaabbc")) == [(0, 3, "a"), (3, 5, "b"), (5, 6, "c")]
+    # One-frame flickers are absorbed, and the run they interrupted continues.
+    assert label_runs(list("aaaabaaaacccc"), min_frames=2) == [(0, 9, "a"), (9, 13, "c")]
