@@ -57,10 +57,11 @@ def resolve_model(settings: Settings) -> ModelManifest:
     cache = Path(settings.model_cache_dir).expanduser()
     if model == "demo":
         out = cache / "demo"
-        if not (out / MANIFEST_FILE).is_file():
+        repo = out / "repo"  # export.demo writes <out>/checkpoint and the repository <out>/repo
+        if not (repo / MANIFEST_FILE).is_file():
             _require_export_extra(model)
             _run_export(["demo", "--out", str(out)], "building the demo model")
-        manifest = load_manifest(out)
+        manifest = load_manifest(repo)
         log.warning("=" * 78)
         log.warning("SERVING THE DEMO MODEL %s: random weights, its scores are UNTRAINED and MEANINGLESS",
                     manifest.model_name)

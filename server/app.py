@@ -5,7 +5,7 @@ health NOT_SERVING, warm the model up across the batch length ranges, then repor
 
 Shutdown (SIGTERM), in this order: health NOT_SERVING -> refuse new calls (UNAVAILABLE) -> let accepted
 calls finish and drain the batcher within ``drain_grace_s`` -> ``server.stop(grace)`` -> close the runner.
-A second SIGTERM (or SIGINT) exits at once.
+A second SIGTERM (or SIGINT), a second or more after the first, exits at once with status 1.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from server.service import EmotionService, ServiceLimits
 __all__ = ["EmotionServer", "run_server", "warmup_durations"]
 
 log = logging.getLogger(__name__)
+
+#: A second SIGTERM/SIGINT at least this long after the first forces an immediate exit.
+_DOUBLE_SIGNAL_S = 1.0
 
 
 def warmup_durations(min_s: float, max_s: float) -> list[float]:
@@ -138,7 +141,7 @@ class EmotionServer:
         if s.warmup:
             await self.warmup()
         await self.health.set_serving()
-        log.info("SERVING")
+        log.info("ready: health SERVING on %s:%d", s.host, self.port)
 
     async def warmup(self) -> None:
         """Run the model on each length of ``warmup_durations`` (and one full batch) before SERVING."""
@@ -187,16 +190,23 @@ async def run_server(settings: Settings, manifest: ModelManifest) -> int:
     server = EmotionServer(settings, manifest)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
-    signals_seen = 0
+    first_signal_at: float | None = None
 
     def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.error("second %s: exiting now without draining", signal.Signals(signum).name)
+        nonlocal first_signal_at
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if first_signal_at is None:
+            first_signal_at = now
+            log.info("%s received", name)
+            stop_requested.set()
+        elif now - first_signal_at >= _DOUBLE_SIGNAL_S:
+            log.error("second %s: exiting now without draining", name)
             os._exit(1)
-        log.info("%s received", signal.Signals(signum).name)
-        stop_requested.set()
+        else:
+            # Process supervisors (timeout(1), a shell killing the process group) often deliver the
+            # same signal twice at once; only a deliberate second signal forces the exit.
+            log.info("%s repeated within %.0f s; still draining", name, _DOUBLE_SIGNAL_S)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

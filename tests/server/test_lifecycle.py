@@ -209,7 +209,7 @@ async def test_sigterm_drains_requests_in_flight_and_exits_zero(model_dir: Path)
             log.append(line)
             if (found := re.search(r"listening on \S+:(\d+)", line)) is not None:
                 port = int(found.group(1))
-            if "SERVING" in line and "NOT_SERVING" not in line:
+            if "ready: health SERVING" in line:
                 break
         assert port
         drained = asyncio.ensure_future(_collect(proc.stderr, log))
