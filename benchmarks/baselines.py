@@ -4,11 +4,11 @@
   queue: the most throughput the serving stack could reach with this model and these threads.
 - ``funasr_sequential``: FunASR ``AutoModel.generate`` one clip at a time in PyTorch (what the popular
   emotion2vec WebUI runs). ``funasr`` is imported only inside this function.
-- ``inprocess_policy``: a single-runner dispatcher in this process, fed an arrival stream, forming batches
+- ``inprocess_policy``: the real ``DynamicBatcher`` in this process, fed an arrival stream, forming batches
   by a named policy: ``none`` (batch of one), ``fifo`` (first-in-first-out, pad to the longest),
   ``equal_shape`` (only identical lengths batch together, as Triton's dynamic batcher does without
-  ragged batching). Used when the server cannot be told to batch that way, and to separate the
-  policies' effect from gRPC costs.
+  ragged batching), ``length_aware`` (this project's policy). Used because the server cannot be told to
+  batch FIFO / equal-shape, and to separate the policies' effect from gRPC costs.
 - ``threads_instances``: throughput of ``instances`` sessions in parallel threads with ``threads`` each.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from benchmarks.loadgen import SAMPLE_RATE_HZ, LoadResult, percentile_ms
 
 MIN_SAMPLES = 400
-POLICIES = ("none", "fifo", "equal_shape")
+POLICIES = ("none", "fifo", "equal_shape", "length_aware")
 
 
 class OrtModel:
@@ -140,30 +139,20 @@ def funasr_sequential(
     )
 
 
-def _select(
-    policy: str, pending: deque[int], clips: Sequence[np.ndarray], max_batch_size: int, max_batch_samples: int
-) -> list[int]:
-    head = pending[0]
-    if policy == "none":
-        return [head]
-    batch = [head]
-    longest = len(clips[head])
-    for i in list(pending)[1:]:
-        if len(batch) >= max_batch_size:
-            break
-        if policy == "equal_shape":
-            if len(clips[i]) == len(clips[head]):
-                batch.append(i)
-        elif policy == "fifo":
-            # Plain FIFO: the next requests in arrival order, padded to the longest, within the budget.
-            new_longest = max(longest, len(clips[i]))
-            if new_longest * (len(batch) + 1) > max_batch_samples:
-                break
-            batch.append(i)
-            longest = new_longest
-        else:
-            raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
-    return batch
+class _BatchStats:
+    """Batcher observer: counts batches by size and padded / useful samples."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, float] = {}
+        self.padded = 0
+        self.useful = 0
+
+    def on_batch(
+        self, size: int, padded_cost: int, useful_cost: int, run_s: float, queue_waits_s: list[float]
+    ) -> None:
+        self.sizes[str(size)] = self.sizes.get(str(size), 0.0) + 1
+        self.padded += padded_cost
+        self.useful += useful_cost
 
 
 def inprocess_policy(
@@ -176,49 +165,68 @@ def inprocess_policy(
     max_batch_audio_s: float = 60.0,
     label: str = "",
 ) -> LoadResult:
-    """Serve ``clips[i]`` arriving at ``arrivals_s[i]`` (seconds from start, sorted) with one runner.
+    """Serve ``clips[i]`` arriving at ``arrivals_s[i]`` (seconds from start) through the real
+    ``DynamicBatcher`` in this process, with the batch-forming decision named by ``policy``.
 
-    Real time, real model, no gRPC: latency is completion minus arrival. An all-zero arrival list is a
-    backlog: it measures the policy's saturated throughput (latencies then mean nothing).
+    ``none``: batches of one. ``length_aware``: this project's policy (adaptive). ``fifo`` and
+    ``equal_shape``: the baselines of ``batching.simulation`` swapped in for the batcher's decision, for
+    this run only (the batcher has no switch for them). Real time, real model, no gRPC: latency is
+    completion minus arrival. An all-zero arrival list is a backlog: it measures saturated throughput.
     """
+    import asyncio
+
+    import batching.batcher as batcher_module
+    from batching import BatchPolicy, DynamicBatcher
+    from batching.simulation import decide_equal_shape, decide_fifo
+
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
     n = len(clips)
-    max_batch_samples = int(max_batch_audio_s * SAMPLE_RATE_HZ)
-    pending: deque[int] = deque()
+    batch_policy = BatchPolicy(
+        max_batch_size=1 if policy == "none" else max_batch_size,
+        max_batch_cost=int(max_batch_audio_s * SAMPLE_RATE_HZ),
+        max_queue_delay_s=max_queue_delay_s,
+        max_queue_requests=max(256, n),
+        max_queue_cost=max(16000 * 600, sum(len(c) for c in clips)),
+        adaptive=policy in ("none", "length_aware"),
+    )
+    stats = _BatchStats()
     latencies: list[float] = []
-    sizes: dict[str, float] = {}
-    padded = useful = 0
-    nxt = 0
-    model.run(clips[:1])  # warm-up outside the clock
-    start = time.perf_counter()
-    while len(latencies) < n:
-        now = time.perf_counter() - start
-        while nxt < n and arrivals_s[nxt] <= now:
-            pending.append(nxt)
-            nxt += 1
-        if not pending:
-            time.sleep(max(0.0, arrivals_s[nxt] - now))
-            continue
-        batch = _select(policy, pending, clips, max_batch_size, max_batch_samples)
-        oldest_deadline = arrivals_s[pending[0]] + max_queue_delay_s
-        if (
-            policy != "none"
-            and len(batch) < max_batch_size
-            and nxt < n
-            and arrivals_s[nxt] < oldest_deadline
-            and now < oldest_deadline
-        ):
-            # Wait for the batch to fill, but never past the oldest request's queue delay.
-            time.sleep(max(0.0, min(arrivals_s[nxt], oldest_deadline) - now))
-            continue
-        for i in batch:
-            pending.remove(i)
-        p, u = model.run([clips[i] for i in batch])
-        padded += p
-        useful += u
-        done = time.perf_counter() - start
-        latencies.extend(done - arrivals_s[i] for i in batch)
-        sizes[str(len(batch))] = sizes.get(str(len(batch)), 0.0) + 1
-    wall = time.perf_counter() - start
+
+    def run_batch(payloads: list[np.ndarray]) -> list[None]:
+        model.run(payloads)
+        return [None] * len(payloads)
+
+    async def serve() -> float:
+        batcher: DynamicBatcher[np.ndarray, None] = DynamicBatcher(run_batch, batch_policy, observer=stats)
+        await batcher.start()
+        start = time.perf_counter()
+
+        async def one(i: int) -> None:
+            delay = start + arrivals_s[i] - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await batcher.submit(clips[i], cost=len(clips[i]))
+            latencies.append(time.perf_counter() - start - arrivals_s[i])
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - start
+        await batcher.close()
+        return wall
+
+    original = batcher_module.decide
+    if policy in ("fifo", "equal_shape"):
+        baseline = decide_fifo if policy == "fifo" else decide_equal_shape
+
+        def swapped(queue: Any, now: float, pol: Any, lat: Any, flush: bool = False) -> Any:
+            return baseline(queue, now, pol, lat)
+
+        batcher_module.decide = swapped  # type: ignore[assignment]
+    try:
+        model.run(clips[:1])  # warm-up outside the clock
+        wall = asyncio.run(serve())
+    finally:
+        batcher_module.decide = original
     return LoadResult(
         label=label or f"in-process {policy}",
         mode="inprocess",
@@ -233,9 +241,9 @@ def inprocess_policy(
         p50_ms=percentile_ms(latencies, 50),
         p95_ms=percentile_ms(latencies, 95),
         p99_ms=percentile_ms(latencies, 99),
-        mean_batch_size=n / sum(sizes.values()),
-        batch_sizes=dict(sorted(sizes.items(), key=lambda kv: int(kv[0]))),
-        padding_waste=1 - useful / padded,
+        mean_batch_size=n / sum(stats.sizes.values()),
+        batch_sizes=dict(sorted(stats.sizes.items(), key=lambda kv: int(kv[0]))),
+        padding_waste=1 - stats.useful / stats.padded if stats.padded else 0.0,
     )
 
 

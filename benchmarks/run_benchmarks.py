@@ -57,6 +57,7 @@ class Plan:
     funasr_budget_s: float
     null_concurrency: int
     null_processes: int
+    inprocess_open_clips: int  # clips of the in-process open-loop comparison (0: skip it)
     variants: bool  # also measure the secondary variants (non-adaptive, server threads, null max batch 1)
 
 
@@ -72,6 +73,7 @@ QUICK = Plan(
     funasr_budget_s=5.0,
     null_concurrency=16,
     null_processes=1,
+    inprocess_open_clips=8,
     variants=False,
 )
 FULL = Plan(
@@ -86,6 +88,7 @@ FULL = Plan(
     funasr_budget_s=60.0,
     null_concurrency=128,
     null_processes=2,
+    inprocess_open_clips=10,
     variants=True,
 )
 
@@ -180,12 +183,13 @@ class Suite:
             self.add("inprocess", r, load, fraction_of_offline=self._fraction(r, best))
         # One open-loop rate below saturation, where the queue delay matters for latency.
         rate = 0.7 * max((r["rps"] for r in self.results if r["section"] == "offline"), default=1.0)
-        for policy in baselines.POLICIES:
+        clips = self.clips[: self.plan.inprocess_open_clips]
+        for policy in baselines.POLICIES if clips else ():
             load = self.load1()
             r = baselines.inprocess_policy(
                 self.model,
-                self.clips,
-                baselines.poisson_arrivals(len(self.clips), rate, self.args.seed),
+                clips,
+                baselines.poisson_arrivals(len(clips), rate, self.args.seed),
                 policy,
                 label=f"in-process {policy}, {rate:.2f} req/s",
             )
@@ -209,6 +213,7 @@ class Suite:
         from benchmarks.suite.server_process import ServerProcess
 
         repo = repo or self.args.model_repo
+        extra_args = [*shlex.split(self.args.server_args), *extra_args]
         requests = requests if requests is not None else self.requests
         audio_s = audio_s if audio_s is not None else self.audio_s
         try:
@@ -423,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-s", type=float, help="override seconds per server measurement")
     parser.add_argument("--clips", type=int, help="override the number of clips")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="extra server flags for every server run, e.g. '--max-duration-s 30'",
+    )
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
 
