@@ -1,6 +1,6 @@
 """Channels that work behind Kubernetes: DNS targets with round_robin, keepalive, TLS/mTLS, tokens.
 
-A headless Service (``dns:///emotion-headless.ns.svc:50051``) resolves to every pod; the round_robin
+A headless Service (``dns:///emotion-server-headless.ns.svc:50051``) resolves to every pod; the round_robin
 policy keeps a subchannel to each and spreads calls across them, which a ClusterIP Service cannot do for
 long-lived HTTP/2 connections. Keepalive pings notice pods that vanished without closing the connection.
 """

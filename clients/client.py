@@ -44,7 +44,7 @@ class EmotionClient:
     """Blocking client. Thread-safe: one instance (one channel) can serve many threads.
 
     Args:
-        target: ``host:port`` or any gRPC target, e.g. ``dns:///emotion-headless.ns.svc:50051``.
+        target: ``host:port`` or any gRPC target, e.g. ``dns:///emotion-server-headless.ns.svc:50051``.
         tls: TLS/mTLS settings; None for a plaintext channel.
         token: bearer token sent as ``authorization: Bearer <token>`` on every call.
         timeout_s: default deadline of each call, retries included (``stream`` has none by default).
