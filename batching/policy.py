@@ -21,7 +21,7 @@ When to dispatch:
 - ``adaptive`` and the model is not ready yet (conservative start): dispatch what is queued at once, never
   leaving a runner idle while work waits. Under load this forms batches of several sizes: the model learns.
 - ``adaptive`` and the model says batching does not pay at this length (a CPU, typically): the anchor alone,
-  at once — never slower than one at a time. Every ``explore_every`` runs one multi-item batch is still tried
+  at once — never slower than one at a time. Every ``explore_every`` runs one two-item batch is still tried
   when requests wait, to notice if that changes.
 - batching pays (or ``adaptive=False``, the classic Triton rule): dispatch when the batch reaches the best
   size (the model's throughput-optimal size, else ``max_batch_size`` / the largest preferred size) or is
@@ -241,7 +241,8 @@ def decide(
         target = model.best_batch_size(anchor.cost, max_items)
         if target == 1:
             if model.explore_due and len(queue) > 1:
-                batch, doomed = _form(queue, anchor, now, policy, model, max_items, marginal=False)
+                # Two items suffice to measure what batching costs; more cost more where it does not pay.
+                batch, doomed = _form(queue, anchor, now, policy, model, min(2, max_items), marginal=False)
                 return Dispatch(tuple(batch), "explore", tuple(doomed))
             return Dispatch((anchor,), "batching_does_not_pay")
     else:
