@@ -100,8 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     from server.app import run_server  # after model resolution: keeps --help and errors fast
+    from server.security import SecurityConfigError
 
-    return asyncio.run(run_server(settings, manifest))
+    try:
+        return asyncio.run(run_server(settings, manifest))
+    except (SecurityConfigError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
 
 
 if __name__ == "__main__":

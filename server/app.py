@@ -30,6 +30,7 @@ from server.health import SERVICE_NAME, Health
 from server.manifest import ModelManifest
 from server.metrics import ServerMetrics
 from server.runner import Runner, RunnerOptions, SessionFactory, ort_session_factory, split_on_error
+from server.security import TokenAuthInterceptor, TokenStore, server_credentials
 from server.service import EmotionService, ServiceLimits
 
 __all__ = ["EmotionServer", "run_server", "warmup_durations"]
@@ -125,14 +126,28 @@ class EmotionServer:
         if s.max_connection_age_s > 0:
             grpc_options += [("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                              ("grpc.max_connection_age_grace_ms", int(s.drain_grace_s * 1000))]
-        self.server = grpc.aio.server(options=grpc_options)
+        tokens = TokenStore.from_settings(s.auth_token_file or None)
+        interceptors: list[Any] = []
+        if tokens is not None:
+            interceptors.append(TokenAuthInterceptor(tokens, exempt_reflection=s.auth_exempt_reflection,
+                                                     on_reject=self.metrics.reject))
+            log.info("bearer-token authentication enabled (health checks exempt)")
+        credentials = server_credentials(s.tls_cert_file or None, s.tls_key_file or None,
+                                         s.tls_client_ca_file or None)
+        self.server = grpc.aio.server(options=grpc_options, interceptors=interceptors)
         emotion_pb2_grpc.add_EmotionRecognizerServicer_to_server(self.service, self.server)
         await self.health.start()
         self.health.add_to_server(self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+            mutual = " with client certificates (mutual TLS)" if s.tls_client_ca_file else ""
+            log.info("TLS enabled%s", mutual)
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.port}")
         await self.server.start()

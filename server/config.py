@@ -50,6 +50,15 @@ class Settings:
         0.0, "close client connections after this many seconds so clients rebalance (0 = never)"
     )
     max_concurrent_streams: int = _opt(64, "StreamRecognize calls open at once; more are refused")
+    # --- security (see server/security.py)
+    tls_cert_file: str = _opt("", "PEM server certificate; with --tls-key-file enables TLS")
+    tls_key_file: str = _opt("", "PEM private key of the server certificate")
+    tls_client_ca_file: str = _opt("", "PEM CA for client certificates: enables mutual TLS")
+    auth_token_file: str = _opt(
+        "", "file of accepted bearer tokens, one per line (re-read when it changes); tokens may also come "
+        "from EMOTION_AUTH_TOKENS (comma-separated). With any token, calls need 'authorization: Bearer <t>'"
+    )
+    auth_exempt_reflection: bool = _opt(False, "allow server reflection without a token")
     # --- model
     model: str = _opt(
         "demo",

@@ -245,3 +245,18 @@ async def test_sigterm_drains_requests_in_flight_and_exits_zero(model_dir: Path)
 async def _collect(stream: asyncio.StreamReader, log: list[str]) -> None:
     while line := await stream.readline():
         log.append(line.decode())
+
+
+async def test_bearer_token_auth_wired_in(start_server: StartServer, tmp_path: Path) -> None:
+    token = "s3cret-token-for-tests-0123456789"
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# accepted tokens\n{token}\n")
+    running: Running = await start_server(auth_token_file=str(token_file))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await recognize(running, RATE)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    response = await running.stub.Recognize(pb.RecognizeRequest(audio=audio_of(RATE)),
+                                            metadata=(("authorization", f"Bearer {token}"),))
+    assert response.utterance.label
+    assert await health_status(running.channel, SERVICE_NAME) == SERVING  # probes need no secret
+    assert running.metric("emotion_rejections_total", reason="unauthenticated") == 1
