@@ -230,12 +230,14 @@ async def run_server(settings: Settings, manifest: ModelManifest) -> int:
         stop_wait = asyncio.ensure_future(stop_requested.wait())
         done, _ = await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if start in done:
-            start.result()  # raise start-up errors
+            if start.exception() is not None:
+                stop_wait.cancel()
+                await server.stop()  # release what was started (metrics port, batcher, sessions)
+                start.result()  # raise the start-up error
             await stop_wait
         else:
             start.cancel()
-            with_suppress = asyncio.gather(start, return_exceptions=True)
-            await with_suppress
+            await asyncio.gather(start, return_exceptions=True)
         await server.stop()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

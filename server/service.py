@@ -177,12 +177,14 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
 
         start = time.monotonic()
         code = "OK"
-        self._check_accepting()
-        if self._active_streams >= self._limits.max_concurrent_streams:
-            exc: Exception = TooManyStreams(
-                f"too many open streams (limit {self._limits.max_concurrent_streams}); retry later"
-            )
-            await self._abort("StreamRecognize", context, exc, start)
+        try:
+            self._check_accepting()
+            if self._active_streams >= self._limits.max_concurrent_streams:
+                raise TooManyStreams(
+                    f"too many open streams (limit {self._limits.max_concurrent_streams}); retry later"
+                )
+        except (Draining, TooManyStreams) as refused:
+            await self._abort("StreamRecognize", context, refused, start)
         self._active_streams += 1
         self._metrics.active_streams.set(self._active_streams)
         self._enter()

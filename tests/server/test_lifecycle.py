@@ -28,6 +28,7 @@ from tests.server.audio_fixtures import encoded_signal, make_signal
 from tests.server.conftest import BASE_SETTINGS, Running, StartServer
 from tests.server.faults import FaultyFactory
 from tests.server.test_batching_and_faults import audio_of, recognize, until
+from tests.server.test_streaming import config, stream
 
 RATE = 16000
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +79,10 @@ async def test_warmup_then_serving_then_drain(start_server: StartServer) -> None
         await recognize(running, RATE)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in (refused.value.details() or "")
-    assert running.metric("emotion_rejections_total", reason="draining") == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused_stream:
+        await stream(running, [config()])
+    assert refused_stream.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert running.metric("emotion_rejections_total", reason="draining") == 2
     gate.set()
     assert (await in_flight).utterance.label
     await stopping
