@@ -1,0 +1,240 @@
+"""SIGTERM while the real server process (``python -m server``) is under load.
+
+- Drain: readiness flips to NOT_SERVING, every request the server accepted completes OK, new ones are
+  refused with UNAVAILABLE ("shutting down") or cannot connect; the process exits 0.
+- A second SIGTERM during a drain, and the grace limit, both end the process promptly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from emotion.v1 import emotion_pb2 as pb
+from emotion.v1 import emotion_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.health import SERVICE_NAME
+from tests.reliability.conftest import raw_request, tone
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen[str], port: int, log: list[str]) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _start(model_dir: Path, *extra: str) -> ServerProcess:
+    cmd = [
+        sys.executable, "-m", "server", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0",
+        "--metrics-port", "-1", "--intra-op-threads", "1", "--max-duration-s", "10", "--no-warmup",
+        "--max-queue-requests", "512", *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    log: list[str] = []
+    port_seen = threading.Event()
+    found: list[int] = []
+
+    def pump() -> None:  # keep reading so the pipe never fills and blocks the server
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            m = re.search(r"listening on \S+:(\d+)", line)
+            if m and not found:
+                found.append(int(m.group(1)))
+                port_seen.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not port_seen.wait(60):
+        proc.kill()
+        raise AssertionError("server did not start:\n" + "".join(log))
+    return ServerProcess(proc, found[0], log)
+
+
+@pytest.fixture
+def server_procs() -> Iterator[list[ServerProcess]]:
+    procs: list[ServerProcess] = []
+    yield procs
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(10)
+
+
+async def _wait_serving(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for _ in range(600):
+        try:
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("server never became SERVING")
+
+
+def _refused_before_acceptance(code: str, details: str) -> bool:
+    """A refusal that never reached the model: the drain's UNAVAILABLE, or no connection at all."""
+    text = details.lower()
+    return code == "UNAVAILABLE" and ("shutting down" in text or "connect" in text or "refused" in text)
+
+
+async def test_sigterm_under_load_loses_no_accepted_request(
+    tiny_repo: Path, server_procs: list[ServerProcess]
+) -> None:
+    server = _start(Path(tiny_repo), "--drain-grace-s", "20", "--max-batch-size", "4")
+    server_procs.append(server)
+    channel = grpc.aio.insecure_channel(server.address)
+    stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
+    await _wait_serving(channel)
+    request = raw_request(tone(4.0))
+    expected = await stub.Recognize(request, timeout=30)
+
+    stop = asyncio.Event()
+    outcomes: list[tuple[float, float, str, str]] = []  # (sent, finished, code, details)
+    health_changes: list[tuple[float, int]] = []
+
+    async def worker() -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                response = await stub.Recognize(request, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                outcomes.append((sent, time.monotonic(), exc.code().name, exc.details() or ""))
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    await asyncio.sleep(0.02)
+                continue
+            got = [s.score for s in response.utterance.scores]
+            want = [s.score for s in expected.utterance.scores]
+            same = max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4  # batch-exact tolerance
+            outcomes.append((sent, time.monotonic(), "OK" if same else "WRONG_RESULT", ""))
+
+    async def watch_health() -> None:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        try:
+            async for resp in call:
+                health_changes.append((time.monotonic(), resp.status))
+                if resp.status == health_pb2.HealthCheckResponse.NOT_SERVING and len(health_changes) > 1:
+                    break  # an open Watch would otherwise hold server.stop() for its whole grace
+        except grpc.aio.AioRpcError:
+            pass
+        finally:
+            call.cancel()
+
+    watcher = asyncio.ensure_future(watch_health())
+    workers = [asyncio.ensure_future(worker()) for _ in range(12)]
+    await asyncio.sleep(1.5)
+    in_flight_before = sum(1 for o in outcomes if o[2] == "OK")
+    assert in_flight_before > 0, "no load reached the server before SIGTERM"
+    sigterm_at = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    rc = await asyncio.get_running_loop().run_in_executor(None, server.proc.wait, 60)
+    exited_at = time.monotonic()
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.gather(*workers)
+    watcher.cancel()
+    await channel.close()
+
+    assert rc == 0, "".join(server.log[-20:])
+    # Once one call has been refused for draining, the service refuses every later call for good, so a
+    # call sent after that moment cannot have been accepted. grpc.aio cancels calls that arrive while
+    # server.stop() runs (CANCELLED rather than UNAVAILABLE): those are refusals too, not losses.
+    first_refusal = min((o[1] for o in outcomes if "shutting down" in o[3].lower()), default=float("inf"))
+    lost = [
+        o
+        for o in outcomes
+        if o[2] != "OK"
+        and not _refused_before_acceptance(o[2], o[3])
+        and not (o[2] == "CANCELLED" and o[0] > first_refusal)
+    ]
+    assert not lost, f"accepted requests lost or wrong: {lost[:5]}"
+    print(
+        f"requests: {len(outcomes)}, OK {sum(o[2] == 'OK' for o in outcomes)}, refused "
+        f"{sum(o[2] != 'OK' for o in outcomes)}, drain took {exited_at - sigterm_at:.2f} s"
+    )
+    # Requests in flight at SIGTERM finished OK during the drain.
+    drained_ok = [o for o in outcomes if o[2] == "OK" and o[0] < sigterm_at < o[1]]
+    assert drained_ok, "no request was in flight at SIGTERM; the test proves nothing"
+    assert all(o[1] <= exited_at + 0.1 for o in drained_ok)
+    # Readiness went NOT_SERVING at the start of the drain, before the process went away.
+    not_serving = [t for t, status in health_changes if status == health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert any(sigterm_at <= t <= exited_at for t in not_serving), health_changes
+    assert "stopped" in "".join(server.log)
+
+
+async def _open_idle_stream(address: str) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
+    """A StreamRecognize call that has sent audio and stays open: accepted work that keeps a drain busy."""
+    channel = grpc.aio.insecure_channel(address)
+    call = emotion_pb2_grpc.EmotionRecognizerStub(channel).StreamRecognize(timeout=120)
+    await call.write(
+        pb.StreamRecognizeRequest(
+            config=pb.StreamConfig(
+                encoding=pb.PCM_ENCODING_F32LE,
+                sample_rate_hz=16000,
+                segmentation=pb.SegmentationConfig(mode=pb.SEGMENTATION_MODE_FIXED, window_s=1.0),
+            )
+        )
+    )
+    await call.write(pb.StreamRecognizeRequest(audio=tone(1.0).astype("<f4").tobytes()))
+    await call.read()  # the first segment's result: the stream is established and counted in flight
+    return channel, call
+
+
+async def test_second_sigterm_forces_exit(tiny_repo: Path, server_procs: list[ServerProcess]) -> None:
+    server = _start(Path(tiny_repo), "--drain-grace-s", "60")
+    server_procs.append(server)
+    probe = grpc.aio.insecure_channel(server.address)
+    await _wait_serving(probe)
+    await probe.close()
+    channel, call = await _open_idle_stream(server.address)
+    try:
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        assert server.proc.poll() is None, "the drain did not wait for the open stream"
+        second_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.get_running_loop().run_in_executor(None, server.proc.wait, 30)
+        assert time.monotonic() - second_at < 5.0
+        assert rc != 0  # forced: not a clean drain
+    finally:
+        call.cancel()
+        await channel.close()
+
+
+async def test_grace_limit_ends_a_drain_that_cannot_finish(
+    tiny_repo: Path, server_procs: list[ServerProcess]
+) -> None:
+    server = _start(Path(tiny_repo), "--drain-grace-s", "1.5")
+    server_procs.append(server)
+    probe = grpc.aio.insecure_channel(server.address)
+    await _wait_serving(probe)
+    await probe.close()
+    channel, call = await _open_idle_stream(server.address)
+    try:
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.get_running_loop().run_in_executor(None, server.proc.wait, 30)
+        assert time.monotonic() - sent < 1.5 + 5.0, "the grace limit did not end the drain"
+    finally:
+        call.cancel()
+        await channel.close()
