@@ -165,7 +165,8 @@ class EmotionServer:
         rate = self.manifest.sample_rate_hz
         rng = np.random.default_rng(0)
         started = time.monotonic()
-        for duration in warmup_durations(max(s.min_duration_s, 0.5), s.max_duration_s):
+        longest = min(s.max_duration_s, s.warmup_max_s)
+        for duration in warmup_durations(min(max(s.min_duration_s, 0.5), longest), longest):
             wave = (0.01 * rng.standard_normal(int(duration * rate))).astype(np.float32)
             await self.batcher.submit(wave, cost=wave.shape[0], deadline=None)
         # A burst of short items so batched shapes are compiled too.

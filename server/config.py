@@ -94,6 +94,9 @@ class Settings:
     max_stream_duration_s: float = _opt(3600.0, "longest StreamRecognize audio, in seconds")
     # --- lifecycle
     warmup: bool = _opt(True, "run the model across the batch length ranges before reporting SERVING")
+    warmup_max_s: float = _opt(
+        16.0, "longest warm-up input, in seconds (capped by --max-duration-s); bounds start-up time on CPUs"
+    )
     drain_grace_s: float = _opt(25.0, "on SIGTERM, time allowed to finish accepted work before exiting")
     log_level: str = _opt("INFO", "logging level")
 
@@ -117,7 +120,7 @@ class Settings:
         if self.intra_op_threads < 0:
             problems.append("intra_op_threads must be >= 0")
         for name in ("max_batch_audio_s", "max_queue_audio_s", "max_duration_s", "min_duration_s",
-                     "max_stream_duration_s", "default_timeout_s"):
+                     "max_stream_duration_s", "default_timeout_s", "warmup_max_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         for name in ("max_queue_delay_ms", "drain_grace_s", "max_connection_age_s"):
