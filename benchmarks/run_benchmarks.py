@@ -77,18 +77,18 @@ QUICK = Plan(
     variants=False,
 )
 FULL = Plan(
-    clips=24,
-    run_s=25.0,
+    clips=12,
+    run_s=20.0,
     concurrency=6,
-    batch_sizes=(1, 2, 4, 8),
-    load_fractions=(0.3, 0.6, 0.9, 1.2),
+    batch_sizes=(1, 2, 4),
+    load_fractions=(0.5, 0.9, 1.2),
     queue_delays_ms=(0.0, 10.0, 50.0),
     batch_audio_s=(15.0, 60.0),
     threads_instances=((2, 1), (1, 2)),
     funasr_budget_s=60.0,
     null_concurrency=128,
     null_processes=2,
-    inprocess_open_clips=10,
+    inprocess_open_clips=0,
     variants=True,
 )
 
@@ -208,54 +208,70 @@ class Suite:
         audio_s: Sequence[float] | None = None,
         processes: int = 1,
         mix: str | None = None,
+        more: Sequence[tuple[str, str, float]] = (),
         **extra: Any,
     ) -> LoadResult | None:
+        """Start a server with ``extra_args``, measure one run (then each of ``more``: (label, mode,
+        offered) on the same server process), stop it. Returns the first run's result."""
         from benchmarks.suite.server_process import ServerProcess
 
         repo = repo or self.args.model_repo
         extra_args = [*shlex.split(self.args.server_args), *extra_args]
         requests = requests if requests is not None else self.requests
         audio_s = audio_s if audio_s is not None else self.audio_s
+        first: LoadResult | None = None
+        runs = [(label, mode, offered), *more]
         try:
             with ServerProcess(repo, extra_args) as srv:
-                load = self.load1()
-                before = loadgen.scrape(srv.metrics_url)
-                with loadgen.RssSampler(srv.pid) as rss:
-                    if mode == "open":
-                        assert offered is not None
-                        records, wall = asyncio.run(
-                            loadgen.open_loop(
-                                srv.target, requests, audio_s, offered, self.plan.run_s, self.args.seed
+                for run_label, run_mode, run_offered in runs:
+                    load = self.load1()
+                    before = loadgen.scrape(srv.metrics_url)
+                    with loadgen.RssSampler(srv.pid) as rss:
+                        if run_mode == "open":
+                            assert run_offered is not None
+                            records, wall = asyncio.run(
+                                loadgen.open_loop(
+                                    srv.target,
+                                    requests,
+                                    audio_s,
+                                    run_offered,
+                                    self.plan.run_s,
+                                    self.args.seed,
+                                )
                             )
-                        )
-                    elif processes > 1:
-                        offered = float(offered or self.plan.concurrency)
-                        records, wall = loadgen.closed_loop_processes(
-                            srv.target,
-                            mix or self.args.mix,
-                            self.args.audio_format,
-                            self.plan.clips,
-                            self.args.seed,
-                            int(offered),
-                            self.plan.run_s,
-                            processes,
-                        )
-                    else:
-                        offered = float(offered or self.plan.concurrency)
-                        records, wall = asyncio.run(
-                            loadgen.closed_loop(srv.target, requests, audio_s, int(offered), self.plan.run_s)
-                        )
-                after = loadgen.scrape(srv.metrics_url)
-                result = loadgen.summarize(label, mode, float(offered), records, wall, before, after)
-                result.server_peak_rss_mb = rss.peak_mb
-                result.server_rss_mb = loadgen.RssSampler.read_mb(srv.pid)
-                result.extra["server_hwm_rss_mb"] = loadgen.RssSampler.read_mb(srv.pid, "VmHWM")
-                result.extra["server_args"] = " ".join(shlex.quote(a) for a in extra_args)
+                        elif processes > 1:
+                            run_offered = float(run_offered or self.plan.concurrency)
+                            records, wall = loadgen.closed_loop_processes(
+                                srv.target,
+                                mix or self.args.mix,
+                                self.args.audio_format,
+                                self.plan.clips,
+                                self.args.seed,
+                                int(run_offered),
+                                self.plan.run_s,
+                                processes,
+                            )
+                        else:
+                            run_offered = float(run_offered or self.plan.concurrency)
+                            records, wall = asyncio.run(
+                                loadgen.closed_loop(
+                                    srv.target, requests, audio_s, int(run_offered), self.plan.run_s
+                                )
+                            )
+                    after = loadgen.scrape(srv.metrics_url)
+                    result = loadgen.summarize(
+                        run_label, run_mode, float(run_offered), records, wall, before, after
+                    )
+                    result.server_peak_rss_mb = rss.peak_mb
+                    result.server_rss_mb = loadgen.RssSampler.read_mb(srv.pid)
+                    result.extra["server_hwm_rss_mb"] = loadgen.RssSampler.read_mb(srv.pid, "VmHWM")
+                    result.extra["server_args"] = " ".join(shlex.quote(a) for a in extra_args)
+                    self.add(section, result, load, **extra)
+                    first = first or result
         except (RuntimeError, TimeoutError) as exc:
             self.notes.append(f"{section} / {label}: server failed: {str(exc).splitlines()[0]}")
             self.log(str(exc))
-            return None
-        return self.add(section, result, load, **extra)
+        return first
 
     def policy_switch(self) -> bool:
         """Whether the server can be told to batch FIFO / equal-shape (a ``--batch-policy`` setting)."""
@@ -290,11 +306,10 @@ class Suite:
         saturated = max(
             (r["rps"] for r in self.results if r["label"] == "this batcher (defaults)"), default=0.0
         ) or max((r["rps"] for r in self.results if r["section"] == "offline"), default=1.0)
-        for fraction in self.plan.load_fractions:
-            rate = max(0.05, fraction * saturated)
-            self._serve(
-                "load", f"open loop {rate:.2f} req/s", [], mode="open", offered=rate, load_fraction=fraction
-            )
+        # One server process for every rate, lowest first: the knee shows where latency turns up.
+        rates = [max(0.05, f * saturated) for f in self.plan.load_fractions]
+        runs = [(f"open loop {rate:.2f} req/s", "open", rate) for rate in rates]
+        self._serve("load", runs[0][0], [], mode="open", offered=rates[0], more=runs[1:])
 
     def config(self) -> None:
         for delay in self.plan.queue_delays_ms:
