@@ -449,7 +449,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="extra server flags for every server run, e.g. '--max-duration-s 30'",
     )
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite report.md and plots from --out/results.json"
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        from benchmarks.suite import report
+
+        data = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+        print(report.write_report(args.out, data["meta"], data["results"], plots=not args.no_plots))
+        return 0
 
     plan = dataclasses.replace(QUICK if args.quick else FULL)
     if args.run_s:

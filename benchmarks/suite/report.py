@@ -110,6 +110,19 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
                 verdict(ours["server_peak_rss_mb"] <= 1600),
             )
         )
+    int8_offline = max(
+        (r["audio_s_per_s"] for r in rows if r["section"] == "int8" and r["mode"] == "offline"),
+        default=float("nan"),
+    )
+    if not math.isnan(int8_offline) and not math.isnan(offline):
+        f = int8_offline / offline
+        out.append(
+            (
+                "int8 >= 1.8 x fp32 throughput (offline, best batch size)",
+                f"{int8_offline:.2f} / {offline:.2f} audio-s/s = {f:.2f} x",
+                verdict(f >= 1.8),
+            )
+        )
     int8 = _first(rows, "int8", "int8, this batcher (defaults)")
     if ours and int8:
         f = int8["audio_s_per_s"] / ours["audio_s_per_s"]

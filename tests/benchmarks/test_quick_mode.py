@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import loadgen
-
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package; `python -m pytest` adds the cwd
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import loadgen  # noqa: E402
+
 # FunASR is left out: importing it costs ~10 s, and the full mode measures it.
 SECTIONS = ("offline", "inprocess", "server", "load", "threads", "null")
 
