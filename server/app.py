@@ -5,6 +5,11 @@ health NOT_SERVING, warm the model up across the batch length ranges, then repor
 
 Shutdown (SIGTERM), in this order: health NOT_SERVING -> refuse new calls (UNAVAILABLE) -> let accepted
 calls finish and drain the batcher within ``drain_grace_s`` -> ``server.stop(grace)`` -> close the runner.
+The service keeps refusing with UNAVAILABLE for the whole drain; ``server.stop`` comes only once it is idle
+(or the grace is spent) and then gets a short grace (``_FINAL_GRACE_S``): what is left then is health
+``Watch`` streams, which never end by themselves and would otherwise hold the exit for the whole grace.
+Calls that reach the server during that last second are cancelled by gRPC itself (CANCELLED, or
+UNAVAILABLE once the listener is closed); that window is what remains of the drain's refusals.
 A second SIGTERM (or SIGINT), a second or more after the first, exits at once with status 1.
 """
 
@@ -28,7 +33,7 @@ from server.audio import AudioLimits
 from server.config import Settings
 from server.health import SERVICE_NAME, Health
 from server.manifest import ModelManifest
-from server.metrics import ServerMetrics
+from server.metrics import GatedObserver, ServerMetrics
 from server.runner import Runner, RunnerOptions, SessionFactory, ort_session_factory, split_on_error
 from server.security import TokenAuthInterceptor, TokenStore, server_credentials
 from server.service import EmotionService, ServiceLimits
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: A second SIGTERM/SIGINT at least this long after the first forces an immediate exit.
 _DOUBLE_SIGNAL_S = 1.0
+#: Grace given to ``server.stop`` once the service is idle and the batcher drained (health streams only).
+_FINAL_GRACE_S = 1.0
 
 
 def warmup_durations(min_s: float, max_s: float) -> list[float]:
@@ -61,6 +68,8 @@ class EmotionServer:
         self.settings = settings
         self.manifest = manifest
         self.metrics = ServerMetrics(manifest.sample_rate_hz)
+        # Batches are counted only from SERVING on: warm-up batches are not traffic.
+        self._observer = GatedObserver(self.metrics)
         self.health = Health()
         self._session_factory = session_factory
         self._decode_executor = ThreadPoolExecutor(
@@ -87,11 +96,13 @@ class EmotionServer:
             instances=s.runner_instances,
             graph_optimization_level=s.graph_optimization_level,
             gpu_failures_before_fallback=s.gpu_failures_before_fallback,
+            run_timeout_s=s.run_timeout_s,
         )
         loop = asyncio.get_running_loop()
         # Loading a large model takes seconds: keep the event loop free meanwhile.
         self.runner = await loop.run_in_executor(None, lambda: Runner(
             m, options, session_factory=self._session_factory, on_provider_change=self.metrics.set_provider,
+            on_run_timeout=self.metrics.run_timeout,
         ))
         rate = m.sample_rate_hz
         policy = BatchPolicy(
@@ -104,7 +115,7 @@ class EmotionServer:
             adaptive=s.adaptive_batching,
         )
         self.batcher = DynamicBatcher(self.runner.run, policy, instances=s.runner_instances,
-                                      observer=self.metrics, split_on_error=split_on_error)
+                                      observer=self._observer, split_on_error=split_on_error)
         await self.batcher.start()
         batcher = self.batcher
         self.metrics.bind_drain_estimate(lambda: float(batcher.estimated_drain_s))
@@ -134,7 +145,12 @@ class EmotionServer:
             log.info("bearer-token authentication enabled (health checks exempt)")
         credentials = server_credentials(s.tls_cert_file or None, s.tls_key_file or None,
                                          s.tls_client_ca_file or None)
-        self.server = grpc.aio.server(options=grpc_options, interceptors=interceptors)
+        self.server = grpc.aio.server(
+            options=grpc_options, interceptors=interceptors,
+            # Past this many RPCs in progress gRPC answers RESOURCE_EXHAUSTED before any handler runs, so
+            # a flood of calls cannot grow memory without bound (the batcher queue bounds only queued work).
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
+        )
         emotion_pb2_grpc.add_EmotionRecognizerServicer_to_server(self.service, self.server)
         await self.health.start()
         self.health.add_to_server(self.server)
@@ -155,6 +171,7 @@ class EmotionServer:
                  m.model_version, self.runner.provider)
         if s.warmup:
             await self.warmup()
+        self._observer.enabled = True
         await self.health.set_serving()
         log.info("ready: health SERVING on %s:%d", s.host, self.port)
 
@@ -189,7 +206,8 @@ class EmotionServer:
         if self.batcher is not None:
             await self.batcher.close(drain=True, timeout_s=max(0.0, grace_end - time.monotonic()))
         if self.server is not None:
-            await self.server.stop(grace=max(0.0, grace_end - time.monotonic()))
+            # Idle (or out of grace): only health Watch streams and stray calls remain, so a short grace.
+            await self.server.stop(grace=min(_FINAL_GRACE_S, max(0.0, grace_end - time.monotonic())))
         if self.runner is not None:
             self.runner.close()
         self.metrics.close()

@@ -50,6 +50,10 @@ class Settings:
         0.0, "close client connections after this many seconds so clients rebalance (0 = never)"
     )
     max_concurrent_streams: int = _opt(64, "StreamRecognize calls open at once; more are refused")
+    max_concurrent_rpcs: int = _opt(
+        256, "RPCs of any kind in progress at once (bounds memory under overload); more get "
+        "RESOURCE_EXHAUSTED from gRPC itself (0 = unlimited)"
+    )
     # --- security (see server/security.py)
     tls_cert_file: str = _opt("", "PEM server certificate; with --tls-key-file enables TLS")
     tls_key_file: str = _opt("", "PEM private key of the server certificate")
@@ -78,6 +82,10 @@ class Settings:
     graph_optimization_level: str = _opt("all", "ONNX Runtime graph optimisation: disable|basic|extended|all")
     gpu_failures_before_fallback: int = _opt(
         3, "consecutive GPU run failures after which the runner moves to a CPU session"
+    )
+    run_timeout_s: float = _opt(
+        120.0, "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
+        "alone, so only the one that hangs fails (0 = no watchdog)"
     )
     # --- batching
     max_batch_size: int = _opt(8, "most requests in one batch")
@@ -123,7 +131,8 @@ class Settings:
                      "max_stream_duration_s", "default_timeout_s", "warmup_max_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
-        for name in ("max_queue_delay_ms", "drain_grace_s", "max_connection_age_s"):
+        for name in ("max_queue_delay_ms", "drain_grace_s", "max_connection_age_s", "run_timeout_s",
+                     "max_concurrent_rpcs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
         if self.min_duration_s > self.max_duration_s:

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["ServerMetrics"]
+__all__ = ["GatedObserver", "ServerMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -65,6 +65,8 @@ class ServerMetrics:
                                   registry=r)
         self.batcher_dropped = Counter("emotion_batcher_dropped", "queued requests dropped before running",
                                        ["reason"], registry=r)
+        self.run_timeouts = Counter("emotion_run_timeouts", "model runs terminated by the run watchdog",
+                                    registry=r)
         self.batch_failures = Counter("emotion_batch_failures", "failed batch runs", ["retried"], registry=r)
         self.active_streams = Gauge("emotion_active_streams", "open StreamRecognize calls", registry=r)
         self.model_info = Gauge("emotion_model_info", "the served model",
@@ -105,6 +107,10 @@ class ServerMetrics:
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
+
+    def run_timeout(self) -> None:
+        """The runner's watchdog terminated a run; thread-safe (called from a batcher worker thread)."""
+        self.run_timeouts.inc()
 
     # ------------------------------------------------------------------ batcher observer protocol
 
@@ -152,3 +158,40 @@ class ServerMetrics:
                 httpd.server_close()
 
             threading.Thread(target=shut_down, name="metrics-shutdown", daemon=True).start()
+
+
+class GatedObserver:
+    """The batcher observer of a server: forwards to ``ServerMetrics`` only once ``enabled``.
+
+    Warm-up batches run before the server reports SERVING; counting them would put synthetic requests
+    into the batch, latency and audio histograms that dashboards read as traffic. The queue gauges are
+    always forwarded (they describe the present, not a history).
+    """
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+        self.enabled = False
+
+    def on_batch(self, size: int, padded_cost: int, useful_cost: int, run_s: float,
+                 queue_waits_s: Sequence[float]) -> None:
+        if self.enabled:
+            self.metrics.on_batch(size, padded_cost, useful_cost, run_s, queue_waits_s)
+
+    def on_reject(self, reason: str) -> None:
+        if self.enabled:
+            self.metrics.on_reject(reason)
+
+    def on_expire(self, n: int) -> None:
+        if self.enabled:
+            self.metrics.on_expire(n)
+
+    def on_cancel(self, n: int) -> None:
+        if self.enabled:
+            self.metrics.on_cancel(n)
+
+    def on_batch_error(self, size: int, exc: BaseException, will_retry: bool) -> None:
+        if self.enabled:
+            self.metrics.on_batch_error(size, exc, will_retry)
+
+    def on_queue(self, requests: int, cost: int) -> None:
+        self.metrics.on_queue(requests, cost)

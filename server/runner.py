@@ -9,6 +9,12 @@ cannot load, so the configured list says nothing about what runs. CUDA failing a
 session. At run time an out-of-memory error is raised as ``RunnerOutOfMemory`` so that the batcher splits
 the batch and retries (``split_on_error``); repeated failures on a GPU session move the runner to a CPU
 session, counted through ``on_provider_change``.
+
+A watchdog bounds every run (``run_timeout_s``): each run gets its own ``onnxruntime.RunOptions`` and a
+timer sets ``terminate`` on it when the run takes too long. ONNX Runtime checks the flag between graph
+nodes and makes the run raise, which frees the session for the next batch; the batch fails with
+``RunnerTimeout`` (a ``RunnerError``, so the batcher splits and retries it and only the item that really
+hangs finally fails). A single node that never returns (a hung GPU kernel) cannot be interrupted this way.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "RunnerError",
     "RunnerOptions",
     "RunnerOutOfMemory",
+    "RunnerTimeout",
     "SessionFactory",
     "SessionLike",
     "ort_session_factory",
@@ -61,6 +68,10 @@ class RunnerOutOfMemory(RunnerError):
     """The batch did not fit in memory; a smaller batch may."""
 
 
+class RunnerTimeout(RunnerError):
+    """The watchdog cut a run off after ``run_timeout_s``."""
+
+
 def split_on_error(exc: BaseException) -> bool:
     """The batcher's ``split_on_error`` predicate: split and retry on any model failure.
 
@@ -73,7 +84,8 @@ def split_on_error(exc: BaseException) -> bool:
 class SessionLike(Protocol):
     """What the runner needs of an ``onnxruntime.InferenceSession`` (tests wrap real sessions)."""
 
-    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]) -> list[Any]: ...
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
+            run_options: Any = None) -> list[Any]: ...
 
     def get_providers(self) -> list[str]: ...
 
@@ -91,6 +103,7 @@ class RunnerOptions:
     instances: int = 1
     graph_optimization_level: str = "all"
     gpu_failures_before_fallback: int = 3
+    run_timeout_s: float = 0.0  # a run longer than this is terminated (0 = no watchdog)
 
 
 def ort_session_factory(model_path: Path, providers: Sequence[str], options: RunnerOptions) -> SessionLike:
@@ -153,11 +166,13 @@ class Runner:
         *,
         session_factory: SessionFactory = ort_session_factory,
         on_provider_change: Callable[[str | None, str, str], None] | None = None,
+        on_run_timeout: Callable[[], None] | None = None,
     ) -> None:
         self.manifest = manifest
         self.options = options
         self._factory = session_factory
         self._on_provider_change = on_provider_change
+        self._on_run_timeout = on_run_timeout
         self._lock = threading.Lock()
         self._pool: queue.SimpleQueue[tuple[int, SessionLike]] = queue.SimpleQueue()
         self._generation = 0  # bumped on fallback so that sessions of the old provider are discarded
@@ -225,12 +240,21 @@ class Runner:
         feeds = {"waveform": waveform, "lengths": lengths}
         generation, session = self._acquire()
         provider = self._provider
+        watchdog = self._arm()
         try:
             started = time.monotonic()
             try:
-                outputs = session.run(list(self._output_names), feeds)
+                if watchdog is None:
+                    outputs = session.run(list(self._output_names), feeds)
+                else:
+                    outputs = session.run(list(self._output_names), feeds, watchdog.run_options)
             except Exception as exc:
+                if watchdog is not None and watchdog.fired:
+                    raise self._timed_out(len(batch), provider, time.monotonic() - started) from exc
                 return self._handle_failure(exc, generation, session, provider, batch)
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
             run_s = time.monotonic() - started
             with self._lock:
                 self._gpu_failures = 0
@@ -238,6 +262,25 @@ class Runner:
             self._release(generation, session)
         return self._slice(dict(zip(self._output_names, outputs, strict=True)), len(batch), started, run_s,
                            provider)
+
+    def _arm(self) -> _Watchdog | None:
+        timeout = self.options.run_timeout_s
+        if timeout <= 0:
+            return None
+        import onnxruntime as ort
+
+        watchdog = _Watchdog(ort.RunOptions(), timeout)
+        watchdog.start()
+        return watchdog
+
+    def _timed_out(self, n: int, provider: str, elapsed_s: float) -> RunnerTimeout:
+        log.error("a batch of %d on %s ran %.1f s, past the %.1f s run timeout: terminated",
+                  n, provider, elapsed_s, self.options.run_timeout_s)
+        if self._on_run_timeout is not None:
+            self._on_run_timeout()
+        return RunnerTimeout(
+            f"the model run exceeded the {self.options.run_timeout_s:g} s run timeout and was terminated"
+        )
 
     def _acquire(self) -> tuple[int, SessionLike]:
         while True:
@@ -322,6 +365,27 @@ class Runner:
                     self._pool.get_nowait()
                 except queue.Empty:
                     break
+
+
+class _Watchdog:
+    """Sets ``run_options.terminate`` once ``timeout_s`` has passed, unless cancelled first."""
+
+    def __init__(self, run_options: Any, timeout_s: float) -> None:
+        self.run_options = run_options
+        self.fired = False
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+        self._timer.name = "run-watchdog"
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.run_options.terminate = True
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 _ORDER = ("logits", "probs", "frame_probs", "embedding", "frame_features", "frame_lengths")

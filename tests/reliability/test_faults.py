@@ -1,4 +1,4 @@
-"""Runner faults injected under concurrent load: a poison request, out-of-memory, GPU loss, a hung run.
+"""Runner faults injected under concurrent load: a poison request, out-of-memory, GPU loss, hung runs.
 
 Faults come from the runner's session factory (tests/server/faults.py): the real ONNX Runtime session
 wrapped to fail or block, so every successful run is still the real model.
@@ -13,12 +13,11 @@ from typing import Any
 import grpc
 import grpc.aio
 import numpy as np
-import pytest
 from emotion.v1 import emotion_pb2 as pb
 
 from server.runner import CPU_PROVIDER, CUDA_PROVIDER
 from tests.reliability.conftest import Running, StartServer, raw_request, scores, tone
-from tests.server.faults import FaultyFactory, always, oom_above, poison_length
+from tests.server.faults import FaultyFactory, HangRuns, always, oom_above, poison_length
 
 
 async def _outcome(call: Any) -> tuple[str, str, Any]:
@@ -135,35 +134,50 @@ async def test_gpu_provider_loss_moves_to_cpu_and_keeps_serving(start_server: St
     assert running.metric("emotion_execution_provider", provider=CUDA_PROVIDER) == 0
 
 
-class HangFirstRun:
-    """A fault that blocks the first model run until released (a hung GPU kernel, a deadlocked driver)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.calls = 0
-
-    def __call__(self, _feeds: dict[str, Any]) -> None:
-        self.calls += 1
-        if self.calls == 1:
-            self.release.wait(timeout=60)
-        return None
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="no watchdog: neither server/runner.py nor batching/ bounds a model run, so a hung run holds its "
-    "runner instance forever and every later request waits behind it (see the report for the needed change)",
-)
 async def test_a_hung_run_is_cut_off_by_a_watchdog_and_others_keep_being_served(
     start_server: StartServer,
 ) -> None:
-    hang = HangFirstRun()
-    running: Running = await start_server(session_factory=FaultyFactory(fault=hang), runner_instances=1)
+    hang = HangRuns(which=frozenset({1}))
+    running: Running = await start_server(session_factory=FaultyFactory(hang=hang), runner_instances=1,
+                                          run_timeout_s=1.0)
     try:
         stuck = asyncio.ensure_future(_outcome(running.stub.Recognize(raw_request(tone(0.5)), timeout=30)))
         await _until(lambda: hang.calls == 1)
+        # The only runner instance is blocked; the watchdog terminates the run and frees it within ~1 s.
         later = await _outcome(running.stub.Recognize(raw_request(tone(0.5)), timeout=3))
         assert later[0] == "OK", later
-        assert (await stuck)[0] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+        code, details, _ = await stuck
+        assert code == "UNAVAILABLE" and "run timeout" in details, (code, details)
+        assert hang.terminated == 1
+        assert running.metric("emotion_run_timeouts_total") == 1
     finally:
         hang.release.set()
+
+
+async def test_a_request_that_always_hangs_fails_alone_and_its_batch_mates_succeed(
+    start_server: StartServer,
+) -> None:
+    lengths = [8000, 9600, 11200, 12800]
+    poison = 11200
+    requests = _requests(lengths)
+    expected = await _alone(start_server, requests)
+    gate = threading.Event()
+    hang = HangRuns(which=frozenset(), lengths=frozenset({poison}))
+    factory = FaultyFactory(gate=gate, hang=hang)
+    running: Running = await start_server(session_factory=factory, max_batch_size=4, adaptive_batching=False,
+                                          run_timeout_s=1.0)
+    try:
+        results = await _batched(running, gate, requests)
+    finally:
+        hang.release.set()
+    for n, (code, details, response), want in zip(lengths, results, expected, strict=True):
+        if n == poison:
+            assert code == "UNAVAILABLE" and "run timeout" in details, (code, details)
+        else:
+            assert code == "OK", (n, code, details)
+            np.testing.assert_allclose(scores(response), want, atol=1e-4)
+    # The batcher split the batch in halves until the poison ran alone: each hang was cut off.
+    assert any(poison in batch and len(batch) > 1 for batch in factory.entered), factory.entered
+    timeouts = running.metric("emotion_run_timeouts_total")
+    assert timeouts == hang.terminated >= 2, (timeouts, hang.terminated)
+    assert running.metric("emotion_batch_failures_total", retried="false") == 1  # the poison, alone

@@ -1,17 +1,20 @@
 """Fault injection for the runner: real ONNX Runtime sessions wrapped to fail, block or pretend a GPU.
 
 The runner takes a session factory; these factories return the real CPU session wrapped, so every
-successful run is still the real model.
+successful run is still the real model. Blocking (a gate, a hang) honours ``RunOptions.terminate`` the way
+ONNX Runtime does: the run raises ``Fail("... Exiting due to terminate flag being set to true.")``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 
 from server.runner import CPU_PROVIDER, CUDA_PROVIDER, RunnerOptions, SessionLike, ort_session_factory
 
@@ -19,32 +22,78 @@ from server.runner import CPU_PROVIDER, CUDA_PROVIDER, RunnerOptions, SessionLik
 Fault = Callable[[dict[str, Any]], BaseException | None]
 
 
+#: What ONNX Runtime raises when a run's ``RunOptions.terminate`` is set (checked with onnxruntime 1.32).
+TERMINATED_MESSAGE = "[ONNXRuntimeError] : 1 : FAIL : Exiting due to terminate flag being set to true."
+
+
+def wait_or_terminate(event: threading.Event, run_options: Any, timeout_s: float) -> bool:
+    """Wait for ``event`` like a blocked ONNX Runtime run: raise OrtFail as soon as ``terminate`` is set."""
+    end = time.monotonic() + timeout_s
+    while not event.wait(timeout=0.005):
+        if run_options is not None and run_options.terminate:
+            raise OrtFail(TERMINATED_MESSAGE)
+        if time.monotonic() >= end:
+            return False
+    return True
+
+
+class HangRuns:
+    """Blocks chosen runs until ``release`` is set or the run is terminated: a hung model run (a
+    deadlocked driver, a pathological input). ``which``: 1-based run counts (over every session) that
+    hang; ``lengths``: every run whose batch holds an item of one of these lengths hangs."""
+
+    def __init__(self, which: frozenset[int] = frozenset({1}), lengths: frozenset[int] = frozenset()) -> None:
+        self.which = which
+        self.lengths = lengths
+        self.release = threading.Event()
+        self.calls = 0
+        self.terminated = 0
+        self._lock = threading.Lock()
+
+    def block(self, run_options: Any, lengths: Sequence[int]) -> None:
+        with self._lock:
+            self.calls += 1
+            hang = self.calls in self.which or bool(self.lengths.intersection(lengths))
+        if hang:
+            try:
+                wait_or_terminate(self.release, run_options, timeout_s=60)
+            except OrtFail:
+                with self._lock:
+                    self.terminated += 1
+                raise
+
+
 class WrappedSession:
     """A real CPU session that records every batch and can block or fail on demand."""
 
     def __init__(self, real: SessionLike, providers: list[str], fault: Fault | None,
-                 gate: threading.Event | None, log: list[list[int]], entered: list[list[int]]) -> None:
+                 gate: threading.Event | None, log: list[list[int]], entered: list[list[int]],
+                 hang: HangRuns | None = None) -> None:
         self._real = real
         self._providers = providers
         self._fault = fault
         self._gate = gate
         self._log = log
         self._entered = entered
+        self._hang = hang
 
     def get_providers(self) -> list[str]:
         return list(self._providers)
 
-    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]) -> list[Any]:
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
+            run_options: Any = None) -> list[Any]:
         lengths = [int(n) for n in np.asarray(input_feed["lengths"])]
         self._entered.append(lengths)
-        if self._gate is not None and not self._gate.wait(timeout=30):
+        if self._gate is not None and not wait_or_terminate(self._gate, run_options, timeout_s=30):
             raise RuntimeError("test gate never opened")
+        if self._hang is not None:
+            self._hang.block(run_options, lengths)
         self._log.append(lengths)
         if self._fault is not None:
             exc = self._fault(input_feed)
             if exc is not None:
                 raise exc
-        return self._real.run(output_names, input_feed)
+        return self._real.run(output_names, input_feed, run_options)
 
 
 class FaultyFactory:
@@ -54,16 +103,18 @@ class FaultyFactory:
     - ``gate``: runs wait until it is set (to hold requests in the queue or in flight).
     - ``fake_gpu``: sessions created with CUDA in the provider list claim CUDA is active.
     - ``fail_gpu_load``: creating a session with CUDA in the list raises, as a broken CUDA install does.
+    - ``hang``: runs block as ``HangRuns`` says (until released or terminated by the watchdog).
     ``entered`` records the item lengths of every batch that reached a session (before the gate),
     ``batches`` those that passed the gate.
     """
 
     def __init__(self, fault: Fault | None = None, gate: threading.Event | None = None, *,
-                 fake_gpu: bool = False, fail_gpu_load: bool = False) -> None:
+                 fake_gpu: bool = False, fail_gpu_load: bool = False, hang: HangRuns | None = None) -> None:
         self.fault = fault
         self.gate = gate
         self.fake_gpu = fake_gpu
         self.fail_gpu_load = fail_gpu_load
+        self.hang = hang
         self.batches: list[list[int]] = []
         self.entered: list[list[int]] = []
         self.created: list[list[str]] = []
@@ -76,9 +127,9 @@ class FaultyFactory:
         real = ort_session_factory(model_path, [CPU_PROVIDER], options)
         if self.fake_gpu and wants_gpu:
             return WrappedSession(real, [CUDA_PROVIDER, CPU_PROVIDER], self.fault, self.gate, self.batches,
-                                  self.entered)
+                                  self.entered, self.hang)
         fault = None if self.fake_gpu else self.fault
-        return WrappedSession(real, [CPU_PROVIDER], fault, self.gate, self.batches, self.entered)
+        return WrappedSession(real, [CPU_PROVIDER], fault, self.gate, self.batches, self.entered, self.hang)
 
 
 def oom_above(max_padded_samples: int) -> Fault:
