@@ -1,0 +1,150 @@
+"""Drain with open health streams, refusals during the drain, the RPC concurrency bound, warm-up metrics
+and load-time provider fallbacks: each against a real grpc.aio server and the real tiny ONNX model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import onnxruntime as ort
+from emotion.v1 import emotion_pb2 as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.app import EmotionServer
+from server.config import parse_settings
+from server.manifest import ModelManifest
+from server.runner import CPU_PROVIDER, CUDA_PROVIDER
+from tests.server.conftest import BASE_SETTINGS, Running, StartServer
+from tests.server.faults import FaultyFactory
+from tests.server.test_batching_and_faults import audio_of, until
+
+RATE = 16000
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def request(seconds: float = 0.5) -> pb.RecognizeRequest:
+    return pb.RecognizeRequest(audio=audio_of(int(seconds * RATE)))
+
+
+async def outcome(call: grpc.aio.UnaryUnaryCall) -> tuple[str, str]:  # type: ignore[type-arg]
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name, exc.details() or ""
+    return "OK", ""
+
+
+async def test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted(start_server: StartServer) -> None:
+    gate = threading.Event()
+    factory = FaultyFactory(gate=gate)
+    running: Running = await start_server(factory, max_concurrent_rpcs=2, max_batch_size=1)
+    batcher = running.server.batcher
+    assert batcher is not None
+    held = [asyncio.ensure_future(outcome(running.stub.Recognize(request(), timeout=30))) for _ in range(2)]
+    try:
+        await until(lambda: len(factory.entered) == 1 and batcher.queued_requests == 1)
+        code, details = await outcome(running.stub.Recognize(request(), timeout=3))
+        assert code == "RESOURCE_EXHAUSTED", (code, details)
+    finally:
+        gate.set()
+    assert [await h for h in held] == [("OK", "")] * 2
+    # The bound counts calls in progress, not calls ever made.
+    assert await outcome(running.stub.Recognize(request(), timeout=10)) == ("OK", "")
+
+
+async def test_drain_with_an_open_health_watch_exits_promptly_once_idle(start_server: StartServer) -> None:
+    running: Running = await start_server(drain_grace_s=15.0)
+    health = health_pb2_grpc.HealthStub(running.channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    first = await watch.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    started = time.monotonic()
+    await running.server.stop()
+    took = time.monotonic() - started
+    # Idle at once: only the Watch stream is left, which must not hold the exit for the 15 s grace.
+    assert took < 3.0, took
+    watch.cancel()
+
+
+async def test_requests_during_the_drain_get_unavailable(start_server: StartServer) -> None:
+    gate = threading.Event()
+    factory = FaultyFactory(gate=gate)
+    running: Running = await start_server(factory, drain_grace_s=15.0)
+    health = health_pb2_grpc.HealthStub(running.channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    await watch.read()
+    in_flight = asyncio.ensure_future(outcome(running.stub.Recognize(request(), timeout=30)))
+    await until(lambda: len(factory.entered) == 1)
+    stopping = asyncio.ensure_future(running.server.stop())
+    codes: list[tuple[str, str]] = []
+    # Keep calling through the whole drain: while the accepted call runs, after it, during server.stop.
+    deadline = time.monotonic() + 10.0
+    released = False
+    while not stopping.done() and time.monotonic() < deadline:
+        codes.append(await outcome(running.stub.Recognize(request(0.2), timeout=5)))
+        if len(codes) == 5 and not released:
+            gate.set()
+            released = True
+        await asyncio.sleep(0.02)
+    gate.set()
+    await stopping
+    watch.cancel()
+    assert await in_flight == ("OK", "")
+    assert len(codes) >= 5, codes
+    kinds = {code for code, _ in codes}
+    assert kinds == {"UNAVAILABLE"}, codes
+    # First the service's own refusal; once server.stop has closed the listener, the channel's.
+    assert all("shutting down" in details or "connect" in details.lower() for _, details in codes), codes
+
+
+async def test_warmup_batches_are_not_counted_as_traffic(start_server: StartServer) -> None:
+    factory = FaultyFactory()
+    running: Running = await start_server(factory, warmup=True, warmup_max_s=2.0, max_batch_size=4)
+    assert len(factory.batches) >= 3  # warm-up really ran the model: several lengths and a burst
+    for name in ("emotion_batch_size_count", "emotion_inference_duration_seconds_count",
+                 "emotion_queue_wait_seconds_count", "emotion_padded_audio_seconds_total",
+                 "emotion_useful_audio_seconds_total"):
+        assert running.metric(name) == 0, name
+    assert await outcome(running.stub.Recognize(request(), timeout=10)) == ("OK", "")
+    assert running.metric("emotion_batch_size_count") == 1
+    assert running.metric("emotion_inference_duration_seconds_count") == 1
+    assert running.metric("emotion_useful_audio_seconds_total") == 0.5
+
+
+async def test_default_providers_count_a_load_fallback_only_when_cuda_is_missing(
+    start_server: StartServer,
+) -> None:
+    # The default list asks for CUDA first; this onnxruntime may not even offer it (a CPU build).
+    running: Running = await start_server(providers=(CUDA_PROVIDER, CPU_PROVIDER))
+    info = await running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        assert info.execution_provider == CPU_PROVIDER
+    cuda_missing = info.execution_provider != CUDA_PROVIDER
+    fallbacks = running.metric("emotion_provider_fallbacks_total", from_provider=CUDA_PROVIDER,
+                               to_provider=CPU_PROVIDER, reason="unavailable_at_load")
+    assert fallbacks == (1 if cuda_missing else 0), (info.execution_provider, fallbacks)
+    assert running.metric("emotion_execution_provider", provider=info.execution_provider) == 1
+
+
+async def test_the_cpu_deployment_counts_no_provider_fallback(manifest: ModelManifest) -> None:
+    overlay = (REPO_ROOT / "deploy/k8s/overlays/cpu/kustomization.yaml").read_text()
+    found = re.search(r"EMOTION_PROVIDERS=(\S+)", overlay)
+    assert found is not None, "the CPU overlay no longer sets EMOTION_PROVIDERS"
+    providers = parse_settings([], env={"EMOTION_PROVIDERS": found.group(1)}).providers
+    assert providers == (CPU_PROVIDER,)
+    server = EmotionServer(dataclasses.replace(BASE_SETTINGS, providers=providers), manifest)
+    await server.start()
+    try:
+        sample = server.metrics.registry.get_sample_value
+        assert sample("emotion_execution_provider", {"provider": CPU_PROVIDER}) == 1
+        fallbacks = [s for metric in server.metrics.registry.collect()
+                     if metric.name == "emotion_provider_fallbacks" for s in metric.samples
+                     if s.name.endswith("_total")]
+        assert fallbacks == [], fallbacks
+    finally:
+        await server.stop()
