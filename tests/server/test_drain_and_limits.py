@@ -31,7 +31,7 @@ def request(seconds: float = 0.5) -> pb.RecognizeRequest:
     return pb.RecognizeRequest(audio=audio_of(int(seconds * RATE)))
 
 
-async def outcome(call: grpc.aio.UnaryUnaryCall) -> tuple[str, str]:  # type: ignore[type-arg]
+async def outcome(call: grpc.aio.UnaryUnaryCall) -> tuple[str, str]:
     try:
         await call
     except grpc.aio.AioRpcError as exc:
