@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument(
         "--target",
         default=_env("EMOTION_TARGET", "localhost:50051"),
-        help="server address, e.g. dns:///emotion-server-headless:50051 (env EMOTION_TARGET; default %(default)s)",
+        help=(
+            "server address, e.g. dns:///emotion-server-headless:50051 "
+            "(env EMOTION_TARGET; default %(default)s)"
+        ),
     )
     conn.add_argument(
         "--tls",

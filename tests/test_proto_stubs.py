@@ -22,7 +22,7 @@ def test_stubs_match_the_proto(tmp_path: Path) -> None:
     for name in GENERATED:
         fresh = (tmp_path / "emotion/v1" / name).read_text(encoding="utf-8")
         committed = (ROOT / "proto/emotion/v1" / name).read_text(encoding="utf-8")
-        assert fresh == committed, f"proto/emotion/v1/{name} is stale: regenerate it (see README, Development)"
+        assert fresh == committed, f"proto/emotion/v1/{name} is stale: regenerate it (README, Development)"
 
 
 def test_enum_zero_values_are_unspecified() -> None:
