@@ -216,10 +216,12 @@ async def closed_loop(
     duration_s: float,
     offset: int = 0,
     timeout_s: float = 60.0,
+    max_requests: int | None = None,
 ) -> tuple[list[RequestRecord], float]:
     """``concurrency`` clients, each sending its next request as soon as the previous one returns.
 
-    New requests stop after ``duration_s``; the wall time runs until the last one returns.
+    New requests stop after ``duration_s`` (or once ``max_requests`` were sent); the wall time runs until
+    the last one returns.
     """
     from emotion.v1 import emotion_pb2_grpc
 
@@ -232,7 +234,7 @@ async def closed_loop(
 
         async def client(c: int) -> None:
             i = offset + c
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop_at and (max_requests is None or i - offset < max_requests):
                 k = i % len(requests)
                 records.append(await _call(stub, requests[k], audio_s[k], time.monotonic(), timeout_s))
                 i += concurrency
@@ -357,6 +359,17 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, self.read_mb(self.pid))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by a process (all its threads), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # Fields after the command name: state is [0], utime [11], stime [12] (in clock ticks).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -220,8 +220,8 @@ def write_report(out: Path, meta: dict[str, Any], rows: Sequence[dict[str, Any]]
             "## Server-side detail (from /metrics deltas)",
             "",
             "| configuration | server args | batches | mean batch | batch-size buckets | mean inference ms"
-            " | mean queue wait ms | rejections |",
-            "|---|---|---|---|---|---|---|---|",
+            " | mean queue wait ms | server CPU ms/req | rejections |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in server_rows:
             lines.append(
@@ -231,6 +231,7 @@ def write_report(out: Path, meta: dict[str, Any], rows: Sequence[dict[str, Any]]
                 f" | {r.get('server_batch_size_buckets', '')}"
                 f" | {_fmt(r.get('server_mean_inference_ms'), '{:.1f}')}"
                 f" | {_fmt(r.get('server_mean_queue_wait_ms'), '{:.1f}')}"
+                f" | {_fmt(r.get('server_cpu_ms_per_req'), '{:.2f}')}"
                 f" | {r.get('server_rejections', '')} |"
             )
         lines.append("")
