@@ -3,11 +3,12 @@
 See docs/DESIGN.md, section "Batcher API".
 """
 
+from .baselines import decide_equal_shape, decide_fifo
 from .batcher import DynamicBatcher
 from .errors import BatcherClosed, BatcherError, DeadlineExceeded, QueueFull
 from .latency import LatencyModel
 from .observer import BatchObserver, ObserverProtocol
-from .policy import BatchPolicy, Dispatch, Wait, decide, padded_cost
+from .policy import BatchPolicy, DecideFn, Dispatch, Wait, decide, padded_cost
 from .queue import RequestQueue
 from .request import QueuedRequest
 
@@ -17,6 +18,7 @@ __all__ = [
     "BatcherClosed",
     "BatcherError",
     "DeadlineExceeded",
+    "DecideFn",
     "Dispatch",
     "DynamicBatcher",
     "LatencyModel",
@@ -26,5 +28,7 @@ __all__ = [
     "RequestQueue",
     "Wait",
     "decide",
+    "decide_equal_shape",
+    "decide_fifo",
     "padded_cost",
 ]

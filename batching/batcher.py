@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 from .errors import BatcherClosed, DeadlineExceeded, QueueFull
 from .latency import LatencyModel
 from .observer import bind_observer
-from .policy import BatchPolicy, Dispatch, decide
+from .policy import BatchPolicy, DecideFn, Dispatch, decide
 from .queue import RequestQueue
 from .request import QueuedRequest
 
@@ -57,6 +57,9 @@ class DynamicBatcher(Generic[P, R]):
 
     ``instances`` runner instances run batches in parallel (one thread each). ``latency_model`` is fitted
     from measured runs when ``policy.adaptive``; pass one to tune it, one per runner device.
+
+    ``decide`` is the batching decision (default: the length-aware ``batching.policy.decide``); the
+    baselines ``batching.baselines.decide_fifo`` and ``decide_equal_shape`` plug in here for comparison.
     """
 
     def __init__(
@@ -68,10 +71,12 @@ class DynamicBatcher(Generic[P, R]):
         observer: object | None = None,
         split_on_error: Callable[[BaseException], bool] | None = None,
         latency_model: LatencyModel | None = None,
+        decide: DecideFn = decide,
     ) -> None:
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         self._run_batch = run_batch
+        self._decide = decide
         self.policy = policy if policy is not None else BatchPolicy()
         self.instances = instances
         self._split_on_error = split_on_error
@@ -265,7 +270,7 @@ class DynamicBatcher(Generic[P, R]):
         queue = self._queue
         while True:
             model = self.latency_model if self.policy.adaptive else None
-            decision = decide(queue, time.monotonic(), self.policy, model, flush=self._flush)
+            decision = self._decide(queue, time.monotonic(), self.policy, model, flush=self._flush)
             if decision.doomed:
                 for req in decision.doomed:
                     queue.remove(req)

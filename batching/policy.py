@@ -36,13 +36,13 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .latency import LatencyModel
 from .queue import RequestQueue
 from .request import QueuedRequest
 
-__all__ = ["BatchPolicy", "Dispatch", "Wait", "decide", "padded_cost"]
+__all__ = ["BatchPolicy", "DecideFn", "Dispatch", "Wait", "decide", "padded_cost"]
 
 Request = QueuedRequest[Any, Any]
 
@@ -264,3 +264,22 @@ def decide(
     if now >= dispatch_by:
         return Dispatch(tuple(_trim_to_preferred(batch, policy)), reason, tuple(doomed))
     return Wait(dispatch_by - now, tuple(doomed))
+
+
+class DecideFn(Protocol):
+    """A batching decision: ``decide`` here, or a baseline of ``batching.baselines``.
+
+    Pure: reads the queue and the model, changes neither. ``model`` is None when the policy is not adaptive;
+    ``flush`` (draining) asks for whatever is best right away.
+    """
+
+    def __call__(
+        self,
+        queue: RequestQueue,
+        now: float,
+        policy: BatchPolicy,
+        model: LatencyModel | None = None,
+        *,
+        flush: bool = False,
+    ) -> Dispatch | Wait: ...
+

@@ -3,7 +3,8 @@
 It drives the same ``RequestQueue``, ``decide`` and ``LatencyModel`` as :class:`DynamicBatcher`, with a
 runner whose run time is a function of (items, longest). Used by the property and workload tests and by
 ``benchmarks/simulate_batching.py`` to compare policies on identical request streams. A different
-decision function (e.g. first-in-first-out pad-to-longest) can be plugged in for comparison.
+decision function (e.g. ``batching.baselines.decide_fifo``) can be plugged in for comparison;
+``decide_fifo`` and ``decide_equal_shape`` are re-exported here for older imports.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .baselines import decide_equal_shape, decide_fifo
 from .latency import LatencyModel
-from .policy import BatchPolicy, Dispatch, Wait, decide
+from .policy import BatchPolicy, DecideFn, Wait, decide
 from .queue import RequestQueue
 from .request import QueuedRequest
 
 __all__ = ["SimBatch", "SimReport", "SimRequest", "decide_equal_shape", "decide_fifo", "simulate"]
-
-DecideFn = Callable[[RequestQueue, float, BatchPolicy, "LatencyModel | None"], "Dispatch | Wait"]
-
 
 @dataclass(frozen=True, slots=True)
 class SimRequest:
@@ -183,54 +182,3 @@ def simulate(
                 report.left_behind.append(tuple(q.payload for q in queue))
             push(now + run_s, 0, "done", (instance, batch))
     return report
-
-
-def _head_first(queue: RequestQueue) -> list[QueuedRequest[Any, Any]]:
-    return sorted(queue, key=lambda r: r.seq)
-
-
-def decide_fifo(
-    queue: RequestQueue, now: float, policy: BatchPolicy, model: LatencyModel | None = None
-) -> Dispatch | Wait:
-    """Baseline: first-in-first-out, pad to the longest (Ray Serve, text-embeddings-inference style).
-
-    Takes requests from the head in arrival order while size and padded-cost limits hold; dispatches when
-    full or when the head has waited ``max_queue_delay_s``.
-    """
-    pending = _head_first(queue)
-    if not pending:
-        return Wait(math.inf)
-    batch: list[QueuedRequest[Any, Any]] = []
-    longest = 0
-    full = False
-    for r in pending:
-        new_longest = max(longest, r.cost)
-        if len(batch) >= policy.max_batch_size or (
-            batch and (len(batch) + 1) * new_longest > policy.max_batch_cost
-        ):
-            full = True
-            break
-        batch.append(r)
-        longest = new_longest
-    due = pending[0].enqueued_s + policy.max_queue_delay_s
-    if full or len(batch) >= policy.max_batch_size or now >= due:
-        return Dispatch(tuple(batch), "fifo")
-    return Wait(due - now)
-
-
-def decide_equal_shape(
-    queue: RequestQueue, now: float, policy: BatchPolicy, model: LatencyModel | None = None
-) -> Dispatch | Wait:
-    """Baseline: batch only requests of identical shape (Triton's dynamic batcher without ragged batching).
-
-    The head request is batched with later requests of exactly its length; dispatch when full or due.
-    """
-    pending = _head_first(queue)
-    if not pending:
-        return Wait(math.inf)
-    head = pending[0]
-    batch = [r for r in pending if r.cost == head.cost][: policy.max_batch_size]
-    due = head.enqueued_s + policy.max_queue_delay_s
-    if len(batch) >= policy.max_batch_size or now >= due:
-        return Dispatch(tuple(batch), "equal_shape")
-    return Wait(due - now)

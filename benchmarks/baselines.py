@@ -169,15 +169,15 @@ def inprocess_policy(
     ``DynamicBatcher`` in this process, with the batch-forming decision named by ``policy``.
 
     ``none``: batches of one. ``length_aware``: this project's policy (adaptive). ``fifo`` and
-    ``equal_shape``: the baselines of ``batching.simulation`` swapped in for the batcher's decision, for
-    this run only (the batcher has no switch for them). Real time, real model, no gRPC: latency is
-    completion minus arrival. An all-zero arrival list is a backlog: it measures saturated throughput.
+    ``equal_shape``: the baselines of ``batching.baselines`` passed as the batcher's ``decide``.
+    Real time, real model, no gRPC: latency is completion minus arrival. An all-zero arrival list is a
+    backlog: it measures saturated throughput.
     """
     import asyncio
 
-    import batching.batcher as batcher_module
-    from batching import BatchPolicy, DynamicBatcher
-    from batching.simulation import decide_equal_shape, decide_fifo
+    from batching import BatchPolicy, DynamicBatcher, decide, decide_equal_shape, decide_fifo
+
+    decisions = {"fifo": decide_fifo, "equal_shape": decide_equal_shape}
 
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
@@ -198,7 +198,9 @@ def inprocess_policy(
         return [None] * len(payloads)
 
     async def serve() -> float:
-        batcher: DynamicBatcher[np.ndarray, None] = DynamicBatcher(run_batch, batch_policy, observer=stats)
+        batcher: DynamicBatcher[np.ndarray, None] = DynamicBatcher(
+            run_batch, batch_policy, observer=stats, decide=decisions.get(policy, decide)
+        )
         await batcher.start()
         start = time.perf_counter()
 
@@ -214,19 +216,8 @@ def inprocess_policy(
         await batcher.close()
         return wall
 
-    original = batcher_module.decide
-    if policy in ("fifo", "equal_shape"):
-        baseline = decide_fifo if policy == "fifo" else decide_equal_shape
-
-        def swapped(queue: Any, now: float, pol: Any, lat: Any, flush: bool = False) -> Any:
-            return baseline(queue, now, pol, lat)
-
-        batcher_module.decide = swapped  # type: ignore[assignment]
-    try:
-        model.run(clips[:1])  # warm-up outside the clock
-        wall = asyncio.run(serve())
-    finally:
-        batcher_module.decide = original
+    model.run(clips[:1])  # warm-up outside the clock
+    wall = asyncio.run(serve())
     return LoadResult(
         label=label or f"in-process {policy}",
         mode="inprocess",

@@ -27,7 +27,8 @@ import sys
 from collections.abc import Callable
 
 from batching import BatchPolicy, LatencyModel
-from batching.simulation import SimRequest, decide_equal_shape, decide_fifo, simulate
+from batching.baselines import decide_equal_shape, decide_fifo
+from batching.simulation import SimRequest, simulate
 
 SR = 16000
 PROFILES: dict[str, Callable[[int, int], float]] = {

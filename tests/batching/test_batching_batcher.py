@@ -307,3 +307,63 @@ async def test_wrong_result_count_fails_the_batch() -> None:
     with pytest.raises(RuntimeError, match="0 results for 1"):
         await b.submit(1, cost=SR)
     await b.close()
+
+
+# ---------------------------------------------------------------------------- pluggable decision
+
+
+async def _batches_with(decide_fn: Any) -> list[list[int]]:
+    """One runner busy with a first request while four more queue up; returns the payloads of each batch."""
+    from batching import decide
+
+    runner = GatedRunner(fn=lambda p: p)
+    policy = BatchPolicy(max_batch_size=2, max_batch_cost=SR * 600, max_queue_delay_s=0.0, adaptive=False)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(
+        runner, policy, decide=decide_fn if decide_fn is not None else decide
+    )
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit(1, cost=1))
+    await runner.wait_started()
+    # Arrival order alternates short and long: FIFO pairs a short one with a long one, length-aware
+    # pairs the two short ones and the two long ones.
+    rest = [asyncio.create_task(batcher.submit(c, cost=c)) for c in (100, 1000, 110, 1010)]
+    await asyncio.sleep(0)
+    while batcher.queued_requests < 4:
+        await asyncio.sleep(0.001)
+    runner.gate.set()
+    assert await asyncio.gather(first, *rest) == [1, 100, 1000, 110, 1010]
+    await batcher.close()
+    return [sorted(call) for call in runner.calls[1:]]
+
+
+async def test_default_decision_is_length_aware() -> None:
+    assert await _batches_with(None) == [[100, 110], [1000, 1010]]
+
+
+async def test_fifo_decision_plugs_in_and_pads_to_the_longest_in_arrival_order() -> None:
+    from batching import decide_fifo
+
+    assert await _batches_with(decide_fifo) == [[100, 1000], [110, 1010]]
+
+
+async def test_equal_shape_decision_never_mixes_lengths() -> None:
+    from batching import decide_equal_shape
+
+    assert await _batches_with(decide_equal_shape) == [[100], [1000], [110], [1010]]
+
+
+async def test_fifo_decision_flushes_at_once_when_draining() -> None:
+    """``flush`` reaches a plugged-in decision: a drain does not wait out a long queue delay."""
+    from batching import decide_fifo
+
+    runner = GatedRunner(fn=lambda p: p, open_=True)
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=3600.0, adaptive=False)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(runner, policy, decide=decide_fifo)
+    await batcher.start()
+    task = asyncio.create_task(batcher.submit(7, cost=10))
+    while batcher.queued_requests < 1:
+        await asyncio.sleep(0.001)
+    started = time.monotonic()
+    await batcher.close(drain=True, timeout_s=10)
+    assert await task == 7
+    assert time.monotonic() - started < 5

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from batching import BatchPolicy
-from batching.simulation import SimRequest, decide_fifo, simulate
+from batching.baselines import decide_fifo
+from batching.simulation import SimRequest, simulate
 
 SR = 16000
 
