@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,17 +14,12 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 from emotion.v1 import emotion_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
+from server.process import ServerProcess
+from server.process import free_port as free_port  # re-exported for the tests
+
 SERVICE = "emotion.v1.EmotionRecognizer"
 SR = 16000
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def speech_like(duration_s: float, rate: int = SR, seed: int = 0, bursts: int = 3) -> npt.NDArray[np.float32]:
@@ -62,50 +52,14 @@ class AudioSet:
     wav_samples: npt.NDArray[np.float32]
 
 
-def _wait_serving(target: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError(f"server not SERVING after {timeout_s} s:\n{log_path.read_text()[-4000:]}")
-
-
 @contextlib.contextmanager
-def running_server(model_repo: Path, port: int, log_path: Path, *extra: str) -> Iterator[str]:
-    """Run ``python -m server`` on ``port`` for the block (SIGTERM at the end); yield its target."""
-    cmd = [
-        sys.executable, "-m", "server",
-        "--model", str(model_repo),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--intra-op-threads", "1",
-        "--drain-grace-s", "2",
-        *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    target = f"127.0.0.1:{port}"
-    try:
-        _wait_serving(target, proc, log_path, timeout_s=90.0)
-        yield target
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+def running_server(
+    model_repo: Path, log_path: Path, *extra: str, metrics: bool = True
+) -> Iterator[ServerProcess]:
+    """Run ``python -m server`` on free ports for the block (SIGTERM at the end)."""
+    args = ("--intra-op-threads", "1", "--drain-grace-s", "2", *extra)
+    with ServerProcess(model_repo, args, metrics=metrics, startup_timeout_s=90.0, log_path=log_path) as srv:
+        yield srv
 
 
 class SheddingProxy(emotion_pb2_grpc.EmotionRecognizerServicer):

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from client_helpers import SR, AudioSet, free_port, running_server, speech_like
+from client_helpers import SR, AudioSet, running_server, speech_like
 
-
-@dataclass(frozen=True)
-class ServerProcess:
-    target: str
-    port: int
-    metrics_port: int
-    log_path: Path
+from server.process import ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +27,8 @@ def model_repo(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real ``python -m server`` process serving the tiny model."""
-    port, metrics_port = free_port(), free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with running_server(model_repo, port, log_path, "--metrics-port", str(metrics_port)) as target:
-        yield ServerProcess(target=target, port=port, metrics_port=metrics_port, log_path=log_path)
+    with running_server(model_repo, tmp_path_factory.mktemp("server") / "server.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

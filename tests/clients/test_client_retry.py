@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from client_helpers import AudioSet, SheddingProxy, free_port, running_server
+from client_helpers import AudioSet, SheddingProxy, running_server
 from emotion.v1 import emotion_pb2_grpc
 
 from clients import (
@@ -173,9 +173,9 @@ def test_real_server_sheds_with_a_tiny_queue_and_the_client_recovers(
     model_repo: Path, audio: AudioSet, tmp_path: Path
 ) -> None:
     """The real server with a one-request queue: a burst overflows it; with retries every call succeeds."""
-    port = free_port()
-    extra = ("--metrics-port", "-1", "--max-queue-requests", "1", "--max-batch-size", "1", "--no-warmup")
-    with running_server(model_repo, port, tmp_path / "server.log", *extra) as shedding_target:
+    extra = ("--max-queue-requests", "1", "--max-batch-size", "1", "--no-warmup")
+    with running_server(model_repo, tmp_path / "server.log", *extra, metrics=False) as shedding_server:
+        shedding_target = shedding_server.target
         payload = audio.wav.read_bytes()
         with EmotionClient(shedding_target, retry=NO_RETRY) as bare, futures.ThreadPoolExecutor(8) as pool:
             outcomes = list(pool.map(lambda _: _try(bare, payload), range(16)))
