@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -38,15 +35,14 @@ from deploy_support import (
     tool,
 )
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.manifest import load_manifest
+from server.process import ServerProcess, ServerStartError, free_port
 
 # The labels the Prometheus Operator puts on every series scraped through the ServiceMonitor.
 NAMESPACE = "emotion"
 POD = "emotion-server-0"
-HEALTH_SERVICE = "emotion.v1.EmotionRecognizer"
 RECOGNIZE_CALLS = 6
 # Panels that must show data once the server has answered a few calls.
 CORE_PANELS = {
@@ -64,13 +60,6 @@ CORE_PANELS = {
     "Pods by active execution provider",
     "Model",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _get(url: str, timeout_s: float = 5.0) -> bytes:
@@ -100,38 +89,23 @@ class RunningServer:
 @pytest.fixture(scope="module")
 def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """``python -m server`` on the tiny model repository, SERVING, after a few calls of each kind."""
-    port, metrics_port = _free_port(), _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model", str(tiny_repo), "--host", "127.0.0.1",
-             "--port", str(port), "--metrics-port", str(metrics_port), "--providers", "CPUExecutionProvider",
-             "--model-cache-dir", str(tmp_path_factory.mktemp("cache"))],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
-        )
-    target = f"127.0.0.1:{port}"
+    srv = ServerProcess(
+        tiny_repo,
+        ["--providers", "CPUExecutionProvider", "--model-cache-dir", str(tmp_path_factory.mktemp("cache"))],
+        isolated_env=True,
+        log_path=tmp_path_factory.mktemp("server") / "server.log",
+    )
     try:
-        with grpc.insecure_channel(target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-                try:
-                    status = health.Check(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=2)
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not SERVING after 120 s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
+        srv.start()
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
             _send_traffic(channel)
-        yield RunningServer(target, f"http://127.0.0.1:{metrics_port}/metrics",
-                            [label.name for label in load_manifest(tiny_repo).labels])
+        labels = [label.name for label in load_manifest(tiny_repo).labels]
+        yield RunningServer(srv.target, srv.metrics_url, labels)
     finally:
-        _stop(proc, "server")
+        _stop(srv.proc, "server")
 
 
 def _send_traffic(channel: grpc.Channel) -> None:
@@ -190,7 +164,7 @@ def prometheus(server: RunningServer,
         }],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "prometheus.log"
     with log.open("wb") as log_file:
