@@ -8,11 +8,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,48 +21,16 @@ from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.health import SERVICE_NAME
+from server.process import ServerProcess
 from tests.reliability.conftest import raw_request, tone
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class ServerProcess:
-    def __init__(self, proc: subprocess.Popen[str], port: int, log: list[str]) -> None:
-        self.proc = proc
-        self.port = port
-        self.log = log
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
 
 def _start(model_dir: Path, *extra: str) -> ServerProcess:
-    cmd = [
-        sys.executable, "-m", "server", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0",
-        "--metrics-port", "-1", "--intra-op-threads", "1", "--max-duration-s", "10", "--no-warmup",
+    args = [
+        "--intra-op-threads", "1", "--max-duration-s", "10", "--no-warmup",
         "--max-queue-requests", "512", *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    assert proc.stderr is not None
-    log: list[str] = []
-    port_seen = threading.Event()
-    found: list[int] = []
-
-    def pump() -> None:  # keep reading so the pipe never fills and blocks the server
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            m = re.search(r"listening on \S+:(\d+)", line)
-            if m and not found:
-                found.append(int(m.group(1)))
-                port_seen.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not port_seen.wait(60):
-        proc.kill()
-        raise AssertionError("server did not start:\n" + "".join(log))
-    return ServerProcess(proc, found[0], log)
+    return ServerProcess(model_dir, args, metrics=False, startup_timeout_s=60.0).start()
 
 
 @pytest.fixture
@@ -77,19 +41,7 @@ def server_procs() -> Iterator[list[ServerProcess]]:
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait(10)
-
-
-async def _wait_serving(channel: grpc.aio.Channel) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    for _ in range(600):
-        try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
-            if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("server never became SERVING")
+        p.log_path.unlink(missing_ok=True)
 
 
 def _refused_before_acceptance(code: str, details: str) -> bool:
@@ -103,9 +55,8 @@ async def test_sigterm_under_load_loses_no_accepted_request(
 ) -> None:
     server = _start(Path(tiny_repo), "--drain-grace-s", "20", "--max-batch-size", "4")
     server_procs.append(server)
-    channel = grpc.aio.insecure_channel(server.address)
+    channel = grpc.aio.insecure_channel(server.target)
     stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
-    await _wait_serving(channel)
     request = raw_request(tone(4.0))
     expected = await stub.Recognize(request, timeout=30)
 
@@ -155,7 +106,7 @@ async def test_sigterm_under_load_loses_no_accepted_request(
     watcher.cancel()
     await channel.close()
 
-    assert rc == 0, "".join(server.log[-20:])
+    assert rc == 0, server.log_tail(20)
     # Once one call has been refused for draining, the service refuses every later call for good, so a
     # call sent after that moment cannot have been accepted. grpc.aio cancels calls that arrive while
     # server.stop() runs (CANCELLED rather than UNAVAILABLE): those are refusals too, not losses.
@@ -179,7 +130,7 @@ async def test_sigterm_under_load_loses_no_accepted_request(
     # Readiness went NOT_SERVING at the start of the drain, before the process went away.
     not_serving = [t for t, status in health_changes if status == health_pb2.HealthCheckResponse.NOT_SERVING]
     assert any(sigterm_at <= t <= exited_at for t in not_serving), health_changes
-    assert "stopped" in "".join(server.log)
+    assert "stopped" in server.log_text()
 
 
 async def _open_idle_stream(address: str) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
@@ -203,10 +154,7 @@ async def _open_idle_stream(address: str) -> tuple[grpc.aio.Channel, grpc.aio.St
 async def test_second_sigterm_forces_exit(tiny_repo: Path, server_procs: list[ServerProcess]) -> None:
     server = _start(Path(tiny_repo), "--drain-grace-s", "60")
     server_procs.append(server)
-    probe = grpc.aio.insecure_channel(server.address)
-    await _wait_serving(probe)
-    await probe.close()
-    channel, call = await _open_idle_stream(server.address)
+    channel, call = await _open_idle_stream(server.target)
     try:
         server.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(1.0)
@@ -226,10 +174,7 @@ async def test_grace_limit_ends_a_drain_that_cannot_finish(
 ) -> None:
     server = _start(Path(tiny_repo), "--drain-grace-s", "1.5")
     server_procs.append(server)
-    probe = grpc.aio.insecure_channel(server.address)
-    await _wait_serving(probe)
-    await probe.close()
-    channel, call = await _open_idle_stream(server.address)
+    channel, call = await _open_idle_stream(server.target)
     try:
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
