@@ -6,22 +6,19 @@ runner's session factory (tests/server/faults.py): the real ONNX Runtime session
 
 from __future__ import annotations
 
-import dataclasses
-import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-import grpc.aio
 import numpy as np
 import pytest
-from emotion.v1 import emotion_pb2, emotion_pb2_grpc
+from emotion.v1 import emotion_pb2
 
-from server.app import EmotionServer
 from server.config import Settings
 from server.manifest import ModelManifest, load_manifest
-from server.runner import SessionFactory, ort_session_factory
+from tests.server.inprocess import Running, StartServer, metric_value, serving
+
+__all__ = ["BASE_SETTINGS", "Running", "StartServer", "metric_value"]  # imported by the tests from here
 
 BASE_SETTINGS = Settings(
     host="127.0.0.1",
@@ -43,62 +40,14 @@ def manifest(tiny_repo: Path) -> ModelManifest:
     return load_manifest(Path(tiny_repo))
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """One sample's value in a Prometheus text exposition (0.0 when absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
-class Running:
-    """A started in-process server, a channel to it and its stub."""
-
-    def __init__(self, server: EmotionServer, channel: grpc.aio.Channel) -> None:
-        self.server = server
-        self.channel = channel
-        self.stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    def scrape(self) -> str:
-        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-    def metric(self, name: str, **labels: str) -> float:
-        return metric_value(self.scrape(), name, **labels)
-
-
-StartServer = Callable[..., Any]
-
-
 @pytest.fixture
 async def start_server(manifest: ModelManifest) -> AsyncIterator[StartServer]:
     """Factory: ``await start_server(session_factory=..., **settings_overrides)`` -> Running."""
-    started: list[Running] = []
-
-    async def start(session_factory: SessionFactory = ort_session_factory, **overrides: Any) -> Running:
-        settings = dataclasses.replace(BASE_SETTINGS, **overrides)
-        server = EmotionServer(settings, manifest, session_factory=session_factory)
-        await server.start()
-        channel = grpc.aio.insecure_channel(
-            f"127.0.0.1:{server.port}",
-            options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],  # let oversized requests leave
-        )
-        running = Running(server, channel)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.channel.close()
-        await running.server.stop()
+    # A large send limit lets oversized requests leave the client, so the server is the one refusing them.
+    async with serving(
+        manifest, BASE_SETTINGS, [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    ) as start:
+        yield start
 
 
 def tone(duration_s: float, *, freq_hz: float = 220.0, rate: int = 16000, seed: int = 0) -> np.ndarray:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from emotion.v1 import emotion_pb2_grpc
 
-from server.app import EmotionServer
 from server.config import Settings
 from server.manifest import ModelManifest, load_manifest
-from server.runner import SessionFactory, ort_session_factory
+from tests.server.inprocess import Running, StartServer, serving
+
+__all__ = ["BASE_SETTINGS", "Running", "StartServer"]  # imported by the tests from here
 
 BASE_SETTINGS = Settings(
     host="127.0.0.1",
@@ -42,56 +38,11 @@ def manifest(model_dir: Path) -> ModelManifest:
     return load_manifest(model_dir)
 
 
-class Running:
-    """A started server, a channel to it and its stub."""
-
-    def __init__(self, server: EmotionServer, channel: grpc.aio.Channel) -> None:
-        self.server = server
-        self.channel = channel
-        self.stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    def scrape(self) -> str:
-        """The text of the real /metrics HTTP endpoint."""
-        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample's value from a fresh scrape (0.0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        for family in text_string_to_metric_families(self.scrape()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
-
-
-StartServer = Callable[..., Any]
-
-
 @pytest.fixture
 async def start_server(manifest: ModelManifest) -> AsyncIterator[StartServer]:
     """Factory: ``await start_server(**settings_overrides, session_factory=...)`` -> Running."""
-    started: list[Running] = []
-
-    async def start(session_factory: SessionFactory = ort_session_factory, **overrides: Any) -> Running:
-        settings = dataclasses.replace(BASE_SETTINGS, **overrides)
-        server = EmotionServer(settings, manifest, session_factory=session_factory)
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        running = Running(server, channel)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.channel.close()
-        await running.server.stop()
+    async with serving(manifest, BASE_SETTINGS) as start:
+        yield start
 
 
 @pytest.fixture
