@@ -25,7 +25,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.soak import ServerProcess, machine, make_request, pct, start_server, wait_serving
+from benchmarks.soak import machine, make_request, pct, rss_mb
+from server.process import ServerProcess
 
 
 @dataclass
@@ -64,7 +65,7 @@ async def run(
 
         async def sample_rss() -> None:
             while True:
-                rss.append((time.monotonic() - t0, server.rss_mb()))
+                rss.append((time.monotonic() - t0, rss_mb(server)))
                 await asyncio.sleep(0.5)
 
         sampler = asyncio.ensure_future(sample_rss())
@@ -128,21 +129,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print("command:", " ".join([sys.executable, "-m", "benchmarks.overload", *(argv or sys.argv[1:])]))
     print("machine:", machine())
-    server = start_server(
-        args.model,
-        "--max-queue-requests",
-        str(args.max_queue_requests),
-        "--max-batch-size",
-        str(args.max_batch_size),
+    server_args = [
+        "--max-queue-requests", str(args.max_queue_requests),
+        "--max-batch-size", str(args.max_batch_size),
         *args.server_args,
-    )
-    try:
-        asyncio.run(wait_serving(server.address))
-        rss_start = server.rss_mb()
-        capacity, results, rss = asyncio.run(run(server.address, server, args))
-        alive = server.proc.poll() is None
-    finally:
-        rc = server.stop()
+    ]  # fmt: skip
+    with ServerProcess(args.model, server_args, metrics=False, startup_timeout_s=600.0) as server:
+        try:
+            rss_start = rss_mb(server)
+            capacity, results, rss = asyncio.run(run(server.target, server, args))
+            alive = server.proc.poll() is None
+        finally:
+            rc = server.terminate(60.0)
 
     with args.csv.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

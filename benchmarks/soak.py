@@ -17,109 +17,22 @@ import asyncio
 import csv
 import os
 import platform
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from server.process import ServerProcess
 
 # ------------------------------------------------------------------------------------ server process
 
 
-@dataclass
-class ServerProcess:
-    """A running ``python -m server``; its stderr is kept in ``log``."""
-
-    proc: subprocess.Popen[str]
-    port: int
-    log: list[str] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.proc.pid)
-
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM (a clean drain) and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-
-def start_server(model: str, *extra: str, startup_timeout_s: float = 600.0) -> ServerProcess:
-    """Start the real server CLI on a free loopback port and return once it is listening."""
-    cmd = [
-        sys.executable, "-m", "server", "--model", model, "--host", "127.0.0.1", "--port", "0",
-        "--metrics-port", "-1", *extra,
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    log: list[str] = []
-    found: list[int] = []
-    ready = threading.Event()
-
-    def pump() -> None:  # keep draining stderr so the server never blocks on a full pipe
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            m = re.search(r"listening on \S+:(\d+)", line)
-            if m and not found:
-                found.append(int(m.group(1)))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    ready.wait(startup_timeout_s)
-    if not found:
-        proc.kill()
-        raise RuntimeError("server did not start:\n" + "".join(log[-30:]))
-    return ServerProcess(proc, found[0], log)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB (Linux /proc), NaN elsewhere."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-async def wait_serving(address: str, timeout_s: float = 600.0) -> None:
-    import grpc
-    import grpc.aio
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            try:
-                resp = await stub.Check(
-                    health_pb2.HealthCheckRequest(service="emotion.v1.EmotionRecognizer"), timeout=2
-                )
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server never reported SERVING")
+def rss_mb(server: ServerProcess) -> float:
+    """The server's resident set size in MiB (Linux /proc), NaN elsewhere."""
+    rss = server.rss_bytes()
+    return float("nan") if rss is None else rss / (1024.0 * 1024.0)
 
 
 def make_request(audio_s: float, seed: int = 0) -> object:
@@ -203,7 +116,7 @@ async def soak(
                 i = int(time.monotonic() - start)
                 if i >= len(seconds):
                     return
-                seconds[i].rss_mb = server.rss_mb()
+                seconds[i].rss_mb = rss_mb(server)
                 await asyncio.sleep(1.0)
 
         sampler = asyncio.ensure_future(sample_rss())
@@ -285,15 +198,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print("command:", " ".join([sys.executable, "-m", "benchmarks.soak", *(argv or sys.argv[1:])]))
     print("machine:", machine())
-    server = start_server(args.model, *args.server_args)
-    try:
-        asyncio.run(wait_serving(server.address))
-        print(f"server pid {server.proc.pid} on {server.address}; RSS at SERVING {server.rss_mb():.1f} MiB")
-        rows = asyncio.run(
-            soak(server.address, server, args.duration, args.rate, args.audio_s, args.deadline_s)
-        )
-    finally:
-        rc = server.stop()
+    with ServerProcess(args.model, args.server_args, metrics=False, startup_timeout_s=600.0) as server:
+        try:
+            print(f"server pid {server.pid} on {server.target}; RSS at SERVING {rss_mb(server):.1f} MiB")
+            rows = asyncio.run(
+                soak(server.target, server, args.duration, args.rate, args.audio_s, args.deadline_s)
+            )
+        finally:
+            rc = server.terminate(60.0)
     write_csv(args.csv, rows)
     s = summarise(rows, min(args.warmup_s, len(rows) // 3))
     steady_s = len(rows) - min(args.warmup_s, len(rows) // 3)
