@@ -28,7 +28,7 @@ import numpy as np
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from batching import BatchPolicy, DynamicBatcher
+from batching import BatchPolicy, DecideFn, DynamicBatcher, decide, decide_equal_shape, decide_fifo
 from server.audio import AudioLimits
 from server.config import Settings
 from server.health import SERVICE_NAME, Health
@@ -38,10 +38,16 @@ from server.runner import Runner, RunnerOptions, SessionFactory, ort_session_fac
 from server.security import TokenAuthInterceptor, TokenStore, server_credentials
 from server.service import EmotionService, ServiceLimits
 
-__all__ = ["EmotionServer", "run_server", "warmup_durations"]
+__all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
 
 log = logging.getLogger(__name__)
 
+#: ``--batch-policy`` -> the batcher's decision function (the last two are baselines for benchmarks).
+BATCH_DECISIONS: dict[str, DecideFn] = {
+    "length_aware": decide,
+    "fifo": decide_fifo,
+    "equal_shape": decide_equal_shape,
+}
 #: A second SIGTERM/SIGINT at least this long after the first forces an immediate exit.
 _DOUBLE_SIGNAL_S = 1.0
 #: Grace given to ``server.stop`` once the service is idle and the batcher drained (health streams only).
@@ -97,6 +103,9 @@ class EmotionServer:
             graph_optimization_level=s.graph_optimization_level,
             gpu_failures_before_fallback=s.gpu_failures_before_fallback,
             run_timeout_s=s.run_timeout_s,
+            allow_spinning=s.ort_allow_spinning,
+            cpu_arena=s.ort_cpu_arena,
+            arena_shrinkage=s.ort_arena_shrinkage,
         )
         loop = asyncio.get_running_loop()
         # Loading a large model takes seconds: keep the event loop free meanwhile.
@@ -115,7 +124,8 @@ class EmotionServer:
             adaptive=s.adaptive_batching,
         )
         self.batcher = DynamicBatcher(self.runner.run, policy, instances=s.runner_instances,
-                                      observer=self._observer, split_on_error=split_on_error)
+                                      observer=self._observer, split_on_error=split_on_error,
+                                      decide=BATCH_DECISIONS[s.batch_policy])
         await self.batcher.start()
         batcher = self.batcher
         self.metrics.bind_drain_estimate(lambda: float(batcher.estimated_drain_s))

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "build_parser", "parse_settings"]
+__all__ = ["BATCH_POLICIES", "ENV_PREFIX", "Settings", "SettingsError", "build_parser", "parse_settings"]
 
 ENV_PREFIX = "EMOTION_"
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+BATCH_POLICIES = ("length_aware", "fifo", "equal_shape")
 
 
 class SettingsError(ValueError):
@@ -83,11 +84,27 @@ class Settings:
     gpu_failures_before_fallback: int = _opt(
         3, "consecutive GPU run failures after which the runner moves to a CPU session"
     )
+    ort_allow_spinning: bool = _opt(
+        False, "let ONNX Runtime's intra-op threads spin-wait for work after each run: on a few cores the "
+        "spinning takes CPU the event loop needs (measured in benchmarks/README.md)"
+    )
+    ort_cpu_arena: bool = _opt(
+        True, "ONNX Runtime's CPU memory arena (allocations reused across runs; without it every tensor is "
+        "malloc'ed and freed)"
+    )
+    ort_arena_shrinkage: bool = _opt(
+        True, "give the CPU arena's free memory back after every run, so RSS does not stay at the peak of "
+        "the longest batch ever run (ignored without --ort-cpu-arena)"
+    )
     run_timeout_s: float = _opt(
         120.0, "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
         "alone, so only the one that hangs fails (0 = no watchdog)"
     )
     # --- batching
+    batch_policy: str = _opt(
+        "length_aware", "how batches are formed: length_aware (this server's policy), fifo (pad to the "
+        "longest, arrival order) or equal_shape (identical lengths only); the last two are baselines"
+    )
     max_batch_size: int = _opt(8, "most requests in one batch")
     preferred_batch_sizes: tuple[int, ...] = _opt((), "batch sizes to prefer, comma-separated (e.g. 4,8)")
     max_batch_audio_s: float = _opt(60.0, "padded audio per batch (items x longest), in seconds")
@@ -97,13 +114,17 @@ class Settings:
     adaptive_batching: bool = _opt(True, "fit a latency model and batch only when it pays")
     default_timeout_s: float = _opt(30.0, "deadline applied to calls that carry none")
     # --- audio limits
-    max_duration_s: float = _opt(60.0, "longest audio accepted per request or stream segment, in seconds")
+    max_duration_s: float = _opt(
+        30.0, "longest audio accepted per request or stream segment, in seconds (attention memory grows with "
+        "the square of the length: one 60 s item needs ~2 GB more than the weights with the large model)"
+    )
     min_duration_s: float = _opt(0.1, "shortest audio accepted per request, in seconds")
     max_stream_duration_s: float = _opt(3600.0, "longest StreamRecognize audio, in seconds")
     # --- lifecycle
     warmup: bool = _opt(True, "run the model across the batch length ranges before reporting SERVING")
     warmup_max_s: float = _opt(
-        16.0, "longest warm-up input, in seconds (capped by --max-duration-s); bounds start-up time on CPUs"
+        10.0, "longest warm-up input, in seconds (capped by --max-duration-s); bounds start-up time and the "
+        "memory warm-up alone would take (longer inputs still run, just not before SERVING)"
     )
     drain_grace_s: float = _opt(25.0, "on SIGTERM, time allowed to finish accepted work before exiting")
     log_level: str = _opt("INFO", "logging level")
@@ -116,6 +137,8 @@ class Settings:
             problems.append(f"metrics port {self.metrics_port} out of range")
         if not self.providers:
             problems.append("providers must name at least one execution provider")
+        if self.batch_policy not in BATCH_POLICIES:
+            problems.append(f"batch policy {self.batch_policy!r} is not one of {', '.join(BATCH_POLICIES)}")
         if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
             problems.append(
                 f"graph optimisation level {self.graph_optimization_level!r} is not one of "

@@ -26,6 +26,7 @@ class ServerMetrics:
 
     def __init__(self, sample_rate_hz: int = 16000) -> None:
         self.sample_rate_hz = sample_rate_hz
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("emotion_requests", "RPCs finished, by method and status code",
@@ -94,16 +95,24 @@ class ServerMetrics:
     def bind_drain_estimate(self, estimate: Callable[[], float]) -> None:
         self.queue_drain.set_function(estimate)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # ``labels()`` validates and hashes on every call (~5 us); requests reuse a handful of children.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_request(self, rpc: str, code: str, duration_s: float) -> None:
-        self.requests.labels(rpc, code).inc()
-        self.request_duration.labels(rpc).observe(duration_s)
+        self._child(self.requests, rpc, code).inc()
+        self._child(self.request_duration, rpc).observe(duration_s)
 
     def observe_prediction(self, label: str, confidence: float) -> None:
-        self.predictions.labels(label).inc()
+        self._child(self.predictions, label).inc()
         self.confidence.observe(confidence)
 
     def observe_audio(self, rpc: str, seconds: float) -> None:
-        self.audio_seconds.labels(rpc).inc(seconds)
+        self._child(self.audio_seconds, rpc).inc(seconds)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

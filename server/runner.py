@@ -15,11 +15,20 @@ timer sets ``terminate`` on it when the run takes too long. ONNX Runtime checks 
 nodes and makes the run raise, which frees the session for the next batch; the batch fails with
 ``RunnerTimeout`` (a ``RunnerError``, so the batcher splits and retries it and only the item that really
 hangs finally fails). A single node that never returns (a hung GPU kernel) cannot be interrupted this way.
+One watchdog thread per runner serves every run (a timer thread per run cost a thread start per batch).
+
+Memory and CPU settings (``RunnerOptions``), from measurements on a 2-core CPU (``benchmarks/README.md``):
+``allow_spinning`` off by default, because ONNX Runtime's intra-op threads otherwise spin after every run and
+take the CPU the event loop needs; ``arena_shrinkage`` gives the CPU arena's free chunks back after every
+run, so the process does not keep the peak of the longest batch it ever ran.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -104,6 +113,9 @@ class RunnerOptions:
     graph_optimization_level: str = "all"
     gpu_failures_before_fallback: int = 3
     run_timeout_s: float = 0.0  # a run longer than this is terminated (0 = no watchdog)
+    allow_spinning: bool = False  # intra-op threads spin-wait after a run (burns CPU on small machines)
+    cpu_arena: bool = True  # ONNX Runtime's CPU memory arena
+    arena_shrinkage: bool = False  # free the CPU arena's unused chunks after every run (needs cpu_arena)
 
 
 def ort_session_factory(model_path: Path, providers: Sequence[str], options: RunnerOptions) -> SessionLike:
@@ -121,6 +133,8 @@ def ort_session_factory(model_path: Path, providers: Sequence[str], options: Run
     # One inference per session at a time: inter-op parallelism only adds contention on few cores.
     so.inter_op_num_threads = 1
     so.graph_optimization_level = levels[options.graph_optimization_level]
+    so.enable_cpu_mem_arena = options.cpu_arena
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
     available = set(ort.get_available_providers())
     usable = [p for p in providers if p in available]
     if not usable:
@@ -179,6 +193,8 @@ class Runner:
         self._gpu_failures = 0
         self._closed = False
         self._output_names = tuple(name for name in _ORDER if name in manifest.output_names)
+        self._output_list = list(self._output_names)
+        self._watchdog = _Watchdog()
         self._provider = self._load(options.providers)
 
     # ------------------------------------------------------------------ loading
@@ -240,38 +256,44 @@ class Runner:
         feeds = {"waveform": waveform, "lengths": lengths}
         generation, session = self._acquire()
         provider = self._provider
-        watchdog = self._arm()
+        run_options = self._run_options(provider)
+        timeout_s = self.options.run_timeout_s
+        token = None
+        if run_options is not None and timeout_s > 0:
+            token = self._watchdog.arm(run_options, timeout_s)
         try:
             started = time.monotonic()
             try:
-                if watchdog is None:
-                    outputs = session.run(list(self._output_names), feeds)
-                else:
-                    outputs = session.run(list(self._output_names), feeds, watchdog.run_options)
+                outputs = session.run(self._output_list, feeds, run_options)
             except Exception as exc:
-                if watchdog is not None and watchdog.fired:
+                if token is not None and self._watchdog.disarm(token):
                     raise self._timed_out(len(batch), provider, time.monotonic() - started) from exc
                 return self._handle_failure(exc, generation, session, provider, batch)
             finally:
-                if watchdog is not None:
-                    watchdog.cancel()
+                if token is not None:
+                    self._watchdog.disarm(token)
             run_s = time.monotonic() - started
-            with self._lock:
-                self._gpu_failures = 0
+            if self._gpu_failures:
+                with self._lock:
+                    self._gpu_failures = 0
         finally:
             self._release(generation, session)
         return self._slice(dict(zip(self._output_names, outputs, strict=True)), len(batch), started, run_s,
                            provider)
 
-    def _arm(self) -> _Watchdog | None:
-        timeout = self.options.run_timeout_s
-        if timeout <= 0:
+    def _run_options(self, provider: str) -> Any:
+        """A fresh ``RunOptions`` when this run needs one (watchdog or arena shrinkage), else None."""
+        shrink = self.options.arena_shrinkage and self.options.cpu_arena and provider == CPU_PROVIDER
+        if self.options.run_timeout_s <= 0 and not shrink:
             return None
         import onnxruntime as ort
 
-        watchdog = _Watchdog(ort.RunOptions(), timeout)
-        watchdog.start()
-        return watchdog
+        run_options = ort.RunOptions()
+        if shrink:
+            # Free arena chunks this run no longer uses: RSS falls back to the weights after each run
+            # instead of staying at the peak of the longest batch ever run.
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return run_options
 
     def _timed_out(self, n: int, provider: str, elapsed_s: float) -> RunnerTimeout:
         log.error("a batch of %d on %s ran %.1f s, past the %.1f s run timeout: terminated",
@@ -357,6 +379,7 @@ class Runner:
 
     def close(self) -> None:
         """Release the sessions. Later ``run`` calls fail with RunnerError."""
+        self._watchdog.close()
         with self._lock:
             self._closed = True
             self._generation += 1
@@ -368,24 +391,65 @@ class Runner:
 
 
 class _Watchdog:
-    """Sets ``run_options.terminate`` once ``timeout_s`` has passed, unless cancelled first."""
+    """One thread that sets ``run_options.terminate`` on every run still going at its deadline.
 
-    def __init__(self, run_options: Any, timeout_s: float) -> None:
-        self.run_options = run_options
-        self.fired = False
-        self._timer = threading.Timer(timeout_s, self._fire)
-        self._timer.daemon = True
-        self._timer.name = "run-watchdog"
+    ``arm`` costs a lock and a heap push; the thread is only woken when a new deadline is earlier than the
+    one it sleeps towards (with one timeout for every run, only the first run after an idle spell).
+    """
 
-    def start(self) -> None:
-        self._timer.start()
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, tuple[float, Any]] = {}  # token -> (deadline, run options) while running
+        self._fired: set[int] = set()
+        self._tokens = itertools.count()
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
-    def _fire(self) -> None:
-        self.fired = True
-        self.run_options.terminate = True
+    def arm(self, run_options: Any, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            token = next(self._tokens)
+            self._armed[token] = (deadline, run_options)
+            heapq.heappush(self._heap, (deadline, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="run-watchdog", daemon=True)
+                self._thread.start()
+            elif deadline < self._wake_at:
+                self._cond.notify()
+        return token
 
-    def cancel(self) -> None:
-        self._timer.cancel()
+    def disarm(self, token: int) -> bool:
+        """Stop watching a run; True when the watchdog had terminated it."""
+        with self._cond:
+            self._armed.pop(token, None)
+            if len(self._heap) > 64 + 4 * len(self._armed):
+                # Finished runs leave their entries behind until their deadline; drop them now and then.
+                self._heap = [(deadline, t) for t, (deadline, _) in self._armed.items()]
+                heapq.heapify(self._heap)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][1] not in self._armed):
+                    _, token = heapq.heappop(self._heap)
+                    entry = self._armed.pop(token, None)
+                    if entry is not None:
+                        self._fired.add(token)
+                        entry[1].terminate = True
+                self._wake_at = self._heap[0][0] if self._heap else math.inf
+                self._cond.wait(None if not self._heap else self._wake_at - now)
 
 
 _ORDER = ("logits", "probs", "frame_probs", "embedding", "frame_features", "frame_lengths")
