@@ -312,6 +312,14 @@ async def test_wrong_result_count_fails_the_batch() -> None:
 # ---------------------------------------------------------------------------- pluggable decision
 
 
+async def _queued(batcher: DynamicBatcher[Any, Any], n: int) -> None:
+    """Wait until ``n`` requests are queued (submit tasks reach the queue on their first step)."""
+    end = time.monotonic() + 10
+    while batcher.queued_requests < n:
+        assert time.monotonic() < end, "requests never reached the queue"
+        await asyncio.sleep(0.001)
+
+
 async def _batches_with(decide_fn: Any) -> list[list[int]]:
     """One runner busy with a first request while four more queue up; returns the payloads of each batch."""
     from batching import decide
@@ -327,9 +335,7 @@ async def _batches_with(decide_fn: Any) -> list[list[int]]:
     # Arrival order alternates short and long: FIFO pairs a short one with a long one, length-aware
     # pairs the two short ones and the two long ones.
     rest = [asyncio.create_task(batcher.submit(c, cost=c)) for c in (100, 1000, 110, 1010)]
-    await asyncio.sleep(0)
-    while batcher.queued_requests < 4:
-        await asyncio.sleep(0.001)
+    await _queued(batcher, 4)
     runner.gate.set()
     assert await asyncio.gather(first, *rest) == [1, 100, 1000, 110, 1010]
     await batcher.close()
@@ -361,8 +367,7 @@ async def test_fifo_decision_flushes_at_once_when_draining() -> None:
     batcher: DynamicBatcher[int, int] = DynamicBatcher(runner, policy, decide=decide_fifo)
     await batcher.start()
     task = asyncio.create_task(batcher.submit(7, cost=10))
-    while batcher.queued_requests < 1:
-        await asyncio.sleep(0.001)
+    await _queued(batcher, 1)
     started = time.monotonic()
     await batcher.close(drain=True, timeout_s=10)
     assert await task == 7
