@@ -235,9 +235,7 @@ class AsyncEmotionClient:
     async def _sleep_before_retry(
         self, error: EmotionClientError, attempt: int, deadline: float | None, cause: BaseException
     ) -> None:
-        if not self.retry.should_retry(error.code, attempt):
-            raise error from cause
-        delay = self.retry.backoff_s(attempt, error.retry_after_s, self._rng)
-        if deadline is not None and time.monotonic() + delay >= deadline:
+        delay = self.retry.delay_before_retry(error.code, attempt, error.retry_after_s, deadline, self._rng)
+        if delay is None:
             raise error from cause
         await asyncio.sleep(delay)

@@ -236,9 +236,7 @@ class EmotionClient:
         self, error: EmotionClientError, attempt: int, deadline: float | None, cause: BaseException
     ) -> None:
         """Sleep the backoff when ``error`` is retryable and time is left; otherwise raise ``error``."""
-        if not self.retry.should_retry(error.code, attempt):
-            raise error from cause
-        delay = self.retry.backoff_s(attempt, error.retry_after_s, self._rng)
-        if deadline is not None and time.monotonic() + delay >= deadline:
+        delay = self.retry.delay_before_retry(error.code, attempt, error.retry_after_s, deadline, self._rng)
+        if delay is None:
             raise error from cause
         time.sleep(delay)

@@ -7,6 +7,7 @@ the last error is raised instead (more useful than a bare DEADLINE_EXCEEDED).
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -56,6 +57,27 @@ class RetryPolicy:
         delay = base * factor
         if self.honour_retry_after and retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self.max_retry_after_s))
+        return delay
+
+    def delay_before_retry(
+        self,
+        code: grpc.StatusCode | None,
+        attempt: int,
+        retry_after_s: float | None,
+        deadline: float | None,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """Seconds to sleep before retrying failed attempt ``attempt``, or None when the call must fail now.
+
+        None when ``code`` is not retried, the attempts are used up, or the backoff would end at or after
+        ``deadline`` (a ``time.monotonic()`` value; None means no deadline). The sync and asyncio clients
+        share this decision and differ only in how they sleep.
+        """
+        if not self.should_retry(code, attempt):
+            return None
+        delay = self.backoff_s(attempt, retry_after_s, rng)
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            return None
         return delay
 
 
