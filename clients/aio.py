@@ -203,22 +203,13 @@ class AsyncEmotionClient:
         start = time.monotonic()
         sent_s = 0.0
         source = prepared.chunk_source() if prepared.replayable else prepared.chunk_source
-        if hasattr(source, "__aiter__"):
-            async for chunk in source:
-                data = as_pcm_bytes(chunk, encoding)
-                if data:
-                    if realtime:
-                        await asyncio.sleep(max(0.0, start + sent_s - time.monotonic()))
-                    yield emotion_pb2.StreamRecognizeRequest(audio=data)
-                    sent_s += len(data) / prepared.bytes_per_second
-        else:
-            for chunk in source:
-                data = as_pcm_bytes(chunk, encoding)
-                if data:
-                    if realtime:
-                        await asyncio.sleep(max(0.0, start + sent_s - time.monotonic()))
-                    yield emotion_pb2.StreamRecognizeRequest(audio=data)
-                    sent_s += len(data) / prepared.bytes_per_second
+        async for chunk in _as_async_iterator(source):
+            data = as_pcm_bytes(chunk, encoding)
+            if data:
+                if realtime:
+                    await asyncio.sleep(max(0.0, start + sent_s - time.monotonic()))
+                yield emotion_pb2.StreamRecognizeRequest(audio=data)
+                sent_s += len(data) / prepared.bytes_per_second
 
     async def _unary(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None) -> T:
         limit = self.timeout_s if timeout is None else timeout
@@ -239,3 +230,13 @@ class AsyncEmotionClient:
         if delay is None:
             raise error from cause
         await asyncio.sleep(delay)
+
+
+async def _as_async_iterator(source: Any) -> AsyncIterator[Any]:
+    """Iterate ``source`` whether it is an async or a plain iterable (chunks are pulled on the loop)."""
+    if hasattr(source, "__aiter__"):
+        async for chunk in source:
+            yield chunk
+    else:
+        for chunk in source:
+            yield chunk
