@@ -23,6 +23,22 @@ def _head_first(queue: RequestQueue) -> list[QueuedRequest[Any, Any]]:
     return sorted(queue, key=lambda r: r.seq)
 
 
+def _dispatch_when_due(
+    batch: list[QueuedRequest[Any, Any]],
+    head: QueuedRequest[Any, Any],
+    now: float,
+    policy: BatchPolicy,
+    reason: str,
+    *,
+    ready: bool,
+) -> Dispatch | Wait:
+    """Dispatch ``batch`` when ``ready``, full, or the head has waited ``max_queue_delay_s``; else wait."""
+    due = head.enqueued_s + policy.max_queue_delay_s
+    if ready or len(batch) >= policy.max_batch_size or now >= due:
+        return Dispatch(tuple(batch), reason)
+    return Wait(due - now)
+
+
 def decide_fifo(
     queue: RequestQueue,
     now: float,
@@ -51,10 +67,7 @@ def decide_fifo(
             break
         batch.append(r)
         longest = new_longest
-    due = pending[0].enqueued_s + policy.max_queue_delay_s
-    if full or flush or len(batch) >= policy.max_batch_size or now >= due:
-        return Dispatch(tuple(batch), "fifo")
-    return Wait(due - now)
+    return _dispatch_when_due(batch, pending[0], now, policy, "fifo", ready=full or flush)
 
 
 def decide_equal_shape(
@@ -75,7 +88,4 @@ def decide_equal_shape(
         return Wait(math.inf)
     head = pending[0]
     batch = [r for r in pending if r.cost == head.cost][: policy.max_batch_size]
-    due = head.enqueued_s + policy.max_queue_delay_s
-    if flush or len(batch) >= policy.max_batch_size or now >= due:
-        return Dispatch(tuple(batch), "equal_shape")
-    return Wait(due - now)
+    return _dispatch_when_due(batch, head, now, policy, "equal_shape", ready=flush)
