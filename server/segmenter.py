@@ -137,7 +137,27 @@ class _SampleBuffer:
         return out
 
 
-class EnergySegmenter:
+class _BufferedSegmenter:
+    """What both segmenters report the same way: audio covered by segments and samples held."""
+
+    _buf: _SampleBuffer
+    _covered: int
+
+    @property
+    def covered_samples(self) -> int:
+        return self._covered
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples held right now (bounded by one segment or window plus one chunk)."""
+        return self._buf.end - self._buf.start + self._pending_size()
+
+    def _pending_size(self) -> int:
+        """Samples held outside ``_buf`` (an incomplete frame); none unless a subclass keeps some."""
+        return 0
+
+
+class EnergySegmenter(_BufferedSegmenter):
     """Energy end-pointing: segments of voiced audio between pauses, within length bounds.
 
     The stream is cut into ``frame_s`` (20 ms) frames; a frame is *voiced* when its RMS level is at
@@ -210,15 +230,6 @@ class EnergySegmenter:
     @property
     def samples_received(self) -> int:
         return self._received
-
-    @property
-    def covered_samples(self) -> int:
-        return self._covered
-
-    @property
-    def buffered_samples(self) -> int:
-        """Samples held right now (bounded by one segment or window plus one chunk)."""
-        return self._buf.end - self._buf.start + self._pending_size()
 
     def _pending_size(self) -> int:
         return int(self._pending.size)
@@ -295,7 +306,7 @@ class EnergySegmenter:
         self._buf.discard_before(self._pos if self._seg_start is None else self._seg_start)
 
 
-class FixedSegmenter:
+class FixedSegmenter(_BufferedSegmenter):
     """Fixed windows: ``[k * hop_s, k * hop_s + window_s)`` for k = 0, 1, 2, ...
 
     ``hop_s < window_s`` overlaps windows; ``hop_s > window_s`` skips the audio between them. At the end
@@ -332,18 +343,6 @@ class FixedSegmenter:
     @property
     def samples_received(self) -> int:
         return self._buf.end
-
-    @property
-    def covered_samples(self) -> int:
-        return self._covered
-
-    @property
-    def buffered_samples(self) -> int:
-        """Samples held right now (bounded by one segment or window plus one chunk)."""
-        return self._buf.end - self._buf.start + self._pending_size()
-
-    def _pending_size(self) -> int:
-        return 0
 
     def feed(self, samples: FloatArray) -> list[Segment]:
         """Add 16 kHz mono samples (any length); return the windows they completed."""
