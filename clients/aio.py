@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from emotion.v1 import emotion_pb2, emotion_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from emotion.v1 import emotion_pb2
+from grpc_health.v1 import health_pb2
 
 from . import results as R
 from ._requests import (
@@ -29,7 +28,7 @@ from ._requests import (
 )
 from .audio import AudioInput
 from .channel import ChannelSettings, TLSConfig, create_aio_channel
-from .client import SERVICE_NAME
+from .client import SERVICE_NAME, _ClientBase
 from .errors import EmotionClientError, from_rpc_error
 from .retry import RetryPolicy
 
@@ -38,7 +37,7 @@ __all__ = ["AsyncEmotionClient"]
 T = TypeVar("T")
 
 
-class AsyncEmotionClient:
+class AsyncEmotionClient(_ClientBase[grpc.aio.Channel]):
     """Asyncio client with the same methods as ``EmotionClient``, awaited.
 
     Create it inside the event loop that uses it (the channel binds to that loop). Concurrent calls share
@@ -56,15 +55,13 @@ class AsyncEmotionClient:
         settings: ChannelSettings | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self.settings = settings or ChannelSettings(target=target, tls=tls, token=token)
-        self.timeout_s = timeout_s
-        self.retry = retry or RetryPolicy()
-        self._owns_channel = channel is None
-        self._channel = channel or create_aio_channel(self.settings)
-        self._stub = emotion_pb2_grpc.EmotionRecognizerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = self.settings.token_metadata()
-        self._rng = random.Random()
+        super().__init__(
+            settings or ChannelSettings(target=target, tls=tls, token=token),
+            timeout_s,
+            retry,
+            channel,
+            create_aio_channel,
+        )
 
     async def close(self) -> None:
         """Close the channel (when this client created it)."""

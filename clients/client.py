@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
@@ -38,9 +38,32 @@ __all__ = ["SERVICE_NAME", "EmotionClient"]
 SERVICE_NAME = "emotion.v1.EmotionRecognizer"
 
 T = TypeVar("T")
+ChannelT = TypeVar("ChannelT", grpc.Channel, grpc.aio.Channel)
 
 
-class EmotionClient:
+class _ClientBase(Generic[ChannelT]):
+    """The state the sync and asyncio clients set up the same way; only their calls differ (await)."""
+
+    def __init__(
+        self,
+        settings: ChannelSettings,
+        timeout_s: float | None,
+        retry: RetryPolicy | None,
+        channel: ChannelT | None,
+        create: Callable[[ChannelSettings], ChannelT],
+    ) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self._owns_channel = channel is None
+        self._channel: ChannelT = channel or create(self.settings)
+        self._stub = emotion_pb2_grpc.EmotionRecognizerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = self.settings.token_metadata()
+        self._rng = random.Random()
+
+
+class EmotionClient(_ClientBase[grpc.Channel]):
     """Blocking client. Thread-safe: one instance (one channel) can serve many threads.
 
     Args:
@@ -64,15 +87,13 @@ class EmotionClient:
         settings: ChannelSettings | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self.settings = settings or ChannelSettings(target=target, tls=tls, token=token)
-        self.timeout_s = timeout_s
-        self.retry = retry or RetryPolicy()
-        self._owns_channel = channel is None
-        self._channel = channel or create_channel(self.settings)
-        self._stub = emotion_pb2_grpc.EmotionRecognizerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = self.settings.token_metadata()
-        self._rng = random.Random()
+        super().__init__(
+            settings or ChannelSettings(target=target, tls=tls, token=token),
+            timeout_s,
+            retry,
+            channel,
+            create_channel,
+        )
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
