@@ -66,6 +66,40 @@ async def test_concurrent_calls_of_different_lengths_equal_one_at_a_time(start_s
         assert a.utterance.label == b.utterance.label
 
 
+def frame_matrix(response: pb.RecognizeResponse) -> np.ndarray:
+    return np.array([list(frame.scores) for frame in response.frames])
+
+
+async def test_concurrent_frame_results_equal_one_at_a_time(start_server: StartServer) -> None:
+    # Per-frame results must be cut at each item's own valid frames, never padded to the batch's longest.
+    running: Running = await start_server(adaptive_batching=False, max_queue_delay_ms=200.0, max_batch_size=8)
+    lengths = [4000, 9000, 16000, 23456, 31000, 40000, 7777, 48000]
+
+    def frames_call(n: int, seed: int) -> Awaitable[pb.RecognizeResponse]:
+        request = pb.RecognizeRequest(audio=audio_of(n, seed), granularity=pb.GRANULARITY_FRAME)
+        call: Awaitable[pb.RecognizeResponse] = running.stub.Recognize(request)
+        return call
+
+    def embed_call(n: int, seed: int) -> Awaitable[pb.EmbedResponse]:
+        call: Awaitable[pb.EmbedResponse] = running.stub.Embed(
+            pb.EmbedRequest(audio=audio_of(n, seed), return_frames=True))
+        return call
+
+    alone = [await frames_call(n, i) for i, n in enumerate(lengths)]
+    alone_embed = [await embed_call(n, i) for i, n in enumerate(lengths)]
+    together = await asyncio.gather(*(frames_call(n, i) for i, n in enumerate(lengths)))
+    together_embed = await asyncio.gather(*(embed_call(n, i) for i, n in enumerate(lengths)))
+    assert max(r.timing.batch_size for r in together) > 1, "the concurrent calls were not batched"
+    assert max(r.timing.batch_size for r in together_embed) > 1, "the concurrent calls were not batched"
+    for n, a, b in zip(lengths, alone, together, strict=True):
+        assert len(b.frames) == len(a.frames) == (n - 400) // 320 + 1
+        np.testing.assert_allclose(frame_matrix(b), frame_matrix(a), atol=1e-4)
+    for n, a, b in zip(lengths, alone_embed, together_embed, strict=True):
+        assert len(b.frames) == len(a.frames) == (n - 400) // 320 + 1
+        np.testing.assert_allclose(
+            np.array([f.values for f in b.frames]), np.array([f.values for f in a.frames]), atol=1e-4)
+
+
 async def test_oom_splits_the_batch_and_isolates_what_cannot_fit(start_server: StartServer) -> None:
     factory = FaultyFactory(oom_above(5 * RATE))  # padded batches above 5 s of audio run out of memory
     running: Running = await start_server(factory, adaptive_batching=False, max_queue_delay_ms=200.0)
