@@ -66,6 +66,21 @@ def warmup_durations(min_s: float, max_s: float) -> list[float]:
     return sorted(set(out))
 
 
+def batching_caveat(precision: str, max_batch_size: int) -> str | None:
+    """Why batching may change answers with this model, or None when batched results are exact.
+
+    int8 dynamic quantisation picks its activation scale per batch, so an item's int8 scores depend on its
+    batch mates (measured up to ~1e-2 on probabilities); fp32 and fp16 are batch-exact.
+    """
+    if precision == "int8" and max_batch_size > 1:
+        return (
+            f"int8 model with --max-batch-size {max_batch_size}: int8 activation scales are chosen per "
+            "batch, so a request's scores can differ slightly (~1e-2) with its batch mates; use "
+            "--max-batch-size 1 where per-request reproducibility matters (on CPUs batching rarely pays)"
+        )
+    return None
+
+
 class EmotionServer:
     """One running server. ``await start()``, then ``await stop()`` (or ``run_server`` for signals)."""
 
@@ -113,6 +128,9 @@ class EmotionServer:
             m, options, session_factory=self._session_factory, on_provider_change=self.metrics.set_provider,
             on_run_timeout=self.metrics.run_timeout,
         ))
+        caveat = batching_caveat(m.precision, s.max_batch_size)
+        if caveat is not None:
+            log.warning(caveat)
         rate = m.sample_rate_hz
         policy = BatchPolicy(
             max_batch_size=s.max_batch_size,

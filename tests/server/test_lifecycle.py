@@ -265,3 +265,13 @@ async def test_bearer_token_auth_wired_in(start_server: StartServer, tmp_path: P
     assert response.utterance.label
     assert await health_status(running.channel, SERVICE_NAME) == SERVING  # probes need no secret
     assert running.metric("emotion_rejections_total", reason="unauthenticated") == 1
+
+
+def test_only_int8_batching_carries_a_caveat() -> None:
+    from server.app import batching_caveat
+
+    caveat = batching_caveat("int8", 8)
+    assert caveat is not None and "--max-batch-size 1" in caveat
+    assert batching_caveat("int8", 1) is None
+    assert batching_caveat("fp32", 8) is None
+    assert batching_caveat("fp16", 8) is None
