@@ -35,7 +35,7 @@ class OrtModel:
     def __init__(self, repo: str | Path, intra_op_threads: int = 0) -> None:
         import onnxruntime as ort
 
-        from server.manifest import load_manifest
+        from emotion2vec_serving.server.manifest import load_manifest
 
         self.manifest = load_manifest(repo)
         options = ort.SessionOptions()
@@ -175,7 +175,13 @@ def inprocess_policy(
     """
     import asyncio
 
-    from batching import BatchPolicy, DynamicBatcher, decide, decide_equal_shape, decide_fifo
+    from emotion2vec_serving.batching import (
+        BatchPolicy,
+        DynamicBatcher,
+        decide,
+        decide_equal_shape,
+        decide_fifo,
+    )
 
     decisions = {"fifo": decide_fifo, "equal_shape": decide_equal_shape}
 

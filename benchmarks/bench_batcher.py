@@ -18,7 +18,7 @@ import random
 import sys
 import time
 
-from batching import BatchPolicy, DynamicBatcher
+from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 
 SR = 16000
 

@@ -23,9 +23,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.ort_run import pad_batch
-from export.signals import speech_like
-from server.manifest import load_manifest
+from emotion2vec_serving.export.ort_run import pad_batch
+from emotion2vec_serving.export.signals import speech_like
+from emotion2vec_serving.server.manifest import load_manifest
 
 
 def _machine() -> str:

@@ -1,6 +1,6 @@
 """Overload: drive a real server process at a multiple of its measured capacity, then drop the load.
 
-Phases (all against ``python -m server`` on loopback, with a small queue bound):
+Phases (all against ``python -m emotion2vec_serving.server`` on loopback, with a small queue bound):
 
 1. capacity: closed loop (``--clients`` concurrent callers) for ``--capacity-s``; capacity = OK/s.
 2. overload: open loop at ``--factor`` x capacity for ``--overload-s``.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.soak import machine, make_request, pct, rss_mb
-from server.process import ServerProcess
+from emotion2vec_serving.server.process import ServerProcess
 
 
 @dataclass

@@ -295,7 +295,7 @@ class Suite:
 
     def policy_switch(self) -> bool:
         """Whether the server can be told to batch FIFO / equal-shape (a ``--batch-policy`` setting)."""
-        from server.config import Settings
+        from emotion2vec_serving.server.config import Settings
 
         return POLICY_SETTING in {f.name for f in dataclasses.fields(Settings)}
 

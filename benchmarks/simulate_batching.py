@@ -26,9 +26,9 @@ import random
 import sys
 from collections.abc import Callable
 
-from batching import BatchPolicy, LatencyModel
-from batching.baselines import decide_equal_shape, decide_fifo
-from batching.simulation import SimRequest, simulate
+from emotion2vec_serving.batching import BatchPolicy, LatencyModel
+from emotion2vec_serving.batching.baselines import decide_equal_shape, decide_fifo
+from emotion2vec_serving.batching.simulation import SimRequest, simulate
 
 SR = 16000
 PROFILES: dict[str, Callable[[int, int], float]] = {

@@ -2,6 +2,6 @@
 
 import sys
 
-from export.cli import main
+from emotion2vec_serving.export.cli import main
 
 sys.exit(main())

@@ -16,7 +16,7 @@ def _say(message: str) -> None:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from export.checkpoint import write_checkpoint
+    from emotion2vec_serving.export.checkpoint import write_checkpoint
 
     started = time.perf_counter()
     _say(f"writing {args.size} checkpoint (seed {args.seed}, random weights) to {args.out}")
@@ -27,7 +27,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 
 def _onnx(args: argparse.Namespace) -> int:
-    from export.onnx_export import export_repository
+    from emotion2vec_serving.export.onnx_export import export_repository
 
     started = time.perf_counter()
     repo = export_repository(args.source, args.out, precision=args.precision, verify=not args.no_verify,
@@ -42,8 +42,8 @@ def _onnx(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from export.verify import ParityError, verify_repository
-    from server.manifest import load_manifest
+    from emotion2vec_serving.export.verify import ParityError, verify_repository
+    from emotion2vec_serving.server.manifest import load_manifest
 
     precision = load_manifest(args.repo).precision
     tolerance = args.tolerance if precision == "fp32" else None
@@ -58,7 +58,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from export.demo import ensure_demo_repo
+    from emotion2vec_serving.export.demo import ensure_demo_repo
 
     repo = ensure_demo_repo(Path(args.out), progress=_say)
     print(repo)

@@ -36,8 +36,8 @@ def ensure_demo_repo(out_dir: Path, progress: Callable[[str], None] | None = Non
     if _is_complete(repo):
         return repo
     # Imported here so that reusing an existing repository does not pay for importing torch.
-    from export.checkpoint import write_checkpoint
-    from export.onnx_export import export_repository
+    from emotion2vec_serving.export.checkpoint import write_checkpoint
+    from emotion2vec_serving.export.onnx_export import export_repository
 
     say = progress or (lambda _message: None)
     checkpoint = write_checkpoint(out_dir / "checkpoint", size=DEMO_SIZE, seed=DEMO_SEED)

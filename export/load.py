@@ -18,7 +18,11 @@ from typing import Any
 import torch
 import yaml
 
-from export.checkpoint import GENERATED_MARKER, expected_shapes, parse_feature_encoder_spec
+from emotion2vec_serving.export.checkpoint import (
+    GENERATED_MARKER,
+    expected_shapes,
+    parse_feature_encoder_spec,
+)
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "load_checkpoint", "resolve_source"]
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.checkpoint import parse_feature_encoder_spec
+from emotion2vec_serving.export.checkpoint import parse_feature_encoder_spec
 
 __all__ = ["Emotion2vecBatchExact", "alibi_slopes", "build_model"]
 

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import torch
 
-from export.load import LoadedCheckpoint, load_checkpoint
-from export.model import Emotion2vecBatchExact, build_model
-from export.ort_run import OnnxModel, pad_batch
-from export.signals import DEVIATION_LENGTHS_S, speech_like_set
+from emotion2vec_serving.export.load import LoadedCheckpoint, load_checkpoint
+from emotion2vec_serving.export.model import Emotion2vecBatchExact, build_model
+from emotion2vec_serving.export.ort_run import OnnxModel, pad_batch
+from emotion2vec_serving.export.signals import DEVIATION_LENGTHS_S, speech_like_set
 
 __all__ = ["OPSET", "PRECISIONS", "export_onnx", "export_repository", "label_entries"]
 
@@ -258,7 +258,7 @@ def export_repository(
              f"min cos(embedding) {deviation['min_cosine_embedding']:.6f}")
     write_manifest(repo, ck, precision, model.output_names, deviation, None, export_s)
     if verify:
-        from export.verify import verify_repository
+        from emotion2vec_serving.export.verify import verify_repository
 
         progress("[4/4] verifying against FunASR (single clips and random padded batches)")
         report = verify_repository(ck.directory, repo, progress=progress,

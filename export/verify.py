@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from export.ort_run import OnnxModel
-from export.signals import speech_like
+from emotion2vec_serving.export.ort_run import OnnxModel
+from emotion2vec_serving.export.signals import speech_like
 
 __all__ = ["PARITY_LENGTHS", "ParityError", "funasr_reference", "verify_repository"]
 
@@ -74,7 +74,7 @@ def verify_repository(
 
     Raises ParityError when a maximum exceeds ``tolerance`` (``None``: report only, for fp16/int8).
     """
-    from server.manifest import load_manifest
+    from emotion2vec_serving.server.manifest import load_manifest
 
     manifest = load_manifest(repo_dir)
     automodel = automodel if automodel is not None else _load_funasr(Path(checkpoint_dir))

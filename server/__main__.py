@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import Settings, SettingsError, parse_settings
-from server.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
+from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
+from emotion2vec_serving.server.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
 
 __all__ = ["ModelResolutionError", "main", "resolve_model"]
 
@@ -33,7 +33,7 @@ class ModelResolutionError(RuntimeError):
 
 
 def _run_export(args: list[str], what: str) -> None:
-    cmd = [sys.executable, "-m", "export.cli", *args]
+    cmd = [sys.executable, "-m", "emotion2vec_serving.export.cli", *args]
     log.info("%s: %s", what, " ".join(cmd))
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:
@@ -99,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelResolutionError, ManifestError) as exc:
         log.error("%s", exc)
         return 2
-    from server.app import run_server  # after model resolution: keeps --help and errors fast
-    from server.security import SecurityConfigError
+    from emotion2vec_serving.server.app import (
+        run_server,  # after model resolution: keeps --help and errors fast
+    )
+    from emotion2vec_serving.server.security import SecurityConfigError
 
     try:
         return asyncio.run(run_server(settings, manifest))

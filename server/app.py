@@ -28,15 +28,28 @@ import numpy as np
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from batching import BatchPolicy, DecideFn, DynamicBatcher, decide, decide_equal_shape, decide_fifo
-from server.audio import AudioLimits
-from server.config import Settings
-from server.health import SERVICE_NAME, Health
-from server.manifest import ModelManifest
-from server.metrics import GatedObserver, ServerMetrics
-from server.runner import Runner, RunnerOptions, SessionFactory, ort_session_factory, split_on_error
-from server.security import TokenAuthInterceptor, TokenStore, server_credentials
-from server.service import EmotionService, ServiceLimits
+from emotion2vec_serving.batching import (
+    BatchPolicy,
+    DecideFn,
+    DynamicBatcher,
+    decide,
+    decide_equal_shape,
+    decide_fifo,
+)
+from emotion2vec_serving.server.audio import AudioLimits
+from emotion2vec_serving.server.config import Settings
+from emotion2vec_serving.server.health import SERVICE_NAME, Health
+from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
+from emotion2vec_serving.server.runner import (
+    Runner,
+    RunnerOptions,
+    SessionFactory,
+    ort_session_factory,
+    split_on_error,
+)
+from emotion2vec_serving.server.security import TokenAuthInterceptor, TokenStore, server_credentials
+from emotion2vec_serving.server.service import EmotionService, ServiceLimits
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from batching import BatcherClosed, DeadlineExceeded, QueueFull
-from server.runner import RunnerError, RunnerOutOfMemory
+from emotion2vec_serving.batching import BatcherClosed, DeadlineExceeded, QueueFull
+from emotion2vec_serving.server.runner import RunnerError, RunnerOutOfMemory
 
 __all__ = [
     "RETRY_AFTER_METADATA_KEY",
@@ -62,7 +62,7 @@ class Status:
 def _audio_error_types() -> tuple[type[BaseException], ...]:
     # Imported lazily: the audio module pulls in the decoders, and this table must stay importable alone.
     try:
-        from server.audio import AudioError
+        from emotion2vec_serving.server.audio import AudioError
     except ImportError:  # pragma: no cover - audio module always ships with the server
         return ()
     return (AudioError,)

@@ -104,7 +104,7 @@ class ServerProcess:
         """The command line the server runs with."""
         metrics_port = -1 if self.metrics_port is None else self.metrics_port
         return [
-            sys.executable, "-m", "server", "--model", self.model, "--host", "127.0.0.1",
+            sys.executable, "-m", "emotion2vec_serving.server", "--model", self.model, "--host", "127.0.0.1",
             "--port", str(self.port), "--metrics-port", str(metrics_port), *self.args,
         ]  # fmt: skip
 

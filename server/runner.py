@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from server.manifest import ModelManifest
+from emotion2vec_serving.server.manifest import ModelManifest
 
 __all__ = [
     "CPU_PROVIDER",

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from server.audio import (
+from emotion2vec_serving.server.audio import (
     AudioError,
     AudioLimits,
     PcmEncoding,

@@ -20,11 +20,17 @@ import numpy as np
 import numpy.typing as npt
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
-from server.audio import AudioLimits, PcmEncoding, decode_encoded, decode_pcm
-from server.errors import Draining, InvalidRequest, NoClassifierHead, TooManyStreams, to_status
-from server.manifest import ModelManifest
-from server.metrics import ServerMetrics
-from server.runner import ItemResult
+from emotion2vec_serving.server.audio import AudioLimits, PcmEncoding, decode_encoded, decode_pcm
+from emotion2vec_serving.server.errors import (
+    Draining,
+    InvalidRequest,
+    NoClassifierHead,
+    TooManyStreams,
+    to_status,
+)
+from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.metrics import ServerMetrics
+from emotion2vec_serving.server.runner import ItemResult
 
 __all__ = ["BatcherLike", "EmotionService", "ServiceLimits", "smooth_frames"]
 
@@ -178,7 +184,9 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
         request_iterator: AsyncIterator[emotion_pb2.StreamRecognizeRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[emotion_pb2.StreamRecognizeResponse]:
-        from server.streaming import StreamSession  # the segmenter is only needed by streams
+        from emotion2vec_serving.server.streaming import (
+            StreamSession,  # the segmenter is only needed by streams
+        )
 
         start = time.monotonic()
         code = "OK"

@@ -21,12 +21,18 @@ import grpc
 import numpy as np
 from emotion.v1 import emotion_pb2
 
-from server.errors import InvalidRequest
-from server.runner import ItemResult
-from server.segmenter import EnergySegmenter, FixedSegmenter, Segment, Segmenter, StreamDecoder
+from emotion2vec_serving.server.errors import InvalidRequest
+from emotion2vec_serving.server.runner import ItemResult
+from emotion2vec_serving.server.segmenter import (
+    EnergySegmenter,
+    FixedSegmenter,
+    Segment,
+    Segmenter,
+    StreamDecoder,
+)
 
 if TYPE_CHECKING:
-    from server.service import EmotionService
+    from emotion2vec_serving.server.service import EmotionService
 
 __all__ = ["MAX_PENDING_SEGMENTS", "StreamSession", "segmenter_from_config"]
 

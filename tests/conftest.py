@@ -17,7 +17,7 @@ TINY_SEED = 0
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with config.yaml, configuration.json, model.pt, tokens.txt (tiny, seed 0)."""
-    from export.checkpoint import write_checkpoint
+    from emotion2vec_serving.export.checkpoint import write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"), size="tiny", seed=TINY_SEED)
 
@@ -25,7 +25,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fp32 model repository (model.onnx + manifest.json) exported from ``tiny_checkpoint``."""
-    from export.onnx_export import export_repository
+    from emotion2vec_serving.export.onnx_export import export_repository
 
     return export_repository(
         tiny_checkpoint, tmp_path_factory.mktemp("tiny_repo"), precision="fp32", verify=False,

@@ -20,14 +20,25 @@ FORBIDDEN = {
 }
 
 
+NAMESPACE = "emotion2vec_serving"
+
+
+def _top(module: str) -> str:
+    """The package of a module: ``emotion2vec_serving.server.app`` -> ``server``, ``grpc.aio`` -> ``grpc``."""
+    parts = module.split(".")
+    if parts[0] == NAMESPACE and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(_top(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(_top(node.module))
     return found
 
 
@@ -52,8 +63,10 @@ def test_forbidden_imports(package: str) -> None:
 
 def test_serving_process_never_loads_torch_or_the_exporter() -> None:
     code = (
-        "import sys, server.app, server.__main__, clients.cli\n"
-        "bad = sorted(m for m in ('torch', 'funasr', 'export', 'onnx') if m in sys.modules)\n"
+        "import sys, emotion2vec_serving.server.app, emotion2vec_serving.server.__main__\n"
+        "import emotion2vec_serving.clients.cli\n"
+        "bad = sorted(m for m in ('torch', 'funasr', 'emotion2vec_serving.export', 'onnx')\n"
+        "             if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -1,4 +1,4 @@
-"""Start the real server (``python -m server``) as a child process, wait until it serves, stop it.
+"""Start the real server (``python -m emotion2vec_serving.server``) as a child process, wait until it serves, stop it.
 
 The suite's defaults on top of server.process.ServerProcess: quiet logs and a long start-up allowance (the
 large model's warm-up on a busy machine).
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.process import ServerProcess as _ServerProcess
-from server.process import free_port
+from emotion2vec_serving.server.process import ServerProcess as _ServerProcess
+from emotion2vec_serving.server.process import free_port
 
 __all__ = ["ServerProcess", "free_port"]
 

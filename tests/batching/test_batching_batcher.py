@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batching import (
+from emotion2vec_serving.batching import (
     BatcherClosed,
     BatchPolicy,
     DeadlineExceeded,
@@ -322,7 +322,7 @@ async def _queued(batcher: DynamicBatcher[Any, Any], n: int) -> None:
 
 async def _batches_with(decide_fn: Any) -> list[list[int]]:
     """One runner busy with a first request while four more queue up; returns the payloads of each batch."""
-    from batching import decide
+    from emotion2vec_serving.batching import decide
 
     runner = GatedRunner(fn=lambda p: p)
     policy = BatchPolicy(max_batch_size=2, max_batch_cost=SR * 600, max_queue_delay_s=0.0, adaptive=False)
@@ -347,20 +347,20 @@ async def test_default_decision_is_length_aware() -> None:
 
 
 async def test_fifo_decision_plugs_in_and_pads_to_the_longest_in_arrival_order() -> None:
-    from batching import decide_fifo
+    from emotion2vec_serving.batching import decide_fifo
 
     assert await _batches_with(decide_fifo) == [[100, 1000], [110, 1010]]
 
 
 async def test_equal_shape_decision_never_mixes_lengths() -> None:
-    from batching import decide_equal_shape
+    from emotion2vec_serving.batching import decide_equal_shape
 
     assert await _batches_with(decide_equal_shape) == [[100], [1000], [110], [1010]]
 
 
 async def test_fifo_decision_flushes_at_once_when_draining() -> None:
     """``flush`` reaches a plugged-in decision: a drain does not wait out a long queue delay."""
-    from batching import decide_fifo
+    from emotion2vec_serving.batching import decide_fifo
 
     runner = GatedRunner(fn=lambda p: p, open_=True)
     policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=3600.0, adaptive=False)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from batching import LatencyModel
+from emotion2vec_serving.batching import LatencyModel
 
 SR = 16000
 

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from batching import BatchPolicy, Dispatch, LatencyModel, QueuedRequest, RequestQueue, Wait, decide
+from emotion2vec_serving.batching import (
+    BatchPolicy,
+    Dispatch,
+    LatencyModel,
+    QueuedRequest,
+    RequestQueue,
+    Wait,
+    decide,
+)
 
 SR = 16000
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batching import BatchPolicy, DeadlineExceeded, DynamicBatcher
-from batching.simulation import SimRequest, simulate
+from emotion2vec_serving.batching import BatchPolicy, DeadlineExceeded, DynamicBatcher
+from emotion2vec_serving.batching.simulation import SimRequest, simulate
 
 SR = 16000
 MAX_DELAY = 0.010

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from batching import BatchPolicy
-from batching.baselines import decide_fifo
-from batching.simulation import SimRequest, simulate
+from emotion2vec_serving.batching import BatchPolicy
+from emotion2vec_serving.batching.baselines import decide_fifo
+from emotion2vec_serving.batching.simulation import SimRequest, simulate
 
 SR = 16000
 

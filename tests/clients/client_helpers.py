@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from emotion.v1 import emotion_pb2_grpc
 
-from server.process import ServerProcess
-from server.process import free_port as free_port  # re-exported for the tests
+from emotion2vec_serving.server.process import ServerProcess
+from emotion2vec_serving.server.process import free_port as free_port  # re-exported for the tests
 
 SERVICE = "emotion.v1.EmotionRecognizer"
 SR = 16000

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from client_helpers import SR, AudioSet, running_server, speech_like
 
-from server.process import ServerProcess
+from emotion2vec_serving.server.process import ServerProcess
 
 
 @pytest.fixture(scope="session")

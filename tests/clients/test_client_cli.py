@@ -16,7 +16,7 @@ import pytest
 from client_helpers import AudioSet, free_port
 from PIL import Image
 
-from clients.cli import main, make_output_dir
+from emotion2vec_serving.clients.cli import main, make_output_dir
 
 FOLDER = re.compile(r"^outputs_\d{8}_\d{6}(_\d+)?$")
 
@@ -181,7 +181,7 @@ def test_plot_writes_a_png_of_the_requested_size(
 
 def test_console_script_entry_point(target: str, audio: AudioSet, tmp_path: Path) -> None:
     exe = shutil.which("emotion-client", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "clients.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "emotion2vec_serving.clients.cli"]
     env_target = {"EMOTION_TARGET": target, "PATH": str(Path(sys.executable).parent)}
     proc = subprocess.run([*cmd, "recognize", str(audio.ogg), "--json", "--no-progress"], capture_output=True,
                           text=True, env=env_target, cwd=tmp_path, timeout=60, check=False)  # fmt: skip
@@ -226,7 +226,7 @@ def test_stub_example_once_and_http_front_end(target: str, audio: AudioSet) -> N
 
 
 def test_plot_segments_absorb_flicker() -> None:
-    from clients.plot import label_runs
+    from emotion2vec_serving.clients.plot import label_runs
 
     assert label_runs([]) == []
     assert label_runs(list("aaabbc")) == [(0, 3, "a"), (3, 5, "b"), (5, 6, "c")]

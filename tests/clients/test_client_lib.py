@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from client_helpers import SR, AudioSet, free_port
 
-from clients import (
+from emotion2vec_serving.clients import (
     NO_RETRY,
     AsyncEmotionClient,
     EmotionClient,

@@ -18,7 +18,7 @@ import pytest
 from client_helpers import AudioSet, SheddingProxy, running_server
 from emotion.v1 import emotion_pb2_grpc
 
-from clients import (
+from emotion2vec_serving.clients import (
     NO_RETRY,
     AsyncEmotionClient,
     DeadlineExceeded,
@@ -30,7 +30,7 @@ from clients import (
     Unauthenticated,
     Unavailable,
 )
-from clients.errors import retry_after_s
+from emotion2vec_serving.clients.errors import retry_after_s
 
 
 @pytest.fixture(scope="module")

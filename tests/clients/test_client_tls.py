@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from emotion.v1 import emotion_pb2_grpc
 
-from clients import NO_RETRY, AsyncEmotionClient, EmotionClient, TLSConfig, Unavailable
+from emotion2vec_serving.clients import NO_RETRY, AsyncEmotionClient, EmotionClient, TLSConfig, Unavailable
 
 
 @dataclass(frozen=True)

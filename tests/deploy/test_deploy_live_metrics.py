@@ -37,8 +37,8 @@ from deploy_support import (
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.manifest import load_manifest
-from server.process import ServerProcess, ServerStartError, free_port
+from emotion2vec_serving.server.manifest import load_manifest
+from emotion2vec_serving.server.process import ServerProcess, ServerStartError, free_port
 
 # The labels the Prometheus Operator puts on every series scraped through the ServiceMonitor.
 NAMESPACE = "emotion"

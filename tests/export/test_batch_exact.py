@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.ort_run import OnnxModel, pad_batch
-from export.signals import speech_like
+from emotion2vec_serving.export.ort_run import OnnxModel, pad_batch
+from emotion2vec_serving.export.signals import speech_like
 
 TOL = 1e-4
 # From one sample to 60 s: below the receptive field, frame boundaries (400 + k·320), long clips.

@@ -9,7 +9,13 @@ import pytest
 import torch
 import yaml
 
-from export.checkpoint import SIZES, TOKENS, expected_shapes, make_config, write_checkpoint
+from emotion2vec_serving.export.checkpoint import (
+    SIZES,
+    TOKENS,
+    expected_shapes,
+    make_config,
+    write_checkpoint,
+)
 
 
 def _funasr_module(config: dict, num_labels: int) -> torch.nn.Module:
@@ -70,7 +76,7 @@ def test_every_parameter_is_randomised_and_seeded(tiny_checkpoint: Path, tmp_pat
 
 
 def test_funasr_automodel_loads_it_offline_with_all_keys(tiny_checkpoint: Path) -> None:
-    from export.verify import _load_funasr
+    from emotion2vec_serving.export.verify import _load_funasr
 
     automodel = _load_funasr(tiny_checkpoint)
     loaded = automodel.model.state_dict()

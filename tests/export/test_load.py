@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from export.load import CheckpointError, load_checkpoint
+from emotion2vec_serving.export.load import CheckpointError, load_checkpoint
 
 
 @pytest.fixture

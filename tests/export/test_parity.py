@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export.onnx_export import export_repository
-from export.ort_run import OnnxModel
-from export.signals import speech_like
-from export.verify import ParityError, _load_funasr, funasr_reference, verify_repository
+from emotion2vec_serving.export.onnx_export import export_repository
+from emotion2vec_serving.export.ort_run import OnnxModel
+from emotion2vec_serving.export.signals import speech_like
+from emotion2vec_serving.export.verify import ParityError, _load_funasr, funasr_reference, verify_repository
 
 QUIET = {"progress": lambda _message: None}
 
@@ -57,8 +57,8 @@ def test_unuse_labels_are_masked_like_funasr(tiny_checkpoint: Path, tmp_path: Pa
 
 
 def test_headless_checkpoint_exports_embeddings_only(tmp_path: Path) -> None:
-    from export.checkpoint import write_checkpoint
-    from server.manifest import HEADLESS_OUTPUT_NAMES, load_manifest
+    from emotion2vec_serving.export.checkpoint import write_checkpoint
+    from emotion2vec_serving.server.manifest import HEADLESS_OUTPUT_NAMES, load_manifest
 
     ckpt = write_checkpoint(tmp_path / "base", "tiny", seed=3, headless=True)
     repo = export_repository(ckpt, tmp_path / "repo", verify=True, **QUIET)

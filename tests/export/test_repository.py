@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
-from export.onnx_export import export_repository
-from export.ort_run import OnnxModel
-from export.signals import speech_like
-from server.manifest import OUTPUT_NAMES, load_manifest
+from emotion2vec_serving.export.onnx_export import export_repository
+from emotion2vec_serving.export.ort_run import OnnxModel
+from emotion2vec_serving.export.signals import speech_like
+from emotion2vec_serving.server.manifest import OUTPUT_NAMES, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"progress": lambda _message: None}
@@ -76,8 +76,8 @@ def test_lower_precisions_record_their_deviation(
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "export.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run([sys.executable, "-m", "emotion2vec_serving.export.cli", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 def test_cli_checkpoint_onnx_and_demo(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_cli_checkpoint_onnx_and_demo(tmp_path: Path) -> None:
 
 
 def test_ensure_demo_repo_returns_a_loadable_repository(tmp_path: Path) -> None:
-    from export.demo import ensure_demo_repo
+    from emotion2vec_serving.export.demo import ensure_demo_repo
 
     repo = ensure_demo_repo(tmp_path)
     assert load_manifest(repo).model_name == "emotion2vec_tiny_random"

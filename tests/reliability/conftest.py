@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2
 
-from server.config import Settings
-from server.manifest import ModelManifest, load_manifest
+from emotion2vec_serving.server.config import Settings
+from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
 from tests.server.inprocess import Running, StartServer, metric_value, serving
 
 __all__ = ["BASE_SETTINGS", "Running", "StartServer", "metric_value"]  # imported by the tests from here

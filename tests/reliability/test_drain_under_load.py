@@ -20,8 +20,8 @@ from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.health import SERVICE_NAME
-from server.process import ServerProcess
+from emotion2vec_serving.server.health import SERVICE_NAME
+from emotion2vec_serving.server.process import ServerProcess
 from tests.reliability.conftest import raw_request, tone
 
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.audio import AudioError, AudioLimits, decode_encoded, decode_pcm
+from emotion2vec_serving.server.audio import AudioError, AudioLimits, decode_encoded, decode_pcm
 from tests.reliability.fuzzing import (
     AUDIO_ERROR_REASONS,
     BOMB_SPECS,

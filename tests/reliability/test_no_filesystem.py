@@ -21,7 +21,7 @@ import grpc.aio
 import pytest
 from emotion.v1 import emotion_pb2 as pb
 
-from server.audio import AudioError, AudioLimits, decode_encoded
+from emotion2vec_serving.server.audio import AudioError, AudioLimits, decode_encoded
 from tests.reliability.conftest import Running, StartServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")

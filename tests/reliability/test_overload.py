@@ -17,7 +17,7 @@ import grpc.aio
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.errors import RETRY_AFTER_METADATA_KEY
+from emotion2vec_serving.server.errors import RETRY_AFTER_METADATA_KEY
 from tests.reliability.conftest import Running, StartServer, raw_request, tone
 from tests.server.faults import FaultyFactory
 

@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from server.security import (
+from emotion2vec_serving.server.security import (
     SecurityConfigError,
     TokenAuthInterceptor,
     TokenStore,

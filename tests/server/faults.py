@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 
-from server.runner import CPU_PROVIDER, CUDA_PROVIDER, RunnerOptions, SessionLike, ort_session_factory
+from emotion2vec_serving.server.runner import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    RunnerOptions,
+    SessionLike,
+    ort_session_factory,
+)
 
 #: Decides, from one batch's feeds, whether to raise (return the exception) or run normally (None).
 Fault = Callable[[dict[str, Any]], BaseException | None]

@@ -20,10 +20,10 @@ from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import EmotionServer, warmup_durations
-from server.config import Settings, SettingsError, build_parser, parse_settings
-from server.health import SERVICE_NAME
-from server.manifest import ModelManifest
+from emotion2vec_serving.server.app import EmotionServer, warmup_durations
+from emotion2vec_serving.server.config import Settings, SettingsError, build_parser, parse_settings
+from emotion2vec_serving.server.health import SERVICE_NAME
+from emotion2vec_serving.server.manifest import ModelManifest
 from tests.server.audio_fixtures import encoded_signal, make_signal
 from tests.server.conftest import BASE_SETTINGS, Running, StartServer
 from tests.server.faults import FaultyFactory
@@ -199,7 +199,8 @@ def test_warmup_durations_cover_the_range() -> None:
 async def test_sigterm_drains_requests_in_flight_and_exits_zero(model_dir: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0",
+        sys.executable, "-m", "emotion2vec_serving.server", "--model", str(model_dir), "--host", "127.0.0.1",
+        "--port", "0",
         "--metrics-port", "-1", "--providers", "CPUExecutionProvider", "--max-batch-size", "1",
         "--intra-op-threads", "1", "--drain-grace-s", "60", "--max-duration-s", "10",
         stderr=asyncio.subprocess.PIPE, cwd=str(REPO_ROOT), env=env,
@@ -268,7 +269,7 @@ async def test_bearer_token_auth_wired_in(start_server: StartServer, tmp_path: P
 
 
 def test_only_int8_batching_carries_a_caveat() -> None:
-    from server.app import batching_caveat
+    from emotion2vec_serving.server.app import batching_caveat
 
     caveat = batching_caveat("int8", 8)
     assert caveat is not None and "--max-batch-size 1" in caveat

@@ -10,9 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from server.config import SettingsError, parse_settings
-from server.manifest import ModelManifest
-from server.runner import CPU_PROVIDER, Runner, RunnerOptions, _Watchdog, ort_session_factory
+from emotion2vec_serving.server.config import SettingsError, parse_settings
+from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.runner import (
+    CPU_PROVIDER,
+    Runner,
+    RunnerOptions,
+    _Watchdog,
+    ort_session_factory,
+)
 from tests.server.conftest import Running, StartServer
 from tests.server.faults import FaultyFactory
 from tests.server.test_batching_and_faults import RATE, recognize, until

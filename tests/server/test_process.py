@@ -1,4 +1,4 @@
-"""server.process.ServerProcess against the real ``python -m server``: start, serve, scrape, drain, fail."""
+"""server.process.ServerProcess against the real ``python -m emotion2vec_serving.server``: start, serve, scrape, drain, fail."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import grpc
 import pytest
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
-from server.health import SERVICE_NAME
-from server.process import HEALTH_SERVICE, ServerProcess, ServerStartError
+from emotion2vec_serving.server.health import SERVICE_NAME
+from emotion2vec_serving.server.process import HEALTH_SERVICE, ServerProcess, ServerStartError
 
 
 def test_health_name_is_the_servers() -> None:

@@ -7,8 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.audio import AudioError, PcmEncoding, decode_pcm
-from server.segmenter import EnergySegmenter, FixedSegmenter, Segment, Segmenter, StreamDecoder
+from emotion2vec_serving.server.audio import AudioError, PcmEncoding, decode_pcm
+from emotion2vec_serving.server.segmenter import (
+    EnergySegmenter,
+    FixedSegmenter,
+    Segment,
+    Segmenter,
+    StreamDecoder,
+)
 from tests.server.audio_fixtures import make_signal, pcm_bytes, tone_bursts
 
 RATE = 16000
