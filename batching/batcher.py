@@ -58,6 +58,9 @@ class DynamicBatcher(Generic[P, R]):
     ``instances`` runner instances run batches in parallel (one thread each). ``latency_model`` is fitted
     from measured runs when ``policy.adaptive``; pass one to tune it, one per runner device.
 
+    ``out_of_memory(exc)``: true when a batch failed for lack of memory; the latency model then learns
+    that this many items of that length do not fit (``LatencyModel.observe_out_of_memory``).
+
     ``decide`` is the batching decision (default: the length-aware ``batching.policy.decide``); the
     baselines ``batching.baselines.decide_fifo`` and ``decide_equal_shape`` plug in here for comparison.
     """
@@ -72,6 +75,7 @@ class DynamicBatcher(Generic[P, R]):
         split_on_error: Callable[[BaseException], bool] | None = None,
         latency_model: LatencyModel | None = None,
         decide: DecideFn = decide,
+        out_of_memory: Callable[[BaseException], bool] | None = None,
     ) -> None:
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
@@ -80,6 +84,7 @@ class DynamicBatcher(Generic[P, R]):
         self.policy = policy if policy is not None else BatchPolicy()
         self.instances = instances
         self._split_on_error = split_on_error
+        self._out_of_memory = out_of_memory
         self.latency_model = latency_model if latency_model is not None else LatencyModel()
         obs = bind_observer(observer)
         self._on_batch = obs["on_batch"]
@@ -341,6 +346,9 @@ class DynamicBatcher(Generic[P, R]):
         self, batch: list[QueuedRequest[P, R]], exc: Exception, dispatched_s: float
     ) -> None:
         retry = len(batch) > 1 and self._split_on_error is not None and self._split_on_error(exc)
+        if self._out_of_memory is not None and self._out_of_memory(exc):
+            # The latency model remembers the shape, so the policy does not form it again.
+            self.latency_model.observe_out_of_memory(len(batch), max(r.cost for r in batch))
         self._on_batch_error(len(batch), exc, retry)
         if not retry:
             for req in batch:

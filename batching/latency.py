@@ -13,6 +13,12 @@ negative ``a`` is itself the sign that batching does not pay.
 From the fit the batcher derives whether batching pays at a given length, the batch size that maximises
 throughput, a single item's run time (to fail requests that cannot meet their deadline), and the time to
 drain the queue. Standard library only; not thread-safe (used from the event loop).
+
+Memory: ``observe_out_of_memory(items, longest)`` records a batch that did not fit (a GPU's memory limit).
+Memory grows with both the batch size and the length, so a shape at least as large in both does not fit
+either: ``fits`` / ``max_items`` answer from the recorded points, and the batch policy never forms such a
+batch again. A success at a shape at least as large removes a point (the failure was transient), and
+points expire after ``oom_memory_runs`` runs so that a limit learnt under pressure is tried again.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class LatencyModel:
         min_observations: int = 8,
         min_gain: float = 0.05,
         explore_every: int = 64,
+        oom_memory_runs: int = 4096,
     ) -> None:
         if window < _K or min_observations < 1 or cost_scale <= 0:
             raise ValueError("window must be >= 4, min_observations >= 1, cost_scale > 0")
@@ -88,6 +95,8 @@ class LatencyModel:
         self._total_runs = 0
         self._total_run_s = 0.0
         self._total_padded = 0.0
+        self.oom_memory_runs = oom_memory_runs
+        self._oom: list[tuple[int, int, int]] = []  # (items, longest, run count when seen): did not fit
 
     # -- learning ---------------------------------------------------------------------------------------
 
@@ -109,6 +118,34 @@ class LatencyModel:
         self._total_runs += 1
         self._total_run_s += run_s
         self._total_padded += items * longest
+        if self._oom:
+            # It fitted: forget failures at shapes no larger (they were transient), and expired ones.
+            oldest = self._total_runs - self.oom_memory_runs
+            self._oom = [p for p in self._oom if not (items >= p[0] and longest >= p[1]) and p[2] > oldest]
+
+    def observe_out_of_memory(self, items: int, longest: int) -> None:
+        """Record that ``items`` items padded to ``longest`` samples did not fit in memory."""
+        if items < 1 or longest < 1:
+            return
+        if not self.fits(items, longest):
+            return  # already known (a point at least as small exists)
+        # Keep only the frontier: points this one dominates add nothing.
+        self._oom = [p for p in self._oom if not (p[0] >= items and p[1] >= longest)]
+        self._oom.append((items, longest, self._total_runs))
+        if len(self._oom) > 64:
+            self._oom.pop(0)
+
+    def fits(self, items: int, longest: int) -> bool:
+        """False when a batch no larger in both items and length already ran out of memory."""
+        return not any(items >= n and longest >= ell for n, ell, _ in self._oom)
+
+    def max_items(self, longest: int, max_items: int) -> int:
+        """The most items (≤ ``max_items``, ≥ 1) of ``longest`` samples not known to run out of memory."""
+        limit = max_items
+        for n, ell, _ in self._oom:
+            if longest >= ell:
+                limit = min(limit, n - 1)
+        return max(1, limit)
 
     def _add(self, x: tuple[float, ...], y: float, sign: float) -> None:
         for i in range(_K):

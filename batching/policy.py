@@ -177,6 +177,8 @@ def _form(
             ok = (n + 1) * new_longest <= budget and 1.0 - (total + cand.cost) / (
                 (n + 1) * new_longest
             ) <= cap
+            if ok and model is not None:
+                ok = model.fits(n + 1, new_longest)  # a batch this large already ran out of memory
             if ok and marginal and model is not None:
                 together = model.predict(n + 1, new_longest)
                 apart_a, apart_b = model.predict(n, longest), model.predict(1, cand.cost)
@@ -232,6 +234,8 @@ def decide(
     max_items = policy.max_batch_size
     if anchor.cost <= policy.max_batch_cost:
         max_items = min(max_items, max(1, policy.max_batch_cost // anchor.cost))
+    if model is not None:
+        max_items = model.max_items(anchor.cost, max_items)  # learnt from out-of-memory failures
     ready = model is not None and model.ready
     if model is not None and not ready:
         # Conservative start: work-conserving, take what is queued now; this is also the exploration.
