@@ -83,12 +83,32 @@ def resolve_model(settings: Settings) -> ModelManifest:
     return manifest
 
 
+#: Modules of the ``server`` extra (the plain install is the light client and has none of them).
+SERVER_EXTRA_MODULES = (
+    "onnxruntime", "av", "soxr", "soundfile", "prometheus_client", "grpc_reflection", "aiohttp",
+)
+
+
+def missing_server_extra() -> list[str]:
+    """The ``server`` extra's modules that cannot be imported here (empty when the server can run)."""
+    return [name for name in SERVER_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     try:
         settings = parse_settings(argv)
     except SettingsError as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
+    missing = missing_server_extra()
+    if missing:
+        print(
+            f"emotion-server: the server's dependencies are not installed (missing: {', '.join(missing)}); "
+            "this is the light client install. Install the server with: "
+            "pip install 'emotion2vec-serving[server]'",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
