@@ -37,9 +37,14 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "AudioError",
     "AudioLimits",
+    "Decoded",
     "PcmEncoding",
+    "PcmStore",
     "decode_encoded",
+    "decode_encoded_any",
     "decode_pcm",
+    "decode_pcm_any",
+    "decode_waveform_any",
     "pcm_to_mono_float32",
     "resample",
     "sniff_format",
@@ -118,8 +123,9 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1.0 else f"{seconds:.2f} s"
 
 
-def _too_long(limits: AudioLimits, detail: str) -> AudioError:
-    return AudioError(f"audio too long: {detail} (maximum {limits.max_duration_s:g} s)", "too_long")
+def _too_long(limits: AudioLimits, detail: str, max_s: float | None = None) -> AudioError:
+    limit = limits.max_duration_s if max_s is None else max_s
+    return AudioError(f"audio too long: {detail} (maximum {limit:g} s)", "too_long")
 
 
 def _check_rate_and_channels(sample_rate_hz: int, channels: int, limits: AudioLimits) -> None:
@@ -172,6 +178,190 @@ def resample(samples: FloatArray, from_rate_hz: int, to_rate_hz: int) -> FloatAr
         return np.ascontiguousarray(samples, dtype=np.float32)
     out = soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), from_rate_hz, to_rate_hz, "HQ")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------- long audio
+
+#: Samples per chunk of a :class:`PcmStore` (~16 s at 16 kHz, 512 KiB of int16).
+_STORE_CHUNK = 1 << 18
+Int16Array = npt.NDArray[np.int16]
+
+
+class PcmStore:
+    """A long recording as 16-bit mono samples at the model's rate, held in fixed-size chunks.
+
+    Long recordings are kept as int16 (2 bytes a sample: a 2-hour recording at 16 kHz is 230 MB, half of
+    float32) and converted to float32 one segment at a time by :meth:`take`. Samples are appended in
+    place into preallocated chunks, so growing never copies what is already held and the peak is one
+    chunk above the samples themselves. A 16-bit source (WAV/FLAC s16, raw s16le) at 16 kHz is stored
+    exactly (``take`` returns the same floats as the one-pass decoder); other sources are rounded to
+    16 bits (quantisation noise at -96 dBFS; samples beyond [-1, 1) are clipped).
+    """
+
+    def __init__(self, sample_rate_hz: int = 16000, chunk_samples: int = _STORE_CHUNK) -> None:
+        self.sample_rate_hz = sample_rate_hz
+        self._chunk = chunk_samples
+        self._chunks: list[Int16Array] = []
+        self._size = 0
+
+    @classmethod
+    def from_int16(cls, samples: Int16Array, sample_rate_hz: int = 16000) -> PcmStore:
+        """Wrap an int16 array as one chunk (no copy; the store keeps a reference)."""
+        store = cls(sample_rate_hz, max(1, int(samples.size)))
+        if samples.size:
+            store._chunks.append(samples)
+            store._size = int(samples.size)
+        return store
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def duration_s(self) -> float:
+        return self._size / self.sample_rate_hz
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (allocated chunk capacity)."""
+        return sum(int(c.nbytes) for c in self._chunks)
+
+    def append(self, samples: FloatArray) -> None:
+        """Append float samples (nominally in [-1, 1)), rounded to 16 bits."""
+        x = np.asarray(samples, dtype=np.float32)
+        pos = 0
+        while pos < x.size:
+            used = self._size % self._chunk
+            if used == 0 and (not self._chunks or self._size == len(self._chunks) * self._chunk):
+                self._chunks.append(np.empty(self._chunk, np.int16))
+                used = 0
+            room = self._chunk - used
+            n = min(room, x.size - pos)
+            part = x[pos : pos + n] * np.float32(32768.0)
+            np.rint(part, out=part)
+            np.clip(part, -32768.0, 32767.0, out=part)
+            self._chunks[-1][used : used + n] = part
+            self._size += n
+            pos += n
+
+    def take(self, start: int, end: int) -> FloatArray:
+        """A fresh float32 copy of samples ``[start, end)`` (clamped), scaled into [-1, 1)."""
+        start, end = max(0, start), min(end, self._size)
+        out = np.empty(max(0, end - start), np.float32)
+        if end <= start:
+            return out
+        filled = 0
+        base = 0
+        for chunk in self._chunks:
+            n = min(chunk.size, self._size - base)
+            lo, hi = max(start, base), min(end, base + n)
+            if lo < hi:
+                out[filled : filled + hi - lo] = chunk[lo - base : hi - base]
+                filled += hi - lo
+            base += n
+            if base >= end:
+                break
+        out *= np.float32(1.0 / 32768.0)
+        return out
+
+    def blocks(self, block_samples: int) -> Iterator[FloatArray]:
+        """The whole recording as consecutive float32 blocks of ``block_samples`` (the last shorter)."""
+        for start in range(0, self._size, block_samples):
+            yield self.take(start, start + block_samples)
+
+
+#: What the ``*_any`` decoders return: a float32 waveform for audio that fits one model pass (exactly what
+#: ``decode_encoded``/``decode_pcm`` return), a :class:`PcmStore` for a longer recording.
+Decoded = FloatArray | PcmStore
+
+
+class _Collector:
+    """Receives decoded mono blocks at the source rate and enforces the duration limits.
+
+    Audio that fits one pass (``limits.max_duration_s`` plus codec padding) stays a list of float32 blocks,
+    so short audio decodes exactly as it always did. With ``max_audio_s`` given (long recordings allowed;
+    ``0`` = no limit but the input size), the first block past one pass moves everything into a
+    :class:`PcmStore` through soxr's streaming resampler, and later blocks follow one by one: memory stays
+    at the 16 kHz int16 recording plus one block, never a float copy of the whole.
+    """
+
+    def __init__(self, limits: AudioLimits, max_audio_s: float | None = None) -> None:
+        self.limits = limits
+        self.long_ok = max_audio_s is not None
+        self.max_s = limits.max_duration_s
+        if max_audio_s is not None:
+            self.max_s = math.inf if max_audio_s <= 0 else max(float(max_audio_s), limits.max_duration_s)
+        self.rate = 0
+        self.total = 0
+        self.pass_frames = 0
+        self.limit_frames = 0.0
+        self.blocks: list[FloatArray] = []
+        self.store: PcmStore | None = None
+        self._resampler: Any = None
+
+    def start(self, rate: int) -> None:
+        self.rate = rate
+        self.pass_frames = _max_decoded_frames(rate, self.limits)
+        self.limit_frames = (
+            self.pass_frames if not self.long_ok
+            else math.floor(self.max_s * rate) + math.ceil(_CODEC_PADDING_S * rate)
+        )
+
+    def _limit_text(self) -> str:
+        return f"more than {self.max_s:g} s decoded (decoding stopped)"
+
+    def check_declared(self, declared_s: float, slack: float = 1.0, extra_s: float = 0.0) -> None:
+        """Refuse early when the container header declares (clearly) more than the limit."""
+        limit = self.limits.max_duration_s if not self.long_ok else self.max_s
+        exact = slack == 1.0 and extra_s == 0.0
+        limit_s = limit + _CODEC_PADDING_S if exact else slack * limit + extra_s
+        if declared_s > limit_s:
+            detail = f"{_fmt_duration(declared_s)} declared in the file header"
+            raise _too_long(self.limits, detail, self.max_s)
+
+    def add(self, block: FloatArray) -> None:
+        self.total += int(block.size)
+        if self.total > self.limit_frames:
+            raise _too_long(self.limits, self._limit_text(), self.max_s)
+        if self.store is None:
+            self.blocks.append(block)
+            if self.long_ok and self.total > self.pass_frames:
+                self._go_long()
+        else:
+            self._push(block, last=False)
+
+    def _go_long(self) -> None:
+        target = self.limits.target_sample_rate_hz
+        self.store = PcmStore(target)
+        if self.rate != target:
+            self._resampler = soxr.ResampleStream(self.rate, target, 1, "float32", "HQ")
+        blocks, self.blocks = self.blocks, []
+        while blocks:
+            self._push(blocks.pop(0), last=False)
+
+    def _push(self, block: FloatArray, *, last: bool) -> None:
+        assert self.store is not None
+        if block.size:
+            _check_finite(block)
+        if self._resampler is not None:
+            block = np.asarray(self._resampler.resample_chunk(block, last=last), dtype=np.float32)
+        self.store.append(block)
+
+    def mono(self) -> FloatArray:
+        """The one-pass result (float32 at the source rate); empty once the audio went to the store."""
+        if self.store is not None:
+            return np.zeros(0, np.float32)
+        return np.concatenate(self.blocks) if self.blocks else np.zeros(0, np.float32)
+
+    def finish_long(self) -> PcmStore:
+        """Flush the resampler and trim codec padding beyond ``max_audio_s``."""
+        assert self.store is not None
+        self._push(np.zeros(0, np.float32), last=True)
+        store = self.store
+        if math.isfinite(self.max_s):
+            keep = math.floor(self.max_s * store.sample_rate_hz)
+            if len(store) > keep:
+                store._size = keep
+        return store
 
 
 # ------------------------------------------------------------------------------------------- raw PCM
@@ -291,30 +481,27 @@ def sniff_format(data: bytes) -> str | None:
 # ------------------------------------------------------------------------------------------- decoders
 
 
-def _decode_sndfile(data: bytes, limits: AudioLimits) -> tuple[FloatArray, int]:
+def _decode_sndfile(
+    data: bytes, limits: AudioLimits, sink: _Collector | None = None
+) -> tuple[FloatArray, int]:
     import soundfile as sf
 
+    sink = sink or _Collector(limits)
     with sf.SoundFile(io.BytesIO(data)) as f:
         rate, channels = int(f.samplerate), int(f.channels)
         _check_rate_and_channels(rate, channels, limits)
-        max_frames = _max_decoded_frames(rate, limits)
+        sink.start(rate)
         declared = int(f.frames)
         # libsndfile reports the header's frame count; trust it only to refuse early (it can be wrong
         # in the other direction, e.g. streamed WAV headers), and count what is really decoded.
-        if 0 < declared < 2**62 and declared > max_frames:
-            raise _too_long(limits, f"{_fmt_duration(declared / rate)} declared in the file header")
-        blocks: list[FloatArray] = []
-        total = 0
+        if 0 < declared < 2**62:
+            sink.check_declared(declared / rate, slack=1.0)
         while True:
             block = f.read(_SNDFILE_BLOCK_FRAMES, dtype="float32", always_2d=True)
             if block.shape[0] == 0:
                 break
-            total += block.shape[0]
-            if total > max_frames:
-                raise _too_long(limits, f"more than {limits.max_duration_s:g} s decoded (decoding stopped)")
-            blocks.append(_downmix(block, channels))
-    mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
-    return mono, rate
+            sink.add(_downmix(block, channels))
+    return sink.mono(), rate
 
 
 def _refuse_nested_open(url: str, flags: int, options: dict[str, Any]) -> Any:
@@ -359,9 +546,12 @@ def _iter_av_frames(container: Any, stream: Any) -> Iterator[Any]:
         yield from packet.decode()
 
 
-def _decode_av(data: bytes, fmt: str, limits: AudioLimits) -> tuple[FloatArray, int]:
+def _decode_av(
+    data: bytes, fmt: str, limits: AudioLimits, sink: _Collector | None = None
+) -> tuple[FloatArray, int]:
     import av
 
+    sink = sink or _Collector(limits)
     container = av.open(
         io.BytesIO(data),
         mode="r",
@@ -379,31 +569,24 @@ def _decode_av(data: bytes, fmt: str, limits: AudioLimits) -> tuple[FloatArray, 
             declared_s = float(stream.duration * stream.time_base)
         # Durations FFmpeg estimates from bit rate (headerless VBR MP3) can be off by tens of percent,
         # so only a clear excess is refused before decoding; the decoded-sample count below is exact.
-        if declared_s is not None and declared_s > 1.5 * limits.max_duration_s + 1.0:
-            raise _too_long(limits, f"{_fmt_duration(declared_s)} declared in the file header")
+        if declared_s is not None:
+            sink.check_declared(declared_s, slack=1.5, extra_s=1.0)
         rate: int | None = None
-        max_frames = 0
-        total = 0
-        blocks: list[FloatArray] = []
         for frame in _iter_av_frames(container, stream):
             if rate is None:
                 rate = int(frame.sample_rate)
                 _check_rate_and_channels(rate, max(1, len(frame.layout.channels)), limits)
-                max_frames = _max_decoded_frames(rate, limits)
+                sink.start(rate)
             elif frame.sample_rate != rate:
                 raise AudioError(
                     f"sample rate changes mid-stream ({rate} Hz -> {frame.sample_rate} Hz)", "undecodable"
                 )
-            total += frame.samples
-            if total > max_frames:
-                raise _too_long(limits, f"more than {limits.max_duration_s:g} s decoded (decoding stopped)")
-            blocks.append(_frame_to_mono(frame))
+            sink.add(_frame_to_mono(frame))
     finally:
         container.close()
     if rate is None:
         raise AudioError("audio is empty: the file holds no decodable audio frames", "empty")
-    mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
-    return mono, rate
+    return sink.mono(), rate
 
 
 def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray:
@@ -432,7 +615,7 @@ def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray
     try:
         # NaN/Inf in float payloads are reported once by _check_finite, not as numpy warnings.
         with np.errstate(invalid="ignore", over="ignore"):
-            mono, rate = _decode_any(data, fmt, limits)
+            mono, rate, _ = _decode_any(data, fmt, limits)
             mono = mono[: _max_frames(rate, limits)]  # codec padding within _CODEC_PADDING_S
     except AudioError:
         raise
@@ -447,21 +630,144 @@ def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray
     return _finish(mono, rate, limits)
 
 
-def _decode_any(data: bytes, fmt: str, limits: AudioLimits) -> tuple[FloatArray, int]:
+def _decode_any(
+    data: bytes, fmt: str, limits: AudioLimits, max_audio_s: float | None = None,
+    sinks: list[_Collector] | None = None,
+) -> tuple[FloatArray, int, _Collector]:
+    record = sinks if sinks is not None else []
+
+    def new_sink() -> _Collector:
+        record.append(_Collector(limits, max_audio_s))
+        return record[-1]
+
     # libsndfile decodes Opus about twice as slowly as FFmpeg (measured: 30 s stereo, 370 vs 200 ms).
     is_opus = fmt == "ogg" and data[28:36] == b"OpusHead"
     if fmt not in _SNDFILE_FORMATS or is_opus:
-        return _decode_av(data, fmt, limits)
+        sink = new_sink()
+        mono, rate = _decode_av(data, fmt, limits, sink)
+        return mono, rate, sink
+    sink = new_sink()
     try:
-        mono, rate = _decode_sndfile(data, limits)
+        mono, rate = _decode_sndfile(data, limits, sink)
     except AudioError:
         raise
     except Exception:
         # libsndfile lacks some codecs FFmpeg has (e.g. WAV carrying MP3 or G.726); FFmpeg gets a second
         # try and its error, if any, is the one reported.
-        return _decode_av(data, fmt, limits)
-    if mono.size == 0:
+        sink = new_sink()
+        mono, rate = _decode_av(data, fmt, limits, sink)
+        return mono, rate, sink
+    if mono.size == 0 and sink.store is None:
         # libsndfile reports some damaged files (e.g. a truncated OGG Vorbis) as empty without an error;
         # FFmpeg either decodes them or says what is wrong.
-        return _decode_av(data, fmt, limits)
-    return mono, rate
+        sink = new_sink()
+        mono, rate = _decode_av(data, fmt, limits, sink)
+    return mono, rate, sink
+
+
+def _finish_long(sink: _Collector) -> PcmStore:
+    store = sink.finish_long()
+    if len(store) == 0:
+        raise AudioError("audio is empty: no samples decoded", "empty")
+    return store
+
+
+def decode_encoded_any(
+    data: bytes, limits: AudioLimits | None = None, *, max_audio_s: float = 0.0
+) -> Decoded:
+    """Like :func:`decode_encoded`, but audio longer than one pass is accepted up to ``max_audio_s``.
+
+    Returns exactly what :func:`decode_encoded` returns (float32 at 16 kHz) when the audio fits one pass
+    (``limits.max_duration_s``), else a :class:`PcmStore` (``max_audio_s`` 0 = no limit but
+    ``limits.max_encoded_bytes``). Decoding is incremental either way: memory is the encoded bytes plus
+    the 16 kHz int16 recording plus one block. A decoder error part-way through a long file fails the
+    whole request (the message says how far decoding got); decoders that resynchronise over damage
+    (MP3, ADTS) simply skip it.
+    """
+    limits = limits or AudioLimits()
+    data = bytes(data)
+    if not data:
+        raise AudioError("audio is empty: 0 bytes", "empty")
+    if len(data) > limits.max_encoded_bytes:
+        raise AudioError(
+            f"encoded audio is {len(data)} bytes (maximum {limits.max_encoded_bytes} bytes)", "too_large"
+        )
+    fmt = sniff_format(data)
+    if fmt is None:
+        names = ", ".join(SUPPORTED_FORMATS.values())
+        raise AudioError(
+            f"could not decode audio: unrecognised format (first bytes {data[:8].hex()}; accepted: {names})",
+            "undecodable",
+        )
+    sinks: list[_Collector] = []
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            mono, rate, sink = _decode_any(data, fmt, limits, max_audio_s, sinks)
+            if sink.store is not None:
+                return _finish_long(sink)
+            mono = mono[: _max_frames(rate, limits)]  # codec padding within _CODEC_PADDING_S
+    except AudioError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        detail = str(getattr(exc, "strerror", None) or exc).strip() or type(exc).__name__
+        where = ""
+        if sinks and sinks[-1].rate and sinks[-1].total:
+            where = f" after {_fmt_duration(sinks[-1].total / sinks[-1].rate)} of audio"
+        raise AudioError(
+            f"could not decode audio as {SUPPORTED_FORMATS[fmt]}{where}: {detail}", "undecodable"
+        ) from exc
+    return _finish(mono, rate, limits)
+
+
+def decode_pcm_any(
+    data: bytes | bytearray | memoryview,
+    encoding: PcmEncoding,
+    sample_rate_hz: int,
+    channels: int,
+    limits: AudioLimits | None = None,
+    *,
+    max_audio_s: float = 0.0,
+) -> Decoded:
+    """Like :func:`decode_pcm`, but PCM longer than one pass is accepted up to ``max_audio_s``.
+
+    16 kHz mono ``s16le`` is wrapped without a copy; anything else is converted block by block.
+    """
+    limits = limits or AudioLimits()
+    frame_bytes = validate_pcm_format(encoding, sample_rate_hz, channels, limits)
+    n_bytes = len(data)
+    if n_bytes == 0 or n_bytes % frame_bytes or n_bytes // frame_bytes <= _max_frames(sample_rate_hz, limits):
+        return decode_pcm(data, encoding, sample_rate_hz, channels, limits)
+    n_frames = n_bytes // frame_bytes
+    if max_audio_s > 0 and n_frames > math.floor(max(max_audio_s, limits.max_duration_s) * sample_rate_hz):
+        raise _too_long(limits, _fmt_duration(n_frames / sample_rate_hz), max_audio_s)
+    view = memoryview(data).cast("B")
+    if encoding == "s16le" and channels == 1 and sample_rate_hz == limits.target_sample_rate_hz:
+        samples: Int16Array = np.frombuffer(view, dtype="<i2").astype(np.int16, copy=False)
+        return PcmStore.from_int16(samples, sample_rate_hz)
+    sink = _Collector(limits, max_audio_s)
+    sink.start(sample_rate_hz)
+    step = _SNDFILE_BLOCK_FRAMES * frame_bytes
+    with np.errstate(invalid="ignore", over="ignore"):
+        for a in range(0, n_bytes, step):
+            sink.add(pcm_to_mono_float32(view[a : a + step], encoding, channels))
+    return _finish_long(sink)
+
+
+def decode_waveform_any(
+    samples: FloatArray, sample_rate_hz: int, limits: AudioLimits | None = None, *, max_audio_s: float = 0.0
+) -> Decoded:
+    """A float32 mono waveform at any accepted rate: resampled to 16 kHz; long ones go to a PcmStore."""
+    limits = limits or AudioLimits()
+    _check_rate_and_channels(sample_rate_hz, 1, limits)
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    if x.size <= _max_frames(sample_rate_hz, limits):
+        return _finish(x, sample_rate_hz, limits)
+    if max_audio_s > 0 and x.size > math.floor(max(max_audio_s, limits.max_duration_s) * sample_rate_hz):
+        raise _too_long(limits, _fmt_duration(x.size / sample_rate_hz), max_audio_s)
+    sink = _Collector(limits, max_audio_s)
+    sink.start(sample_rate_hz)
+    for a in range(0, x.size, _SNDFILE_BLOCK_FRAMES):
+        sink.add(x[a : a + _SNDFILE_BLOCK_FRAMES])
+    return _finish_long(sink)

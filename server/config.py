@@ -22,6 +22,10 @@ GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 BATCH_POLICIES = ("length_aware", "fifo", "equal_shape")
 
 
+#: Default of --max-segment-s and of its old name --max-duration-s (the longest single model pass).
+_DEFAULT_PASS_S = 30.0
+
+
 class SettingsError(ValueError):
     """A setting has a value the server cannot use."""
 
@@ -114,9 +118,19 @@ class Settings:
     adaptive_batching: bool = _opt(True, "fit a latency model and batch only when it pays")
     default_timeout_s: float = _opt(30.0, "deadline applied to calls that carry none")
     # --- audio limits
+    max_segment_s: float = _opt(
+        _DEFAULT_PASS_S, "longest single model pass, in seconds: audio up to this long is one pass; "
+        "longer Recognize/Embed audio is cut into segments of at most this (attention memory grows with "
+        "the square of the length: one 60 s item needs ~2 GB more than the weights with the large model); "
+        "also the longest StreamRecognize segment"
+    )
     max_duration_s: float = _opt(
-        30.0, "longest audio accepted per request or stream segment, in seconds (attention memory grows with "
-        "the square of the length: one 60 s item needs ~2 GB more than the weights with the large model)"
+        _DEFAULT_PASS_S, "old name of --max-segment-s (the longest single pass), kept as an alias: set "
+        "either one; both always hold the same value"
+    )
+    max_audio_s: float = _opt(
+        7200.0, "longest Recognize/Embed audio accepted, in seconds (longer than --max-segment-s is "
+        "segmented; 0 = no limit but --max-message-bytes)"
     )
     min_duration_s: float = _opt(0.1, "shortest audio accepted per request, in seconds")
     max_stream_duration_s: float = _opt(3600.0, "longest StreamRecognize audio, in seconds")
@@ -131,6 +145,22 @@ class Settings:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        # --max-duration-s is the old name of --max-segment-s: whichever was changed from the default
+        # sets both (frozen dataclass: object.__setattr__ is the documented way in __post_init__).
+        if self.max_segment_s != self.max_duration_s:
+            if self.max_duration_s == _DEFAULT_PASS_S:
+                object.__setattr__(self, "max_duration_s", self.max_segment_s)
+            elif self.max_segment_s == _DEFAULT_PASS_S:
+                object.__setattr__(self, "max_segment_s", self.max_duration_s)
+            else:
+                problems.append(
+                    f"max_segment_s ({self.max_segment_s:g}) and its old name max_duration_s "
+                    f"({self.max_duration_s:g}) disagree: set one of them"
+                )
+        if self.max_audio_s < 0:
+            problems.append("max_audio_s must not be negative (0 = no limit)")
+        elif 0 < self.max_audio_s < self.max_segment_s:
+            problems.append("max_audio_s is shorter than max_segment_s")
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} out of range")
         if not -1 <= self.metrics_port <= 65535:

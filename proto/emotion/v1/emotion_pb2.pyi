@@ -139,20 +139,24 @@ class RecognizeRequest(_message.Message):
     def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., return_embedding: _Optional[bool] = ..., smoothing_frames: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class RecognizeResponse(_message.Message):
-    __slots__ = ("utterance", "frames", "embedding", "duration_s", "timing", "model")
+    __slots__ = ("utterance", "frames", "embedding", "duration_s", "timing", "model", "segments", "voiced_s")
     UTTERANCE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    VOICED_S_FIELD_NUMBER: _ClassVar[int]
     utterance: UtteranceResult
     frames: _containers.RepeatedCompositeFieldContainer[FrameResult]
     embedding: Embedding
     duration_s: float
     timing: Timing
     model: ModelRef
-    def __init__(self, utterance: _Optional[_Union[UtteranceResult, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[FrameResult, _Mapping]]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentResult]
+    voiced_s: float
+    def __init__(self, utterance: _Optional[_Union[UtteranceResult, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[FrameResult, _Mapping]]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[SegmentResult, _Mapping]]] = ..., voiced_s: _Optional[float] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("audio", "return_frames", "priority")
@@ -165,20 +169,40 @@ class EmbedRequest(_message.Message):
     def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., return_frames: _Optional[bool] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embedding", "frames", "dim", "duration_s", "timing", "model")
+    __slots__ = ("embedding", "frames", "dim", "duration_s", "timing", "model", "segments")
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     embedding: Embedding
     frames: _containers.RepeatedCompositeFieldContainer[Embedding]
     dim: int
     duration_s: float
     timing: Timing
     model: ModelRef
-    def __init__(self, embedding: _Optional[_Union[Embedding, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dim: _Optional[int] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    segments: _containers.RepeatedCompositeFieldContainer[EmbeddingSegment]
+    def __init__(self, embedding: _Optional[_Union[Embedding, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dim: _Optional[int] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[EmbeddingSegment, _Mapping]]] = ...) -> None: ...
+
+class EmbeddingSegment(_message.Message):
+    __slots__ = ("segment_id", "start_s", "end_s", "embedding", "first_frame", "frame_count", "timing")
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
+    FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    segment_id: int
+    start_s: float
+    end_s: float
+    embedding: Embedding
+    first_frame: int
+    frame_count: int
+    timing: Timing
+    def __init__(self, segment_id: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., first_frame: _Optional[int] = ..., frame_count: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class SegmentationConfig(_message.Message):
     __slots__ = ("mode", "min_segment_s", "max_segment_s", "min_silence_s", "energy_threshold_db", "window_s", "hop_s")
@@ -223,20 +247,24 @@ class StreamRecognizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., audio: _Optional[bytes] = ...) -> None: ...
 
 class SegmentResult(_message.Message):
-    __slots__ = ("segment_id", "start_s", "end_s", "result", "embedding", "timing")
+    __slots__ = ("segment_id", "start_s", "end_s", "result", "embedding", "timing", "first_frame", "frame_count")
     SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     START_S_FIELD_NUMBER: _ClassVar[int]
     END_S_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
+    FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
     segment_id: int
     start_s: float
     end_s: float
     result: UtteranceResult
     embedding: Embedding
     timing: Timing
-    def __init__(self, segment_id: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., result: _Optional[_Union[UtteranceResult, _Mapping]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    first_frame: int
+    frame_count: int
+    def __init__(self, segment_id: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., result: _Optional[_Union[UtteranceResult, _Mapping]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., first_frame: _Optional[int] = ..., frame_count: _Optional[int] = ...) -> None: ...
 
 class StreamSummary(_message.Message):
     __slots__ = ("segments", "duration_s", "voiced_s", "overall", "label_seconds")
@@ -267,7 +295,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "labels", "sample_rate_hz", "frame_rate_hz", "embedding_dim", "execution_provider", "max_duration_s", "min_duration_s")
+    __slots__ = ("model", "labels", "sample_rate_hz", "frame_rate_hz", "embedding_dim", "execution_provider", "max_duration_s", "min_duration_s", "max_audio_s", "max_segment_s")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +304,8 @@ class ModelInfo(_message.Message):
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     MIN_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_AUDIO_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEGMENT_S_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     labels: _containers.RepeatedCompositeFieldContainer[EmotionScore]
     sample_rate_hz: int
@@ -284,4 +314,6 @@ class ModelInfo(_message.Message):
     execution_provider: str
     max_duration_s: float
     min_duration_s: float
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[EmotionScore, _Mapping]]] = ..., sample_rate_hz: _Optional[int] = ..., frame_rate_hz: _Optional[float] = ..., embedding_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_duration_s: _Optional[float] = ..., min_duration_s: _Optional[float] = ...) -> None: ...
+    max_audio_s: float
+    max_segment_s: float
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[EmotionScore, _Mapping]]] = ..., sample_rate_hz: _Optional[int] = ..., frame_rate_hz: _Optional[float] = ..., embedding_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_duration_s: _Optional[float] = ..., min_duration_s: _Optional[float] = ..., max_audio_s: _Optional[float] = ..., max_segment_s: _Optional[float] = ...) -> None: ...
