@@ -36,8 +36,8 @@ from emotion2vec_serving.batching import (
     decide_equal_shape,
     decide_fifo,
 )
-from emotion2vec_serving.server.audio import AudioLimits
 from emotion2vec_serving.server.config import Settings
+from emotion2vec_serving.server.core import CoreLimits, EmotionCore
 from emotion2vec_serving.server.health import SERVICE_NAME, Health
 from emotion2vec_serving.server.manifest import ModelManifest
 from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
@@ -49,7 +49,7 @@ from emotion2vec_serving.server.runner import (
     split_on_error,
 )
 from emotion2vec_serving.server.security import TokenAuthInterceptor, TokenStore, server_credentials
-from emotion2vec_serving.server.service import EmotionService, ServiceLimits
+from emotion2vec_serving.server.service import EmotionService
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
 
@@ -111,6 +111,7 @@ class EmotionServer:
         )
         self.runner: Runner | None = None
         self.batcher: DynamicBatcher[Any, Any] | None = None
+        self.core: EmotionCore | None = None
         self.service: EmotionService | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -160,16 +161,13 @@ class EmotionServer:
         await self.batcher.start()
         batcher = self.batcher
         self.metrics.bind_drain_estimate(lambda: float(batcher.estimated_drain_s))
-        audio_limits = AudioLimits(max_duration_s=s.max_duration_s, min_duration_s=s.min_duration_s,
-                                   max_encoded_bytes=s.max_message_bytes, target_sample_rate_hz=rate)
         runner = self.runner
-        self.service = EmotionService(
-            manifest=m, batcher=self.batcher, metrics=self.metrics,
-            limits=ServiceLimits(audio=audio_limits, default_timeout_s=s.default_timeout_s,
-                                 max_concurrent_streams=s.max_concurrent_streams,
-                                 max_stream_duration_s=s.max_stream_duration_s),
-            decode_executor=self._decode_executor, provider=lambda: runner.provider,
+        # The protocol-free core; every front end below is an adapter over it.
+        self.core = EmotionCore(
+            m, self.batcher, self.metrics, CoreLimits.from_settings(s, rate), self._decode_executor,
+            provider=lambda: runner.provider,
         )
+        self.service = EmotionService(self.core)
         grpc_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),  # room for the envelope
             ("grpc.max_send_message_length", s.max_message_bytes + 64 * 1024),
@@ -213,6 +211,7 @@ class EmotionServer:
         if s.warmup:
             await self.warmup()
         self._observer.enabled = True
+        self.core.mark_ready()
         await self.health.set_serving()
         log.info("ready: health SERVING on %s:%d", s.host, self.port)
 
@@ -241,9 +240,9 @@ class EmotionServer:
         grace_end = time.monotonic() + self.settings.drain_grace_s
         log.info("draining (grace %.1f s)", self.settings.drain_grace_s)
         await self.health.enter_drain()
-        if self.service is not None:
-            self.service.begin_drain()
-            await self.service.wait_idle(max(0.0, grace_end - time.monotonic()))
+        if self.core is not None:
+            self.core.begin_drain()
+            await self.core.wait_idle(max(0.0, grace_end - time.monotonic()))
         if self.batcher is not None:
             await self.batcher.close(drain=True, timeout_s=max(0.0, grace_end - time.monotonic()))
         if self.server is not None:

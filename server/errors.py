@@ -1,30 +1,56 @@
-"""The one table that maps domain errors to gRPC status codes.
+"""Domain errors and the ONE classification of errors into outcomes, shared by every front end.
 
-Core code raises domain errors (``AudioError``, ``QueueFull``, ``RunnerError``...); only this module knows
-about gRPC codes. Messages are written for the person reading the client's error.
+Core code raises domain errors (``AudioError``, ``QueueFull``, ``RunnerError``...). :func:`classify` turns
+any of them into a :class:`Failure`: a protocol-neutral kind (whose value is the ``code`` label of
+``emotion_requests_total`` on every protocol), the message for the person reading the client's error, the
+``emotion_rejections_total`` reason when the error is a rejection the server counts itself, and the
+suggested wait before retrying. Each front end maps kinds to its own statuses: ``grpc_status`` (gRPC
+codes and trailing metadata) and ``http_status`` (HTTP status, JSON body, headers). No protocol types here.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-
-import grpc
 
 from emotion2vec_serving.batching import BatcherClosed, DeadlineExceeded, QueueFull
 from emotion2vec_serving.server.runner import RunnerError, RunnerOutOfMemory
 
 __all__ = [
     "RETRY_AFTER_METADATA_KEY",
+    "RETRY_AFTER_MS_KEY",
+    "CallFailed",
     "Draining",
+    "ErrorKind",
+    "Failure",
     "InvalidRequest",
+    "ModelNotFound",
     "NoClassifierHead",
-    "Status",
     "TooManyStreams",
-    "to_status",
+    "Unauthenticated",
+    "classify",
 ]
 
-#: Trailing metadata key with a suggested wait before retrying, in milliseconds.
-RETRY_AFTER_METADATA_KEY = "retry-after-ms"
+#: Wire contract: the suggested wait before retrying, in milliseconds (decimal integer). gRPC sends it as
+#: trailing metadata under this key; HTTP as a header of the same name (beside ``Retry-After`` seconds).
+RETRY_AFTER_MS_KEY = "retry-after-ms"
+#: The same key under its older name (clients and tests read it).
+RETRY_AFTER_METADATA_KEY = RETRY_AFTER_MS_KEY
+
+
+class ErrorKind(str, enum.Enum):
+    """Outcome of a call. Values are the canonical code names used as the metrics ``code`` label."""
+
+    OK = "OK"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
 
 
 class InvalidRequest(ValueError):
@@ -39,7 +65,7 @@ class Draining(RuntimeError):
 
 
 class TooManyStreams(RuntimeError):
-    """More StreamRecognize calls are open than the server allows."""
+    """More streaming calls are open than the server allows."""
 
 
 class NoClassifierHead(RuntimeError):
@@ -49,14 +75,30 @@ class NoClassifierHead(RuntimeError):
         super().__init__(f"model {model} has no emotion classifier head; only Embed is available")
 
 
-@dataclass(frozen=True)
-class Status:
-    """How one error is reported: status code, message, rejection reason for metrics, trailing metadata."""
+class ModelNotFound(LookupError):
+    """A call named a model (or version) this server does not serve."""
 
-    code: grpc.StatusCode
+
+class Unauthenticated(PermissionError):
+    """The call carries no valid credentials."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How one failed call is reported, whatever the protocol."""
+
+    kind: ErrorKind
     message: str
-    reason: str | None  # label of emotion_rejections_total, None when the error is not a rejection
-    trailing_metadata: tuple[tuple[str, str], ...] = ()
+    reason: str | None  # label of emotion_rejections_total; None when not a rejection counted here
+    retry_after_ms: int | None = None  # suggested wait before retrying (RESOURCE_EXHAUSTED, UNAVAILABLE)
+
+
+class CallFailed(Exception):
+    """Raised by ``EmotionCore`` calls once the failure has been counted; front ends only report it."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
 
 
 def _audio_error_types() -> tuple[type[BaseException], ...]:
@@ -68,36 +110,43 @@ def _audio_error_types() -> tuple[type[BaseException], ...]:
     return (AudioError,)
 
 
-def to_status(exc: BaseException, *, retry_after_ms: int | None = None) -> Status:
-    """Translate a domain error raised while serving a call into the gRPC status to return.
+def classify(exc: BaseException, retry_after_ms: int | None = None) -> Failure:
+    """The one classification of an error raised while serving a call.
 
-    ``retry_after_ms`` is sent as trailing metadata on RESOURCE_EXHAUSTED and UNAVAILABLE.
+    ``retry_after_ms`` (the caller's current estimate) is attached to the kinds worth retrying soon.
     """
-    retry = ((RETRY_AFTER_METADATA_KEY, str(max(1, retry_after_ms))),) if retry_after_ms is not None else ()
+    if isinstance(exc, CallFailed):
+        return exc.failure
+    retry = max(1, int(retry_after_ms)) if retry_after_ms is not None else None
     if isinstance(exc, (*_audio_error_types(), InvalidRequest)):
-        return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid_argument")
+        return Failure(ErrorKind.INVALID_ARGUMENT, str(exc), "invalid_argument")
     if isinstance(exc, QueueFull):
-        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      "the server is overloaded (request queue full); retry after a short wait",
-                      None,  # the batcher reports queue_full rejections itself
-                      retry)
+        return Failure(ErrorKind.RESOURCE_EXHAUSTED,
+                       "the server is overloaded (request queue full); retry after a short wait",
+                       None,  # the batcher reports queue_full rejections itself
+                       retry)
     if isinstance(exc, TooManyStreams):
-        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "too_many_streams", retry)
+        return Failure(ErrorKind.RESOURCE_EXHAUSTED, str(exc), "too_many_streams", retry)
     if isinstance(exc, DeadlineExceeded):
-        return Status(grpc.StatusCode.DEADLINE_EXCEEDED,
-                      "the deadline passed before the request could be processed "
-                      "(the server is busy or the deadline is too short)",
-                      None)  # the batcher counts "deadline" rejections and expiries itself
+        return Failure(ErrorKind.DEADLINE_EXCEEDED,
+                       "the deadline passed before the request could be processed "
+                       "(the server is busy or the deadline is too short)",
+                       None)  # the batcher counts "deadline" rejections and expiries itself
     if isinstance(exc, Draining):
-        return Status(grpc.StatusCode.UNAVAILABLE, str(exc), "draining", retry)
+        return Failure(ErrorKind.UNAVAILABLE, str(exc), "draining", retry)
     if isinstance(exc, BatcherClosed):  # the batcher counts its own "draining" rejections
-        return Status(grpc.StatusCode.UNAVAILABLE, str(Draining()), None, retry)
+        return Failure(ErrorKind.UNAVAILABLE, str(Draining()), None, retry)
     if isinstance(exc, NoClassifierHead):
-        return Status(grpc.StatusCode.FAILED_PRECONDITION, str(exc), None)
+        return Failure(ErrorKind.FAILED_PRECONDITION, str(exc), None)
+    if isinstance(exc, ModelNotFound):
+        return Failure(ErrorKind.NOT_FOUND, str(exc), None)
+    if isinstance(exc, Unauthenticated):
+        return Failure(ErrorKind.UNAUTHENTICATED, str(exc) or "missing or invalid bearer token",
+                       "unauthenticated")
     if isinstance(exc, RunnerOutOfMemory):
-        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      "the audio is too long to process with the memory available; send shorter audio",
-                      None, retry)
+        return Failure(ErrorKind.RESOURCE_EXHAUSTED,
+                       "the audio is too long to process with the memory available; send shorter audio",
+                       None, retry)
     if isinstance(exc, RunnerError):
-        return Status(grpc.StatusCode.UNAVAILABLE, f"inference failed: {exc}", None, retry)
-    return Status(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", None)
+        return Failure(ErrorKind.UNAVAILABLE, f"inference failed: {exc}", None, retry)
+    return Failure(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", None)

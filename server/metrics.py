@@ -13,7 +13,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["GatedObserver", "ServerMetrics"]
+__all__ = ["PROTOCOLS", "GatedObserver", "ServerMetrics"]
+
+#: Values of the ``protocol`` label: emotion.v1 gRPC, Open Inference Protocol gRPC and REST, the web API
+#: (``/v1`` over HTTP) and its WebSocket stream.
+PROTOCOLS = ("emotion_v1", "oip_grpc", "oip_http", "http", "ws")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -29,10 +33,10 @@ class ServerMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("emotion_requests", "RPCs finished, by method and status code",
-                                ["rpc", "code"], registry=r)
+        self.requests = Counter("emotion_requests", "calls finished, by method, status code and protocol",
+                                ["rpc", "code", "protocol"], registry=r)
         self.request_duration = Histogram("emotion_request_duration_seconds",
-                                          "server-side end-to-end RPC time", ["rpc"],
+                                          "server-side end-to-end call time", ["rpc", "protocol"],
                                           buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("emotion_queue_wait_seconds", "time requests wait in the batcher",
                                     buckets=_LATENCY_BUCKETS, registry=r)
@@ -51,8 +55,8 @@ class ServerMetrics:
         self.queue_audio = Gauge("emotion_queue_audio_seconds", "audio waiting in the batcher", registry=r)
         self.queue_drain = Gauge("emotion_queue_drain_seconds",
                                  "estimated time to drain the queue at the fitted throughput", registry=r)
-        self.audio_seconds = Counter("emotion_audio_seconds", "audio processed, by method", ["rpc"],
-                                     registry=r)
+        self.audio_seconds = Counter("emotion_audio_seconds", "audio processed, by method and protocol",
+                                     ["rpc", "protocol"], registry=r)
         self.predictions = Counter("emotion_predictions", "utterance and segment predictions by top label",
                                    ["label"], registry=r)
         self.confidence = Histogram("emotion_prediction_confidence", "probability of the top label",
@@ -103,16 +107,16 @@ class ServerMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_request(self, rpc: str, code: str, duration_s: float) -> None:
-        self._child(self.requests, rpc, code).inc()
-        self._child(self.request_duration, rpc).observe(duration_s)
+    def observe_request(self, rpc: str, code: str, duration_s: float, protocol: str = "emotion_v1") -> None:
+        self._child(self.requests, rpc, code, protocol).inc()
+        self._child(self.request_duration, rpc, protocol).observe(duration_s)
 
     def observe_prediction(self, label: str, confidence: float) -> None:
         self._child(self.predictions, label).inc()
         self.confidence.observe(confidence)
 
-    def observe_audio(self, rpc: str, seconds: float) -> None:
-        self._child(self.audio_seconds, rpc).inc(seconds)
+    def observe_audio(self, rpc: str, seconds: float, protocol: str = "emotion_v1") -> None:
+        self._child(self.audio_seconds, rpc, protocol).inc(seconds)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

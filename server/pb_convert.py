@@ -1,0 +1,97 @@
+"""emotion.v1 protobuf <-> core types, shared by the unary servicer (``service``) and ``streaming``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from emotion.v1 import emotion_pb2
+
+from emotion2vec_serving.server.core import (
+    AudioInput,
+    CallContext,
+    EmotionCore,
+    Frame,
+    Score,
+    Timing,
+    Utterance,
+)
+from emotion2vec_serving.server.errors import InvalidRequest
+
+__all__ = [
+    "PROTOCOL",
+    "audio_input",
+    "call_context",
+    "frame_pb",
+    "model_ref",
+    "scores_pb",
+    "timing_pb",
+    "utterance_pb",
+]
+
+#: The ``protocol`` metrics label of this front end.
+PROTOCOL = "emotion_v1"
+
+_PCM_ENCODINGS = {
+    emotion_pb2.PCM_ENCODING_S16LE: "s16le",
+    emotion_pb2.PCM_ENCODING_F32LE: "f32le",
+}
+_NAMES = frozenset(emotion_pb2.PcmEncoding.values())
+
+
+def call_context(rpc: str, context: grpc.aio.ServicerContext[Any, Any], priority: int = 0) -> CallContext:
+    """The core's view of a call: its gRPC deadline (absolute, monotonic) or None."""
+    remaining = context.time_remaining()
+    deadline = None if remaining is None else time.monotonic() + max(0.0, float(remaining))
+    return CallContext(protocol=PROTOCOL, rpc=rpc, deadline=deadline, priority=int(priority))
+
+
+def audio_input(audio: emotion_pb2.Audio) -> AudioInput:
+    """``emotion.v1.Audio`` -> ``AudioInput``; InvalidRequest names the field that is wrong."""
+    which = audio.WhichOneof("source")
+    if which == "encoded":
+        return AudioInput.from_encoded(audio.encoded)
+    if which == "raw":
+        raw = audio.raw
+        encoding = _PCM_ENCODINGS.get(raw.encoding)
+        if encoding is None:
+            got = emotion_pb2.PcmEncoding.Name(raw.encoding) if raw.encoding in _NAMES else raw.encoding
+            raise InvalidRequest(
+                f"raw audio needs an encoding: PCM_ENCODING_S16LE or PCM_ENCODING_F32LE (got {got})"
+            )
+        if raw.sample_rate_hz == 0:
+            raise InvalidRequest("raw audio needs sample_rate_hz (e.g. 16000)")
+        return AudioInput.from_pcm(raw.data, encoding, int(raw.sample_rate_hz), int(raw.channels or 1))
+    raise InvalidRequest("the request has no audio: set audio.encoded (file bytes) or audio.raw (PCM)")
+
+
+def model_ref(core: EmotionCore) -> emotion_pb2.ModelRef:
+    m = core.manifest
+    return emotion_pb2.ModelRef(name=m.model_name, version=m.model_version, precision=m.precision,
+                                untrained=m.untrained)
+
+
+def utterance_pb(utterance: Utterance) -> emotion_pb2.UtteranceResult:
+    score = emotion_pb2.EmotionScore
+    return emotion_pb2.UtteranceResult(
+        label=utterance.label, label_zh=utterance.label_zh, confidence=utterance.confidence,
+        scores=[score(label=s.label, label_zh=s.label_zh, score=s.score, index=s.index)
+                for s in utterance.scores],
+    )
+
+
+def scores_pb(scores: tuple[Score, ...]) -> list[emotion_pb2.EmotionScore]:
+    return [emotion_pb2.EmotionScore(label=s.label, label_zh=s.label_zh, score=s.score, index=s.index)
+            for s in scores]
+
+
+def timing_pb(timing: Timing) -> emotion_pb2.Timing:
+    return emotion_pb2.Timing(queue_ms=timing.queue_ms, inference_ms=timing.inference_ms,
+                              decode_ms=timing.decode_ms, total_ms=timing.total_ms,
+                              batch_size=timing.batch_size)
+
+
+def frame_pb(frame: Frame) -> emotion_pb2.FrameResult:
+    return emotion_pb2.FrameResult(start_s=frame.start_s, end_s=frame.end_s, label=frame.label,
+                                   confidence=frame.confidence, scores=frame.scores)

@@ -1,0 +1,298 @@
+"""One protocol-free stream: PCM chunks -> decoder -> segmenter -> batcher -> segment events, then a summary.
+
+A reader task consumes the caller's chunks; decoding and segmentation run in the decode thread pool (one
+chunk at a time, so order is kept). Each finished segment is submitted at once to the same batcher as
+unary calls, and results come back in segment order. At most ``MAX_PENDING_SEGMENTS`` segments may be
+waiting for their result: beyond that the reader stops reading, and the transport's flow control slows
+the client down instead of the server buffering without bound. After the chunks end, the open segment is
+finished and a summary over the whole stream follows.
+
+Sessions are made by ``EmotionCore.stream`` (admission, counting); front ends convert their messages to
+:class:`StreamSettings` and ``bytes`` chunks, and the events back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from emotion2vec_serving.server.errors import InvalidRequest
+from emotion2vec_serving.server.runner import ItemResult
+from emotion2vec_serving.server.segmenter import (
+    EnergySegmenter,
+    FixedSegmenter,
+    Segment,
+    Segmenter,
+    StreamDecoder,
+)
+
+if TYPE_CHECKING:
+    from emotion2vec_serving.server.core import CallContext, EmotionCore, Score, Timing, Utterance
+
+__all__ = [
+    "MAX_PENDING_SEGMENTS",
+    "SEGMENTATION_DEFAULTS",
+    "SegmentEvent",
+    "SegmentationSettings",
+    "StreamSession",
+    "StreamSettings",
+    "SummaryEvent",
+    "build_segmenter",
+]
+
+#: Segments of one stream submitted but not yet answered; the reader waits beyond this.
+MAX_PENDING_SEGMENTS = 8
+
+#: Values used for segmentation settings left at 0 (protocols such as proto3 cannot tell 0 from unset).
+SEGMENTATION_DEFAULTS = {"min_segment_s": 1.0, "max_segment_s": 10.0, "min_silence_s": 0.3,
+                         "energy_threshold_db": -40.0, "window_s": 2.0}
+
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    """How a stream is cut into utterances. Zeros mean the defaults of ``SEGMENTATION_DEFAULTS``;
+    ``hop_s`` 0 means the window (no overlap)."""
+
+    mode: Literal["energy", "fixed"] = "energy"
+    min_segment_s: float = 0.0
+    max_segment_s: float = 0.0
+    min_silence_s: float = 0.0
+    energy_threshold_db: float = 0.0
+    window_s: float = 0.0
+    hop_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """A stream's audio format and options."""
+
+    encoding: str  # "s16le" | "f32le"
+    sample_rate_hz: int
+    channels: int = 1
+    segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
+    embedding: bool = False
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentEvent:
+    segment_id: int
+    start_s: float
+    end_s: float
+    utterance: Utterance
+    timing: Timing
+    embedding: Any | None  # float32 [D] when StreamSettings.embedding
+
+
+@dataclass(frozen=True)
+class SummaryEvent:
+    segments: int
+    duration_s: float
+    voiced_s: float
+    label_seconds: tuple[Score, ...]  # seconds of segments whose top label is each label, model order
+    overall: Utterance | None  # duration-weighted mean of the segments' scores; None without segments
+
+
+def build_segmenter(settings: SegmentationSettings, max_segment_s: float) -> Segmenter:
+    """Build the configured segmenter; InvalidRequest names the setting that is wrong."""
+
+    def value(name: str) -> float:
+        v = float(getattr(settings, name))
+        return v if v != 0 else SEGMENTATION_DEFAULTS[name]
+
+    mode = settings.mode
+    try:
+        if mode == "energy":
+            longest = value("max_segment_s")
+            if longest > max_segment_s:
+                raise InvalidRequest(
+                    f"segmentation.max_segment_s {longest:g} s exceeds the server's maximum "
+                    f"of {max_segment_s:g} s"
+                )
+            return EnergySegmenter(
+                min_segment_s=min(value("min_segment_s"), longest), max_segment_s=longest,
+                min_silence_s=value("min_silence_s"), energy_threshold_db=value("energy_threshold_db"),
+            )
+        if mode == "fixed":
+            window = value("window_s")
+            if window > max_segment_s:
+                raise InvalidRequest(
+                    f"segmentation.window_s {window:g} s exceeds the server's maximum "
+                    f"of {max_segment_s:g} s"
+                )
+            hop = float(settings.hop_s) or window
+            return FixedSegmenter(window_s=window, hop_s=hop)
+    except ValueError as exc:
+        if isinstance(exc, InvalidRequest):
+            raise
+        raise InvalidRequest(f"invalid segmentation settings: {exc}") from exc
+    raise InvalidRequest(f"unknown segmentation mode {mode!r}")
+
+
+@dataclass
+class _Pending:
+    segment: Segment
+    task: asyncio.Task[tuple[ItemResult, float]]
+    ready_s: float  # when the segment was complete (time.monotonic)
+
+
+_END = object()
+
+
+class StreamSession:
+    """State of one stream. ``configure`` once, then ``run`` once; raised errors are domain errors."""
+
+    def __init__(self, core: EmotionCore, call: CallContext) -> None:
+        self._core = core
+        self._call = call
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(MAX_PENDING_SEGMENTS)
+        self._decoder: StreamDecoder | None = None
+        self._segmenter: Segmenter | None = None
+        self._settings: StreamSettings | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self._settings is not None
+
+    def configure(self, settings: StreamSettings) -> None:
+        """Validate the settings and build the decoder and segmenter (InvalidRequest / AudioError)."""
+        if self._settings is not None:
+            raise InvalidRequest("the stream is already configured")
+        limits = self._core.limits
+        if settings.encoding not in ("s16le", "f32le"):
+            raise InvalidRequest(f"stream encoding must be s16le or f32le (got {settings.encoding!r})")
+        if settings.sample_rate_hz <= 0:
+            raise InvalidRequest("the stream's sample_rate_hz is required (e.g. 16000)")
+        encoding: Any = settings.encoding
+        self._decoder = StreamDecoder(encoding, int(settings.sample_rate_hz), int(settings.channels or 1),
+                                      limits.audio)
+        self._segmenter = build_segmenter(settings.segmentation, limits.audio.max_duration_s)
+        self._settings = settings
+
+    async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[SegmentEvent | SummaryEvent]:
+        """Segment events in order while ``chunks`` arrive, then one summary."""
+        if self._settings is None:
+            raise InvalidRequest("the stream has no settings: configure it before sending audio")
+        core = self._core
+        deadline_fixed = self._call.deadline
+        reader = asyncio.create_task(self._read(chunks, deadline_fixed), name="stream-reader")
+        pending: list[_Pending] = []
+        sum_probs: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        label_seconds = np.zeros(len(core.manifest.labels), np.float64)
+        weight = 0.0
+        segments = 0
+        try:
+            while True:
+                item = await self._outbox.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, _Pending)
+                pending.append(item)
+                try:
+                    result, queue_s = await item.task
+                finally:
+                    pending.remove(item)
+                    self._slots.release()
+                yield self._segment_event(item, result, queue_s)
+                assert result.probs is not None
+                duration = item.segment.duration_s
+                weighted = result.probs.astype(np.float64) * duration
+                sum_probs = weighted if sum_probs is None else sum_probs + weighted
+                top = int(np.argmax(np.where(core.enabled_labels, result.probs, -np.inf)))
+                label_seconds[top] += duration
+                weight += duration
+                segments += 1
+            yield self._summary(segments, sum_probs, weight, label_seconds)
+        finally:
+            reader.cancel()
+            while not self._outbox.empty():
+                leftover = self._outbox.get_nowait()
+                if isinstance(leftover, _Pending):
+                    pending.append(leftover)
+            for p in pending:
+                p.task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(reader, *(p.task for p in pending), return_exceptions=True)
+            if self._decoder is not None:
+                core.metrics.observe_audio(self._call.rpc, self._decoder.duration_s, self._call.protocol)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, chunks: AsyncIterator[bytes], deadline_fixed: float | None) -> None:
+        try:
+            async for chunk in chunks:
+                await self._process(chunk, deadline_fixed, last=False)
+            await self._process(b"", deadline_fixed, last=True)
+            await self._outbox.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._outbox.put(exc)
+
+    async def _process(self, chunk: bytes, deadline_fixed: float | None, *, last: bool) -> None:
+        decoder, segmenter = self._decoder, self._segmenter
+        assert decoder is not None and segmenter is not None
+
+        def work() -> list[Segment]:
+            samples = decoder.finish() if last else decoder.feed(chunk)
+            out = segmenter.feed(samples) if samples.size else []
+            if last:
+                out += segmenter.finish()
+            return out
+
+        loop = asyncio.get_running_loop()
+        segments = await loop.run_in_executor(self._core.decode_executor, work)
+        longest = self._core.limits.max_stream_duration_s
+        if decoder.duration_s > longest:
+            raise InvalidRequest(f"stream longer than the maximum of {longest:g} s")
+        for segment in segments:
+            await self._slots.acquire()  # back-pressure: at most MAX_PENDING_SEGMENTS in flight
+            self._submit(segment, deadline_fixed)
+
+    def _submit(self, segment: Segment, deadline_fixed: float | None) -> None:
+        assert self._settings is not None
+        deadline = deadline_fixed
+        if deadline is None:
+            deadline = time.monotonic() + self._core.limits.default_timeout_s
+        task = asyncio.create_task(self._core.infer(segment.samples, deadline, self._settings.priority))
+        self._outbox.put_nowait(_Pending(segment, task, time.monotonic()))
+
+    # ------------------------------------------------------------------ events
+
+    def _segment_event(self, item: _Pending, result: ItemResult, queue_s: float) -> SegmentEvent:
+        core = self._core
+        assert result.probs is not None and self._settings is not None
+        utterance = core.utterance(result.probs)
+        core.metrics.observe_prediction(utterance.label, utterance.confidence)
+        seg = item.segment
+        return SegmentEvent(
+            segment_id=seg.index, start_s=seg.start_s, end_s=seg.end_s, utterance=utterance,
+            timing=core.timing(result, queue_s, 0.0, item.ready_s),
+            embedding=result.embedding if self._settings.embedding else None,
+        )
+
+    def _summary(self, segments: int, sum_probs: np.ndarray[Any, np.dtype[np.float64]] | None, weight: float,
+                 label_seconds: np.ndarray[Any, np.dtype[np.float64]]) -> SummaryEvent:
+        from emotion2vec_serving.server.core import Score
+
+        core = self._core
+        assert self._decoder is not None and self._segmenter is not None
+        overall = None
+        if sum_probs is not None and weight > 0:
+            overall = core.utterance((sum_probs / weight).astype(np.float32))
+        return SummaryEvent(
+            segments=segments, duration_s=self._decoder.duration_s,
+            voiced_s=self._segmenter.covered_samples / core.manifest.sample_rate_hz,
+            label_seconds=tuple(Score(lb.index, lb.name, lb.name_zh, float(label_seconds[lb.index]))
+                                for lb in core.manifest.labels),
+            overall=overall,
+        )
