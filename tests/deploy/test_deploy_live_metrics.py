@@ -23,6 +23,7 @@ import yaml
 from deploy_support import (
     EXTERNAL_METRIC_PREFIXES,
     EXTERNAL_METRICS,
+    K8S,
     adapter_rules,
     alert_exprs,
     alert_rules_spec,
@@ -279,3 +280,13 @@ def test_alert_rules_evaluate_and_stay_quiet_on_a_healthy_server(prometheus: Run
         # Latency depends on how busy the test machine is; the unit tests cover that alert's logic.
         if rule["name"] != "EmotionHighP99Latency":
             assert rule["state"] == "inactive", f"{rule['name']} is {rule['state']} on a healthy server"
+
+
+def test_keda_queries_answer_from_a_real_prometheus(prometheus: RunningPrometheus) -> None:
+    """The optional KEDA ScaledObject's queries (deploy/k8s/components/keda) give one finite value each."""
+    scaled = yaml.safe_load((K8S / "components" / "keda" / "scaledobject.yaml").read_text(encoding="utf-8"))
+    for trigger in scaled["spec"]["triggers"]:
+        query = trigger["metadata"]["query"]
+        assert f'namespace="{NAMESPACE}"' in query
+        (value,) = prometheus.query(query)
+        assert math.isfinite(float(value["value"][1])) and float(value["value"][1]) >= 0, (query, value)
