@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=float(_env("EMOTION_TIMEOUT", "60") or 60),
-        help="deadline of each call in seconds, retries included (default %(default)s)",
+        help="deadline of each call in seconds, retries included; recognize and plot add one second per "
+        "second of audio for long recordings (default %(default)s)",
     )
     conn.add_argument(
         "--retries",
@@ -120,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON line per input instead of writing files"
     )
     rec.add_argument("--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
-    rec.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rec.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar (seconds of audio done, when known)"
+    )
 
     emb = sub.add_parser("embed", help="utterance (and frame) embeddings of a file")
     emb.add_argument("file")
@@ -218,6 +221,45 @@ def _write_outputs(root: Path, source: Path, result: Recognition) -> Path:
     return folder
 
 
+def probe_duration_s(path: Path) -> float | None:
+    """The audio duration of a file read from its header (WAV by the standard library, other formats with
+    PyAV when installed), or None when it cannot be told cheaply."""
+    try:
+        import wave
+
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes() / float(w.getframerate())
+    except Exception:
+        pass
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(str(path)) as container:
+            if container.duration is not None:
+                return float(container.duration) / 1_000_000.0
+    except Exception:
+        return None
+    return None
+
+
+#: Encoded audio is at least this many bytes per second (64 kbit/s): bounds a file's duration from its
+#: size when its header cannot be read here.
+_MIN_BYTES_PER_S = 8000
+
+
+def call_timeout_s(base_s: float, path: Path, duration_s: float | None) -> float:
+    """Deadline of one recognize call: ``base_s`` plus one second per second of audio (long recordings are
+    segmented and run in the server; one second per second is slower than any server should be)."""
+    if duration_s is None:
+        try:
+            duration_s = path.stat().st_size / _MIN_BYTES_PER_S
+        except OSError:
+            duration_s = 0.0
+    return base_s + max(0.0, duration_s)
+
+
 async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
     from tqdm import tqdm
 
@@ -226,7 +268,27 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
     for path in files:
         queue.put_nowait(path)
     failures = 0
-    bar = tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    durations = {path: probe_duration_s(path) for path in files}
+    # Progress in seconds of audio when every duration is known (one long file is most of the work),
+    # else in files.
+    by_audio = all(d is not None for d in durations.values())
+    total: float = sum(d or 0.0 for d in durations.values()) if by_audio else len(files)
+    bar = tqdm(
+        total=round(total, 1) if by_audio else total, unit="s audio" if by_audio else "file",
+        disable=args.no_progress, file=sys.stderr, dynamic_ncols=True,
+    )
+    running: dict[Path, float] = {}
+
+    async def ticker() -> None:
+        # A long recording is one call: show which ones are running and for how long.
+        while True:
+            await asyncio.sleep(1.0)
+            if running:
+                now = time.monotonic()
+                bar.set_postfix_str(
+                    ", ".join(f"{p.name} {now - t0:.0f} s" for p, t0 in list(running.items())[:3]),
+                    refresh=True,
+                )
 
     async def worker(client: AsyncEmotionClient) -> None:
         nonlocal failures
@@ -235,6 +297,8 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
                 path = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            started = time.monotonic()
+            running[path] = started
             try:
                 data = await asyncio.to_thread(path.read_bytes)
                 result = await client.recognize(
@@ -242,6 +306,7 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
                     granularity=args.granularity,
                     embedding=args.embedding,
                     smoothing_frames=args.smoothing_frames,
+                    timeout=call_timeout_s(args.timeout, path, durations[path]),
                 )
             except (EmotionClientError, OSError, ValueError) as exc:
                 failures += 1
@@ -255,18 +320,30 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
                     _print_json(payload)
                 else:
                     folder = await asyncio.to_thread(_write_outputs, root, path, result)
+                    long_note = ""
+                    if result.segments:
+                        took = time.monotonic() - started
+                        long_note = (
+                            f" [{len(result.segments)} segments, {result.duration_s:.0f} s audio in "
+                            f"{took:.1f} s]"
+                        )
                     bar.write(
-                        f"{path}: {result.label} ({result.confidence:.3f}) -> {folder}", file=sys.stderr
+                        f"{path}: {result.label} ({result.confidence:.3f}){long_note} -> {folder}",
+                        file=sys.stderr,
                     )
             finally:
-                bar.update(1)
+                running.pop(path, None)
+                bar.update(round(durations[path] or 0.0, 1) if by_audio else 1)
 
+    tick = asyncio.create_task(ticker()) if not args.no_progress else None
     try:
         async with AsyncEmotionClient(
             settings=_settings(args), timeout_s=args.timeout, retry=_retry(args)
         ) as client:
             await asyncio.gather(*(worker(client) for _ in range(max(1, min(args.concurrency, len(files))))))
     finally:
+        if tick is not None:
+            tick.cancel()
         bar.close()
     if failures:
         print(f"{failures} of {len(files)} inputs failed", file=sys.stderr)
@@ -402,6 +479,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "execution_provider": info.execution_provider,
             "min_duration_s": info.min_duration_s,
             "max_duration_s": info.max_duration_s,
+            "max_segment_s": info.max_segment_s,
+            "max_audio_s": info.max_audio_s,
         }
     )
     return EXIT_OK
@@ -410,12 +489,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_frame_scores
 
+    source = Path(args.file)
+    timeout = call_timeout_s(args.timeout, source, probe_duration_s(source))
     with _sync_client(args) as client:
-        result = client.recognize(args.file, granularity="frame", smoothing_frames=args.smoothing_frames)
+        result = client.recognize(
+            args.file, granularity="frame", smoothing_frames=args.smoothing_frames, timeout=timeout
+        )
     path = plot_frame_scores(
         result, args.out, width_px=args.width, height_px=args.height, dpi=args.dpi, title=args.title
     )
-    print(f"wrote {path} ({args.width}x{args.height}, {len(result.frames)} frames)", file=sys.stderr)
+    extra = f", {len(result.segments)} segments" if result.segments else ""
+    print(f"wrote {path} ({args.width}x{args.height}, {len(result.frames)} frames{extra})", file=sys.stderr)
     return EXIT_OK
 
 

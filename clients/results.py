@@ -14,6 +14,7 @@ from emotion.v1 import emotion_pb2
 
 __all__ = [
     "EmbeddingResult",
+    "EmbeddingSegment",
     "Frame",
     "LabelInfo",
     "ModelInfo",
@@ -80,6 +81,11 @@ class Recognition:
     timing: Timing
     model: ModelRef
     granularity: str = "utterance"
+    #: Long recordings (longer than the server's single pass): the segments in order, each with its own
+    #: label and scores (and, with frame granularity, its frames); the fields above are then an aggregate
+    #: over them (duration-weighted mean of segment scores). Empty for audio answered in one pass.
+    segments: tuple[Segment, ...] = ()
+    voiced_s: float = 0.0
 
     @property
     def frame_scores(self) -> FloatArray:
@@ -99,6 +105,22 @@ class EmbeddingResult:
     duration_s: float
     timing: Timing
     model: ModelRef
+    #: Long recordings: each segment's own embedding; ``embedding`` is then their frame-weighted mean.
+    segments: tuple[EmbeddingSegment, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbeddingSegment:
+    """One segment of a long recording in an ``embed`` result; its frames are
+    ``frames[first_frame : first_frame + frame_count]`` of the result when frames were asked for."""
+
+    segment_id: int
+    start_s: float
+    end_s: float
+    embedding: FloatArray
+    first_frame: int
+    frame_count: int
+    timing: Timing
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,8 @@ class Segment:
     embedding: FloatArray | None
     timing: Timing
     model: ModelRef | None
+    #: Segments of a long ``recognize`` result with frame granularity: this segment's frames (absolute times).
+    frames: tuple[Frame, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +177,8 @@ class ModelInfo:
     execution_provider: str
     max_duration_s: float
     min_duration_s: float
+    max_audio_s: float = 0.0  # longest Recognize/Embed audio (segmented beyond max_segment_s); 0 = no limit
+    max_segment_s: float = 0.0  # longest single model pass (0 from servers that predate long recordings)
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -193,6 +219,10 @@ def recognition_from_proto(msg: emotion_pb2.RecognizeResponse, granularity: str)
         )
         for f in msg.frames
     )
+    segments = tuple(
+        _segment(seg, None, frames[seg.first_frame : seg.first_frame + seg.frame_count])
+        for seg in msg.segments
+    )
     return Recognition(
         label=msg.utterance.label,
         label_zh=msg.utterance.label_zh,
@@ -205,6 +235,26 @@ def recognition_from_proto(msg: emotion_pb2.RecognizeResponse, granularity: str)
         timing=timing_from_proto(msg.timing),
         model=model_from_proto(msg.model),
         granularity=granularity,
+        segments=segments,
+        voiced_s=msg.voiced_s,
+    )
+
+
+def _segment(
+    seg: emotion_pb2.SegmentResult, model: ModelRef | None, frames: tuple[Frame, ...] = ()
+) -> Segment:
+    return Segment(
+        segment_id=seg.segment_id,
+        start_s=seg.start_s,
+        end_s=seg.end_s,
+        label=seg.result.label,
+        label_zh=seg.result.label_zh,
+        confidence=float(seg.result.confidence),
+        scores=_scores(seg.result),
+        embedding=_vector(seg.embedding) if seg.HasField("embedding") else None,
+        timing=timing_from_proto(seg.timing),
+        model=model,
+        frames=frames,
     )
 
 
@@ -219,6 +269,18 @@ def embedding_from_proto(msg: emotion_pb2.EmbedResponse) -> EmbeddingResult:
         duration_s=msg.duration_s,
         timing=timing_from_proto(msg.timing),
         model=model_from_proto(msg.model),
+        segments=tuple(
+            EmbeddingSegment(
+                segment_id=seg.segment_id,
+                start_s=seg.start_s,
+                end_s=seg.end_s,
+                embedding=_vector(seg.embedding),
+                first_frame=seg.first_frame,
+                frame_count=seg.frame_count,
+                timing=timing_from_proto(seg.timing),
+            )
+            for seg in msg.segments
+        ),
     )
 
 
@@ -227,19 +289,7 @@ def stream_item_from_proto(msg: emotion_pb2.StreamRecognizeResponse) -> Segment 
     model = model_from_proto(msg.model) if msg.HasField("model") else None
     kind = msg.WhichOneof("message")
     if kind == "segment":
-        seg = msg.segment
-        return Segment(
-            segment_id=seg.segment_id,
-            start_s=seg.start_s,
-            end_s=seg.end_s,
-            label=seg.result.label,
-            label_zh=seg.result.label_zh,
-            confidence=float(seg.result.confidence),
-            scores=_scores(seg.result),
-            embedding=_vector(seg.embedding) if seg.HasField("embedding") else None,
-            timing=timing_from_proto(seg.timing),
-            model=model,
-        )
+        return _segment(msg.segment, model)
     if kind == "summary":
         summ = msg.summary
         return StreamSummary(
@@ -266,6 +316,8 @@ def model_info_from_proto(msg: emotion_pb2.ModelInfo) -> ModelInfo:
         execution_provider=msg.execution_provider,
         max_duration_s=msg.max_duration_s,
         min_duration_s=msg.min_duration_s,
+        max_audio_s=msg.max_audio_s,
+        max_segment_s=msg.max_segment_s,
     )
 
 
@@ -294,4 +346,30 @@ def recognition_to_json(result: Recognition, input_name: str | None = None) -> d
             }
             for f in result.frames
         ]
+    if result.segments:
+        # Long recordings: the fields above are an aggregate over these segments (old fields unchanged).
+        out["voiced_s"] = result.voiced_s
+        out["segments"] = []
+        first = 0  # segment frames are consecutive runs of the top-level "frames", in order
+        for seg in result.segments:
+            out["segments"].append(_segment_to_json(seg, first, frames=result.granularity == "frame"))
+            first += len(seg.frames)
     return out
+
+
+def _segment_to_json(seg: Segment, first_frame: int, *, frames: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "segment_id": seg.segment_id,
+        "start_s": seg.start_s,
+        "end_s": seg.end_s,
+        "emotion": seg.label,
+        "emotion_zh": seg.label_zh,
+        "confidence": seg.confidence,
+        "scores": dict(seg.scores),
+        "timing": seg.timing.to_dict(),
+    }
+    if frames:
+        # Indices into the top-level "frames" list (which holds every frame, absolute times).
+        item["first_frame"] = first_frame
+        item["frame_count"] = len(seg.frames)
+    return item
