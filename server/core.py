@@ -282,6 +282,7 @@ class EmotionCore:
         decode_executor: Executor,
         provider: Callable[[], str],
         engine: str = "onnxruntime",
+        cost_of: Callable[[int], int] | None = None,
     ) -> None:
         self._manifest = manifest
         self._batcher = batcher
@@ -290,6 +291,8 @@ class EmotionCore:
         self._executor = decode_executor
         self._provider = provider
         self._engine = engine
+        # Batcher cost of a waveform of n samples: what the runner really runs (e.g. a padded bucket).
+        self._cost_of = cost_of
         self._draining = False
         self._ready = False
         self._active_streams = 0
@@ -570,8 +573,10 @@ class EmotionCore:
     async def infer(self, waveform: FloatArray, deadline: float, priority: int) -> tuple[ItemResult, float]:
         """Submit one waveform to the batcher; returns (result, queue wait seconds)."""
         submitted = time.monotonic()
+        n = int(waveform.shape[0])
+        cost = n if self._cost_of is None else int(self._cost_of(n))
         result: ItemResult = await self._batcher.submit(
-            waveform, cost=int(waveform.shape[0]), deadline=deadline, priority=int(priority)
+            waveform, cost=cost, deadline=deadline, priority=int(priority)
         )
         return result, max(0.0, result.started_monotonic - submitted)
 

@@ -50,6 +50,7 @@ CORE_PANELS = {
     "Emotion throughput by label (predictions / s)",
     "Audio-seconds / s by RPC",
     "Requests / s by RPC and status",
+    "Requests / s by protocol",
     "End-to-end latency by RPC (server side)",
     "Queue wait (p50 / p95 / p99)",
     "Inference (batch run) time (p50 / p95 / p99)",
