@@ -218,12 +218,14 @@ class AsyncEmotionClient(_ClientBase[grpc.aio.Channel]):
             try:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
-                await self._sleep_before_retry(from_rpc_error(exc), attempt, deadline, exc)
+                await self._sleep_before_retry(from_rpc_error(exc), attempt, deadline, exc, self._unary_retry)
 
     async def _sleep_before_retry(
-        self, error: EmotionClientError, attempt: int, deadline: float | None, cause: BaseException
+        self, error: EmotionClientError, attempt: int, deadline: float | None, cause: BaseException,
+        policy: RetryPolicy | None = None,
     ) -> None:
-        delay = self.retry.delay_before_retry(error.code, attempt, error.retry_after_s, deadline, self._rng)
+        retry = policy or self.retry
+        delay = retry.delay_before_retry(error.code, attempt, error.retry_after_s, deadline, self._rng)
         if delay is None:
             raise error from cause
         await asyncio.sleep(delay)

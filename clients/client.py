@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from ._requests import (
 from .audio import AudioInput
 from .channel import ChannelSettings, TLSConfig, create_channel
 from .errors import EmotionClientError, from_rpc_error
-from .retry import RetryPolicy
+from .retry import NO_RETRY, RetryPolicy
 
 __all__ = ["SERVICE_NAME", "EmotionClient"]
 
@@ -52,9 +53,16 @@ class _ClientBase(Generic[ChannelT]):
         channel: ChannelT | None,
         create: Callable[[ChannelSettings], ChannelT],
     ) -> None:
+        if retry is not None and channel is None:
+            # The caller's own policy drives this client's retry loop: the channel must not retry as well,
+            # or the attempts would multiply.
+            settings = dataclasses.replace(settings, grpc_retry=None)
         self.settings = settings
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
+        # Unary calls on a channel whose service config retries them (the default) are retried by gRPC
+        # alone, honouring the server's grpc-retry-pushback-ms; streams are replayed by this client's loop.
+        self._unary_retry = NO_RETRY if channel is None and settings.grpc_retry is not None else self.retry
         self._owns_channel = channel is None
         self._channel: ChannelT = channel or create(self.settings)
         self._stub = emotion_pb2_grpc.EmotionRecognizerStub(self._channel)
@@ -71,7 +79,10 @@ class EmotionClient(_ClientBase[grpc.Channel]):
         tls: TLS/mTLS settings; None for a plaintext channel.
         token: bearer token sent as ``authorization: Bearer <token>`` on every call.
         timeout_s: default deadline of each call, retries included (``stream`` has none by default).
-        retry: retry policy for UNAVAILABLE and RESOURCE_EXHAUSTED; ``NO_RETRY`` disables retries.
+        retry: retry policy for UNAVAILABLE and RESOURCE_EXHAUSTED; ``NO_RETRY`` disables retries. None (the
+            default): gRPC retries unary calls itself (the channel's service config, clients/channel.py) and
+            streams are retried by this client with ``RetryPolicy()``. A policy given here drives this
+            client's own loop for every call, and the channel it creates then makes no retries of its own.
         settings: full channel settings (overrides ``target``, ``tls`` and ``token``).
         channel: an existing channel to use instead of creating one (not closed by ``close``).
     """
@@ -251,13 +262,15 @@ class EmotionClient(_ClientBase[grpc.Channel]):
             try:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
-                self._sleep_before_retry(from_rpc_error(exc), attempt, deadline, exc)
+                self._sleep_before_retry(from_rpc_error(exc), attempt, deadline, exc, self._unary_retry)
 
     def _sleep_before_retry(
-        self, error: EmotionClientError, attempt: int, deadline: float | None, cause: BaseException
+        self, error: EmotionClientError, attempt: int, deadline: float | None, cause: BaseException,
+        policy: RetryPolicy | None = None,
     ) -> None:
         """Sleep the backoff when ``error`` is retryable and time is left; otherwise raise ``error``."""
-        delay = self.retry.delay_before_retry(error.code, attempt, error.retry_after_s, deadline, self._rng)
+        retry = policy or self.retry
+        delay = retry.delay_before_retry(error.code, attempt, error.retry_after_s, deadline, self._rng)
         if delay is None:
             raise error from cause
         time.sleep(delay)
