@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -36,6 +36,7 @@ from emotion2vec_serving.batching import (
     decide_equal_shape,
     decide_fifo,
 )
+from emotion2vec_serving.server import oip_grpc
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.core import CoreLimits, EmotionCore
 from emotion2vec_serving.server.health import SERVICE_NAME, Health
@@ -50,6 +51,9 @@ from emotion2vec_serving.server.runner import (
 )
 from emotion2vec_serving.server.security import TokenAuthInterceptor, TokenStore, server_credentials
 from emotion2vec_serving.server.service import EmotionService
+
+if TYPE_CHECKING:
+    from emotion2vec_serving.server.http_app import HttpFrontEnd
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
 
@@ -116,6 +120,8 @@ class EmotionServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
+        self.http: HttpFrontEnd | None = None  # the HTTP listener (OIP REST, web page); None: disabled
+        self.http_port: int | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
 
@@ -180,6 +186,7 @@ class EmotionServer:
         interceptors: list[Any] = []
         if tokens is not None:
             interceptors.append(TokenAuthInterceptor(tokens, exempt_reflection=s.auth_exempt_reflection,
+                                                     exempt_methods=oip_grpc.PUBLIC_METHODS,
                                                      on_reject=self.metrics.reject))
             log.info("bearer-token authentication enabled (health checks exempt)")
         credentials = server_credentials(s.tls_cert_file or None, s.tls_key_file or None,
@@ -191,10 +198,13 @@ class EmotionServer:
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         emotion_pb2_grpc.add_EmotionRecognizerServicer_to_server(self.service, self.server)
+        # The Open Inference Protocol (KServe v2 / Triton) on the same port, over the same core.
+        oip_grpc.add_to_server(oip_grpc.OipGrpcService(self.core), self.server)
         await self.health.start()
         self.health.add_to_server(self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, oip_grpc.SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME),
+            self.server,
         )
         address = f"{s.host}:{s.port}"
         if credentials is None:
@@ -208,6 +218,11 @@ class EmotionServer:
         await self.server.start()
         log.info("listening on %s:%d (model %s %s, provider %s)", s.host, self.port, m.model_name,
                  m.model_version, self.runner.provider)
+        if s.http_port >= 0:
+            from emotion2vec_serving.server.http_app import HttpFrontEnd
+
+            self.http = HttpFrontEnd(self.core, s, tokens=tokens)
+            self.http_port = await self.http.start()
         if s.warmup:
             await self.warmup()
         self._observer.enabled = True
@@ -245,6 +260,9 @@ class EmotionServer:
             await self.core.wait_idle(max(0.0, grace_end - time.monotonic()))
         if self.batcher is not None:
             await self.batcher.close(drain=True, timeout_s=max(0.0, grace_end - time.monotonic()))
+        if self.http is not None:
+            # Open through the drain (readiness 503, new calls 503); closed once accepted calls are done.
+            await self.http.stop()
         if self.server is not None:
             # Idle (or out of grace): only health Watch streams and stray calls remain, so a short grace.
             await self.server.stop(grace=min(_FINAL_GRACE_S, max(0.0, grace_end - time.monotonic())))

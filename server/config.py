@@ -50,6 +50,10 @@ class Settings:
     host: str = _opt("[::]", "address to listen on for gRPC")
     port: int = _opt(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = _opt(9090, "Prometheus /metrics HTTP port (0 picks a free port, -1 disables)")
+    http_port: int = _opt(
+        8000, "HTTP port: Open Inference Protocol REST (/v2) and the web page (0 picks a free port, "
+        "-1 disables); same TLS and tokens as the gRPC port"
+    )
     max_message_bytes: int = _opt(32 * 1024 * 1024, "largest gRPC message accepted, in bytes")
     max_connection_age_s: float = _opt(
         0.0, "close client connections after this many seconds so clients rebalance (0 = never)"
@@ -165,6 +169,8 @@ class Settings:
             problems.append(f"port {self.port} out of range")
         if not -1 <= self.metrics_port <= 65535:
             problems.append(f"metrics port {self.metrics_port} out of range")
+        if not -1 <= self.http_port <= 65535:
+            problems.append(f"http port {self.http_port} out of range")
         if not self.providers:
             problems.append("providers must name at least one execution provider")
         if self.batch_policy not in BATCH_POLICIES:

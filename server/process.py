@@ -1,9 +1,9 @@
 """Run the real server (``python -m server``) as a child process: for tests, benchmarks and soak runs.
 
-``ServerProcess`` picks free loopback ports, starts ``sys.executable -m server --model ... --port ...
---metrics-port ...`` with the given flags, waits until gRPC health reports SERVING for the recognizer
-service (failing with the tail of the server's log if it exits or does not get there in time), and stops
-it with SIGTERM, the drain path a Kubernetes pod takes::
+``ServerProcess`` picks free loopback ports, starts ``sys.executable -m server --model ...
+--port ... --metrics-port ... --http-port ...`` with the given flags, waits until gRPC health reports
+SERVING for the recognizer service (failing with the tail of the server's log if it exits or does not
+get there in time), and stops it with SIGTERM, the drain path a Kubernetes pod takes::
 
     with ServerProcess(model_repo, ["--no-warmup"]) as srv:
         call(srv.target)
@@ -60,6 +60,8 @@ class ServerProcess:
         env: variables set on top of the inherited environment.
         isolated_env: leave the inherited ``EMOTION_*`` settings out, so only ``args`` configure the server.
         metrics: serve /metrics on a free port; ``False`` passes ``--metrics-port -1``.
+        http: serve HTTP (Open Inference Protocol REST, web page) on a free port; ``False`` passes
+            ``--http-port -1``.
         port: the gRPC port (default: a free one).
         startup_timeout_s: how long to wait for SERVING.
         log_path: where the server's stdout and stderr go (default: a temporary file, deleted when the
@@ -75,6 +77,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         isolated_env: bool = False,
         metrics: bool = True,
+        http: bool = True,
         port: int | None = None,
         startup_timeout_s: float = 120.0,
         log_path: Path | None = None,
@@ -87,6 +90,7 @@ class ServerProcess:
         self.startup_timeout_s = startup_timeout_s
         self.port = free_port() if port is None else port
         self.metrics_port: int | None = free_port() if metrics else None
+        self.http_port: int | None = free_port() if http else None
         self.cwd = cwd or ROOT
         self._own_log = log_path is None
         if log_path is None:
@@ -103,15 +107,24 @@ class ServerProcess:
     def command(self) -> list[str]:
         """The command line the server runs with."""
         metrics_port = -1 if self.metrics_port is None else self.metrics_port
+        http_port = -1 if self.http_port is None else self.http_port
         return [
             sys.executable, "-m", "emotion2vec_serving.server", "--model", self.model, "--host", "127.0.0.1",
-            "--port", str(self.port), "--metrics-port", str(metrics_port), *self.args,
+            "--port", str(self.port), "--metrics-port", str(metrics_port), "--http-port", str(http_port),
+            *self.args,
         ]  # fmt: skip
 
     @property
     def target(self) -> str:
         """The gRPC target, ``127.0.0.1:<port>``."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP base URL (``http://127.0.0.1:<port>``); RuntimeError when started with ``http=False``."""
+        if self.http_port is None:
+            raise RuntimeError("this server was started without an HTTP port (http=False)")
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:

@@ -17,6 +17,7 @@ BASE_SETTINGS = Settings(
     host="127.0.0.1",
     port=0,
     metrics_port=0,
+    http_port=0,
     providers=("CPUExecutionProvider",),
     intra_op_threads=1,
     max_duration_s=20.0,

@@ -1,0 +1,345 @@
+"""Open Inference Protocol over HTTP/REST (``/v2``), with the binary tensor data extension.
+
+A thin adapter like :mod:`oip_grpc`: JSON (and binary) tensors <-> ``oip_tensors``, calls into
+``core.EmotionCore`` (protocol ``oip_http``), failures mapped by ``http_status`` to ``{"error": message}``
+with the right status (400 bad tensor or audio, 404 unknown model, 429 + ``Retry-After`` when shedding,
+503 when draining, 401 without a valid token).
+
+Endpoints (``/versions/1`` may follow the model name everywhere):
+``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}``,
+``GET /v2/models/{name}/ready``, ``GET /v2/models/{name}/config``, ``POST /v2/models/{name}/infer``,
+``POST /v2/repository/index``.
+
+Binary tensors (what ``tritonclient.http`` sends): the body is the JSON request followed by the raw
+tensors; the ``Inference-Header-Content-Length`` header gives the JSON part's length, and each binary
+input carries ``"parameters": {"binary_data_size": n}``. Outputs are binary when requested with
+``"parameters": {"binary_data": true}`` or with the request parameter ``"binary_data_output": true``.
+``BYTES`` inputs in JSON are UTF-8 strings, or base64 with the input parameter
+``"content_type": "base64"`` (how to send an audio file in plain JSON).
+
+Authentication: with tokens configured, every ``/v2`` call but the health and readiness probes needs
+``Authorization: Bearer <token>``, like the gRPC port (whose health service is exempt too).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from emotion2vec_serving.server import oip_tensors as oip
+from emotion2vec_serving.server.core import CallContext, EmotionCore, ModelCard
+from emotion2vec_serving.server.errors import (
+    CallFailed,
+    Failure,
+    InvalidRequest,
+    ModelNotFound,
+    Unauthenticated,
+    classify,
+)
+from emotion2vec_serving.server.http_status import http_error
+from emotion2vec_serving.server.security import TokenStore
+
+__all__ = ["HEADER_LENGTH", "PROTOCOL", "add_routes"]
+
+#: The ``protocol`` metrics label of this front end.
+PROTOCOL = "oip_http"
+#: The binary tensor extension's header: length of the JSON part of the body.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+#: Paths that need no token (probes, like the gRPC health service).
+_PUBLIC_SUFFIXES = ("/ready", "/live")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _failure(failure: Failure) -> web.Response:
+    status, body, headers = http_error(failure)
+    return _json(body, status, headers)
+
+
+def _flatten(data: Any) -> list[Any]:
+    """Row-major flattening of the JSON ``data`` (the protocol allows nested or flat lists)."""
+    if not isinstance(data, list):
+        return [data]
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+    for v in data:
+        out.extend(_flatten(v))
+    return out
+
+
+def _bytes_values(name: str, values: list[Any], content_type: Any) -> list[bytes]:
+    if content_type == "base64":
+        try:
+            return [base64.b64decode(str(v), validate=True) for v in values]
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"input {name}: data is not valid base64") from None
+    if content_type not in (None, "str", "string"):
+        raise InvalidRequest(f"input {name}: unknown content_type {content_type!r} (use base64, or none)")
+    out = []
+    for v in values:
+        if not isinstance(v, str):
+            raise InvalidRequest(f"input {name}: BYTES data must be strings, got {type(v).__name__}")
+        out.append(v.encode("utf-8"))
+    return out
+
+
+def _parse_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """(the JSON request, the binary part after it)."""
+    view = memoryview(body)
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 <= n <= len(body):
+            raise InvalidRequest(f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes")
+        head, rest = view[:n], view[n:]
+    else:
+        head, rest = view, view[len(body):]
+    try:
+        doc = json.loads(bytes(head))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("the request body must be a JSON object with an \"inputs\" list")
+    return doc, rest
+
+
+def _inputs(doc: dict[str, Any], binary: memoryview) -> list[oip.InTensor]:
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest("the request needs a non-empty \"inputs\" list")
+    out: list[oip.InTensor] = []
+    offset = 0
+    for i, t in enumerate(inputs):
+        if not isinstance(t, dict):
+            raise InvalidRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
+        name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InvalidRequest(f"inputs[{i}] needs a string \"name\" and \"datatype\"")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                  for d in shape):
+            raise InvalidRequest(f"input {name}: \"shape\" must be a list of integers")
+        params = t.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest(f"input {name}: \"parameters\" must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidRequest(f"input {name}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidRequest(f"input {name}: binary_data_size {size} runs past the end of the body "
+                                     f"({len(binary) - offset} bytes left)")
+            out.append(oip.from_raw(name, datatype, shape, bytes(binary[offset:offset + size])))
+            offset += size
+            continue
+        if "data" not in t:
+            raise InvalidRequest(f"input {name}: no \"data\" (and no binary_data_size)")
+        values = _flatten(t["data"])
+        if datatype == "BYTES":
+            values = _bytes_values(name, values, params.get("content_type"))
+        out.append(oip.from_values(name, datatype, shape, values))
+    if offset != len(binary):
+        raise InvalidRequest(f"the body has {len(binary) - offset} byte(s) of binary data no input claims")
+    return out
+
+
+def _requested(doc: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+    """(requested output names, which of them are asked for as binary data)."""
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise InvalidRequest("\"outputs\" must be a list")
+    names: list[str] = []
+    binary: dict[str, bool] = {}
+    for i, o in enumerate(outputs):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise InvalidRequest(f"outputs[{i}] must be an object with a string \"name\"")
+        names.append(o["name"])
+        params = o.get("parameters") or {}
+        if isinstance(params, dict) and "binary_data" in params:
+            binary[o["name"]] = bool(params["binary_data"])
+    return names, binary
+
+
+def _output_json(t: oip.OutTensor) -> list[Any]:
+    if t.datatype == "BYTES":
+        return [v.decode("utf-8", errors="replace") for v in t.array.reshape(-1)]
+    values: list[Any] = t.array.reshape(-1).tolist()
+    return values
+
+
+class _OipRest:
+    def __init__(self, core: EmotionCore, tokens: TokenStore | None) -> None:
+        self._core = core
+        self._tokens = tokens
+        self._version = oip.server_version()
+
+    # ------------------------------------------------------------------ auth
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Bearer tokens on ``/v2`` (probes exempt); aiohttp's own errors there (unknown path, wrong
+        method) as the protocol's JSON error object."""
+        path = request.path
+        if not (path == "/v2" or path.startswith("/v2/")):
+            return await handler(request)
+        if self._tokens is not None and not (request.method == "GET" and path.endswith(_PUBLIC_SUFFIXES)):
+            refused = self._check_token(request)
+            if refused is not None:
+                return refused
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _json({"error": f"{exc.reason}: {request.method} {path}"}, exc.status)
+
+    def _check_token(self, request: web.Request) -> web.Response | None:
+        assert self._tokens is not None
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.strip().partition(" ")
+        if not header:
+            message = "missing credentials: send the header 'Authorization: Bearer <token>'"
+        elif scheme.lower() != "bearer" or not token.strip():
+            message = "invalid credentials: the Authorization header must be 'Bearer <token>'"
+        elif not self._tokens.check(token.strip()):
+            message = "invalid credentials: the bearer token is not accepted"
+        else:
+            return None
+        failure = classify(Unauthenticated(message))
+        if failure.reason is not None:
+            self._core.metrics.reject(failure.reason)
+        return _failure(failure)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _call(self, rpc: str, deadline: float | None = None, priority: int = 0) -> CallContext:
+        return CallContext(protocol=PROTOCOL, rpc=rpc, deadline=deadline, priority=priority)
+
+    def _model(self, request: web.Request) -> ModelCard:
+        card = self._core.model_card()
+        oip.check_model(card, request.match_info["name"], request.match_info.get("version", ""))
+        return card
+
+    def _refuse(self, exc: BaseException, rpc: str) -> web.Response:
+        return _failure(self._core.refuse(exc, self._call(rpc)))
+
+    # ------------------------------------------------------------------ health and metadata
+
+    async def live(self, request: web.Request) -> web.Response:
+        return _json({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self._core.ready
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return _json(oip.server_metadata(self._version))
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        try:
+            card = self._model(request)
+        except ModelNotFound as exc:
+            return self._refuse(exc, "ModelMetadata")
+        return _json(oip.model_metadata(card))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        try:
+            card = self._model(request)
+        except ModelNotFound as exc:
+            return self._refuse(exc, "ModelReady")
+        ready = self._core.ready
+        return _json({"name": card.name, "ready": ready}, 200 if ready else 503)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        try:
+            card = self._model(request)
+        except ModelNotFound as exc:
+            return self._refuse(exc, "ModelConfig")
+        return _json(oip.model_config(card))
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        card = self._core.model_card()
+        state = "READY" if self._core.ready else "UNAVAILABLE"
+        return _json([{"name": card.name, "version": oip.MODEL_VERSION, "state": state}])
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(self, request: web.Request) -> web.Response:
+        try:
+            card = self._model(request)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                failure = self._core.refuse(InvalidRequest(
+                    "the request body is larger than the server accepts (--max-message-bytes)"
+                ), self._call("ModelInfer"))
+                status, error, headers = http_error(failure)
+                return _json(error, 413 if status == 400 else status, headers)
+            doc, binary = _parse_body(body, request.headers.get(HEADER_LENGTH))
+            names, binary_outputs = _requested(doc)
+            parameters = doc.get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise InvalidRequest("\"parameters\" must be an object")
+            plan = oip.parse_infer(_inputs(doc, binary), names, parameters, card)
+        except (InvalidRequest, ModelNotFound) as exc:
+            return self._refuse(exc, "ModelInfer")
+        call = self._call("ModelInfer", plan.deadline, plan.priority)
+        try:
+            results = await self._core.recognize_many(plan.audios, plan.options, call)
+        except CallFailed as failed:
+            return _failure(failed.failure)
+        all_binary = parameters.get("binary_data_output") is True
+        outputs: list[dict[str, Any]] = []
+        chunks: list[bytes] = []
+        for t in oip.build_outputs(plan, results, card):
+            entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+            params: dict[str, Any] = dict(t.parameters)
+            if binary_outputs.get(t.name, all_binary):
+                raw = (oip.serialize_bytes(list(t.array.reshape(-1))) if t.datatype == "BYTES"
+                       else np.ascontiguousarray(t.array, dtype="<f4").tobytes())
+                params["binary_data_size"] = len(raw)
+                chunks.append(raw)
+            else:
+                entry["data"] = _output_json(t)
+            if params:
+                entry["parameters"] = params
+            outputs.append(entry)
+        response: dict[str, Any] = {"model_name": card.name, "model_version": oip.MODEL_VERSION,
+                                    "outputs": outputs}
+        if "id" in doc:
+            response["id"] = doc["id"]
+        header = json.dumps(response).encode("utf-8")
+        if not chunks:
+            return web.Response(body=header, content_type="application/json")
+        return web.Response(body=header + b"".join(chunks), content_type="application/octet-stream",
+                            headers={HEADER_LENGTH: str(len(header))})
+
+
+def add_routes(app: web.Application, core: EmotionCore, *, tokens: TokenStore | None = None) -> None:
+    """Put the ``/v2`` endpoints (and their bearer-token check) on ``app`` before it starts."""
+    rest = _OipRest(core, tokens)
+    app.middlewares.append(rest.middleware)
+    r = app.router
+    r.add_get("/v2/health/live", rest.live)
+    r.add_get("/v2/health/ready", rest.ready)
+    r.add_get("/v2", rest.server_metadata)
+    r.add_post("/v2/repository/index", rest.repository_index)
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        r.add_get(base, rest.model_metadata)
+        r.add_get(base + "/ready", rest.model_ready)
+        r.add_get(base + "/config", rest.model_config)
+        r.add_post(base + "/infer", rest.infer)
+    app["emotion_oip_rest"] = rest
