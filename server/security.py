@@ -3,7 +3,9 @@
 Standard library and grpc only, so the rest of the server can wire it in without new dependencies.
 
 - :func:`server_credentials` turns PEM file paths into ``grpc.ServerCredentials`` (TLS, or mutual TLS when
-  a client CA is given) or ``None`` for plaintext.
+  a client CA is given) or ``None`` for plaintext. The credentials re-read the files when they change
+  (:class:`CertificateFiles`): a rotated certificate (a cert-manager renewal, a re-mounted Secret) is served
+  to new connections without a restart; connections already open keep theirs.
 - :class:`TokenAuthInterceptor` is a ``grpc.aio.ServerInterceptor`` that requires
   ``authorization: Bearer <token>`` on every call except the exempt methods (health checks, and
   reflection when asked), for unary and streaming methods alike.
@@ -15,7 +17,9 @@ Nothing here ever uses a value sent by a client as a path: file paths come from 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -29,6 +33,7 @@ import grpc.aio
 __all__ = [
     "HEALTH_METHOD_PREFIX",
     "REFLECTION_METHOD_PREFIXES",
+    "CertificateFiles",
     "SecurityConfigError",
     "TokenAuthInterceptor",
     "TokenStore",
@@ -46,6 +51,8 @@ TOKENS_ENV_VAR = "EMOTION_AUTH_TOKENS"
 # A token shorter than this is almost certainly a mistake (an empty line, a placeholder), not a secret.
 MIN_TOKEN_CHARS = 16
 _MAX_PEM_BYTES = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 class SecurityConfigError(ValueError):
@@ -82,8 +89,10 @@ def server_credentials(
     - certificate + key + client CA: mutual TLS; clients must present a certificate signed by that CA
       (``require_client_auth=True``), otherwise the handshake fails before any RPC runs.
 
-    Raises :class:`SecurityConfigError` for half a configuration (a certificate without its key, a client CA
-    without a server certificate) rather than silently serving plaintext.
+    The files are re-read when they change (``grpc.dynamic_ssl_server_credentials``; see
+    :class:`CertificateFiles`). Raises :class:`SecurityConfigError` for half a configuration (a certificate
+    without its key, a client CA without a server certificate) rather than silently serving plaintext, and
+    for a certificate and key that do not belong together.
     """
     if not cert_file and not key_file:
         if client_ca_file:
@@ -97,12 +106,81 @@ def server_credentials(
         raise SecurityConfigError(
             f"TLS needs both a certificate and a private key; the {missing} file is not set"
         )
-    cert = read_pem(cert_file, "TLS certificate")
-    key = read_pem(key_file, "TLS private key")
-    if client_ca_file:
-        ca = read_pem(client_ca_file, "client CA")
-        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
-    return grpc.ssl_server_credentials([(key, cert)])
+    files = CertificateFiles(cert_file, key_file, client_ca_file or None)
+    return grpc.dynamic_ssl_server_credentials(
+        files.initial, files.fetch, require_client_authentication=bool(client_ca_file)
+    )
+
+
+class CertificateFiles:
+    """The server's certificate, key and client CA files, re-read when they change.
+
+    gRPC calls :meth:`fetch` before each TLS handshake of a new connection; it answers ``None`` (keep the
+    current certificates) unless a file's identity changed (inode, size, modification time: a Kubernetes
+    Secret update swaps a symlink, cert-manager rewrites the files). A changed set is served only once it is
+    complete and consistent: a certificate that does not match its key (the files caught mid-rotation) or a
+    file that is not PEM leaves the previous certificates in place, and the next handshake looks again.
+    """
+
+    def __init__(self, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
+                 client_ca_file: str | os.PathLike[str] | None = None) -> None:
+        self._paths = [Path(cert_file), Path(key_file)] + ([Path(client_ca_file)] if client_ca_file else [])
+        self._lock = threading.Lock()
+        self.reloads = 0
+        stamp = self._stamp()
+        loaded = self._load()
+        if isinstance(loaded, str):
+            raise SecurityConfigError(loaded)
+        self._stamp_seen = stamp
+        self.initial = loaded
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for path in self._paths:
+            try:
+                st = path.stat()
+            except OSError:
+                out.append((-1, -1, -1))
+            else:
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def _load(self) -> Any:
+        """A certificate configuration, or a message saying why the files cannot be used (yet)."""
+        try:
+            pems = [read_pem(p, what) for p, what in
+                    zip(self._paths, ("TLS certificate", "TLS private key", "client CA"), strict=False)]
+        except SecurityConfigError as exc:
+            return str(exc)
+        try:
+            # The standard library checks that the key belongs to the certificate.
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self._paths[0], self._paths[1])
+        except (ssl.SSLError, OSError) as exc:
+            return (f"the TLS certificate {str(self._paths[0])!r} and key {str(self._paths[1])!r} do not "
+                    f"belong together or cannot be loaded: {exc}")
+        key, cert = pems[1], pems[0]
+        if [read_pem(p, "TLS file") for p in self._paths[:2]] != [cert, key]:
+            return "the TLS files changed while they were being read"
+        return grpc.ssl_server_certificate_configuration([(key, cert)],
+                                                         root_certificates=pems[2] if len(pems) > 2 else None)
+
+    def fetch(self) -> Any:
+        """gRPC's certificate configuration fetcher: a new configuration, or None to keep the current one."""
+        stamp = self._stamp()
+        if stamp == self._stamp_seen:
+            return None
+        with self._lock:
+            if stamp == self._stamp_seen:
+                return None
+            loaded = self._load()
+            if isinstance(loaded, str):
+                log.warning("keeping the current TLS certificate: %s", loaded)
+                return None
+            self._stamp_seen = stamp
+            self.reloads += 1
+        log.info("TLS certificate reloaded from %s", self._paths[0])
+        return loaded
 
 
 # ------------------------------------------------------------------------------------------- tokens
