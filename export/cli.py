@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from emotion2vec_serving.modelrepo import MANIFEST_FILE
+
 __all__ = ["main"]
 
 
@@ -32,7 +34,7 @@ def _onnx(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     repo = export_repository(args.source, args.out, precision=args.precision, verify=not args.no_verify,
                              progress=_say)
-    manifest = json.loads((repo / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
     sizes = {p.name: p.stat().st_size for p in sorted(repo.iterdir())}
     _say(f"done in {time.perf_counter() - started:.1f} s: {repo} " +
          ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
@@ -43,7 +45,7 @@ def _onnx(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from emotion2vec_serving.export.verify import ParityError, verify_repository
-    from emotion2vec_serving.server.manifest import load_manifest
+    from emotion2vec_serving.modelrepo import load_manifest
 
     precision = load_manifest(args.repo).precision
     tolerance = args.tolerance if precision == "fp32" else None

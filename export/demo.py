@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-ONNX_FILE = "model.onnx"
+from emotion2vec_serving.modelrepo import MANIFEST_FILE, ONNX_FILE
 
 __all__ = ["DEMO_SEED", "DEMO_SIZE", "ensure_demo_repo"]
 
@@ -20,7 +20,7 @@ DEMO_SEED = 0
 
 def _is_complete(repo: Path) -> bool:
     try:
-        manifest = json.loads((repo / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return (repo / ONNX_FILE).is_file() and manifest.get("untrained") is True

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emotion2vec_serving.export.checkpoint import parse_feature_encoder_spec
+from emotion2vec_serving.modelrepo import HEADLESS_OUTPUT_NAMES, OUTPUT_NAMES
 
 __all__ = ["Emotion2vecBatchExact", "alibi_slopes", "build_model"]
 
@@ -223,8 +224,8 @@ class Emotion2vecBatchExact(nn.Module):
     @property
     def output_names(self) -> tuple[str, ...]:
         if self.proj is None:
-            return ("embedding", "frame_features", "frame_lengths")
-        return ("logits", "probs", "frame_probs", "embedding", "frame_features", "frame_lengths")
+            return HEADLESS_OUTPUT_NAMES
+        return OUTPUT_NAMES
 
     def to_compute_dtype(self, dtype: torch.dtype) -> Emotion2vecBatchExact:
         """Run the network in ``dtype`` (fp16 for GPUs); layer norms, softmax and I/O stay float32."""

@@ -24,12 +24,12 @@ from emotion2vec_serving.export.load import LoadedCheckpoint, load_checkpoint
 from emotion2vec_serving.export.model import Emotion2vecBatchExact, build_model
 from emotion2vec_serving.export.ort_run import OnnxModel, pad_batch
 from emotion2vec_serving.export.signals import DEVIATION_LENGTHS_S, speech_like_set
+from emotion2vec_serving.modelrepo import INPUT_NAMES, MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, ONNX_FILE
 
 __all__ = ["OPSET", "PRECISIONS", "export_onnx", "export_repository", "label_entries"]
 
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
-ONNX_FILE = "model.onnx"
 #: Above this size the weights go to ``model.onnx.data`` (protobuf files cannot exceed 2 GB).
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
 MIN_SAMPLES = 400
@@ -178,7 +178,7 @@ def write_manifest(
     export_s: float,
 ) -> dict[str, Any]:
     manifest: dict[str, Any] = {
-        "schema_version": 1,
+        "schema_version": MANIFEST_SCHEMA_VERSION,
         "model_name": ck.model_name,
         "model_version": ck.sha256[:12],
         "untrained": ck.untrained,
@@ -192,7 +192,7 @@ def write_manifest(
         "min_samples": MIN_SAMPLES,
         "embedding_dim": ck.embed_dim,
         "labels": label_entries(ck.tokens),
-        "io": {"inputs": ["waveform", "lengths"], "outputs": list(output_names)},
+        "io": {"inputs": list(INPUT_NAMES), "outputs": list(output_names)},
         "source": {
             "checkpoint_sha256": ck.sha256,
             "path": str(ck.directory.resolve()),
@@ -209,7 +209,7 @@ def write_manifest(
             "batch_exact": "each item of a right-padded batch equals the item alone (1e-4 abs, fp32)",
         },
     }
-    (repo / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+    (repo / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
     return manifest
 
@@ -235,7 +235,7 @@ def export_repository(
     model = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix)
     repo = Path(out_dir)
     if repo.exists():
-        for name in (ONNX_FILE, ONNX_FILE + ".data", "manifest.json"):
+        for name in (ONNX_FILE, ONNX_FILE + ".data", MANIFEST_FILE):
             (repo / name).unlink(missing_ok=True)
     repo.mkdir(parents=True, exist_ok=True)
     progress(f"[2/4] exporting {ck.model_name} ({sum(v.numel() for v in ck.state_dict.values()) / 1e6:.1f}M "

@@ -74,7 +74,7 @@ def verify_repository(
 
     Raises ParityError when a maximum exceeds ``tolerance`` (``None``: report only, for fp16/int8).
     """
-    from emotion2vec_serving.server.manifest import load_manifest
+    from emotion2vec_serving.modelrepo import load_manifest
 
     manifest = load_manifest(repo_dir)
     automodel = automodel if automodel is not None else _load_funasr(Path(checkpoint_dir))

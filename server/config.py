@@ -72,6 +72,10 @@ class Settings:
         "from EMOTION_AUTH_TOKENS (comma-separated). With any token, calls need 'authorization: Bearer <t>'"
     )
     auth_exempt_reflection: bool = _opt(False, "allow server reflection without a token")
+    cors_allow_origins: tuple[str, ...] = _opt(
+        (), "web page and HTTP API: origins allowed to call from other sites' pages (CORS), comma-separated, "
+        "e.g. https://app.example.com ('*' = any origin); default none (same-origin only)"
+    )
     # --- model
     model: str = _opt(
         "demo",

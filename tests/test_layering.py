@@ -16,8 +16,13 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 FORBIDDEN = {
     "server": {"torch", "funasr", "export", "clients", "onnx", "yaml"},
     "clients": {"torch", "funasr", "export", "server", "onnxruntime"},
-    "export": {"clients"},
+    "export": {"clients", "server"},
+    "modelrepo": {"torch", "export", "server", "clients", "batching", "numpy", "onnx", "onnxruntime"},
 }
+#: The protocol-free core: no gRPC, no protobuf stubs (``emotion``), no HTTP library.
+PROTOCOL_FREE = ("server/core.py", "server/stream.py", "server/errors.py")
+PROTOCOL_MODULES = {"grpc", "grpc_health", "grpc_reflection", "google", "emotion", "aiohttp", "starlette",
+                    "uvicorn", "fastapi", "tritonclient"}
 
 
 NAMESPACE = "emotion2vec_serving"
@@ -52,6 +57,41 @@ def test_batching_uses_only_the_standard_library() -> None:
     for path in _modules("batching"):
         outside = _imports(path) - STDLIB - {"batching"}
         assert not outside, f"{path.relative_to(ROOT)} imports {sorted(outside)}"
+
+
+def test_the_model_repository_contract_uses_only_the_standard_library() -> None:
+    for path in _modules("modelrepo"):
+        outside = _imports(path) - STDLIB - {"modelrepo"}
+        assert not outside, f"{path.relative_to(ROOT)} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("module", PROTOCOL_FREE)
+def test_the_core_imports_no_protocol_library(module: str) -> None:
+    bad = _imports(ROOT / module) & PROTOCOL_MODULES
+    assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_the_core_loads_without_protocol_libraries() -> None:
+    """Importing the core (transitively) loads neither grpc, the stubs, nor an HTTP library."""
+    code = (
+        "import sys\n"
+        "import emotion2vec_serving.server.core, emotion2vec_serving.server.stream\n"
+        "bad = sorted(m for m in ('grpc', 'emotion', 'google.protobuf', 'aiohttp') if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "", f"the core pulled in: {out.stdout.strip()}"
+
+
+def test_the_exporter_never_loads_the_server() -> None:
+    code = (
+        "import sys\n"
+        "import emotion2vec_serving.export.cli, emotion2vec_serving.export.demo\n"
+        "import emotion2vec_serving.export.onnx_export, emotion2vec_serving.export.verify\n"
+        "print(any(m.startswith('emotion2vec_serving.server') for m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", "the exporter imported the server package"
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))

@@ -229,7 +229,9 @@
         state.waitingForToken.push(job);
         showAuth(state.token ? "That token was not accepted. Paste a valid bearer token:" : null);
       }
-      showError(card, err, explain(err), err.status === 401 ? null : job);
+      // Retrying helps when the server was busy, restarting or slow; not for a file it cannot use.
+      const retryable = [429, 503, 504].includes(err.status) || err.status >= 500;
+      showError(card, err, explain(err), retryable ? job : null);
       return;
     }
     const result = await response.json();
@@ -497,6 +499,8 @@
     ws.onopen = () => {
       const config = { encoding: "f32le", sample_rate_hz: live.rate, channels: 1,
                        segmentation: { mode: "energy" } };
+      // Segments at most 10 s, or the server's limit when lower.
+      if (state.model) config.segmentation.max_segment_s = Math.min(10, state.model.max_duration_s);
       if (state.token) config.token = state.token;
       ws.send(JSON.stringify(config));
       liveStatus("connecting…");
