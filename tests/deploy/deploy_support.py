@@ -18,6 +18,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")
 DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
+GPU_DASHBOARD = DEPLOY / "grafana" / "gpu" / "dashboard.json"  # installed by the gpu overlay
 PROMETHEUS_RULE = K8S / "base" / "prometheusrule.yaml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
 ADAPTER_VALUES = DEPLOY / "prometheus" / "adapter-values.yaml"
@@ -78,9 +79,9 @@ def alert_exprs() -> dict[str, str]:
     return {r["alert"]: r["expr"] for g in alert_rules_spec()["groups"] for r in g["rules"]}
 
 
-def dashboard_targets() -> list[tuple[str, str]]:
+def dashboard_targets(path: Path = DASHBOARD) -> list[tuple[str, str]]:
     """(panel title, PromQL expression) for every query of the dashboard, rows included."""
-    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    dash = json.loads(path.read_text(encoding="utf-8"))
     found: list[tuple[str, str]] = []
 
     def walk(panels: list[dict[str, Any]]) -> None:
@@ -92,8 +93,8 @@ def dashboard_targets() -> list[tuple[str, str]]:
     return found
 
 
-def dashboard_variable_queries() -> list[str]:
-    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+def dashboard_variable_queries(path: Path = DASHBOARD) -> list[str]:
+    dash = json.loads(path.read_text(encoding="utf-8"))
     return [v["definition"] for v in dash["templating"]["list"] if v["type"] == "query"]
 
 

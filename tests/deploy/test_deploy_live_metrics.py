@@ -23,6 +23,7 @@ import yaml
 from deploy_support import (
     EXTERNAL_METRIC_PREFIXES,
     EXTERNAL_METRICS,
+    GPU_DASHBOARD,
     K8S,
     adapter_rules,
     alert_exprs,
@@ -206,6 +207,8 @@ def _used_metrics() -> dict[str, set[str]]:
 
     for title, expr in dashboard_targets():
         note(f"dashboard: {title}", expr)
+    for title, expr in dashboard_targets(GPU_DASHBOARD):
+        note(f"GPU dashboard: {title}", expr)
     for query in dashboard_variable_queries():
         note("dashboard variable", query.replace("label_values(", "group(").rsplit(",", 1)[0] + ")")
     for alert, expr in alert_exprs().items():
@@ -291,3 +294,27 @@ def test_keda_queries_answer_from_a_real_prometheus(prometheus: RunningPrometheu
         assert f'namespace="{NAMESPACE}"' in query
         (value,) = prometheus.query(query)
         assert math.isfinite(float(value["value"][1])) and float(value["value"][1]) >= 0, (query, value)
+
+
+def test_gpu_dashboard_queries_return_data_from_a_real_prometheus(
+        prometheus: RunningPrometheus, scraped: list[Any]) -> None:
+    """The gpu overlay's dashboard (deploy/grafana/gpu) against the same live server (on CPU here: the
+    provider, busy ratio and batching panels have data; fallback panels answer their `or vector(0)`)."""
+    with_samples = {sample.name for family in scraped for sample in family.samples}
+    answered = set()
+    for title, expr in dashboard_targets(GPU_DASHBOARD):
+        result = prometheus.query(grafana_to_promql(expr))
+        if result:
+            answered.add(title)
+        elif promql_metric_names(expr) <= with_samples:
+            pytest.fail(f"GPU panel {title!r}: no data for {expr}")
+    assert answered >= {"Runner busy ratio by pod (HPA signal)", "Active execution provider by pod",
+                        "Pods fallen back to CPU", "Provider fallbacks in range", "Mean batch size by pod"}
+    by_title = dict(dashboard_targets(GPU_DASHBOARD))
+    (busy,) = prometheus.query(grafana_to_promql(by_title["Runner busy ratio by pod (HPA signal)"]))
+    assert busy["metric"] == {"pod": POD} and 0 <= float(busy["value"][1]) <= 1
+    (provider,) = prometheus.query(grafana_to_promql(by_title["Active execution provider by pod"]))
+    assert provider["metric"] == {"pod": POD, "provider": "CPUExecutionProvider"}
+    (fallen,) = prometheus.query(grafana_to_promql(by_title["Pods fallen back to CPU"]))
+    assert float(fallen["value"][1]) == 0
+    assert dashboard_variable_queries(GPU_DASHBOARD) == dashboard_variable_queries()

@@ -1,16 +1,27 @@
 """Autoscaling and capacity settings of the rendered overlays (issue 14): the HPA owns the replica count,
 scales on a proportional signal beside the saturation one on CPU and GPU pods, the optional KEDA component
-replaces it cleanly, the RPC cap leaves room for a full queue, and connections age out quickly enough for new
-pods."""
+replaces it cleanly, the RPC cap leaves room for a full queue, connections age out quickly enough for new
+pods, and the gpu overlay installs the GPU dashboard."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import K8S, OVERLAYS, adapter_rules, find, kustomize, promql_metric_names
+from deploy_support import (
+    DASHBOARD,
+    GPU_DASHBOARD,
+    K8S,
+    OVERLAYS,
+    adapter_rules,
+    dashboard_targets,
+    find,
+    kustomize,
+    promql_metric_names,
+)
 
 from emotion2vec_serving.server.config import Settings
 
@@ -113,3 +124,22 @@ def test_keda_component_replaces_the_hpa_with_the_same_signals(tmp_path: Path) -
     assert names == {"emotion_inference_duration_seconds_sum", QUEUE}
     thresholds = sorted(float(t["metadata"]["threshold"]) for t in triggers.values())
     assert thresholds == sorted(_pods_targets(base_hpa).values())
+
+
+def test_gpu_overlay_installs_the_gpu_dashboard(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, objects = rendered
+    maps = [o for o in objects if o["kind"] == "ConfigMap"
+            and o["metadata"]["name"] == "emotion-grafana-gpu-dashboard"]
+    if overlay == "cpu":
+        assert not maps
+        return
+    (config_map,) = maps
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (content,) = config_map["data"].values()
+    dashboard = json.loads(content)
+    assert dashboard == json.loads(GPU_DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["uid"] != json.loads(DASHBOARD.read_text(encoding="utf-8"))["uid"]
+    used = {n for _, expr in dashboard_targets(GPU_DASHBOARD) for n in promql_metric_names(expr)}
+    # provider, fallbacks, runner busy ratio
+    assert {"emotion_execution_provider", "emotion_provider_fallbacks_total",
+            "emotion_inference_duration_seconds_sum"} <= used
