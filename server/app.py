@@ -166,7 +166,11 @@ class EmotionServer:
                                       decide=BATCH_DECISIONS[s.batch_policy])
         await self.batcher.start()
         batcher = self.batcher
-        self.metrics.bind_drain_estimate(lambda: float(batcher.estimated_drain_s))
+        # The core's estimate also counts segments of long recordings not yet handed to the batcher.
+        self.metrics.bind_drain_estimate(
+            lambda: self.core.estimated_drain_s() if self.core is not None
+            else float(batcher.estimated_drain_s)
+        )
         runner = self.runner
         # The protocol-free core; every front end below is an adapter over it.
         self.core = EmotionCore(

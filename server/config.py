@@ -22,10 +22,6 @@ GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 BATCH_POLICIES = ("length_aware", "fifo", "equal_shape")
 
 
-#: Default of --max-segment-s and of its old name --max-duration-s (the longest single model pass).
-_DEFAULT_PASS_S = 30.0
-
-
 class SettingsError(ValueError):
     """A setting has a value the server cannot use."""
 
@@ -126,15 +122,12 @@ class Settings:
     adaptive_batching: bool = _opt(True, "fit a latency model and batch only when it pays")
     default_timeout_s: float = _opt(30.0, "deadline applied to calls that carry none")
     # --- audio limits
-    max_segment_s: float = _opt(
-        _DEFAULT_PASS_S, "longest single model pass, in seconds: audio up to this long is one pass; "
-        "longer Recognize/Embed audio is cut into segments of at most this (attention memory grows with "
-        "the square of the length: one 60 s item needs ~2 GB more than the weights with the large model); "
-        "also the longest StreamRecognize segment"
-    )
     max_duration_s: float = _opt(
-        _DEFAULT_PASS_S, "old name of --max-segment-s (the longest single pass), kept as an alias: set "
-        "either one; both always hold the same value"
+        30.0, "longest single model pass, in seconds (same as --max-segment-s, its newer name): audio up to "
+        "this long is one pass; longer Recognize/Embed audio is cut into segments of at most this "
+        "(attention memory grows with the square of the length: one 60 s item needs ~2 GB more than the "
+        "weights with the large model); also the longest StreamRecognize segment",
+        aliases=("max_segment_s",),
     )
     max_audio_s: float = _opt(
         7200.0, "longest Recognize/Embed audio accepted, in seconds (longer than --max-segment-s is "
@@ -153,18 +146,6 @@ class Settings:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        # --max-duration-s is the old name of --max-segment-s: whichever was changed from the default
-        # sets both (frozen dataclass: object.__setattr__ is the documented way in __post_init__).
-        if self.max_segment_s != self.max_duration_s:
-            if self.max_duration_s == _DEFAULT_PASS_S:
-                object.__setattr__(self, "max_duration_s", self.max_segment_s)
-            elif self.max_segment_s == _DEFAULT_PASS_S:
-                object.__setattr__(self, "max_segment_s", self.max_duration_s)
-            else:
-                problems.append(
-                    f"max_segment_s ({self.max_segment_s:g}) and its old name max_duration_s "
-                    f"({self.max_duration_s:g}) disagree: set one of them"
-                )
         if self.max_audio_s < 0:
             problems.append("max_audio_s must not be negative (0 = no limit)")
         elif 0 < self.max_audio_s < self.max_segment_s:
@@ -202,6 +183,11 @@ class Settings:
             problems.append("min_duration_s exceeds max_duration_s")
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def max_segment_s(self) -> float:
+        """The longest single model pass (``--max-segment-s``, the same setting as ``--max-duration-s``)."""
+        return self.max_duration_s
 
     @property
     def effective_intra_op_threads(self) -> int:
@@ -263,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Settings):
         kind = str(f.type)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
-        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]"
+        aliases = f.metadata.get("aliases", ())
+        names = [_flag_name(f.name), *(_flag_name(a) for a in aliases)]
+        help_text = f"{f.metadata['help']} [env {' or '.join(_env_name(n) for n in (f.name, *aliases))}]"
         if kind == "bool":
             parser.add_argument(
                 _flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
@@ -271,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             parser.add_argument(
-                _flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
+                *names, dest=f.name, default=None, metavar=f.name.upper(),
                 help=help_text + f" (default: {_show(default)})",
             )
     parser.formatter_class = argparse.HelpFormatter  # defaults are already in the help text
@@ -290,8 +278,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         kind = str(f.type)
         raw = getattr(args, f.name)
         source = _flag_name(f.name)
-        if raw is None and _env_name(f.name) in env:
-            raw, source = env[_env_name(f.name)], _env_name(f.name)
+        for name in (f.name, *f.metadata.get("aliases", ())):
+            if raw is None and _env_name(name) in env:
+                raw, source = env[_env_name(name)], _env_name(name)
         if raw is None:
             continue
         if isinstance(raw, bool):

@@ -22,7 +22,15 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from emotion2vec_serving.server.audio import AudioLimits, PcmEncoding, decode_pcm
+from emotion2vec_serving.server.audio import (
+    AudioLimits,
+    Decoded,
+    PcmEncoding,
+    PcmStore,
+    decode_encoded_any,
+    decode_pcm,
+    decode_pcm_any,
+)
 from emotion2vec_serving.server.audio import decode_encoded as _decode_encoded
 from emotion2vec_serving.server.errors import (
     CallFailed,
@@ -33,6 +41,15 @@ from emotion2vec_serving.server.errors import (
     NoClassifierHead,
     TooManyStreams,
     classify,
+)
+from emotion2vec_serving.server.longform import (
+    LongformSettings,
+    Span,
+    aggregate_embedding,
+    aggregate_probs,
+    plan_segments,
+    run_segments,
+    window_for,
 )
 from emotion2vec_serving.server.manifest import Label, ModelManifest
 from emotion2vec_serving.server.metrics import ServerMetrics
@@ -46,12 +63,14 @@ __all__ = [
     "CoreLimits",
     "EmbedOptions",
     "EmbeddingResult",
+    "EmbeddingSegment",
     "EmotionCore",
     "Frame",
     "ModelCard",
     "Recognition",
     "RecognizeOptions",
     "Score",
+    "SegmentResult",
     "ServiceLimits",
     "Timing",
     "Utterance",
@@ -89,6 +108,9 @@ class CoreLimits:
     default_timeout_s: float
     max_concurrent_streams: int
     max_stream_duration_s: float
+    #: Long recordings (Recognize/Embed audio beyond ``audio.max_duration_s``, see ``longform``); None
+    #: refuses such audio as too long.
+    longform: LongformSettings | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, sample_rate_hz: int) -> CoreLimits:
@@ -96,9 +118,13 @@ class CoreLimits:
         audio = AudioLimits(max_duration_s=settings.max_duration_s, min_duration_s=settings.min_duration_s,
                             max_encoded_bytes=settings.max_message_bytes,
                             target_sample_rate_hz=sample_rate_hz)
+        window_segments, window_audio_s = window_for(settings.max_batch_size, settings.max_batch_audio_s,
+                                                     settings.runner_instances)
+        longform = LongformSettings(max_audio_s=settings.max_audio_s, max_segment_s=settings.max_duration_s,
+                                    window_segments=window_segments, window_audio_s=window_audio_s)
         return cls(audio=audio, default_timeout_s=settings.default_timeout_s,
                    max_concurrent_streams=settings.max_concurrent_streams,
-                   max_stream_duration_s=settings.max_stream_duration_s)
+                   max_stream_duration_s=settings.max_stream_duration_s, longform=longform)
 
 
 #: The former name (emotion.v1 servicer's limits).
@@ -223,6 +249,8 @@ class ModelCard:
     max_duration_s: float
     min_duration_s: float
     has_head: bool
+    max_audio_s: float = 0.0  # longest Recognize/Embed audio (0: no limit but the message size)
+    max_segment_s: float = 0.0  # longest segment of a long recording (= max_duration_s; 0: not segmented)
 
 
 @dataclass(frozen=True)
@@ -236,6 +264,27 @@ class Recognition:
     embedding: FloatArray | None
     probs: FloatArray
     frame_probs: FloatArray | None
+    #: Long recordings (see ``longform``): the segments in order. ``utterance``/``probs`` are then the
+    #: duration-weighted mean over them, ``embedding`` the frame-weighted mean, ``frames``/``frame_probs``
+    #: every segment's frames in order (absolute times), ``timing`` summed over segments. Empty for audio
+    #: answered in one pass.
+    segments: tuple[SegmentResult, ...] = ()
+    voiced_s: float = 0.0  # audio inside segments (long recordings)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """One segment of a long recording; its frames are ``Recognition.frames[first_frame:][:frame_count]``."""
+
+    segment_id: int
+    start_s: float
+    end_s: float
+    utterance: Utterance
+    timing: Timing
+    first_frame: int
+    frame_count: int  # frames in Recognition.frames (0 without frame granularity)
+    embedding: FloatArray | None  # when the embedding was asked for
+    probs: FloatArray  # [labels], model order
 
 
 @dataclass(frozen=True)
@@ -243,6 +292,20 @@ class EmbeddingResult:
     embedding: FloatArray  # [D]
     frame_features: FloatArray | None  # [T, D] when asked for
     duration_s: float
+    timing: Timing
+    #: Long recordings: each segment's embedding; ``embedding`` is their frame-weighted mean and
+    #: ``frame_features`` every segment's frames in order.
+    segments: tuple[EmbeddingSegment, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbeddingSegment:
+    segment_id: int
+    start_s: float
+    end_s: float
+    embedding: FloatArray  # [D]: mean of the segment's frame features
+    first_frame: int  # its rows of EmbeddingResult.frame_features (when asked for)
+    frame_count: int  # valid model frames of the segment (its weight in the mean)
     timing: Timing
 
 
@@ -295,6 +358,9 @@ class EmotionCore:
         self._cost_of = cost_of
         self._draining = False
         self._ready = False
+        # Segments of long recordings accepted but not yet handed to the batcher (count, samples): the
+        # queue-drain estimate counts them.
+        self._backlog = [0, 0]
         self._active_streams = 0
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -337,6 +403,8 @@ class EmotionCore:
             max_duration_s=self._limits.audio.max_duration_s,
             min_duration_s=self._limits.audio.min_duration_s,
             has_head=m.has_head,
+            max_audio_s=self._limits.longform.max_audio_s if self._limits.longform else 0.0,
+            max_segment_s=self._limits.longform.max_segment_s if self._limits.longform else 0.0,
         )
 
     # ------------------------------------------------------------------ admission and lifecycle
@@ -389,9 +457,25 @@ class EmotionCore:
 
     def _retry_after_ms(self) -> int:
         try:
-            return int(1000 * max(0.05, float(self._batcher.estimated_drain_s)))
+            return int(1000 * max(0.05, self.estimated_drain_s()))
         except Exception:  # the hint is best effort
             return 100
+
+    def estimated_drain_s(self) -> float:
+        """Seconds to run the queued work, counting the segments of long recordings not yet queued."""
+        batcher: Any = self._batcher
+        base = float(batcher.estimated_drain_s)
+        count, samples = self._backlog
+        model = getattr(batcher, "latency_model", None)
+        if not count or model is None:
+            return base
+        try:
+            return float(model.estimated_drain_s(
+                int(batcher.queued_requests) + count, int(batcher.queued_cost) + samples,
+                batcher.policy.max_batch_size, batcher.instances,
+            ))
+        except AttributeError:
+            return base
 
     def _fail(self, exc: BaseException, call: CallContext, start: float) -> CallFailed:
         """Classify, count once (requests + rejection reason), log; the exception to raise."""
@@ -528,14 +612,29 @@ class EmotionCore:
 
     async def decode(self, audio: AudioInput) -> tuple[FloatArray, float]:
         """Decode request audio off the event loop; returns (mono float32 at the model rate, decode s)."""
+        waveform, decode_s = await self._decode(audio, long=False)
+        assert isinstance(waveform, np.ndarray)
+        return waveform, decode_s
+
+    async def _decode(self, audio: AudioInput, *, long: bool) -> tuple[Decoded, float]:
+        """``decode``; with ``long`` (and long recordings configured) audio beyond one pass comes back as a
+        16 kHz int16 :class:`PcmStore` for ``longform``, decoded incrementally."""
         limits = self._limits.audio
+        longform = self._limits.longform if long else None
         started = time.monotonic()
+        waveform: Decoded
         loop = asyncio.get_running_loop()
         kind = audio.kind
         if kind == "encoded":
             data = audio.encoded
             assert data is not None
-            waveform = await loop.run_in_executor(self._executor, lambda: _decode_encoded(data, limits))
+            if longform is not None:
+                max_audio_s = longform.max_audio_s
+                waveform = await loop.run_in_executor(
+                    self._executor, lambda: decode_encoded_any(data, limits, max_audio_s=max_audio_s)
+                )
+            else:
+                waveform = await loop.run_in_executor(self._executor, lambda: _decode_encoded(data, limits))
         elif kind == "pcm":
             if audio.pcm_encoding not in ("s16le", "f32le"):
                 raise InvalidRequest(
@@ -547,7 +646,13 @@ class EmotionCore:
             assert pcm is not None
             encoding: PcmEncoding = "s16le" if audio.pcm_encoding == "s16le" else "f32le"
             rate, channels = audio.sample_rate_hz, audio.channels or 1
-            if rate == limits.target_sample_rate_hz and len(pcm) <= _INLINE_PCM_BYTES:
+            if longform is not None and len(pcm) > _INLINE_PCM_BYTES:
+                max_audio_s = longform.max_audio_s
+                waveform = await loop.run_in_executor(
+                    self._executor,
+                    lambda: decode_pcm_any(pcm, encoding, rate, channels, limits, max_audio_s=max_audio_s),
+                )
+            elif rate == limits.target_sample_rate_hz and len(pcm) <= _INLINE_PCM_BYTES:
                 # No resampling, a short copy: cheaper on the loop than a hop to the decode thread and back.
                 waveform = decode_pcm(pcm, encoding, rate, channels, limits)
             else:
@@ -562,7 +667,13 @@ class EmotionCore:
             rate = audio.sample_rate_hz or limits.target_sample_rate_hz
             # The same checks (rate, length, NaN/Inf) and resampling as raw f32le PCM, without a copy.
             raw = np.ascontiguousarray(samples, dtype="<f4").data.cast("B")
-            if rate == limits.target_sample_rate_hz and len(raw) <= _INLINE_PCM_BYTES:
+            if longform is not None and len(raw) > _INLINE_PCM_BYTES:
+                max_audio_s = longform.max_audio_s
+                waveform = await loop.run_in_executor(
+                    self._executor,
+                    lambda: decode_pcm_any(raw, "f32le", rate, 1, limits, max_audio_s=max_audio_s),
+                )
+            elif rate == limits.target_sample_rate_hz and len(raw) <= _INLINE_PCM_BYTES:
                 waveform = decode_pcm(raw, "f32le", rate, 1, limits)
             else:
                 waveform = await loop.run_in_executor(
@@ -621,7 +732,9 @@ class EmotionCore:
     async def _recognize(self, audio: AudioInput, options: RecognizeOptions, call: CallContext, start: float,
                          *, observe: bool = True) -> Recognition:
         self.require_head()
-        waveform, decode_s = await self.decode(audio)
+        waveform, decode_s = await self._decode(audio, long=True)
+        if isinstance(waveform, PcmStore):
+            return await self._recognize_long(waveform, decode_s, options, call, start, observe=observe)
         result, queue_s = await self.infer(waveform, self.deadline(call), call.priority)
         assert result.probs is not None and result.frame_probs is not None  # has_head checked above
         duration_s = waveform.shape[0] / self._rate
@@ -640,7 +753,9 @@ class EmotionCore:
 
     async def _embed(self, audio: AudioInput, options: EmbedOptions, call: CallContext,
                      start: float) -> EmbeddingResult:
-        waveform, decode_s = await self.decode(audio)
+        waveform, decode_s = await self._decode(audio, long=True)
+        if isinstance(waveform, PcmStore):
+            return await self._embed_long(waveform, decode_s, options, call, start)
         result, queue_s = await self.infer(waveform, self.deadline(call), call.priority)
         duration_s = waveform.shape[0] / self._rate
         self._metrics.observe_audio(call.rpc, duration_s, call.protocol)
@@ -649,3 +764,142 @@ class EmotionCore:
             duration_s=duration_s, timing=self.timing(result, queue_s, decode_s, start),
         )
 
+    # ------------------------------------------------------------------ long recordings (see longform)
+
+    def _long_deadline(self, call: CallContext, duration_s: float) -> float:
+        """The call's own deadline, or the default timeout per ``max_segment_s`` of audio."""
+        if call.deadline is not None:
+            return call.deadline
+        assert self._limits.longform is not None
+        passes = max(1.0, duration_s / self._limits.longform.max_segment_s)
+        return time.monotonic() + self._limits.default_timeout_s * passes
+
+    async def _run_long(self, audio: PcmStore, call: CallContext,
+                        reduce: Callable[[Span, ItemResult, float], T]) -> tuple[list[Span], list[T]]:
+        """Plan the segments (in the decode pool) and run them through the batcher as one call."""
+        longform = self._limits.longform
+        assert longform is not None
+        loop = asyncio.get_running_loop()
+        min_samples = max(1, int(self._limits.audio.min_duration_s * audio.sample_rate_hz))
+        spans = await loop.run_in_executor(
+            self._executor, lambda: plan_segments(audio, longform, min_samples=min_samples)
+        )
+        if not spans:
+            raise InvalidRequest("the recording holds no segment long enough for the model")
+        self._metrics.observe_segments(call.rpc, len(spans), call.protocol)
+        deadline = self._long_deadline(call, audio.duration_s)
+        backlog = self._backlog
+        left = [len(spans), sum(s.samples for s in spans)]
+        backlog[0] += left[0]
+        backlog[1] += left[1]
+
+        async def submit(wave: FloatArray) -> ItemResult:
+            backlog[0] -= 1
+            left[0] -= 1
+            backlog[1] -= int(wave.shape[0])
+            left[1] -= int(wave.shape[0])
+            result, _ = await self.infer(wave, deadline, call.priority)
+            return result
+
+        rate = audio.sample_rate_hz
+        try:
+            out = await run_segments(
+                audio, spans, submit, reduce, window_segments=longform.window_segments,
+                window_samples=max(1, int(longform.window_audio_s * rate)), deadline=deadline,
+            )
+        finally:
+            backlog[0] -= left[0]
+            backlog[1] -= left[1]
+        return spans, out
+
+    @staticmethod
+    def _sum_timing(timings: Sequence[Timing], decode_s: float, start: float) -> Timing:
+        """A long call's timing: queue waits and inference shares summed over its segments (a segment's
+        share of a batch is the batch time over the batch size), the mean batch size rounded."""
+        return Timing(
+            queue_ms=sum(t.queue_ms for t in timings),
+            inference_ms=sum(t.inference_ms / max(1, t.batch_size) for t in timings),
+            decode_ms=decode_s * 1000.0, total_ms=(time.monotonic() - start) * 1000.0,
+            batch_size=max(1, round(sum(t.batch_size for t in timings) / max(1, len(timings)))),
+        )
+
+    async def _recognize_long(self, audio: PcmStore, decode_s: float, options: RecognizeOptions,
+                              call: CallContext, start: float, *, observe: bool) -> Recognition:
+        def reduce(span: Span, result: ItemResult, queue_s: float) -> tuple[Any, ...]:
+            # Keep a few floats per segment (and frame scores when asked), never the frame features.
+            assert result.probs is not None and result.frame_probs is not None
+            frames = (self.frames(result.frame_probs, int(options.smoothing_frames), span.duration_s)
+                      if options.frames else ())
+            if frames:
+                frames = tuple(Frame(f.start_s + span.start_s, f.end_s + span.start_s, f.label,
+                                     f.confidence, f.scores) for f in frames)
+            timing = Timing(queue_ms=queue_s * 1000.0, inference_ms=result.inference_s * 1000.0,
+                            decode_ms=0.0, total_ms=(time.monotonic() - start) * 1000.0,
+                            batch_size=result.batch_size)
+            return (result.probs, result.frame_probs, frames, timing,
+                    result.embedding if options.embedding else None, int(result.frame_features.shape[0]))
+
+        spans, parts = await self._run_long(audio, call, reduce)
+        probs = aggregate_probs(spans, [p[0] for p in parts])
+        segments: list[SegmentResult] = []
+        all_frames: list[Frame] = []
+        for span, (seg_probs, _, frames, timing, embedding, _n) in zip(spans, parts, strict=True):
+            segments.append(SegmentResult(
+                segment_id=span.index, start_s=span.start_s, end_s=span.end_s,
+                utterance=self.utterance(seg_probs), timing=timing, first_frame=len(all_frames),
+                frame_count=len(frames), embedding=embedding, probs=seg_probs,
+            ))
+            all_frames.extend(frames)
+        embedding = (aggregate_embedding([p[5] for p in parts], [p[4] for p in parts])
+                     if options.embedding else None)
+        utterance = self.utterance(probs)
+        duration_s = audio.duration_s
+        recognition = Recognition(
+            utterance=utterance, duration_s=duration_s,
+            timing=self._sum_timing([s.timing for s in segments], decode_s, start),
+            frames=tuple(all_frames), embedding=embedding, probs=probs,
+            frame_probs=np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False),
+            segments=tuple(segments), voiced_s=sum(s.duration_s for s in spans),
+        )
+        if observe:
+            self._metrics.observe_audio(call.rpc, duration_s, call.protocol)
+            self._metrics.observe_prediction(utterance.label, utterance.confidence)
+        return recognition
+
+    async def _embed_long(self, audio: PcmStore, decode_s: float, options: EmbedOptions, call: CallContext,
+                          start: float) -> EmbeddingResult:
+        dim = self._manifest.embedding_dim
+        if options.frames:
+            # Frame features are 50 per second x dim floats: refuse what could not be sent back anyway.
+            frames_bytes = int(audio.duration_s * self._manifest.frame_rate_hz) * dim * 4
+            if frames_bytes > self._limits.audio.max_encoded_bytes:
+                raise InvalidRequest(
+                    f"frame embeddings of {audio.duration_s:.0f} s of audio would be about "
+                    f"{frames_bytes / 2**20:.0f} MiB, more than a message may hold "
+                    f"({self._limits.audio.max_encoded_bytes / 2**20:.0f} MiB): ask for frames of shorter "
+                    "audio"
+                )
+
+        def reduce(span: Span, result: ItemResult, queue_s: float) -> tuple[Any, ...]:
+            timing = Timing(queue_ms=queue_s * 1000.0, inference_ms=result.inference_s * 1000.0,
+                            decode_ms=0.0, total_ms=(time.monotonic() - start) * 1000.0,
+                            batch_size=result.batch_size)
+            return (result.embedding, int(result.frame_features.shape[0]), timing,
+                    result.frame_features if options.frames else None)
+
+        spans, parts = await self._run_long(audio, call, reduce)
+        segments: list[EmbeddingSegment] = []
+        first = 0
+        for span, (embedding, n, timing, _) in zip(spans, parts, strict=True):
+            segments.append(EmbeddingSegment(segment_id=span.index, start_s=span.start_s, end_s=span.end_s,
+                                             embedding=embedding, first_frame=first, frame_count=n,
+                                             timing=timing))
+            first += n
+        frame_features = (np.concatenate([p[3] for p in parts]).astype(np.float32, copy=False)
+                          if options.frames else None)
+        self._metrics.observe_audio(call.rpc, audio.duration_s, call.protocol)
+        return EmbeddingResult(
+            embedding=aggregate_embedding([p[1] for p in parts], [p[0] for p in parts]),
+            frame_features=frame_features, duration_s=audio.duration_s,
+            timing=self._sum_timing([s.timing for s in segments], decode_s, start), segments=tuple(segments),
+        )

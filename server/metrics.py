@@ -22,6 +22,7 @@ PROTOCOLS = ("emotion_v1", "oip_grpc", "oip_http", "http", "ws")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _AUDIO_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600)
+_SEGMENT_BUCKETS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
@@ -57,6 +58,10 @@ class ServerMetrics:
                                  "estimated time to drain the queue at the fitted throughput", registry=r)
         self.audio_seconds = Counter("emotion_audio_seconds", "audio processed, by method and protocol",
                                      ["rpc", "protocol"], registry=r)
+        self.request_segments = Histogram("emotion_request_segments",
+                                          "segments (model passes) per long-recording Recognize/Embed call "
+                                          "(audio longer than --max-segment-s)", ["rpc", "protocol"],
+                                          buckets=_SEGMENT_BUCKETS, registry=r)
         self.predictions = Counter("emotion_predictions", "utterance and segment predictions by top label",
                                    ["label"], registry=r)
         self.confidence = Histogram("emotion_prediction_confidence", "probability of the top label",
@@ -117,6 +122,10 @@ class ServerMetrics:
 
     def observe_audio(self, rpc: str, seconds: float, protocol: str = "emotion_v1") -> None:
         self._child(self.audio_seconds, rpc, protocol).inc(seconds)
+
+    def observe_segments(self, rpc: str, segments: int, protocol: str = "emotion_v1") -> None:
+        """A long recording was cut into ``segments`` model passes."""
+        self._child(self.request_segments, rpc, protocol).observe(segments)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

@@ -11,9 +11,11 @@ from emotion.v1 import emotion_pb2
 from emotion2vec_serving.server.core import (
     AudioInput,
     CallContext,
+    EmbeddingSegment,
     EmotionCore,
     Frame,
     Score,
+    SegmentResult,
     Timing,
     Utterance,
 )
@@ -23,9 +25,11 @@ __all__ = [
     "PROTOCOL",
     "audio_input",
     "call_context",
+    "embedding_segment_pb",
     "frame_pb",
     "model_ref",
     "scores_pb",
+    "segment_pb",
     "timing_pb",
     "utterance_pb",
 ]
@@ -95,3 +99,23 @@ def timing_pb(timing: Timing) -> emotion_pb2.Timing:
 def frame_pb(frame: Frame) -> emotion_pb2.FrameResult:
     return emotion_pb2.FrameResult(start_s=frame.start_s, end_s=frame.end_s, label=frame.label,
                                    confidence=frame.confidence, scores=frame.scores)
+
+
+def segment_pb(segment: SegmentResult) -> emotion_pb2.SegmentResult:
+    """A segment of a long recording (RecognizeResponse.segments); its frames stay in the top-level list."""
+    out = emotion_pb2.SegmentResult(
+        segment_id=segment.segment_id, start_s=segment.start_s, end_s=segment.end_s,
+        result=utterance_pb(segment.utterance), timing=timing_pb(segment.timing),
+        first_frame=segment.first_frame, frame_count=segment.frame_count,
+    )
+    if segment.embedding is not None:
+        out.embedding.values.extend(segment.embedding.tolist())
+    return out
+
+
+def embedding_segment_pb(segment: EmbeddingSegment) -> emotion_pb2.EmbeddingSegment:
+    return emotion_pb2.EmbeddingSegment(
+        segment_id=segment.segment_id, start_s=segment.start_s, end_s=segment.end_s,
+        embedding=emotion_pb2.Embedding(values=segment.embedding.tolist()),
+        first_frame=segment.first_frame, frame_count=segment.frame_count, timing=timing_pb(segment.timing),
+    )

@@ -27,8 +27,10 @@ from emotion2vec_serving.server.grpc_status import abort
 from emotion2vec_serving.server.pb_convert import (
     audio_input,
     call_context,
+    embedding_segment_pb,
     frame_pb,
     model_ref,
+    segment_pb,
     timing_pb,
     utterance_pb,
 )
@@ -80,6 +82,9 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
             response.frames.extend(frame_pb(f) for f in result.frames)
         if result.embedding is not None:
             response.embedding.values.extend(result.embedding.tolist())
+        if result.segments:
+            response.segments.extend(segment_pb(s) for s in result.segments)
+            response.voiced_s = result.voiced_s
         return response
 
     async def Embed(
@@ -103,6 +108,7 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
             response.frames.extend(
                 emotion_pb2.Embedding(values=row.tolist()) for row in result.frame_features
             )
+        response.segments.extend(embedding_segment_pb(s) for s in result.segments)
         return response
 
     async def GetModelInfo(
@@ -119,6 +125,8 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
             execution_provider=card.provider,
             max_duration_s=card.max_duration_s,
             min_duration_s=card.min_duration_s,
+            max_audio_s=card.max_audio_s,
+            max_segment_s=card.max_segment_s,
         )
 
     async def StreamRecognize(
