@@ -21,6 +21,8 @@ import pytest
 from emotion2vec_serving.server.process import ServerProcess, free_port
 from tests.server.audio_fixtures import encode, espeak_ng_wav, have_tool, make_signal
 
+#: Tolerance of float comparisons between the web API and emotion.v1 (both float32 values).
+TOL = 1e-6
 TOKEN = "web-test-token-0123456789abcdef"
 ALLOWED_ORIGIN = "https://allowed.example"
 #: strict_server limits
@@ -131,6 +133,31 @@ def strict_server(tiny_repo: Path) -> Iterator[WebServer]:
         server = WebServer(proc, port, token=TOKEN)
         wait_for_http(server)
         yield server
+
+
+def close_json(actual: Any, expected: Any, path: str = "") -> None:
+    """Deep equality of JSON-like values, floats within TOL."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), path
+        assert list(actual) == list(expected), (path, list(actual), list(expected))
+        for key in expected:
+            close_json(actual[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            close_json(a, e, f"{path}[{i}]")
+    elif isinstance(expected, float) and not isinstance(expected, bool):
+        assert actual == pytest.approx(expected, abs=TOL), path
+    else:
+        assert actual == expected, path
+
+
+def same_result(answer: dict[str, Any], expected: dict[str, Any]) -> None:
+    """The answer is the CLI's result.json: same keys in the same order, same values (timings aside)."""
+    assert list(answer) == list(expected)
+    assert list(answer["timing"]) == list(expected["timing"])
+    close_json({k: v for k, v in answer.items() if k != "timing"},
+               {k: v for k, v in expected.items() if k != "timing"})
 
 
 # ------------------------------------------------------------------------------------------ audio

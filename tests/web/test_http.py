@@ -23,44 +23,19 @@ from tests.web.conftest import (
     MAX_QUEUE_AUDIO_S,
     MAX_UPLOAD_BYTES,
     TOKEN,
+    TOL,
     WebServer,
     http,
     multipart,
+    same_result,
     tone_file,
     wait_for_http,
     wait_until,
 )
 
-TOL = 1e-6
-
 
 def _auth(server: WebServer) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.token}"} if server.token else {}
-
-
-def _close(actual: Any, expected: Any, path: str = "") -> None:
-    """Deep equality of JSON-like values, floats within TOL."""
-    if isinstance(expected, dict):
-        assert isinstance(actual, dict), path
-        assert list(actual) == list(expected), (path, list(actual), list(expected))
-        for key in expected:
-            _close(actual[key], expected[key], f"{path}.{key}")
-    elif isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), path
-        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            _close(a, e, f"{path}[{i}]")
-    elif isinstance(expected, float) and not isinstance(expected, bool):
-        assert actual == pytest.approx(expected, abs=TOL), path
-    else:
-        assert actual == expected, path
-
-
-def _same_result(answer: dict[str, Any], expected: dict[str, Any]) -> None:
-    """The answer is the CLI's result.json: same keys in the same order, same values (timings aside)."""
-    assert list(answer) == list(expected)
-    assert list(answer["timing"]) == list(expected["timing"])
-    _close({k: v for k, v in answer.items() if k != "timing"},
-           {k: v for k, v in expected.items() if k != "timing"})
 
 
 # ------------------------------------------------------------------------------------------ 200
@@ -98,7 +73,7 @@ def test_recognize_equals_emotion_v1_for_raw_and_multipart_uploads(
             assert reply.status == 200, (name, reply.body[:300])
             answer = reply.json()
             embedding = answer.pop("embedding")
-            _same_result(answer, expected_json)
+            same_result(answer, expected_json)
             assert expected.embedding is not None
             np.testing.assert_allclose(np.asarray(embedding, np.float32), expected.embedding, atol=TOL)
 
@@ -107,12 +82,12 @@ def test_recognize_equals_emotion_v1_for_raw_and_multipart_uploads(
         raw = http("POST", open_server.url("/v1/recognize?name=tones.wav"), data,
                    {"Content-Type": "audio/wav"})
         assert raw.status == 200
-        _same_result(raw.json(), recognition_to_json(plain, input_name="tones.wav"))
+        same_result(raw.json(), recognition_to_json(plain, input_name="tones.wav"))
         # Query options work on a raw body too; smoothing changes the frames like the gRPC option does.
         smoothed = client.recognize(data, granularity="frame", smoothing_frames=5)
         reply = http("POST", open_server.url("/v1/recognize?granularity=frame&smoothing=5"), data)
         assert reply.status == 200
-        _same_result(reply.json(), recognition_to_json(smoothed))
+        same_result(reply.json(), recognition_to_json(smoothed))
 
 
 def test_embed_and_model_equal_emotion_v1(open_server: WebServer, upload_files: dict[str, bytes]) -> None:
