@@ -342,4 +342,3 @@ def add_routes(app: web.Application, core: EmotionCore, *, tokens: TokenStore | 
         r.add_get(base + "/ready", rest.model_ready)
         r.add_get(base + "/config", rest.model_config)
         r.add_post(base + "/infer", rest.infer)
-    app["emotion_oip_rest"] = rest
