@@ -77,7 +77,9 @@ class _Session:
     def new_run_handle(self) -> Any:
         return self._real.new_run_handle()
 
-    def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any], run_handle: Any = None) -> list[Any]:
+    def run(
+        self, output_names: Sequence[str] | None, feeds: dict[str, Any], run_handle: Any = None
+    ) -> list[Any]:
         lengths = tuple(int(n) for n in feeds["lengths"])
         provider = CUDA_PROVIDER if self._gpu else CPU_PROVIDER
         self._owner.widths.append((provider, int(feeds["waveform"].shape[1]), lengths))
@@ -136,8 +138,11 @@ def test_padding_to_buckets_changes_no_result_and_cost_reports_the_padded_length
     buckets = LengthBuckets.geometric(int(0.25 * RATE), 8 * RATE)
     plain = Runner(manifest, RunnerOptions(providers=(CPU_PROVIDER,)))
     gpu = PretendGpu()
-    padded = Runner(manifest, RunnerOptions(providers=(CUDA_PROVIDER, CPU_PROVIDER), length_buckets=buckets),
-                    session_factory=gpu)
+    padded = Runner(
+        manifest,
+        RunnerOptions(providers=(CUDA_PROVIDER, CPU_PROVIDER), length_buckets=buckets),
+        session_factory=gpu,
+    )
     try:
         assert padded.provider == CUDA_PROVIDER
         lengths = [3_333, 16_000, 17_001, 40_123, 99_999]
@@ -172,7 +177,9 @@ def test_cuda_options_heuristic_search_no_tf32_and_a_memory_limit() -> None:
     assert opts["arena_extend_strategy"] == "kSameAsRequested"
     assert opts["do_copy_in_default_stream"] == "1" and opts["cudnn_conv_use_max_workspace"] == "1"
     assert "gpu_mem_limit" not in cuda_provider_options(GpuOptions())
-    assert cuda_provider_options(GpuOptions(tf32=True, cudnn_conv_algo_search="exhaustive"))["use_tf32"] == "1"
+    assert (
+        cuda_provider_options(GpuOptions(tf32=True, cudnn_conv_algo_search="exhaustive"))["use_tf32"] == "1"
+    )
     listed = provider_list([CUDA_PROVIDER, CPU_PROVIDER], GpuOptions())
     assert listed[0][0] == CUDA_PROVIDER and isinstance(listed[0][1], dict) and listed[1] == CPU_PROVIDER
     assert resolve_gpu_mem_limit(512) == 512 << 20 and resolve_gpu_mem_limit(-1) == 0
@@ -182,9 +189,21 @@ def test_settings_map_to_gpu_options_only_when_a_gpu_is_asked_for(tmp_path: Path
     cpu = parse_settings(["--providers", "CPUExecutionProvider"], env={})
     options, buckets = from_settings(cpu, "m")
     assert options == GpuOptions() and buckets is None
-    gpu = parse_settings(["--providers", "CUDAExecutionProvider,CPUExecutionProvider", "--gpu-mem-limit-mb",
-                          "4096", "--cudnn-conv-algo-search", "exhaustive", "--gpu-arena-extend-strategy",
-                          "next_power_of_two", "--model-cache-dir", str(tmp_path)], env={})
+    gpu = parse_settings(
+        [
+            "--providers",
+            "CUDAExecutionProvider,CPUExecutionProvider",
+            "--gpu-mem-limit-mb",
+            "4096",
+            "--cudnn-conv-algo-search",
+            "exhaustive",
+            "--gpu-arena-extend-strategy",
+            "next_power_of_two",
+            "--model-cache-dir",
+            str(tmp_path),
+        ],
+        env={},
+    )
     options, buckets = from_settings(gpu, "tiny-1-fp32")
     assert buckets is not None and buckets.edges[-1] == int(gpu.max_duration_s * RATE)
     cuda = cuda_provider_options(options)
@@ -197,8 +216,15 @@ def test_settings_map_to_gpu_options_only_when_a_gpu_is_asked_for(tmp_path: Path
 def test_tensorrt_is_not_a_default_and_is_configured_when_listed(tmp_path: Path) -> None:
     defaults = parse_settings([], env={})
     assert "TensorrtExecutionProvider" not in defaults.providers
-    trt_settings = parse_settings(["--providers", "TensorrtExecutionProvider,CUDAExecutionProvider,"
-                                   "CPUExecutionProvider", "--model-cache-dir", str(tmp_path)], env={})
+    trt_settings = parse_settings(
+        [
+            "--providers",
+            "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider",
+            "--model-cache-dir",
+            str(tmp_path),
+        ],
+        env={},
+    )
     options, buckets = from_settings(trt_settings, "tiny-1-fp32")
     assert buckets is not None
     trt = tensorrt_provider_options(options)
@@ -216,8 +242,10 @@ def test_tensorrt_is_not_a_default_and_is_configured_when_listed(tmp_path: Path)
 
 async def _through_batcher(runner: Runner, waves: list[np.ndarray]) -> list[Any]:
     batcher: DynamicBatcher[np.ndarray, Any] = DynamicBatcher(
-        runner.run, BatchPolicy(max_batch_size=8, max_queue_delay_s=0.05, adaptive=False),
-        split_on_error=split_on_error, out_of_memory=is_out_of_memory,
+        runner.run,
+        BatchPolicy(max_batch_size=8, max_queue_delay_s=0.05, adaptive=False),
+        split_on_error=split_on_error,
+        out_of_memory=is_out_of_memory,
     )
     await batcher.start()
     try:
@@ -233,9 +261,12 @@ async def test_one_bad_input_in_a_split_batch_is_not_a_device_failure(manifest: 
     poison = 12_345
     gpu = PretendGpu(poison=frozenset({poison}))
     changes: list[tuple[str | None, str, str]] = []
-    runner = Runner(manifest, RunnerOptions(providers=(CUDA_PROVIDER, CPU_PROVIDER),
-                                            gpu_failures_before_fallback=2),
-                    session_factory=gpu, on_provider_change=lambda *a: changes.append(a))
+    runner = Runner(
+        manifest,
+        RunnerOptions(providers=(CUDA_PROVIDER, CPU_PROVIDER), gpu_failures_before_fallback=2),
+        session_factory=gpu,
+        on_provider_change=lambda *a: changes.append(a),
+    )
     try:
         lengths = [16_000 + 97 * i for i in range(7)] + [poison]
         results = await _through_batcher(runner, [wave(n, i) for i, n in enumerate(lengths)])
@@ -250,12 +281,19 @@ async def test_one_bad_input_in_a_split_batch_is_not_a_device_failure(manifest: 
         runner.close()
 
 
-async def test_device_failures_fall_back_to_cpu_then_return_after_the_cooldown(manifest: ModelManifest) -> None:
+async def test_device_failures_fall_back_to_cpu_then_return_after_the_cooldown(
+    manifest: ModelManifest,
+) -> None:
     gpu = PretendGpu()
     changes: list[tuple[str | None, str, str]] = []
-    runner = Runner(manifest, RunnerOptions(providers=(CUDA_PROVIDER, CPU_PROVIDER), gpu_failures_before_fallback=2,
-                                            gpu_cooldown_s=0.3),
-                    session_factory=gpu, on_provider_change=lambda *a: changes.append(a))
+    runner = Runner(
+        manifest,
+        RunnerOptions(
+            providers=(CUDA_PROVIDER, CPU_PROVIDER), gpu_failures_before_fallback=2, gpu_cooldown_s=0.3
+        ),
+        session_factory=gpu,
+        on_provider_change=lambda *a: changes.append(a),
+    )
     try:
         gpu.broken.set()
         with pytest.raises(RunnerError, match="1 consecutive device failure"):
@@ -265,7 +303,9 @@ async def test_device_failures_fall_back_to_cpu_then_return_after_the_cooldown(m
         assert moved.provider == CPU_PROVIDER and runner.provider == CPU_PROVIDER
         assert changes[-1] == (CUDA_PROVIDER, CPU_PROVIDER, "runtime_failure")
         # Still broken at the first probe after the cool-down: stays on CPU and keeps serving.
-        wait_until(lambda: sum(1 for c in gpu.created if CUDA_PROVIDER in c) >= 2, message="a restore attempt")
+        wait_until(
+            lambda: sum(1 for c in gpu.created if CUDA_PROVIDER in c) >= 2, message="a restore attempt"
+        )
         assert runner.provider == CPU_PROVIDER
         assert runner.run([wave(8_000, 3)])[0].provider == CPU_PROVIDER
         gpu.broken.clear()  # the device recovers: the next attempt's probe passes
@@ -279,9 +319,13 @@ async def test_device_failures_fall_back_to_cpu_then_return_after_the_cooldown(m
 
 async def test_a_broken_device_under_a_full_batch_loses_no_request(manifest: ModelManifest) -> None:
     gpu = PretendGpu()
-    runner = Runner(manifest, RunnerOptions(providers=(CUDA_PROVIDER, CPU_PROVIDER),
-                                            gpu_failures_before_fallback=3, gpu_cooldown_s=0),
-                    session_factory=gpu)
+    runner = Runner(
+        manifest,
+        RunnerOptions(
+            providers=(CUDA_PROVIDER, CPU_PROVIDER), gpu_failures_before_fallback=3, gpu_cooldown_s=0
+        ),
+        session_factory=gpu,
+    )
     try:
         gpu.broken.set()
         results = await _through_batcher(runner, [wave(16_000 + 50 * i, i) for i in range(8)])
@@ -294,8 +338,13 @@ async def test_a_broken_device_under_a_full_batch_loses_no_request(manifest: Mod
 
 def test_close_stops_the_restorer(manifest: ModelManifest) -> None:
     gpu = PretendGpu()
-    runner = Runner(manifest, RunnerOptions(providers=(CUDA_PROVIDER, CPU_PROVIDER), gpu_failures_before_fallback=1,
-                                            gpu_cooldown_s=0.2), session_factory=gpu)
+    runner = Runner(
+        manifest,
+        RunnerOptions(
+            providers=(CUDA_PROVIDER, CPU_PROVIDER), gpu_failures_before_fallback=1, gpu_cooldown_s=0.2
+        ),
+        session_factory=gpu,
+    )
     gpu.broken.set()
     runner.run([wave(16_000, 1)])
     assert runner.provider == CPU_PROVIDER
