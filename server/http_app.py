@@ -83,7 +83,8 @@ class HttpFrontEnd:
         s = self._settings
         context = ssl_context(s)
         app = build_http_app(self._core, s, tokens=self._tokens)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Closing waits for the requests in progress up to the drain grace, then cancels them.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_grace_s)
         await runner.setup()
         host = s.host.strip("[]") or None
         site = web.TCPSite(runner, host=None if host in ("::", "0.0.0.0") else host, port=s.http_port,
@@ -97,8 +98,7 @@ class HttpFrontEnd:
         server = site._server  # aiohttp exposes the bound sockets only here
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else s.http_port
-        log.info("HTTP (Open Inference Protocol REST%s) on %s://%s:%d",
-                 ", web page" if "emotion_web" in app else "", "https" if context else "http",
+        log.info("HTTP (Open Inference Protocol REST /v2) on %s://%s:%d", "https" if context else "http",
                  s.host, self.port)
         return self.port
 
