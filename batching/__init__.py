@@ -10,9 +10,12 @@ from .latency import LatencyModel
 from .observer import BatchObserver, ObserverProtocol
 from .policy import BatchPolicy, DecideFn, Dispatch, Wait, decide, padded_cost
 from .queue import RequestQueue
+from .registry import DECISIONS, DEFAULT_DECISION
 from .request import QueuedRequest
 
 __all__ = [
+    "DECISIONS",
+    "DEFAULT_DECISION",
     "BatchObserver",
     "BatchPolicy",
     "BatcherClosed",

@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import SAMPLE_RATE_HZ, LoadResult, percentile_ms
+from emotion2vec_serving.batching import DECISIONS, DEFAULT_DECISION
 
 MIN_SAMPLES = 400
-POLICIES = ("none", "fifo", "equal_shape", "length_aware")
+#: ``none`` (batches of one) and every decision function of the registry (``batching.DECISIONS``).
+POLICIES = ("none", *DECISIONS)
 
 
 class OrtModel:
@@ -175,15 +177,7 @@ def inprocess_policy(
     """
     import asyncio
 
-    from emotion2vec_serving.batching import (
-        BatchPolicy,
-        DynamicBatcher,
-        decide,
-        decide_equal_shape,
-        decide_fifo,
-    )
-
-    decisions = {"fifo": decide_fifo, "equal_shape": decide_equal_shape}
+    from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
@@ -205,7 +199,7 @@ def inprocess_policy(
 
     async def serve() -> float:
         batcher: DynamicBatcher[np.ndarray, None] = DynamicBatcher(
-            run_batch, batch_policy, observer=stats, decide=decisions.get(policy, decide)
+            run_batch, batch_policy, observer=stats, decide=DECISIONS.get(policy, DECISIONS[DEFAULT_DECISION])
         )
         await batcher.start()
         start = time.perf_counter()

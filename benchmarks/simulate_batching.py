@@ -26,8 +26,7 @@ import random
 import sys
 from collections.abc import Callable
 
-from emotion2vec_serving.batching import BatchPolicy, LatencyModel
-from emotion2vec_serving.batching.baselines import decide_equal_shape, decide_fifo
+from emotion2vec_serving.batching import DECISIONS, BatchPolicy, LatencyModel
 from emotion2vec_serving.batching.simulation import SimRequest, simulate
 
 SR = 16000
@@ -77,8 +76,8 @@ def main() -> None:
     strategies: dict[str, tuple[BatchPolicy, object]] = {
         "length-aware adaptive": (BatchPolicy(**base, adaptive=True), None),  # type: ignore[arg-type]
         "length-aware classic": (BatchPolicy(**base, adaptive=False), None),  # type: ignore[arg-type]
-        "fifo pad-to-longest": (BatchPolicy(**base, adaptive=False), decide_fifo),  # type: ignore[arg-type]
-        "equal-shape only": (BatchPolicy(**base, adaptive=False), decide_equal_shape),  # type: ignore[arg-type]
+        "fifo pad-to-longest": (BatchPolicy(**base, adaptive=False), DECISIONS["fifo"]),  # type: ignore[arg-type]
+        "equal-shape only": (BatchPolicy(**base, adaptive=False), DECISIONS["equal_shape"]),  # type: ignore[arg-type]
         "batch-1": (BatchPolicy(**{**base, "max_batch_size": 1}, adaptive=False), None),  # type: ignore[arg-type]
     }
     costs = lengths(args.requests, args.seed)

@@ -28,14 +28,7 @@ import numpy as np
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from emotion2vec_serving.batching import (
-    BatchPolicy,
-    DecideFn,
-    DynamicBatcher,
-    decide,
-    decide_equal_shape,
-    decide_fifo,
-)
+from emotion2vec_serving.batching import DECISIONS, BatchPolicy, DecideFn, DynamicBatcher
 from emotion2vec_serving.server import oip_grpc
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.core import CoreLimits, EmotionCore
@@ -59,12 +52,8 @@ __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
 
 log = logging.getLogger(__name__)
 
-#: ``--batch-policy`` -> the batcher's decision function (the last two are baselines for benchmarks).
-BATCH_DECISIONS: dict[str, DecideFn] = {
-    "length_aware": decide,
-    "fifo": decide_fifo,
-    "equal_shape": decide_equal_shape,
-}
+#: ``--batch-policy`` -> the batcher's decision function: the one registry, ``batching.DECISIONS``.
+BATCH_DECISIONS: dict[str, DecideFn] = DECISIONS
 #: A second SIGTERM/SIGINT at least this long after the first forces an immediate exit.
 _DOUBLE_SIGNAL_S = 1.0
 #: Grace given to ``server.stop`` once the service is idle and the batcher drained (health streams only).

@@ -33,6 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from emotion2vec_serving.server import defaults
+
 __all__ = [
     "SUPPORTED_FORMATS",
     "AudioError",
@@ -93,16 +95,17 @@ class AudioError(ValueError):
 class AudioLimits:
     """What audio the server accepts.
 
-    ``min_duration_s`` defaults to 25 ms: the model's receptive field (400 samples at 16 kHz), the
-    shortest input that yields one frame. Anything shorter carries no usable signal for the model.
+    Defaults are the server's (``server.defaults``, shared with ``Settings``). ``min_duration_s`` must
+    stay at least 25 ms, the model's receptive field (400 samples at 16 kHz): the shortest input that
+    yields one frame; the default refuses anything under 100 ms.
     Sample-rate bounds apply to the *source* rate (raw PCM and decoded files); the proto documents
     8 kHz..384 kHz.
     """
 
-    max_duration_s: float = 30.0
-    min_duration_s: float = 0.025
-    max_encoded_bytes: int = 32 * 1024 * 1024
-    target_sample_rate_hz: int = 16000
+    max_duration_s: float = defaults.MAX_DURATION_S
+    min_duration_s: float = defaults.MIN_DURATION_S
+    max_encoded_bytes: int = defaults.MAX_MESSAGE_BYTES
+    target_sample_rate_hz: int = defaults.SAMPLE_RATE_HZ
     min_sample_rate_hz: int = 8000
     max_sample_rate_hz: int = 384000
     max_channels: int = 32

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emotion2vec_serving.batching.registry import DECISIONS, DEFAULT_DECISION
+from emotion2vec_serving.server import defaults
+
 __all__ = ["BATCH_POLICIES", "ENV_PREFIX", "Settings", "SettingsError", "build_parser", "parse_settings"]
 
 ENV_PREFIX = "EMOTION_"
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-BATCH_POLICIES = ("length_aware", "fifo", "equal_shape")
+#: ``--batch-policy`` values: the names of the one registry of batch decision functions.
+BATCH_POLICIES = tuple(DECISIONS)
 
 
 class SettingsError(ValueError):
@@ -50,11 +54,11 @@ class Settings:
         8000, "HTTP port: Open Inference Protocol REST (/v2) and the web page (0 picks a free port, "
         "-1 disables); same TLS and tokens as the gRPC port"
     )
-    max_message_bytes: int = _opt(32 * 1024 * 1024, "largest gRPC message accepted, in bytes")
+    max_message_bytes: int = _opt(defaults.MAX_MESSAGE_BYTES, "largest gRPC message accepted, in bytes")
     max_connection_age_s: float = _opt(
         0.0, "close client connections after this many seconds so clients rebalance (0 = never)"
     )
-    max_concurrent_streams: int = _opt(64, "StreamRecognize calls open at once; more are refused")
+    max_concurrent_streams: int = _opt(defaults.MAX_CONCURRENT_STREAMS, "StreamRecognize calls open at once; more are refused")
     max_concurrent_rpcs: int = _opt(
         256, "RPCs of any kind in progress at once (bounds memory under overload); more get "
         "RESOURCE_EXHAUSTED from gRPC itself (0 = unlimited)"
@@ -83,34 +87,36 @@ class Settings:
         metadata={"help": "where built and exported model repositories are cached"},
     )
     providers: tuple[str, ...] = _opt(
-        ("CUDAExecutionProvider", "CPUExecutionProvider"),
+        defaults.PROVIDERS,
         "ONNX Runtime execution providers in order of preference, comma-separated",
     )
-    intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per runner instance (0 = CPU cores)")
-    runner_instances: int = _opt(1, "model sessions run concurrently, each in its own thread")
-    graph_optimization_level: str = _opt("all", "ONNX Runtime graph optimisation: disable|basic|extended|all")
+    intra_op_threads: int = _opt(defaults.INTRA_OP_THREADS, "ONNX Runtime intra-op threads per runner instance (0 = CPU cores)")
+    runner_instances: int = _opt(defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread")
+    graph_optimization_level: str = _opt(
+        defaults.GRAPH_OPTIMIZATION_LEVEL, "ONNX Runtime graph optimisation: disable|basic|extended|all"
+    )
     gpu_failures_before_fallback: int = _opt(
-        3, "consecutive GPU run failures after which the runner moves to a CPU session"
+        defaults.GPU_FAILURES_BEFORE_FALLBACK, "consecutive GPU run failures after which the runner moves to a CPU session"
     )
     ort_allow_spinning: bool = _opt(
-        False, "let ONNX Runtime's intra-op threads spin-wait for work after each run: on a few cores the "
+        defaults.ORT_ALLOW_SPINNING, "let ONNX Runtime's intra-op threads spin-wait for work after each run: on a few cores the "
         "spinning takes CPU the event loop needs (measured in benchmarks/README.md)"
     )
     ort_cpu_arena: bool = _opt(
-        True, "ONNX Runtime's CPU memory arena (allocations reused across runs; without it every tensor is "
+        defaults.ORT_CPU_ARENA, "ONNX Runtime's CPU memory arena (allocations reused across runs; without it every tensor is "
         "malloc'ed and freed)"
     )
     ort_arena_shrinkage: bool = _opt(
-        True, "give the CPU arena's free memory back after every run, so RSS does not stay at the peak of "
+        defaults.ORT_ARENA_SHRINKAGE, "give the CPU arena's free memory back after every run, so RSS does not stay at the peak of "
         "the longest batch ever run (ignored without --ort-cpu-arena)"
     )
     run_timeout_s: float = _opt(
-        120.0, "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
+        defaults.RUN_TIMEOUT_S, "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
         "alone, so only the one that hangs fails (0 = no watchdog)"
     )
     # --- batching
     batch_policy: str = _opt(
-        "length_aware", "how batches are formed: length_aware (this server's policy), fifo (pad to the "
+        DEFAULT_DECISION, "how batches are formed: length_aware (this server's policy), fifo (pad to the "
         "longest, arrival order) or equal_shape (identical lengths only); the last two are baselines"
     )
     max_batch_size: int = _opt(8, "most requests in one batch")
@@ -120,7 +126,7 @@ class Settings:
     max_queue_requests: int = _opt(256, "queued requests before RESOURCE_EXHAUSTED")
     max_queue_audio_s: float = _opt(600.0, "queued audio before RESOURCE_EXHAUSTED, in seconds")
     adaptive_batching: bool = _opt(True, "fit a latency model and batch only when it pays")
-    default_timeout_s: float = _opt(30.0, "deadline applied to calls that carry none")
+    default_timeout_s: float = _opt(defaults.DEFAULT_TIMEOUT_S, "deadline applied to calls that carry none")
     # --- audio limits
     max_duration_s: float = _opt(
         30.0, "longest single model pass, in seconds (same as --max-segment-s, its newer name): audio up to "
@@ -133,8 +139,8 @@ class Settings:
         7200.0, "longest Recognize/Embed audio accepted, in seconds (longer than --max-segment-s is "
         "segmented; 0 = no limit but --max-message-bytes)"
     )
-    min_duration_s: float = _opt(0.1, "shortest audio accepted per request, in seconds")
-    max_stream_duration_s: float = _opt(3600.0, "longest StreamRecognize audio, in seconds")
+    min_duration_s: float = _opt(defaults.MIN_DURATION_S, "shortest audio accepted per request, in seconds")
+    max_stream_duration_s: float = _opt(defaults.MAX_STREAM_DURATION_S, "longest StreamRecognize audio, in seconds")
     # --- lifecycle
     warmup: bool = _opt(True, "run the model across the batch length ranges before reporting SERVING")
     warmup_max_s: float = _opt(

@@ -139,8 +139,8 @@ def test_raw_pcm(encoding: str, rate: int, channels: int) -> None:
 
 
 def test_raw_pcm_downmix_is_the_channel_mean() -> None:
-    left = np.full(800, 0.5, np.float32)
-    right = np.full(800, -0.25, np.float32)
+    left = np.full(1600, 0.5, np.float32)  # 100 ms: the default shortest audio
+    right = np.full(1600, -0.25, np.float32)
     got = decode_pcm(np.stack([left, right], axis=1).tobytes(), "f32le", 16000, 2)
     np.testing.assert_allclose(got, 0.125, atol=1e-7)
     got16 = decode_pcm(pcm_bytes(np.stack([left, right], axis=1), "s16le"), "s16le", 16000, 2)
@@ -159,7 +159,7 @@ def test_raw_pcm_downmix_is_the_channel_mean() -> None:
         ({"channels": 0}, "bad_channels", "unsupported channel count 0"),
         ({"channels": 33, "data": b"\x00" * 66 * 400}, "bad_channels", "accepted: 1..32"),
         ({"encoding": "mulaw"}, "unsupported_encoding", "unsupported PCM encoding 'mulaw'"),
-        ({"data": b"\x00" * 2 * 192}, "too_short", re.escape("audio too short: 12 ms (minimum 25 ms)")),
+        ({"data": b"\x00" * 2 * 192}, "too_short", re.escape("audio too short: 12 ms (minimum 100 ms)")),
         (
             {"data": b"\x00" * 2 * 16000 * 31},
             "too_long",
@@ -292,7 +292,7 @@ def test_absurd_rates_and_channel_counts_in_files(rate: int, channels: int, reas
 
 
 def test_too_short_and_too_long_files() -> None:
-    with pytest.raises(AudioError, match=r"audio too short: 10 ms \(minimum 25 ms\)"):
+    with pytest.raises(AudioError, match=r"audio too short: 10 ms \(minimum 100 ms\)"):
         decode_encoded(encode(make_signal(0.010, 16000, 1), 16000, "wav"))
     with pytest.raises(AudioError, match=r"audio too long: .* \(maximum 3 s\)") as info:
         decode_encoded(encode(make_signal(4.0, 16000, 1), 16000, "ogg_vorbis"), AudioLimits(max_duration_s=3))
