@@ -58,7 +58,9 @@ class Settings:
     max_connection_age_s: float = _opt(
         0.0, "close client connections after this many seconds so clients rebalance (0 = never)"
     )
-    max_concurrent_streams: int = _opt(defaults.MAX_CONCURRENT_STREAMS, "StreamRecognize calls open at once; more are refused")
+    max_concurrent_streams: int = _opt(
+        defaults.MAX_CONCURRENT_STREAMS, "StreamRecognize calls open at once; more are refused"
+    )
     max_concurrent_rpcs: int = _opt(
         256, "RPCs of any kind in progress at once (bounds memory under overload); more get "
         "RESOURCE_EXHAUSTED from gRPC itself (0 = unlimited)"
@@ -90,28 +92,37 @@ class Settings:
         defaults.PROVIDERS,
         "ONNX Runtime execution providers in order of preference, comma-separated",
     )
-    intra_op_threads: int = _opt(defaults.INTRA_OP_THREADS, "ONNX Runtime intra-op threads per runner instance (0 = CPU cores)")
-    runner_instances: int = _opt(defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread")
+    intra_op_threads: int = _opt(
+        defaults.INTRA_OP_THREADS, "ONNX Runtime intra-op threads per runner instance (0 = CPU cores)"
+    )
+    runner_instances: int = _opt(
+        defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread"
+    )
     graph_optimization_level: str = _opt(
         defaults.GRAPH_OPTIMIZATION_LEVEL, "ONNX Runtime graph optimisation: disable|basic|extended|all"
     )
     gpu_failures_before_fallback: int = _opt(
-        defaults.GPU_FAILURES_BEFORE_FALLBACK, "consecutive GPU run failures after which the runner moves to a CPU session"
+        defaults.GPU_FAILURES_BEFORE_FALLBACK,
+        "consecutive GPU run failures after which the runner moves to a CPU session"
     )
     ort_allow_spinning: bool = _opt(
-        defaults.ORT_ALLOW_SPINNING, "let ONNX Runtime's intra-op threads spin-wait for work after each run: on a few cores the "
+        defaults.ORT_ALLOW_SPINNING,
+        "let ONNX Runtime's intra-op threads spin-wait for work after each run: on a few cores the "
         "spinning takes CPU the event loop needs (measured in benchmarks/README.md)"
     )
     ort_cpu_arena: bool = _opt(
-        defaults.ORT_CPU_ARENA, "ONNX Runtime's CPU memory arena (allocations reused across runs; without it every tensor is "
+        defaults.ORT_CPU_ARENA,
+        "ONNX Runtime's CPU memory arena (allocations reused across runs; without it every tensor is "
         "malloc'ed and freed)"
     )
     ort_arena_shrinkage: bool = _opt(
-        defaults.ORT_ARENA_SHRINKAGE, "give the CPU arena's free memory back after every run, so RSS does not stay at the peak of "
+        defaults.ORT_ARENA_SHRINKAGE,
+        "give the CPU arena's free memory back after every run, so RSS does not stay at the peak of "
         "the longest batch ever run (ignored without --ort-cpu-arena)"
     )
     run_timeout_s: float = _opt(
-        defaults.RUN_TIMEOUT_S, "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
+        defaults.RUN_TIMEOUT_S,
+        "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
         "alone, so only the one that hangs fails (0 = no watchdog)"
     )
     # --- batching
@@ -140,7 +151,9 @@ class Settings:
         "segmented; 0 = no limit but --max-message-bytes)"
     )
     min_duration_s: float = _opt(defaults.MIN_DURATION_S, "shortest audio accepted per request, in seconds")
-    max_stream_duration_s: float = _opt(defaults.MAX_STREAM_DURATION_S, "longest StreamRecognize audio, in seconds")
+    max_stream_duration_s: float = _opt(
+        defaults.MAX_STREAM_DURATION_S, "longest StreamRecognize audio, in seconds"
+    )
     # --- lifecycle
     warmup: bool = _opt(True, "run the model across the batch length ranges before reporting SERVING")
     warmup_max_s: float = _opt(
