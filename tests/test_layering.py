@@ -111,3 +111,20 @@ def test_serving_process_never_loads_torch_or_the_exporter() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"serving imports pulled in: {out.stdout.strip()}"
+
+
+
+def test_the_oip_model_contract_imports_no_protocol_library() -> None:
+    """The Open Inference Protocol contract both OIP front ends share is protocol-free like the core."""
+    bad = _imports(ROOT / "server/oip_tensors.py") & {"grpc", "google", "emotion", "aiohttp"}
+    assert not bad, f"server/oip_tensors.py imports {sorted(bad)}"
+
+
+def test_the_http_library_and_the_oip_stubs_stay_in_their_front_ends() -> None:
+    """aiohttp only in the HTTP front ends; the ``emotion.oip`` stubs (package ``inference``, like
+    tritonclient's own: one process cannot load both) only in the OIP gRPC front end, never in clients."""
+    aiohttp_users = {p.relative_to(ROOT).as_posix() for p in _modules("server") if "aiohttp" in _imports(p)}
+    assert aiohttp_users <= {"server/http_app.py", "server/oip_rest.py", "server/web.py"}, aiohttp_users
+    oip_users = sorted(p.relative_to(ROOT).as_posix() for pkg in ("server", "clients", "batching")
+                       for p in _modules(pkg) if "emotion.oip" in p.read_text(encoding="utf-8"))
+    assert oip_users == ["server/oip_grpc.py"], oip_users
