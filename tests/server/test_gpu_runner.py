@@ -40,6 +40,7 @@ from emotion2vec_serving.server.runner import (
     ort_session_factory,
     split_on_error,
 )
+from tests.server.conftest import Running, StartServer
 
 RATE = 16000
 pytestmark = pytest.mark.timeout(120)
@@ -353,3 +354,70 @@ def test_close_stops_the_restorer(manifest: ModelManifest) -> None:
     assert restorer is not None
     restorer.join(timeout=10)
     assert not restorer.is_alive()
+
+
+# ------------------------------------------------------------------------------------ through the server
+
+
+async def test_server_metrics_and_model_info_follow_the_fallback_and_the_return(
+    start_server: StartServer,
+) -> None:
+    from emotion.v1 import emotion_pb2 as pb
+
+    gpu = PretendGpu()
+    running: Running = await start_server(
+        gpu, providers=(CUDA_PROVIDER, CPU_PROVIDER), gpu_failures_before_fallback=1, gpu_cooldown_s=0.3
+    )
+    runner = running.server.runner
+    assert runner is not None and runner.length_buckets is not None  # buckets: on, since a GPU was asked for
+    n = 17_001  # between two bucket edges
+    samples = wave(n, 5)
+    request = pb.RecognizeRequest(
+        audio=pb.Audio(
+            raw=pb.RawAudio(
+                data=samples.astype("<f4").tobytes(),
+                encoding=pb.PCM_ENCODING_F32LE,
+                sample_rate_hz=RATE,
+                channels=1,
+            )
+        )
+    )
+    assert (await running.stub.Recognize(request, timeout=30)).utterance.label
+    assert runner.cost(n) > n and gpu.widths[-1] == (
+        CUDA_PROVIDER,
+        runner.cost(n),
+        (n,),
+    )  # padded to its bucket
+    # The batcher was told the padded length (the core submits with cost=runner.cost(n)).
+    assert running.metric("emotion_padded_audio_seconds_total") == pytest.approx(runner.cost(n) / RATE)
+    gpu.broken.set()
+    assert (await running.stub.Recognize(request, timeout=30)).utterance.label  # rerun on CPU, not lost
+    info = await running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    assert info.execution_provider == CPU_PROVIDER
+    assert running.metric("emotion_execution_provider", provider=CPU_PROVIDER) == 1
+    assert (
+        running.metric(
+            "emotion_provider_fallbacks_total",
+            from_provider=CUDA_PROVIDER,
+            to_provider=CPU_PROVIDER,
+            reason="runtime_failure",
+        )
+        == 1
+    )
+    gpu.broken.clear()
+    await asyncio.to_thread(wait_until, lambda: runner.provider == CUDA_PROVIDER, 20.0, "return to the GPU")
+    info = await running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    assert info.execution_provider == CUDA_PROVIDER
+    assert running.metric("emotion_execution_provider", provider=CUDA_PROVIDER) == 1
+    assert running.metric("emotion_execution_provider", provider=CPU_PROVIDER) == 0
+    assert (
+        running.metric(
+            "emotion_provider_fallbacks_total",
+            from_provider=CPU_PROVIDER,
+            to_provider=CUDA_PROVIDER,
+            reason="recovered",
+        )
+        == 1
+    )
+    assert (await running.stub.Recognize(request, timeout=30)).utterance.label
+    assert gpu.widths[-1][0] == CUDA_PROVIDER
