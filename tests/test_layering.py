@@ -128,3 +128,11 @@ def test_the_http_library_and_the_oip_stubs_stay_in_their_front_ends() -> None:
     oip_users = sorted(p.relative_to(ROOT).as_posix() for pkg in ("server", "clients", "batching")
                        for p in _modules(pkg) if "emotion.oip" in p.read_text(encoding="utf-8"))
     assert oip_users == ["server/oip_grpc.py"], oip_users
+
+
+def test_gpu_options_and_length_buckets_need_no_gpu_library() -> None:
+    """server/buckets.py and server/gpu.py (issue 15) load on any machine: standard library only (gpu.py also
+    the server package itself); NVML is reached through ctypes, only when a GPU provider is asked for."""
+    for name in ("buckets.py", "gpu.py"):
+        outside = _imports(ROOT / "server" / name) - STDLIB - {"server"}
+        assert not outside, f"server/{name} imports {sorted(outside)}"
