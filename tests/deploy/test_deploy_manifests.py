@@ -94,7 +94,8 @@ def test_probes_use_the_servers_grpc_health_names(rendered: tuple[str, list[dict
     assert server["readinessProbe"]["grpc"] == {"port": port, "service": HEALTH_SERVICE}
     assert server["livenessProbe"]["grpc"] == {"port": port, "service": ""}
     assert server["startupProbe"]["grpc"]["port"] == port
-    assert {"grpc": port, "metrics": int(_env(objects)["EMOTION_METRICS_PORT"])} == {
+    assert {"grpc": port, "metrics": int(_env(objects)["EMOTION_METRICS_PORT"]),
+            "http": int(_env(objects)["EMOTION_HTTP_PORT"])} == {
         p["name"]: p["containerPort"] for p in server["ports"]}
 
 
