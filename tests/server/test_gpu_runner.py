@@ -421,3 +421,15 @@ async def test_server_metrics_and_model_info_follow_the_fallback_and_the_return(
     )
     assert (await running.stub.Recognize(request, timeout=30)).utterance.label
     assert gpu.widths[-1][0] == CUDA_PROVIDER
+
+
+async def test_warm_up_on_a_gpu_runs_every_bucket_shape(start_server: StartServer) -> None:
+    gpu = PretendGpu()
+    running: Running = await start_server(
+        gpu, providers=(CUDA_PROVIDER, CPU_PROVIDER), warmup=True, warmup_max_s=2.0, max_batch_size=2
+    )
+    runner = running.server.runner
+    assert runner is not None and runner.active_length_buckets is not None
+    warmed = {width for provider, width, _ in gpu.widths if provider == CUDA_PROVIDER}
+    wanted = {e for e in runner.active_length_buckets.edges if e <= 2 * RATE}
+    assert len(wanted) >= 8 and wanted <= warmed, sorted(wanted - warmed)
