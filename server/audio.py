@@ -304,10 +304,12 @@ class _Collector:
     def start(self, rate: int) -> None:
         self.rate = rate
         self.pass_frames = _max_decoded_frames(rate, self.limits)
-        self.limit_frames = (
-            self.pass_frames if not self.long_ok
-            else math.floor(self.max_s * rate) + math.ceil(_CODEC_PADDING_S * rate)
-        )
+        if not self.long_ok:
+            self.limit_frames = self.pass_frames
+        elif math.isinf(self.max_s):  # no limit but the input size
+            self.limit_frames = math.inf
+        else:
+            self.limit_frames = math.floor(self.max_s * rate) + math.ceil(_CODEC_PADDING_S * rate)
 
     def _limit_text(self) -> str:
         return f"more than {self.max_s:g} s decoded (decoding stopped)"

@@ -20,7 +20,7 @@ FORBIDDEN = {
     "modelrepo": {"torch", "export", "server", "clients", "batching", "numpy", "onnx", "onnxruntime"},
 }
 #: The protocol-free core: no gRPC, no protobuf stubs (``emotion``), no HTTP library.
-PROTOCOL_FREE = ("server/core.py", "server/stream.py", "server/errors.py")
+PROTOCOL_FREE = ("server/core.py", "server/stream.py", "server/errors.py", "server/longform.py")
 PROTOCOL_MODULES = {"grpc", "grpc_health", "grpc_reflection", "google", "emotion", "aiohttp", "starlette",
                     "uvicorn", "fastapi", "tritonclient"}
 

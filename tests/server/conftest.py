@@ -21,6 +21,7 @@ BASE_SETTINGS = Settings(
     providers=("CPUExecutionProvider",),
     intra_op_threads=1,
     max_duration_s=20.0,
+    max_audio_s=60.0,  # longer audio is segmented up to this (issue 13); beyond it, refused
     min_duration_s=0.1,
     warmup=False,
     drain_grace_s=5.0,

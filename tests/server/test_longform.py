@@ -78,7 +78,7 @@ def check_aggregate(response: emotion_pb2.RecognizeResponse) -> None:
 
 
 async def test_a_minute_of_speech_is_segmented_and_aggregated(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=10.0)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0)
     rec = recording(65.0)
     request = recognize_request(rec.wav(), frames=True, embedding=True)
     response = await running.stub.Recognize(request, timeout=60)
@@ -105,7 +105,7 @@ async def test_a_minute_of_speech_is_segmented_and_aggregated(start_server: Star
 
 
 async def test_each_segment_scores_equal_recognize_on_that_clip_alone(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=5.0)
+    running = await start_server(max_duration_s=5.0, max_audio_s=3600.0)
     rec, first, second = two_clips(gap_s=3.0)
     assert rec.duration_s > 5.0  # longer than one pass: segmented
     long = await running.stub.Recognize(recognize_request(rec.wav(), embedding=True), timeout=60)
@@ -122,7 +122,7 @@ async def test_each_segment_scores_equal_recognize_on_that_clip_alone(start_serv
 
 
 async def test_sox_concatenation_gives_the_same_segments(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=5.0)
+    running = await start_server(max_duration_s=5.0, max_audio_s=3600.0)
     rec, first, second = two_clips(gap_s=3.0)
     gap = np.zeros(rec.clips[1][0] - rec.clips[0][1], np.int16)
     lead = np.zeros(rec.clips[0][0], np.int16)
@@ -136,7 +136,7 @@ async def test_sox_concatenation_gives_the_same_segments(start_server: StartServ
 
 
 async def test_embed_of_a_long_recording(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=10.0)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0)
     rec = recording(40.0)
     response = await running.stub.Embed(
         emotion_pb2.EmbedRequest(audio=emotion_pb2.Audio(encoded=rec.wav()), return_frames=True), timeout=60
@@ -157,7 +157,7 @@ async def test_embed_of_a_long_recording(start_server: StartServer) -> None:
 
 
 async def test_raw_pcm_and_compressed_long_audio(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=10.0)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0)
     rec = recording(30.0)
     raw = emotion_pb2.Audio(raw=emotion_pb2.RawAudio(
         data=rec.samples.astype("<i2").tobytes(), encoding=emotion_pb2.PCM_ENCODING_S16LE,
@@ -174,7 +174,7 @@ async def test_raw_pcm_and_compressed_long_audio(start_server: StartServer) -> N
 
 
 async def test_silence_falls_back_to_fixed_windows(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=10.0)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0)
     quiet = np.zeros(25 * RATE, np.int16)
     response = await running.stub.Recognize(recognize_request(wav_bytes(quiet)), timeout=60)
     assert [(s.start_s, s.end_s) for s in response.segments] == [(0.0, 10.0), (10.0, 20.0), (20.0, 25.0)]
@@ -182,7 +182,7 @@ async def test_silence_falls_back_to_fixed_windows(start_server: StartServer) ->
 
 
 async def test_speech_without_pauses_is_cut_at_the_segment_limit(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=10.0)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0)
     clip = speech_clip("I am so happy to see you today.")
     t = np.arange(25 * RATE) / RATE
     # Continuous voiced audio (speech over a steady hum), no pause anywhere.
@@ -212,7 +212,8 @@ async def test_short_requests_finish_while_a_long_one_runs(start_server: StartSe
     # Ordering only (timing numbers are in benchmarks/long_recordings.py): short calls sent while a long
     # recording is being processed finish before it, because the long call keeps only a window of its
     # segments in the queue.
-    running = await start_server(max_duration_s=10.0, max_batch_size=2, max_queue_delay_ms=1.0)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0, max_batch_size=2,
+                                 max_queue_delay_ms=1.0)
     rec = recording(240.0)
     short = speech_clip("Why would you do that to me?")
     finished: list[str] = []
@@ -236,7 +237,7 @@ async def test_short_requests_finish_while_a_long_one_runs(start_server: StartSe
 
 
 async def test_cancelling_a_long_call_frees_the_queue(start_server: StartServer) -> None:
-    running = await start_server(max_duration_s=10.0, max_batch_size=2)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0, max_batch_size=2)
     rec = recording(300.0)
     call = running.stub.Recognize(recognize_request(rec.wav()), timeout=120)
     core = running.server.core
@@ -264,7 +265,7 @@ async def test_cancelling_a_long_call_frees_the_queue(start_server: StartServer)
 async def test_corrupt_tail_of_a_long_file(start_server: StartServer, fmt: str) -> None:
     """Garbage over the last fifth of a long file: a clear INVALID_ARGUMENT, or the decodable audio
     recognised (documented in DESIGN.md); never a crash, and the server keeps serving."""
-    running = await start_server(max_duration_s=10.0)
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0)
     rec = recording(60.0)
     data = bytearray(encode(rec.samples.astype(np.float32)[:, None] / 32768.0, RATE, fmt))
     cut = len(data) * 4 // 5

@@ -157,8 +157,8 @@ def _bad_audio(name: str, audio: pb.Audio | None) -> pb.Audio:
         return audio
     if name == "too short":
         return raw_request(make_signal(0.05, rate=RATE)[:, 0])
-    if name == "too long":
-        return raw_request(make_signal(21.0, rate=8000)[:, 0], rate=8000, encoding="s16le")
+    if name == "too long":  # beyond --max-audio-s (60 s here); 20-60 s would be segmented
+        return raw_request(make_signal(61.0, rate=8000)[:, 0], rate=8000, encoding="s16le")
     sig = make_signal(1.0, rate=RATE)[:, 0].copy()
     sig[100] = np.nan
     return raw_request(sig)
