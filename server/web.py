@@ -228,6 +228,8 @@ def model_json(card: Any, settings: Settings) -> dict[str, Any]:
         "has_head": bool(card.has_head),
         "max_duration_s": card.max_duration_s,
         "min_duration_s": card.min_duration_s,
+        "max_audio_s": float(getattr(card, "max_audio_s", card.max_duration_s)),
+        "max_segment_s": float(getattr(card, "max_segment_s", card.max_duration_s)),
         "max_upload_bytes": settings.max_message_bytes,
     }
 
@@ -865,11 +867,16 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "scores": scores, "granularity": {"type": "string", "enum": list(_GRANULARITIES)},
                     "input": {"type": "string"}, "duration_s": number, "timing": timing, "model": model_ref,
                     "frames": {"type": "array", "items": frame},
-                    "segments": {"type": "array", "description": "long recordings: one per segment",
+                    "voiced_s": {**number, "description": "long recordings: audio inside segments"},
+                    "segments": {"type": "array", "description": (
+                        "long recordings (longer than one model pass): one entry per segment; the fields "
+                        "above are then the duration-weighted aggregate"),
                                  "items": {"type": "object", "properties": {
-                                     "start_s": number, "end_s": number, "emotion": {"type": "string"},
-                                     "emotion_zh": {"type": "string"}, "confidence": number,
-                                     "scores": scores}}},
+                                     "segment_id": {"type": "integer"}, "start_s": number, "end_s": number,
+                                     "emotion": {"type": "string"}, "emotion_zh": {"type": "string"},
+                                     "confidence": number, "scores": scores, "timing": timing,
+                                     "first_frame": {"type": "integer", "description": "index into frames"},
+                                     "frame_count": {"type": "integer"}}}},
                     "embedding": {"type": "array", "items": number}}},
                 "Embedding": {"type": "object", "required": ["dim", "embedding", "duration_s", "model"],
                               "properties": {
@@ -885,7 +892,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "sample_rate_hz": {"type": "integer"}, "frame_rate_hz": number,
                     "embedding_dim": {"type": "integer"}, "execution_provider": {"type": "string"},
                     "engine": {"type": "string"}, "has_head": {"type": "boolean"},
-                    "max_duration_s": number, "min_duration_s": number,
+                    "max_duration_s": {**number, "description": "longest single model pass"},
+                    "min_duration_s": number,
+                    "max_audio_s": {**number, "description": "longest recording (0: only the upload limit)"},
+                    "max_segment_s": {**number, "description": "longest segment of a long recording"},
                     "max_upload_bytes": {"type": "integer"}}},
             },
         },

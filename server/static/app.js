@@ -133,7 +133,7 @@
     node.replaceChildren(
       "Model ", el("b", { text: m.name, class: "model-name" }),
       ` ${m.version} · ${m.precision} · ${card.engine} on ${card.execution_provider}`,
-      ` · up to ${card.max_duration_s} s per recording`,
+      card.max_audio_s > 0 ? ` · recordings up to ${card.max_audio_s} s` : " · recordings of any length",
     );
     node.dataset.model = m.name;
     node.dataset.precision = m.precision;

@@ -85,6 +85,17 @@ def open_page(browser: Any) -> Iterator[Any]:
         context.close()
 
 
+def _shrink_png(path: Path) -> None:
+    """A 256-colour palette keeps the committed screenshot small (text and flat colours survive it)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - matplotlib (dev extra) brings Pillow
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
 def _shown_scores(card: Any) -> dict[str, float]:
     rows = card.locator(".bars tr")
     return {rows.nth(i).get_attribute("data-label"): float(rows.nth(i).get_attribute("data-score"))
@@ -96,9 +107,13 @@ def test_files_of_every_format_show_what_recognize_returns(
 ) -> None:
     watch = open_page(open_server)
     page = watch.page
+    files = dict(upload_files)
+    # Longer than one model pass: the server cuts it into segments, the page draws their timeline.
+    files["long.flac"] = tone_file("flac", 35.0, seed=9, rate=16000)
     with EmotionClient(open_server.target) as client:
         info = client.model_info()
-        expected = {name: client.recognize(data) for name, data in upload_files.items()}
+        expected = {name: client.recognize(data) for name, data in files.items()}
+    assert len(expected["long.flac"].segments) >= 2
     expect(page.locator("#model-card .model-name")).to_have_text(info.model.name)
     expect(page.locator("#model-card")).to_contain_text(info.model.precision)
     expect(page.locator("#model-card")).to_contain_text(info.execution_provider)
@@ -109,8 +124,8 @@ def test_files_of_every_format_show_what_recognize_returns(
         expect(banner).to_be_hidden()
 
     page.set_input_files("#files", [{"name": name, "mimeType": "application/octet-stream", "buffer": data}
-                                    for name, data in upload_files.items()])
-    expect(page.locator(".result[data-state=done]")).to_have_count(len(upload_files))
+                                    for name, data in files.items()])
+    expect(page.locator(".result[data-state=done]")).to_have_count(len(files))
     zh = {lb.name: lb.name_zh for lb in info.labels}
     for name, result in expected.items():
         card = page.locator(f'.result[data-file="{name}"]')
@@ -124,6 +139,7 @@ def test_files_of_every_format_show_what_recognize_returns(
             expect(row.locator("td.zh")).to_have_text(zh[label])
         expect(card.locator(".top-label")).to_have_text(f"{result.label} · {result.label_zh}")
         expect(card.locator(".meta")).to_contain_text(f"{result.duration_s:.2f} s of audio")
+        expect(card.locator(".timeline rect.segment")).to_have_count(len(result.segments))
     watch.check()
 
 
@@ -178,6 +194,7 @@ def test_frame_curve_hover_and_downloads_match_the_api(
     expect(tip).to_be_visible()
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
+    _shrink_png(SCREENSHOT)
     watch.check()
 
 
