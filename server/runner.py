@@ -7,15 +7,30 @@ Providers come from configuration in order of preference (CUDA first, then CPU).
 created the runner asks it which providers are really active: ONNX Runtime silently drops a provider it
 cannot load, so the configured list says nothing about what runs. CUDA failing at load time gives a CPU
 session. At run time an out-of-memory error is raised as ``RunnerOutOfMemory`` so that the batcher splits
-the batch and retries (``split_on_error``); repeated failures on a GPU session move the runner to a CPU
-session, counted through ``on_provider_change``.
+the batch and retries (``split_on_error``) and learns the largest batch that fits (``is_out_of_memory``).
 
-A watchdog bounds every run (``run_timeout_s``): each run gets its own ``onnxruntime.RunOptions`` and a
-timer sets ``terminate`` on it when the run takes too long. ONNX Runtime checks the flag between graph
-nodes and makes the run raise, which frees the session for the next batch; the batch fails with
+GPU failures are counted per device error, not per split retry (issue 15). Any other failure on a GPU session
+is followed by a probe: a short known-good input on the same session. If the probe runs, the device is fine
+and the failure belongs to the batch's input: it is raised (the batcher splits down to the item at fault,
+which alone fails) and counts nothing. If the probe fails too, that is one device failure;
+``gpu_failures_before_fallback`` consecutive ones move the runner to CPU sessions (the batch is rerun
+there). After ``gpu_cooldown_s`` a background thread loads GPU sessions again and probes them; when the
+probe runs, the runner returns to the GPU (``on_provider_change(CPU, GPU, "recovered")``), otherwise it tries
+again after a doubled cool-down (at most 8x). On a GPU, batches are padded to length buckets
+(``server/buckets.py``) and ``cost(n)`` tells the batcher the padded length. CUDA options: ``server/gpu.py``.
+
+A watchdog bounds every run (``run_timeout_s``): each run gets its own run handle from its session
+(``session.new_run_handle()``: an ``onnxruntime.RunOptions`` for ONNX Runtime, the infer request for
+OpenVINO) and the watchdog calls ``handle.terminate()`` when the run takes too long. ONNX Runtime checks its
+terminate flag between graph nodes, OpenVINO cancels the request; either way the run raises, which frees the
+session for the next batch; the batch fails with
 ``RunnerTimeout`` (a ``RunnerError``, so the batcher splits and retries it and only the item that really
 hangs finally fails). A single node that never returns (a hung GPU kernel) cannot be interrupted this way.
 One watchdog thread per runner serves every run (a timer thread per run cost a thread start per batch).
+
+Engines (``server/engines/``): the session factory decides what runs the graph, ONNX Runtime by default
+or OpenVINO (``engine``); the runner reports the engine and the precision really used (``precision``: the
+model repository's, or OpenVINO's inference precision for an fp32 repository).
 
 Memory and CPU settings (``RunnerOptions``), from measurements on a 2-core CPU (``benchmarks/README.md``):
 ``allow_spinning`` off by default, because ONNX Runtime's intra-op threads otherwise spin after every run and
@@ -33,19 +48,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from emotion2vec_serving.server import defaults
+from emotion2vec_serving.server.buckets import LengthBuckets
+from emotion2vec_serving.server.gpu import GpuOptions, disable_tf32_in_environment, provider_list
 from emotion2vec_serving.server.manifest import ModelManifest
 
 __all__ = [
     "CPU_PROVIDER",
     "CUDA_PROVIDER",
     "ItemResult",
+    "RunHandle",
     "Runner",
     "RunnerError",
     "RunnerOptions",
@@ -53,6 +72,7 @@ __all__ = [
     "RunnerTimeout",
     "SessionFactory",
     "SessionLike",
+    "is_out_of_memory",
     "ort_session_factory",
     "split_on_error",
 ]
@@ -90,13 +110,25 @@ def split_on_error(exc: BaseException) -> bool:
     return isinstance(exc, RunnerError)
 
 
+class RunHandle(Protocol):
+    """One run's handle: ``terminate()`` (called by the watchdog from its own thread) stops the run."""
+
+    def terminate(self) -> None: ...
+
+
 class SessionLike(Protocol):
-    """What the runner needs of an ``onnxruntime.InferenceSession`` (tests wrap real sessions)."""
+    """What the runner needs of an engine's session (``server/engines/``; tests wrap real sessions).
+
+    Optional attributes: ``engine`` (str) and ``inference_precision`` (str | None, the number format the
+    engine computes in when it differs from the graph's), read with ``getattr``.
+    """
 
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
-            run_options: Any = None) -> list[Any]: ...
+            run_handle: Any = None) -> list[Any]: ...
 
     def get_providers(self) -> list[str]: ...
+
+    def new_run_handle(self) -> RunHandle | None: ...
 
 
 #: ``factory(model_path, providers, options) -> session``; raise if the providers cannot be loaded.
@@ -105,17 +137,24 @@ SessionFactory = Callable[[Path, Sequence[str], "RunnerOptions"], SessionLike]
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """ONNX Runtime session settings (taken from ``server.config.Settings``)."""
+    """Session settings (taken from ``server.config.Settings``; defaults from ``server/defaults.py``)."""
 
-    providers: tuple[str, ...] = (CUDA_PROVIDER, CPU_PROVIDER)
-    intra_op_threads: int = 1
-    instances: int = 1
-    graph_optimization_level: str = "all"
-    gpu_failures_before_fallback: int = 3
-    run_timeout_s: float = 0.0  # a run longer than this is terminated (0 = no watchdog)
-    allow_spinning: bool = False  # intra-op threads spin-wait after a run (burns CPU on small machines)
-    cpu_arena: bool = True  # ONNX Runtime's CPU memory arena
-    arena_shrinkage: bool = False  # free the CPU arena's unused chunks after every run (needs cpu_arena)
+    providers: tuple[str, ...] = defaults.PROVIDERS
+    intra_op_threads: int = defaults.INTRA_OP_THREADS  # 0 = the engine picks (every core)
+    instances: int = defaults.RUNNER_INSTANCES
+    graph_optimization_level: str = defaults.GRAPH_OPTIMIZATION_LEVEL
+    gpu_failures_before_fallback: int = defaults.GPU_FAILURES_BEFORE_FALLBACK
+    run_timeout_s: float = defaults.RUN_TIMEOUT_S  # a run longer than this is terminated (0 = no watchdog)
+    allow_spinning: bool = defaults.ORT_ALLOW_SPINNING  # intra-op threads spin-wait after a run
+    cpu_arena: bool = defaults.ORT_CPU_ARENA  # ONNX Runtime's CPU memory arena
+    arena_shrinkage: bool = defaults.ORT_ARENA_SHRINKAGE  # free the CPU arena's unused chunks after every run
+    # --- GPU (issue 15)
+    gpu: GpuOptions = field(default_factory=GpuOptions)  # CUDA / TensorRT provider options (server/gpu.py)
+    gpu_cooldown_s: float = defaults.GPU_COOLDOWN_S  # after a fallback to CPU, probe the GPU again (0: never)
+    length_buckets: LengthBuckets | None = None  # pad to these lengths while on a GPU (None = exact lengths)
+    # --- engine (issue 16)
+    engine: str = defaults.ENGINE  # which engine the session factory runs ("onnxruntime" | "openvino")
+    inference_precision: str = defaults.INFERENCE_PRECISION  # OpenVINO: auto | f32 | bf16
 
 
 def ort_session_factory(model_path: Path, providers: Sequence[str], options: RunnerOptions) -> SessionLike:
@@ -142,8 +181,13 @@ def ort_session_factory(model_path: Path, providers: Sequence[str], options: Run
             f"none of the providers {list(providers)} is available in this onnxruntime "
             f"(available: {sorted(available)})"
         )
-    session: SessionLike = ort.InferenceSession(str(model_path), sess_options=so, providers=usable)
-    return session
+    if any(p in _GPU_PROVIDERS for p in usable):
+        disable_tf32_in_environment(options.gpu)
+    from emotion2vec_serving.server.engines.onnxruntime import OrtSession
+
+    session = ort.InferenceSession(str(model_path), sess_options=so,
+                                   providers=provider_list(usable, options.gpu))
+    return OrtSession(session, arena_shrinkage=options.arena_shrinkage and options.cpu_arena)
 
 
 @dataclass(frozen=True)
@@ -164,6 +208,11 @@ class ItemResult:
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or any(marker in text for marker in _OOM_MARKERS)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The batcher's ``out_of_memory`` predicate: the batch did not fit (``RunnerOutOfMemory``)."""
+    return isinstance(exc, RunnerOutOfMemory)
 
 
 class Runner:
@@ -192,9 +241,14 @@ class Runner:
         self._generation = 0  # bumped on fallback so that sessions of the old provider are discarded
         self._gpu_failures = 0
         self._closed = False
+        self._stop = threading.Event()  # set by close(): ends the GPU restorer thread
+        self._restorer: threading.Thread | None = None
+        self._buckets = options.length_buckets
         self._output_names = tuple(name for name in _ORDER if name in manifest.output_names)
         self._output_list = list(self._output_names)
         self._watchdog = _Watchdog()
+        self._engine = options.engine
+        self._precision = manifest.precision
         self._provider = self._load(options.providers)
 
     # ------------------------------------------------------------------ loading
@@ -231,12 +285,28 @@ class Runner:
             else:
                 raise RunnerError(f"cannot load {self.manifest.onnx_path}: {exc}") from exc
         active = session.get_providers()[0] if session.get_providers() else CPU_PROVIDER
+        self._engine = str(getattr(session, "engine", self.options.engine))
+        computes_in = getattr(session, "inference_precision", None)
+        # An engine's own inference precision (OpenVINO bf16) applies to an fp32 graph; a quantised or
+        # fp16 graph runs in the precision it was exported in.
+        self._precision = str(computes_in) if computes_in and self.manifest.precision == "fp32" \
+            else self.manifest.precision
         return session, active
 
     @property
     def provider(self) -> str:
         """The execution provider that really runs the model now."""
         return self._provider
+
+    @property
+    def engine(self) -> str:
+        """The inference engine that runs the model: ``onnxruntime`` or ``openvino``."""
+        return self._engine
+
+    @property
+    def precision(self) -> str:
+        """The number format the model really runs in (``fp32``, ``fp16``, ``int8``, ``bf16``)."""
+        return self._precision
 
     # ------------------------------------------------------------------ running
 
@@ -249,22 +319,25 @@ class Runner:
             raise RunnerError("the model runner is closed")
         if not batch:
             return []
+        generation, session = self._acquire()
+        provider = self._provider
         lengths = np.array([len(w) for w in batch], dtype=np.int64)
-        waveform = np.zeros((len(batch), max(1, int(lengths.max()))), dtype=np.float32)
+        # On a GPU the batch is padded to a length bucket (the model masks by `lengths`: same results).
+        width = self._padded(max(1, int(lengths.max())), provider)
+        waveform = np.zeros((len(batch), width), dtype=np.float32)
         for i, w in enumerate(batch):
             waveform[i, : len(w)] = w
         feeds = {"waveform": waveform, "lengths": lengths}
-        generation, session = self._acquire()
-        provider = self._provider
-        run_options = self._run_options(provider)
+        new_handle = getattr(session, "new_run_handle", None)
+        handle = new_handle() if new_handle is not None else None
         timeout_s = self.options.run_timeout_s
         token = None
-        if run_options is not None and timeout_s > 0:
-            token = self._watchdog.arm(run_options, timeout_s)
+        if handle is not None and timeout_s > 0:
+            token = self._watchdog.arm(handle, timeout_s)
         try:
             started = time.monotonic()
             try:
-                outputs = session.run(self._output_list, feeds, run_options)
+                outputs = session.run(self._output_list, feeds, handle)
             except Exception as exc:
                 if token is not None and self._watchdog.disarm(token):
                     raise self._timed_out(len(batch), provider, time.monotonic() - started) from exc
@@ -281,19 +354,28 @@ class Runner:
         return self._slice(dict(zip(self._output_names, outputs, strict=True)), len(batch), started, run_s,
                            provider)
 
-    def _run_options(self, provider: str) -> Any:
-        """A fresh ``RunOptions`` when this run needs one (watchdog or arena shrinkage), else None."""
-        shrink = self.options.arena_shrinkage and self.options.cpu_arena and provider == CPU_PROVIDER
-        if self.options.run_timeout_s <= 0 and not shrink:
-            return None
-        import onnxruntime as ort
+    def cost(self, n_samples: int) -> int:
+        """The batcher's cost of an input of ``n_samples``: the length it is really run at.
 
-        run_options = ort.RunOptions()
-        if shrink:
-            # Free arena chunks this run no longer uses: RSS falls back to the weights after each run
-            # instead of staying at the peak of the longest batch ever run.
-            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        return run_options
+        The length bucket while on a GPU with buckets, else ``n_samples``. Pass it as ``submit(cost=...)``
+        so that the batcher's padding and latency model see what the device computes.
+        """
+        return self._padded(n_samples, self._provider)
+
+    def _padded(self, n_samples: int, provider: str) -> int:
+        if self._buckets is None or provider not in _GPU_PROVIDERS:
+            return n_samples
+        return self._buckets.pad(n_samples)
+
+    @property
+    def length_buckets(self) -> LengthBuckets | None:
+        """The length grid used while on a GPU (None: exact lengths)."""
+        return self._buckets
+
+    @property
+    def active_length_buckets(self) -> LengthBuckets | None:
+        """The length grid batches are padded to now: ``length_buckets`` while on a GPU, else None."""
+        return self._buckets if self._provider in _GPU_PROVIDERS else None
 
     def _timed_out(self, n: int, provider: str, elapsed_s: float) -> RunnerTimeout:
         log.error("a batch of %d on %s ran %.1f s, past the %.1f s run timeout: terminated",
@@ -325,6 +407,12 @@ class Runner:
             raise RunnerOutOfMemory(f"out of memory running a batch of {len(batch)} on {provider}") from exc
         if provider not in _GPU_PROVIDERS:
             raise RunnerError(f"model failed on {provider}: {exc}") from exc
+        if generation == self._generation and self._probe(session, provider):
+            # The device runs a known-good input: the failure belongs to this batch's input. Not a device
+            # failure; the batcher splits the batch down to the item at fault.
+            log.warning("a batch of %d failed on %s but a probe run passed: an input failure, not the "
+                        "device (%s)", len(batch), provider, exc)
+            raise RunnerError(f"model failed on {provider} for this input: {exc}") from exc
         with self._lock:
             if generation == self._generation:
                 self._gpu_failures += 1
@@ -336,12 +424,40 @@ class Runner:
         if fall_back or generation != self._generation:
             # Run this batch again on the CPU session rather than failing its requests.
             return self.run(batch)
-        raise RunnerError(f"model failed on {provider} ({failures} consecutive failure(s)): {exc}") from exc
+        log.error("device failure %d of %d on %s (a probe run failed too): %s",
+                  failures, self.options.gpu_failures_before_fallback, provider, exc)
+        raise RunnerError(
+            f"model failed on {provider} ({failures} consecutive device failure(s)): {exc}"
+        ) from exc
+
+    def _probe(self, session: SessionLike, provider: str) -> bool:
+        """Run a short known-good input on ``session``: True when it runs and gives finite scores."""
+        n = self.manifest.sample_rate_hz
+        rng = np.random.default_rng(12345)
+        wave = np.zeros((1, self._padded(n, provider)), dtype=np.float32)
+        wave[0, :n] = 0.01 * rng.standard_normal(n).astype(np.float32)
+        feeds = {"waveform": wave, "lengths": np.array([n], dtype=np.int64)}
+        new_handle = getattr(session, "new_run_handle", None)
+        handle = new_handle() if new_handle is not None else None
+        token = None
+        if handle is not None and self.options.run_timeout_s > 0:
+            token = self._watchdog.arm(handle, self.options.run_timeout_s)
+        try:
+            outputs = session.run(self._output_list, feeds, handle)
+        except Exception as exc:  # the device (or the session) is broken
+            log.warning("probe run on %s failed: %s", provider, exc)
+            return False
+        finally:
+            if token is not None:
+                self._watchdog.disarm(token)
+        return all(np.isfinite(np.asarray(o, dtype=np.float64)).all() for o in outputs)
 
     def _fall_back_locked(self, provider: str, exc: Exception) -> None:
         """Replace every session with a CPU one. Precondition: ``_lock`` is held."""
-        log.error("%d consecutive failures on %s (last: %s); moving to %s",
-                  self._gpu_failures, provider, exc, CPU_PROVIDER)
+        log.error("%d consecutive device failures on %s (last: %s); moving to %s%s",
+                  self._gpu_failures, provider, exc, CPU_PROVIDER,
+                  f", back after a probe in {self.options.gpu_cooldown_s:g} s"
+                  if self.options.gpu_cooldown_s > 0 else "")
         self._generation += 1
         while True:  # discard old sessions still in the pool; those in use are dropped on release
             try:
@@ -355,6 +471,51 @@ class Runner:
         self._gpu_failures = 0
         if self._on_provider_change is not None:
             self._on_provider_change(provider, CPU_PROVIDER, "runtime_failure")
+        if self.options.gpu_cooldown_s > 0 and not self._closed:
+            self._restorer = threading.Thread(target=self._restore_loop, args=(provider,),
+                                              name="gpu-restorer", daemon=True)
+            self._restorer.start()
+
+    def _restore_loop(self, gpu_provider: str) -> None:
+        """After the cool-down, load GPU sessions and probe them; on success, move back to the GPU."""
+        delay = self.options.gpu_cooldown_s
+        while not self._stop.wait(delay):
+            if self._try_restore(gpu_provider):
+                return
+            delay = min(2 * delay, 8 * self.options.gpu_cooldown_s)
+            log.warning("still on %s; next GPU probe in %g s", CPU_PROVIDER, delay)
+
+    def _try_restore(self, gpu_provider: str) -> bool:
+        """One attempt to return to the GPU; True when done (or closed), False to try again later."""
+        try:
+            sessions = [self._factory(self.manifest.onnx_path, self.options.providers, self.options)
+                        for _ in range(self.options.instances)]
+        except Exception as exc:
+            log.warning("cannot load a %s session yet: %s", gpu_provider, exc)
+            return False
+        active = sessions[0].get_providers()[0] if sessions[0].get_providers() else CPU_PROVIDER
+        if active not in _GPU_PROVIDERS:
+            log.warning("a new session runs on %s, not a GPU: staying on %s", active, CPU_PROVIDER)
+            return False
+        if not self._probe(sessions[0], active):
+            return False
+        with self._lock:
+            if self._closed:
+                return True
+            self._generation += 1
+            while True:
+                try:
+                    self._pool.get_nowait()
+                except queue.Empty:
+                    break
+            for session in sessions:
+                self._pool.put((self._generation, session))
+            self._provider = active
+            self._gpu_failures = 0
+            if self._on_provider_change is not None:
+                self._on_provider_change(CPU_PROVIDER, active, "recovered")
+        log.warning("back on %s: a probe run passed after the cool-down", active)
+        return True
 
     def _slice(self, out: dict[str, Any], n: int, started: float, run_s: float,
                provider: str) -> list[ItemResult]:
@@ -379,6 +540,7 @@ class Runner:
 
     def close(self) -> None:
         """Release the sessions. Later ``run`` calls fail with RunnerError."""
+        self._stop.set()
         self._watchdog.close()
         with self._lock:
             self._closed = True
@@ -391,7 +553,7 @@ class Runner:
 
 
 class _Watchdog:
-    """One thread that sets ``run_options.terminate`` on every run still going at its deadline.
+    """One thread that calls ``terminate()`` on the run handle of every run still going at its deadline.
 
     ``arm`` costs a lock and a heap push; the thread is only woken when a new deadline is earlier than the
     one it sleeps towards (with one timeout for every run, only the first run after an idle spell).
@@ -400,18 +562,18 @@ class _Watchdog:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int]] = []
-        self._armed: dict[int, tuple[float, Any]] = {}  # token -> (deadline, run options) while running
+        self._armed: dict[int, tuple[float, RunHandle]] = {}  # token -> (deadline, handle) while running
         self._fired: set[int] = set()
         self._tokens = itertools.count()
         self._wake_at = math.inf
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def arm(self, run_options: Any, timeout_s: float) -> int:
+    def arm(self, handle: RunHandle, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             token = next(self._tokens)
-            self._armed[token] = (deadline, run_options)
+            self._armed[token] = (deadline, handle)
             heapq.heappush(self._heap, (deadline, token))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="run-watchdog", daemon=True)
@@ -447,7 +609,7 @@ class _Watchdog:
                     entry = self._armed.pop(token, None)
                     if entry is not None:
                         self._fired.add(token)
-                        entry[1].terminate = True
+                        entry[1].terminate()
                 self._wake_at = self._heap[0][0] if self._heap else math.inf
                 self._cond.wait(None if not self._heap else self._wake_at - now)
 

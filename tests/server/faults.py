@@ -1,8 +1,9 @@
 """Fault injection for the runner: real ONNX Runtime sessions wrapped to fail, block or pretend a GPU.
 
 The runner takes a session factory; these factories return the real CPU session wrapped, so every
-successful run is still the real model. Blocking (a gate, a hang) honours ``RunOptions.terminate`` the way
-ONNX Runtime does: the run raises ``Fail("... Exiting due to terminate flag being set to true.")``.
+successful run is still the real model. Blocking (a gate, a hang) honours the run handle's ``terminate()``
+(the real session's handle, whose ``terminated`` reads ``RunOptions.terminate``) the way ONNX Runtime does:
+the run raises ``Fail("... Exiting due to terminate flag being set to true.")``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ Fault = Callable[[dict[str, Any]], BaseException | None]
 TERMINATED_MESSAGE = "[ONNXRuntimeError] : 1 : FAIL : Exiting due to terminate flag being set to true."
 
 
-def wait_or_terminate(event: threading.Event, run_options: Any, timeout_s: float) -> bool:
-    """Wait for ``event`` like a blocked ONNX Runtime run: raise OrtFail as soon as ``terminate`` is set."""
+def wait_or_terminate(event: threading.Event, run_handle: Any, timeout_s: float) -> bool:
+    """Wait for ``event`` like a blocked ONNX Runtime run: raise OrtFail as soon as it is terminated."""
     end = time.monotonic() + timeout_s
     while not event.wait(timeout=0.005):
-        if run_options is not None and run_options.terminate:
+        if run_handle is not None and run_handle.terminated:
             raise OrtFail(TERMINATED_MESSAGE)
         if time.monotonic() >= end:
             return False
@@ -56,13 +57,13 @@ class HangRuns:
         self.terminated = 0
         self._lock = threading.Lock()
 
-    def block(self, run_options: Any, lengths: Sequence[int]) -> None:
+    def block(self, run_handle: Any, lengths: Sequence[int]) -> None:
         with self._lock:
             self.calls += 1
             hang = self.calls in self.which or bool(self.lengths.intersection(lengths))
         if hang:
             try:
-                wait_or_terminate(self.release, run_options, timeout_s=60)
+                wait_or_terminate(self.release, run_handle, timeout_s=60)
             except OrtFail:
                 with self._lock:
                     self.terminated += 1
@@ -86,20 +87,23 @@ class WrappedSession:
     def get_providers(self) -> list[str]:
         return list(self._providers)
 
+    def new_run_handle(self) -> Any:
+        return self._real.new_run_handle()
+
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
-            run_options: Any = None) -> list[Any]:
+            run_handle: Any = None) -> list[Any]:
         lengths = [int(n) for n in np.asarray(input_feed["lengths"])]
         self._entered.append(lengths)
-        if self._gate is not None and not wait_or_terminate(self._gate, run_options, timeout_s=30):
+        if self._gate is not None and not wait_or_terminate(self._gate, run_handle, timeout_s=30):
             raise RuntimeError("test gate never opened")
         if self._hang is not None:
-            self._hang.block(run_options, lengths)
+            self._hang.block(run_handle, lengths)
         self._log.append(lengths)
         if self._fault is not None:
             exc = self._fault(input_feed)
             if exc is not None:
                 raise exc
-        return self._real.run(output_names, input_feed, run_options)
+        return self._real.run(output_names, input_feed, run_handle)
 
 
 class FaultyFactory:

@@ -18,7 +18,7 @@ from emotion.v1 import emotion_pb2_grpc
 from emotion2vec_serving.server.app import EmotionServer
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.manifest import ModelManifest
-from emotion2vec_serving.server.runner import SessionFactory, ort_session_factory
+from emotion2vec_serving.server.runner import SessionFactory
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -68,7 +68,7 @@ async def serving(
     """
     started: list[Running] = []
 
-    async def start(session_factory: SessionFactory = ort_session_factory, **overrides: Any) -> Running:
+    async def start(session_factory: SessionFactory | None = None, **overrides: Any) -> Running:
         settings = dataclasses.replace(base, **overrides)
         server = EmotionServer(settings, manifest, session_factory=session_factory)
         await server.start()

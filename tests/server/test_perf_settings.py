@@ -84,7 +84,7 @@ def test_session_factory_applies_spinning_and_arena_options(manifest: ModelManif
                              RunnerOptions(allow_spinning=True, cpu_arena=True))
     off = ort_session_factory(manifest.onnx_path, [CPU_PROVIDER],
                               RunnerOptions(allow_spinning=False, cpu_arena=False))
-    so_on, so_off = on.get_session_options(), off.get_session_options()  # type: ignore[attr-defined]
+    so_on, so_off = on.session.get_session_options(), off.session.get_session_options()  # type: ignore[attr-defined]
     assert so_on.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert so_off.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert so_on.enable_cpu_mem_arena and not so_off.enable_cpu_mem_arena
@@ -112,7 +112,13 @@ def test_memory_options_give_the_same_results(manifest: ModelManifest, arena: bo
 
 
 class _Flag:
-    terminate = False
+    """A run handle that records ``terminate()``."""
+
+    def __init__(self) -> None:
+        self.terminated = False
+
+    def terminate(self) -> None:
+        self.terminated = True
 
 
 def test_watchdog_terminates_only_runs_past_their_deadline_and_forgets_finished_ones() -> None:
@@ -122,9 +128,9 @@ def test_watchdog_terminates_only_runs_past_their_deadline_and_forgets_finished_
         t_slow = dog.arm(slow, 0.05)
         t_fast = dog.arm(fast, 30.0)
         end = time.monotonic() + 5
-        while not slow.terminate and time.monotonic() < end:
+        while not slow.terminated and time.monotonic() < end:
             time.sleep(0.005)
-        assert slow.terminate and not fast.terminate
+        assert slow.terminated and not fast.terminated
         assert dog.disarm(t_slow) is True  # the runner learns the run was cut off by the watchdog
         assert dog.disarm(t_fast) is False
         # Thousands of finished runs (the steady state) leave no pile of entries behind.
@@ -136,8 +142,8 @@ def test_watchdog_terminates_only_runs_past_their_deadline_and_forgets_finished_
         dog.arm(_Flag(), 120.0)
         dog.arm(late, 0.05)
         end = time.monotonic() + 5
-        while not late.terminate and time.monotonic() < end:
+        while not late.terminated and time.monotonic() < end:
             time.sleep(0.005)
-        assert late.terminate
+        assert late.terminated
     finally:
         dog.close()
