@@ -3,13 +3,19 @@
 Start-up: load the model (reporting the provider really active), start the batcher, bind the port with
 health NOT_SERVING, warm the model up across the batch length ranges, then report SERVING.
 
-Shutdown (SIGTERM), in this order: health NOT_SERVING -> refuse new calls (UNAVAILABLE) -> let accepted
-calls finish and drain the batcher within ``drain_grace_s`` -> ``server.stop(grace)`` -> close the runner.
-The service keeps refusing with UNAVAILABLE for the whole drain; ``server.stop`` comes only once it is idle
-(or the grace is spent) and then gets a short grace (``_FINAL_GRACE_S``): what is left then is health
-``Watch`` streams, which never end by themselves and would otherwise hold the exit for the whole grace.
-Calls that reach the server during that last second are cancelled by gRPC itself (CANCELLED, or
-UNAVAILABLE once the listener is closed); that window is what remains of the drain's refusals.
+Shutdown (SIGTERM), in this order (issue 14): readiness NOT_SERVING on every protocol while the server keeps
+serving for ``drain_readiness_delay_s`` (load balancers and resolvers move new work elsewhere) ->
+``server.stop(grace)``: GOAWAY on every connection, so clients open their next calls elsewhere (a call that
+crosses the GOAWAY is retried transparently by gRPC, as the server never saw it), and the HTTP listener
+closes -> every call already accepted (counted by ``RpcAdmission``) and the batcher finish within
+``drain_grace_s`` -> what is left are health ``Watch`` streams, which never end by themselves: they are
+cancelled -> close the runner. No accepted call is refused or lost; calls still running when the grace is
+spent are cancelled.
+
+Connection age: connections are closed after ``max_connection_age_s`` (GOAWAY, so clients rebalance) with a
+grace of ``max_stream_duration_s`` + ``drain_grace_s``: a stream accepted on an old connection always
+finishes. The trade-off: a connection carrying a long stream lives on (for that stream only; new calls go
+to a new connection) up to the longest stream allowed.
 A second SIGTERM (or SIGINT), a second or more after the first, exits at once with status 1.
 """
 
@@ -30,16 +36,20 @@ from grpc_reflection.v1alpha import reflection
 
 from emotion2vec_serving.batching import DECISIONS, BatchPolicy, DecideFn, DynamicBatcher
 from emotion2vec_serving.server import oip_grpc
+from emotion2vec_serving.server.admission import RpcAdmission
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.core import CoreLimits, EmotionCore
+from emotion2vec_serving.server.engines import equal_length_batches, session_factory_for
+from emotion2vec_serving.server.gpu import from_settings as gpu_from_settings
 from emotion2vec_serving.server.health import SERVICE_NAME, Health
 from emotion2vec_serving.server.manifest import ModelManifest
 from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
 from emotion2vec_serving.server.runner import (
+    CPU_PROVIDER,
     Runner,
     RunnerOptions,
     SessionFactory,
-    ort_session_factory,
+    is_out_of_memory,
     split_on_error,
 )
 from emotion2vec_serving.server.security import TokenAuthInterceptor, TokenStore, server_credentials
@@ -56,8 +66,8 @@ log = logging.getLogger(__name__)
 BATCH_DECISIONS: dict[str, DecideFn] = DECISIONS
 #: A second SIGTERM/SIGINT at least this long after the first forces an immediate exit.
 _DOUBLE_SIGNAL_S = 1.0
-#: Grace given to ``server.stop`` once the service is idle and the batcher drained (health streams only).
-_FINAL_GRACE_S = 1.0
+#: After GOAWAY, the time for calls gRPC accepted just before it to reach the admission count.
+_ACCEPT_SETTLE_S = 0.05
 
 
 def warmup_durations(min_s: float, max_s: float) -> list[float]:
@@ -72,12 +82,15 @@ def warmup_durations(min_s: float, max_s: float) -> list[float]:
     return sorted(set(out))
 
 
-def batching_caveat(precision: str, max_batch_size: int) -> str | None:
+def batching_caveat(precision: str, max_batch_size: int, *, batch_exact: bool | None = None) -> str | None:
     """Why batching may change answers with this model, or None when batched results are exact.
 
-    int8 dynamic quantisation picks its activation scale per batch, so an item's int8 scores depend on its
-    batch mates (measured up to ~1e-2 on probabilities); fp32 and fp16 are batch-exact.
+    The legacy int8 (``int8_dynamic``: per-tensor dynamic quantisation) picks its activation scale per batch,
+    so an item's scores depend on its batch mates (measured up to ~1e-2 on probabilities); fp32, fp16 and the
+    row-wise int8 the exporter now builds (manifest ``batch_exact: true``) are batch-exact.
     """
+    if batch_exact:
+        return None
     if precision == "int8" and max_batch_size > 1:
         return (
             f"int8 model with --max-batch-size {max_batch_size}: int8 activation scales are chosen per "
@@ -91,7 +104,7 @@ class EmotionServer:
     """One running server. ``await start()``, then ``await stop()`` (or ``run_server`` for signals)."""
 
     def __init__(self, settings: Settings, manifest: ModelManifest, *,
-                 session_factory: SessionFactory = ort_session_factory) -> None:
+                 session_factory: SessionFactory | None = None) -> None:
         self.settings = settings
         self.manifest = manifest
         self.metrics = ServerMetrics(manifest.sample_rate_hz)
@@ -107,6 +120,7 @@ class EmotionServer:
         self.core: EmotionCore | None = None
         self.service: EmotionService | None = None
         self.server: grpc.aio.Server | None = None
+        self.admission: RpcAdmission | None = None  # the gRPC calls in progress (health exempt) and their cap
         self.port = 0
         self.metrics_port: int | None = None
         self.http: HttpFrontEnd | None = None  # the HTTP listener (OIP REST, web page); None: disabled
@@ -117,12 +131,15 @@ class EmotionServer:
     async def start(self) -> None:
         s = self.settings
         m = self.manifest
-        self.metrics.set_model(m.model_name, m.model_version, m.precision, m.untrained)
         if s.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(s.metrics_port)
             log.info("metrics on http://0.0.0.0:%d/metrics", self.metrics_port)
+        gpu_options, buckets = gpu_from_settings(s, f"{m.model_name}-{m.model_version}-{m.precision}")
         options = RunnerOptions(
-            providers=s.providers, intra_op_threads=s.effective_intra_op_threads,
+            # OpenVINO runs on the CPU here; the ONNX Runtime provider list is for ONNX Runtime.
+            providers=(CPU_PROVIDER,) if s.engine == "openvino" else s.providers,
+            engine=s.engine, inference_precision=s.inference_precision,
+            intra_op_threads=s.effective_intra_op_threads,
             instances=s.runner_instances,
             graph_optimization_level=s.graph_optimization_level,
             gpu_failures_before_fallback=s.gpu_failures_before_fallback,
@@ -130,14 +147,19 @@ class EmotionServer:
             allow_spinning=s.ort_allow_spinning,
             cpu_arena=s.ort_cpu_arena,
             arena_shrinkage=s.ort_arena_shrinkage,
+            gpu=gpu_options, length_buckets=buckets, gpu_cooldown_s=s.gpu_cooldown_s,
         )
         loop = asyncio.get_running_loop()
         # Loading a large model takes seconds: keep the event loop free meanwhile.
         self.runner = await loop.run_in_executor(None, lambda: Runner(
-            m, options, session_factory=self._session_factory, on_provider_change=self.metrics.set_provider,
+            m, options, session_factory=self._session_factory or session_factory_for(s.engine),
+            on_provider_change=self.metrics.set_provider,
             on_run_timeout=self.metrics.run_timeout,
         ))
-        caveat = batching_caveat(m.precision, s.max_batch_size)
+        # The precision really used: OpenVINO may compute an fp32 repository in bf16.
+        self.metrics.set_model(m.model_name, m.model_version, self.runner.precision, m.untrained)
+        caveat = batching_caveat(m.precision, s.max_batch_size,
+                                 batch_exact=m.batch_exact or m.batch_exact_equal_length)
         if caveat is not None:
             log.warning(caveat)
         rate = m.sample_rate_hz
@@ -150,8 +172,14 @@ class EmotionServer:
             max_queue_cost=int(s.max_queue_audio_s * rate),
             adaptive=s.adaptive_batching,
         )
-        self.batcher = DynamicBatcher(self.runner.run, policy, instances=s.runner_instances,
+        run_batch: Any = self.runner.run
+        if not m.batch_exact and m.batch_exact_equal_length:
+            # int8: exact only without padding between items; batch equal lengths only (DESIGN.md, engines).
+            run_batch = equal_length_batches(run_batch)
+            log.info("%s model: batches hold one length each (padding would change its answers)", m.precision)
+        self.batcher = DynamicBatcher(run_batch, policy, instances=s.runner_instances,
                                       observer=self._observer, split_on_error=split_on_error,
+                                      out_of_memory=is_out_of_memory,
                                       decide=BATCH_DECISIONS[s.batch_policy])
         await self.batcher.start()
         batcher = self.batcher
@@ -164,7 +192,8 @@ class EmotionServer:
         # The protocol-free core; every front end below is an adapter over it.
         self.core = EmotionCore(
             m, self.batcher, self.metrics, CoreLimits.from_settings(s, rate), self._decode_executor,
-            provider=lambda: runner.provider,
+            provider=lambda: runner.provider, engine=runner.engine,
+            cost_of=runner.cost,  # the padded length the runner really runs (length buckets on GPUs)
         )
         self.service = EmotionService(self.core)
         grpc_options: list[tuple[str, Any]] = [
@@ -173,8 +202,11 @@ class EmotionServer:
             ("grpc.so_reuseport", 0),
         ]
         if s.max_connection_age_s > 0:
+            # The grace outlasts the longest stream allowed: an aged connection gets GOAWAY (new calls go
+            # to a new connection) but the streams it carries finish.
+            grace_s = s.max_stream_duration_s + s.drain_grace_s
             grpc_options += [("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
-                             ("grpc.max_connection_age_grace_ms", int(s.drain_grace_s * 1000))]
+                             ("grpc.max_connection_age_grace_ms", int(grace_s * 1000))]
         tokens = TokenStore.from_settings(s.auth_token_file or None)
         interceptors: list[Any] = []
         if tokens is not None:
@@ -184,12 +216,17 @@ class EmotionServer:
             log.info("bearer-token authentication enabled (health checks exempt)")
         credentials = server_credentials(s.tls_cert_file or None, s.tls_key_file or None,
                                          s.tls_client_ca_file or None)
-        self.server = grpc.aio.server(
-            options=grpc_options, interceptors=interceptors,
-            # Past this many RPCs in progress gRPC answers RESOURCE_EXHAUSTED before any handler runs, so
-            # a flood of calls cannot grow memory without bound (the batcher queue bounds only queued work).
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
+        # Past --max-concurrent-rpcs calls in progress, RESOURCE_EXHAUSTED before any handler runs or any
+        # request is read, so a flood cannot grow memory without bound (the batcher queue bounds only queued
+        # work). Health checks and the OIP probes are outside the cap: probes answer whatever the load.
+        core = self.core
+        self.admission = RpcAdmission(
+            s.max_concurrent_rpcs, exempt=oip_grpc.PUBLIC_METHODS,
+            retry_after_ms=lambda: int(1000 * max(0.05, core.estimated_drain_s())),
+            on_reject=self._count_cap_refusal,
         )
+        interceptors.append(self.admission)  # innermost: refused tokens are answered before counting
+        self.server = grpc.aio.server(options=grpc_options, interceptors=interceptors)
         emotion_pb2_grpc.add_EmotionRecognizerServicer_to_server(self.service, self.server)
         # The Open Inference Protocol (KServe v2 / Triton) on the same port, over the same core.
         oip_grpc.add_to_server(oip_grpc.OipGrpcService(self.core), self.server)
@@ -225,40 +262,69 @@ class EmotionServer:
 
     async def warmup(self) -> None:
         """Run the model on each length of ``warmup_durations`` (and one full batch) before SERVING."""
-        assert self.batcher is not None
+        assert self.batcher is not None and self.runner is not None
         s = self.settings
         rate = self.manifest.sample_rate_hz
         rng = np.random.default_rng(0)
         started = time.monotonic()
         longest = min(s.max_duration_s, s.warmup_max_s)
-        for duration in warmup_durations(min(max(s.min_duration_s, 0.5), longest), longest):
+        durations = warmup_durations(min(max(s.min_duration_s, 0.5), longest), longest)
+        buckets = self.runner.active_length_buckets
+        if buckets is not None:  # on a GPU: every padded shape up to the warm-up length, none first seen live
+            durations = sorted({e / rate for e in buckets.edges if e <= longest * rate} | set(durations))
+        for duration in durations:
             wave = (0.01 * rng.standard_normal(int(duration * rate))).astype(np.float32)
-            await self.batcher.submit(wave, cost=wave.shape[0], deadline=None)
+            await self.batcher.submit(wave, cost=self.runner.cost(wave.shape[0]), deadline=None)
         # A burst of short items so batched shapes are compiled too.
         burst = [(0.01 * rng.standard_normal(rate)).astype(np.float32) for _ in range(s.max_batch_size)]
-        await asyncio.gather(*(self.batcher.submit(w, cost=w.shape[0], deadline=None) for w in burst))
+        await asyncio.gather(*(self.batcher.submit(w, cost=self.runner.cost(w.shape[0]), deadline=None)
+                               for w in burst))
         log.info("warm-up done in %.2f s", time.monotonic() - started)
 
+    def _count_cap_refusal(self, rpc: str, protocol: str) -> None:
+        self.metrics.reject("rpc_limit")
+        if protocol:
+            self.metrics.observe_request(rpc, "RESOURCE_EXHAUSTED", 0.0, protocol)
+
     async def stop(self) -> None:
-        """Ordered shutdown; idempotent. Accepted work finishes within ``drain_grace_s``."""
+        """Ordered shutdown (module docstring); idempotent. Accepted work finishes within the grace."""
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
-        grace_end = time.monotonic() + self.settings.drain_grace_s
-        log.info("draining (grace %.1f s)", self.settings.drain_grace_s)
+        s = self.settings
+        grace_end = time.monotonic() + s.drain_grace_s
+
+        def left() -> float:
+            return max(0.0, grace_end - time.monotonic())
+
+        log.info("draining (readiness delay %.1f s, grace %.1f s)",
+                 s.drain_readiness_delay_s, s.drain_grace_s)
+        # 1. Not ready on every protocol, still serving.
         await self.health.enter_drain()
         if self.core is not None:
-            self.core.begin_drain()
-            await self.core.wait_idle(max(0.0, grace_end - time.monotonic()))
+            self.core.withdraw_readiness()
+        if self.server is not None or self.http is not None:
+            await asyncio.sleep(min(s.drain_readiness_delay_s, left()))
+        # 2. GOAWAY and no new calls; the HTTP listener closes (requests in progress finish).
+        grpc_stop = asyncio.ensure_future(self.server.stop(grace=left())) if self.server is not None else None
+        http_stop = asyncio.ensure_future(self.http.stop()) if self.http is not None else None
+        # 3. Every call accepted so far finishes. Calls gRPC accepted just before the GOAWAY reach the
+        # admission count within a loop iteration or two.
+        await asyncio.sleep(_ACCEPT_SETTLE_S)
+        if self.admission is not None:
+            await self.admission.wait_idle(left())
+        if self.core is not None:
+            self.core.begin_drain()  # anything that still reaches the core now is refused
+            await self.core.wait_idle(left())
         if self.batcher is not None:
-            await self.batcher.close(drain=True, timeout_s=max(0.0, grace_end - time.monotonic()))
-        if self.http is not None:
-            # Open through the drain (readiness 503, new calls 503); closed once accepted calls are done.
-            await self.http.stop()
-        if self.server is not None:
-            # Idle (or out of grace): only health Watch streams and stray calls remain, so a short grace.
-            await self.server.stop(grace=min(_FINAL_GRACE_S, max(0.0, grace_end - time.monotonic())))
+            await self.batcher.close(drain=True, timeout_s=left())
+        if self.server is not None and grpc_stop is not None:
+            # 4. Idle (or out of grace): only health Watch streams are left; cancel them.
+            await self.server.stop(grace=None)
+            await grpc_stop
+        if http_stop is not None:
+            await http_stop
         if self.runner is not None:
             self.runner.close()
         self.metrics.close()

@@ -62,8 +62,8 @@ class Settings:
         defaults.MAX_CONCURRENT_STREAMS, "StreamRecognize calls open at once; more are refused"
     )
     max_concurrent_rpcs: int = _opt(
-        256, "RPCs of any kind in progress at once (bounds memory under overload); more get "
-        "RESOURCE_EXHAUSTED from gRPC itself (0 = unlimited)"
+        256, "gRPC calls in progress at once, health checks not counted (bounds memory under overload); "
+        "more get RESOURCE_EXHAUSTED before their request is read (0 = unlimited)"
     )
     # --- security (see server/security.py)
     tls_cert_file: str = _opt("", "PEM server certificate; with --tls-key-file enables TLS")
@@ -125,6 +125,45 @@ class Settings:
         "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
         "alone, so only the one that hangs fails (0 = no watchdog)"
     )
+    # --- engine (issue 16)
+    engine: str = _opt(
+        defaults.ENGINE, "inference engine: onnxruntime, or openvino (CPU; needs the 'openvino' extra, "
+        "pip install '.[openvino]'); both run the same model repository"
+    )
+    inference_precision: str = _opt(
+        defaults.INFERENCE_PRECISION,
+        "OpenVINO inference precision: auto (bf16 only where the CPU has native bf16, else f32), "
+        "f32 or bf16 (ignored by onnxruntime, whose precision is the model repository's)"
+    )
+    # --- GPU (issue 15; see server/gpu.py and server/buckets.py)
+    gpu_device_id: int = _opt(0, "CUDA device the GPU providers run on")
+    cudnn_conv_algo_search: str = _opt(
+        "heuristic", "cuDNN convolution algorithm choice: heuristic (no per-shape benchmark), exhaustive "
+        "(benchmarks every algorithm for every new input shape) or default"
+    )
+    gpu_mem_limit_mb: int = _opt(
+        0, "most GPU memory the CUDA arena may take, in MiB (0 = 90 %% of the device, read through NVML at "
+        "start; no limit when NVML is unavailable; -1 = no limit): a batch beyond it is split"
+    )
+    gpu_arena_extend_strategy: str = _opt(
+        "same_as_requested", "how the CUDA arena grows: same_as_requested or next_power_of_two"
+    )
+    gpu_tf32: bool = _opt(
+        False, "allow TF32 for fp32 MatMul/Conv on Ampere and later GPUs (faster, no longer the exact "
+        "fp32 model: off by default)"
+    )
+    gpu_cooldown_s: float = _opt(
+        defaults.GPU_COOLDOWN_S,
+        "after moving from the GPU to CPU on device failures, load the GPU again after this long and "
+        "return to it when a probe run passes (0 = stay on CPU)"
+    )
+    length_buckets: str = _opt(
+        "auto", "pad inputs to a grid of lengths on GPUs (bounded set of shapes for cuDNN/TensorRT; results "
+        "unchanged): auto (4 per octave up to --max-duration-s, GPU only), off, or edges in seconds (1,2,4,8)"
+    )
+    tensorrt_fp16: bool = _opt(
+        False, "TensorRT only (when TensorrtExecutionProvider is listed): build fp16 engines"
+    )
     # --- batching
     batch_policy: str = _opt(
         DEFAULT_DECISION, "how batches are formed: length_aware (this server's policy), fifo (pad to the "
@@ -140,7 +179,8 @@ class Settings:
     default_timeout_s: float = _opt(defaults.DEFAULT_TIMEOUT_S, "deadline applied to calls that carry none")
     # --- audio limits
     max_duration_s: float = _opt(
-        30.0, "longest single model pass, in seconds (same as --max-segment-s, its newer name): audio up to "
+        defaults.MAX_DURATION_S,
+        "longest single model pass, in seconds (same as --max-segment-s, its newer name): audio up to "
         "this long is one pass; longer Recognize/Embed audio is cut into segments of at most this "
         "(attention memory grows with the square of the length: one 60 s item needs ~2 GB more than the "
         "weights with the large model); also the longest StreamRecognize segment",
@@ -161,6 +201,11 @@ class Settings:
         "memory warm-up alone would take (longer inputs still run, just not before SERVING)"
     )
     drain_grace_s: float = _opt(25.0, "on SIGTERM, time allowed to finish accepted work before exiting")
+    drain_readiness_delay_s: float = _opt(
+        1.0, "on SIGTERM, how long to keep serving after readiness turns NOT_SERVING before closing the "
+        "listeners (GOAWAY), so load balancers and resolvers move new calls elsewhere first (part of the "
+        "grace)"
+    )
     log_level: str = _opt("INFO", "logging level")
 
     def __post_init__(self) -> None:
@@ -179,6 +224,24 @@ class Settings:
             problems.append("providers must name at least one execution provider")
         if self.batch_policy not in BATCH_POLICIES:
             problems.append(f"batch policy {self.batch_policy!r} is not one of {', '.join(BATCH_POLICIES)}")
+        if self.engine not in ("onnxruntime", "openvino"):
+            problems.append(f"engine {self.engine!r} is not one of onnxruntime, openvino")
+        if self.inference_precision not in ("auto", "f32", "bf16"):
+            problems.append(f"inference precision {self.inference_precision!r} is not one of auto, f32, bf16")
+        if self.cudnn_conv_algo_search not in ("heuristic", "exhaustive", "default"):
+            problems.append(f"cudnn conv algo search {self.cudnn_conv_algo_search!r} is not one of "
+                            "heuristic, exhaustive, default")
+        if self.gpu_arena_extend_strategy not in ("same_as_requested", "next_power_of_two"):
+            problems.append(f"gpu arena extend strategy {self.gpu_arena_extend_strategy!r} is not one of "
+                            "same_as_requested, next_power_of_two")
+        if self.gpu_mem_limit_mb < -1 or self.gpu_device_id < 0 or self.gpu_cooldown_s < 0:
+            problems.append("gpu_mem_limit_mb must be >= -1, gpu_device_id and gpu_cooldown_s >= 0")
+        try:
+            from emotion2vec_serving.server.buckets import parse_length_buckets
+
+            parse_length_buckets(self.length_buckets, gpu=True, min_s=0.1, max_s=1.0)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
             problems.append(
                 f"graph optimisation level {self.graph_optimization_level!r} is not one of "
@@ -194,7 +257,8 @@ class Settings:
                      "max_stream_duration_s", "default_timeout_s", "warmup_max_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
-        for name in ("max_queue_delay_ms", "drain_grace_s", "max_connection_age_s", "run_timeout_s",
+        for name in ("max_queue_delay_ms", "drain_grace_s", "drain_readiness_delay_s", "max_connection_age_s",
+                     "run_timeout_s",
                      "max_concurrent_rpcs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")

@@ -105,12 +105,32 @@ def test_serving_process_never_loads_torch_or_the_exporter() -> None:
     code = (
         "import sys, emotion2vec_serving.server.app, emotion2vec_serving.server.__main__\n"
         "import emotion2vec_serving.clients.cli\n"
-        "bad = sorted(m for m in ('torch', 'funasr', 'emotion2vec_serving.export', 'onnx')\n"
+        "bad = sorted(m for m in ('torch', 'funasr', 'emotion2vec_serving.export', 'onnx', 'openvino')\n"
         "             if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"serving imports pulled in: {out.stdout.strip()}"
+
+
+def test_only_the_openvino_engine_module_imports_openvino() -> None:
+    """OpenVINO is an optional engine: one module imports it, and only ``--engine openvino`` loads that."""
+    importers = [p.relative_to(ROOT).as_posix() for p in _modules("server") if "openvino" in _imports(p)]
+    assert importers == ["server/engines/openvino.py"], importers
+
+
+def test_a_default_server_builds_its_runner_without_openvino() -> None:
+    """Building a default (ONNX Runtime) session factory must not pull OpenVINO in; choosing it does."""
+    code = (
+        "import sys\n"
+        "from emotion2vec_serving.server.engines import session_factory_for\n"
+        "session_factory_for('onnxruntime')\n"
+        "before = 'openvino' in sys.modules\n"
+        "session_factory_for('openvino')\n"
+        "print(before, 'openvino' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "True"], out.stdout
 
 
 
