@@ -33,7 +33,11 @@ def _onnx(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     repo = export_repository(args.source, args.out, precision=args.precision, verify=not args.no_verify,
-                             progress=_say)
+                             progress=_say, revision=args.revision, hub=args.hub)
+    if args.triton_layout is not None:
+        from emotion2vec_serving.export.triton import write_triton_layout
+
+        _say(f"Triton layout: {write_triton_layout(repo, args.triton_layout)}")
     manifest = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
     sizes = {p.name: p.stat().st_size for p in sorted(repo.iterdir())}
     _say(f"done in {time.perf_counter() - started:.1f} s: {repo} " +
@@ -56,6 +60,13 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(report, indent=2))
     _say("parity OK" if tolerance is not None else f"{precision}: maxima reported (no tolerance applied)")
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    from emotion2vec_serving.export.triton import write_triton_layout
+
+    print(write_triton_layout(args.repo, args.out, name=args.name, max_batch_size=args.max_batch_size))
     return 0
 
 
@@ -83,9 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True,
                    help="checkpoint directory or model id (e.g. emotion2vec_plus_large)")
     p.add_argument("--out", required=True, type=Path, help="model repository directory to write")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int8_dynamic"], default="fp32",
+                   help="int8: batch-exact row-wise int8; int8_dynamic: per-tensor dynamic int8, whose "
+                   "answers depend on batch mates (comparison only)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against FunASR")
+    p.add_argument("--revision", default=None,
+                   help="hub revision of a model id (default: the pinned one, export/download.py)")
+    p.add_argument("--hub", choices=["modelscope", "huggingface"], default=None,
+                   help="hub of a model id (default: ModelScope, then Hugging Face if a revision is known)")
+    p.add_argument("--triton-layout", type=Path, default=None, metavar="DIR",
+                   help="also write a Triton model directory DIR/<name>/1/model.onnx + config.pbtxt")
     p.set_defaults(func=_onnx)
+
+    p = sub.add_parser("triton", help="write a Triton model directory from an exported model repository")
+    p.add_argument("--repo", required=True, type=Path, help="model repository (manifest.json, model.onnx)")
+    p.add_argument("--out", required=True, type=Path, help="Triton model repository root to write into")
+    p.add_argument("--name", default=None, help="model name in Triton (default: the manifest's model name)")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.set_defaults(func=_triton)
 
     p = sub.add_parser("verify", help="check a model repository against FunASR on the same checkpoint")
     p.add_argument("--source", required=True, type=Path, help="checkpoint directory")
@@ -94,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("demo", help="build the tiny random demo model repository (idempotent)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="the model repository to write (emotion-server --model DIR serves it)")
     p.set_defaults(func=_demo)
     return parser
 

@@ -7,6 +7,8 @@ path is recorded, and a freshly built model, so that no cached ALiBi tensor beco
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import shutil
 import sys
@@ -23,13 +25,17 @@ import torch
 from emotion2vec_serving.export.load import LoadedCheckpoint, load_checkpoint
 from emotion2vec_serving.export.model import Emotion2vecBatchExact, build_model
 from emotion2vec_serving.export.ort_run import OnnxModel, pad_batch
-from emotion2vec_serving.export.signals import DEVIATION_LENGTHS_S, speech_like_set
+from emotion2vec_serving.export.signals import DEVIATION_LENGTHS_S, speech_like, speech_like_set
 from emotion2vec_serving.modelrepo import INPUT_NAMES, MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, ONNX_FILE
 
 __all__ = ["OPSET", "PRECISIONS", "export_onnx", "export_repository", "label_entries"]
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
+#: ``int8``: batch-exact row-wise int8 (export/quantize.py); ``int8_dynamic``: ONNX Runtime's per-tensor
+#: dynamic quantisation, whose answers depend on batch mates (kept only for comparison; never the default).
+PRECISIONS = ("fp32", "fp16", "int8", "int8_dynamic")
+#: Largest |Δprobs| between an item alone and in a padded batch for a repository to claim ``batch_exact``.
+BATCH_EXACT_TOLERANCE = 1e-5
 #: Above this size the weights go to ``model.onnx.data`` (protobuf files cannot exceed 2 GB).
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
 MIN_SAMPLES = 400
@@ -58,7 +64,10 @@ def export_onnx(model: Emotion2vecBatchExact, path: Path, opset: int = OPSET) ->
         axes[name] = {0: "batch", 1: "frames"} if name.startswith("frame_") and name != "frame_lengths" else {
             0: "batch"
         }
-    # Trace into a scratch directory: for models over 2 GB torch writes one file per tensor there.
+    # The graph is traced without its weights (export_params=False: they become graph inputs named like the
+    # state dict) and the weights are then written tensor by tensor from the model itself. torch's own
+    # weight export holds the ONNX protobuf, its serialised string and a Python copy of it at once: about
+    # five copies of a large model (5.4 GB for a 1.26 GB checkpoint) against one here.
     with tempfile.TemporaryDirectory(prefix="emotion-trace-") as tmp:
         traced = Path(tmp) / ONNX_FILE
         with torch.no_grad():
@@ -71,18 +80,75 @@ def export_onnx(model: Emotion2vecBatchExact, path: Path, opset: int = OPSET) ->
                 dynamic_axes=axes,
                 opset_version=opset,
                 dynamo=False,
-                do_constant_folding=True,
+                export_params=False,
+                # Folding would turn weights into new, unnamed tensors that only torch's weight export
+                # knows; the one fold that matters (transposed Linear weights) is done in _attach_weights.
+                do_constant_folding=False,
             )
-        external = traced.stat().st_size > EXTERNAL_DATA_THRESHOLD_BYTES or len(list(Path(tmp).iterdir())) > 1
-        data = path.with_name(path.name + ".data")
-        data.unlink(missing_ok=True)
-        if external:
-            proto = onnx.load(str(traced))
-            onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data.name, size_threshold=1024)
-        else:
-            shutil.move(str(traced), str(path))
+        proto = onnx.load(str(traced))
+    attach_weights(proto, model.state_dict(), path)
     return path
+
+
+def attach_weights(proto: onnx.ModelProto, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Make the graph inputs named after ``weights`` initializers and save ``proto`` to ``path``.
+
+    Tensors go one at a time into ``<path>.data`` (offsets aligned to 4 KiB, so ONNX Runtime can map them);
+    a weight that only feeds a ``Transpose`` is stored transposed instead (what torch's constant folding
+    does for Linear layers), so the served graph has no runtime transposes of weights. Models under
+    ``EXTERNAL_DATA_THRESHOLD_BYTES`` are then rewritten as one self-contained file.
+    """
+    graph = proto.graph
+    params = {i.name for i in graph.input if i.name in weights}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    stored: list[tuple[str, torch.Tensor]] = []
+    for name in sorted(params):
+        tensor = weights[name].detach()
+        users = consumers.get(name, [])
+        transposes = [n for n in users if n.op_type == "Transpose"]
+        for node in transposes:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            order = perm if perm is not None else list(reversed(range(tensor.dim())))
+            stored.append((node.output[0], tensor.permute(*order)))
+            graph.node.remove(node)
+        if len(transposes) < len(users):
+            stored.append((name, tensor))
+    kept_inputs = [i for i in graph.input if i.name not in params]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = 0
+    with data.open("wb") as fh:
+        for name, tensor in stored:
+            array = tensor.contiguous().numpy()
+            proto_tensor = graph.initializer.add()
+            proto_tensor.name = name
+            proto_tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+            proto_tensor.dims.extend(array.shape)
+            if array.nbytes < 1024:
+                proto_tensor.raw_data = array.tobytes()
+                continue
+            offset = (fh.tell() + 4095) // 4096 * 4096
+            fh.write(b"\0" * (offset - fh.tell()))
+            array.tofile(fh)
+            total += array.nbytes
+            proto_tensor.data_location = onnx.TensorProto.EXTERNAL
+            where = (("location", data.name), ("offset", str(offset)), ("length", str(array.nbytes)))
+            for key, value in where:
+                entry = proto_tensor.external_data.add()
+                entry.key, entry.value = key, value
+            del array
+    if total < EXTERNAL_DATA_THRESHOLD_BYTES:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(proto, str(path.parent))
+        data.unlink()
+    onnx.save_model(proto, str(path))
 
 
 def _quantize_int8(fp32_path: Path, out_path: Path) -> None:
@@ -129,14 +195,41 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+class RecordedReference:
+    """The fp32 torch model's outputs on fixed clips, recorded so the model itself can be freed.
+
+    Called like the model on one clip (``waveform[1, S]``, ``lengths[1]``), as ``measure_deviation`` does.
+    """
+
+    def __init__(self, model: Emotion2vecBatchExact, clips: list[np.ndarray]) -> None:
+        self.clips = clips
+        self.output_names = model.output_names
+        self._outputs: dict[bytes, tuple[torch.Tensor, ...]] = {}
+        with torch.no_grad():
+            for clip in clips:
+                outputs = model(torch.from_numpy(clip)[None], torch.tensor([len(clip)]))
+                self._outputs[clip.tobytes()] = tuple(o.clone() for o in outputs)
+
+    def __call__(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = waveform[0, : int(lengths[0])].numpy().tobytes()
+        if waveform.shape[0] != 1 or key not in self._outputs:
+            raise KeyError("RecordedReference answers only the single clips it recorded")
+        return self._outputs[key]
+
+
 def measure_deviation(
-    reference: Emotion2vecBatchExact, onnx_path: Path, clips: list[np.ndarray]
+    reference: Emotion2vecBatchExact | RecordedReference, onnx_path: Path, clips: list[np.ndarray]
 ) -> dict[str, Any]:
     """Compare the ONNX model (clips run as one padded batch, and alone) with the fp32 torch model.
 
     ``max_abs_probs``/``min_cosine_embedding``: padded-batch ONNX vs fp32 reference, items alone.
-    ``batch_consistency_max_abs_probs``: ONNX padded batch vs ONNX alone: dynamic int8 quantisation picks
-    activation scales per tensor, i.e. per batch, so a quantised model is not exactly batch-invariant.
+    ``batch_consistency_max_abs``: ONNX padded batch vs ONNX alone: ``int8_dynamic`` picks activation scales
+    per tensor, i.e. per batch, so that model is not batch-invariant (row-wise ``int8`` is).
+    ``top1_agreement``: share of clips whose top label equals the fp32 reference's.
+    ``equal_length_consistency_max_abs``: each clip alone vs. in a batch with a 20x louder mate of exactly its
+    length (no padding): int8 rounds activations, so the last-bit differences that padding makes in the fp32
+    ops before a quantiser (attention over padded keys) can flip a rounding and grow through the layers;
+    without padding nothing differs.
     """
     session = OnnxModel(onnx_path)
     batched = session.run_clips(clips)
@@ -144,7 +237,9 @@ def measure_deviation(
     min_cos = 1.0
     max_emb = 0.0
     consistency = 0.0
-    for clip, got in zip(clips, batched, strict=True):
+    equal_length = 0.0
+    agree = 0
+    for i, (clip, got) in enumerate(zip(clips, batched, strict=True)):
         with torch.no_grad():
             ref = reference(torch.from_numpy(clip)[None], torch.tensor([len(clip)]))
         ref_out = dict(zip(reference.output_names, ref, strict=True))
@@ -154,9 +249,13 @@ def measure_deviation(
         min_cos = min(min_cos, cos)
         max_emb = max(max_emb, float(np.abs(emb - emb_ref).max()))
         alone = session.run_clips([clip])[0]
+        with_mate = session.run_clips([20.0 * speech_like(len(clip), seed=4321 + i), clip])[1]
+        key = "probs" if "probs" in got else "embedding"
+        equal_length = max(equal_length, float(np.abs(with_mate[key] - alone[key]).max()))
         if "probs" in got:
             max_probs = max(max_probs, float(np.abs(got["probs"] - ref_out["probs"][0].numpy()).max()))
             consistency = max(consistency, float(np.abs(got["probs"] - alone["probs"]).max()))
+            agree += int(np.argmax(got["probs"]) == np.argmax(ref_out["probs"][0].numpy()))
         else:
             consistency = max(consistency, float(np.abs(got["embedding"] - alone["embedding"]).max()))
     return {
@@ -164,6 +263,8 @@ def measure_deviation(
         "min_cosine_embedding": min_cos,
         "max_abs_embedding": max_emb,
         "batch_consistency_max_abs": consistency,
+        "equal_length_consistency_max_abs": equal_length,
+        "top1_agreement": agree / len(clips) if "probs" in batched[0] else None,
         "inputs": f"speech_like_set seeds 1234.., durations {list(DEVIATION_LENGTHS_S)} s, one padded batch",
     }
 
@@ -176,13 +277,19 @@ def write_manifest(
     deviation: dict[str, Any],
     parity: dict[str, Any] | None,
     export_s: float,
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "model_name": ck.model_name,
         "model_version": ck.sha256[:12],
         "untrained": ck.untrained,
-        "precision": precision,
+        "precision": "int8" if precision.startswith("int8") else precision,
+        # Measured, not assumed: an item alone equals the item in a padded batch within 1e-5 (probs).
+        "batch_exact": deviation["batch_consistency_max_abs"] <= BATCH_EXACT_TOLERANCE,
+        # Exact when batch mates have the same length (no padding): the server batches equal lengths only.
+        "batch_exact_equal_length": deviation["equal_length_consistency_max_abs"] <= BATCH_EXACT_TOLERANCE,
+        "quantization": quantization,
         "onnx_file": ONNX_FILE,
         "opset": OPSET,
         "sample_rate_hz": 16000,
@@ -197,6 +304,8 @@ def write_manifest(
             "checkpoint_sha256": ck.sha256,
             "path": str(ck.directory.resolve()),
             "weights_file": ck.weights_file.name,
+            # Downloaded model ids: hub, repository, the pinned (or --revision) revision, file digests.
+            "hub": ck.hub,
             "config": ck.config["model_conf"] | {"modalities": ck.config["model_conf"]["modalities"]},
         },
         "exporter": _versions(),
@@ -221,8 +330,15 @@ def export_repository(
     verify: bool = True,
     progress: Progress = _stderr,
     padding_fix: bool = True,
+    revision: str | None = None,
+    hub: str | None = None,
 ) -> Path:
     """Export ``source`` (checkpoint dir or model id) into the model repository ``out_dir``.
+
+    A model id is downloaded at its pinned revision (or ``revision``) from ``hub`` (default: each hub in
+    turn), resumably (export/download.py). Memory: the checkpoint is memory-mapped and becomes the model's
+    parameters without a copy, and the torch model is freed before ONNX Runtime loads the export, so the
+    peak stays near two copies of the weights (benchmarks/RESULTS_export.md).
 
     With ``verify`` the repository is checked against FunASR (fp32 must match within 1e-4; other
     precisions report their maxima) and the measured maxima are stored in the manifest.
@@ -231,8 +347,11 @@ def export_repository(
         raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
     started = time.perf_counter()
     progress(f"[1/4] loading checkpoint {source}")
-    ck = load_checkpoint(source)
-    model = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix)
+    ck = load_checkpoint(source, revision=revision, hub=hub, progress=progress, mmap=True)
+    model = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix, assign=True)
+    # The fp32 torch outputs the export is compared with, computed now so that the torch model can go
+    # before ONNX Runtime loads the exported copy of the weights.
+    reference = RecordedReference(model, speech_like_set())
     repo = Path(out_dir)
     if repo.exists():
         for name in (ONNX_FILE, ONNX_FILE + ".data", MANIFEST_FILE):
@@ -240,30 +359,48 @@ def export_repository(
     repo.mkdir(parents=True, exist_ok=True)
     progress(f"[2/4] exporting {ck.model_name} ({sum(v.numel() for v in ck.state_dict.values()) / 1e6:.1f}M "
              f"parameters) to ONNX opset {OPSET}, {precision}")
+    quantization: dict[str, Any] | None = None
     if precision == "int8":
+        from emotion2vec_serving.export.quantize import quantize_rowwise_int8
+
         with tempfile.TemporaryDirectory(prefix="emotion-export-") as tmp:
             fp32_path = export_onnx(model, Path(tmp) / ONNX_FILE)
-            progress("      quantising MatMul weights to int8 (dynamic quantisation)")
+            progress("      quantising MatMul weights to int8 (row-wise dynamic activations: batch-exact)")
+            # Smoothing factors from generated speech (seeds apart from the deviation set's), each clip alone.
+            calibration = [speech_like(int(16000 * d), seed=900 + i) for i, d in enumerate((1.0, 2.5, 4.0))]
+            quantization = quantize_rowwise_int8(fp32_path, repo / ONNX_FILE, calibration=calibration)
+    elif precision == "int8_dynamic":
+        with tempfile.TemporaryDirectory(prefix="emotion-export-") as tmp:
+            fp32_path = export_onnx(model, Path(tmp) / ONNX_FILE)
+            progress("      quantising MatMul weights to int8 (per-tensor dynamic: NOT batch-exact)")
             _quantize_int8(fp32_path, repo / ONNX_FILE)
+            quantization = {"method": "int8_dynamic", "weights": "int8 per tensor, 7-bit range",
+                            "activations": "uint8 dynamic, one scale per tensor (per batch): NOT batch-exact",
+                            "ops": "MatMul (ONNX Runtime quantize_dynamic)"}
     elif precision == "fp16":
-        half = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix)
+        half = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix, assign=True)
         export_onnx(half.to_compute_dtype(torch.float16), repo / ONNX_FILE)
+        del half
     else:
         export_onnx(model, repo / ONNX_FILE)
     onnx.checker.check_model(str(repo / ONNX_FILE))
     export_s = time.perf_counter() - started
+    del model  # the torch weights (the mapped checkpoint) go before ONNX Runtime loads its own copy
+    ck = dataclasses.replace(ck, state_dict={})
+    gc.collect()
     progress(f"[3/4] measuring deviation from fp32 on {len(DEVIATION_LENGTHS_S)} speech-like clips")
-    deviation = measure_deviation(model, repo / ONNX_FILE, speech_like_set())
+    deviation = measure_deviation(reference, repo / ONNX_FILE, reference.clips)
     progress(f"      max |Δprobs| {deviation['max_abs_probs']:.2e}, "
-             f"min cos(embedding) {deviation['min_cosine_embedding']:.6f}")
-    write_manifest(repo, ck, precision, model.output_names, deviation, None, export_s)
+             f"min cos(embedding) {deviation['min_cosine_embedding']:.6f}, "
+             f"alone vs batched {deviation['batch_consistency_max_abs']:.2e}")
+    write_manifest(repo, ck, precision, reference.output_names, deviation, None, export_s, quantization)
     if verify:
         from emotion2vec_serving.export.verify import verify_repository
 
         progress("[4/4] verifying against FunASR (single clips and random padded batches)")
         report = verify_repository(ck.directory, repo, progress=progress,
                                    tolerance=1e-4 if precision == "fp32" else None)
-        write_manifest(repo, ck, precision, model.output_names, deviation, report, export_s)
+        write_manifest(repo, ck, precision, reference.output_names, deviation, report, export_s, quantization)
     else:
         progress("[4/4] parity check skipped (--no-verify)")
     return repo

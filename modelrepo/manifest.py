@@ -93,6 +93,11 @@ class ModelManifest:
         """
         return bool(self.raw.get("batch_exact", self.precision != "int8"))
 
+    @property
+    def batch_exact_equal_length(self) -> bool:
+        """Whether outputs are independent of batch mates of exactly the same length (no padding)."""
+        return bool(self.raw.get("batch_exact_equal_length", self.batch_exact))
+
 
 def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
     if key not in data:
