@@ -646,7 +646,8 @@ class EmotionCore:
             assert pcm is not None
             encoding: PcmEncoding = "s16le" if audio.pcm_encoding == "s16le" else "f32le"
             rate, channels = audio.sample_rate_hz, audio.channels or 1
-            if longform is not None and len(pcm) > _INLINE_PCM_BYTES:
+            frame_bytes = (2 if encoding == "s16le" else 4) * max(1, channels)
+            if longform is not None and len(pcm) // frame_bytes > limits.max_duration_s * rate:
                 max_audio_s = longform.max_audio_s
                 waveform = await loop.run_in_executor(
                     self._executor,
@@ -667,7 +668,7 @@ class EmotionCore:
             rate = audio.sample_rate_hz or limits.target_sample_rate_hz
             # The same checks (rate, length, NaN/Inf) and resampling as raw f32le PCM, without a copy.
             raw = np.ascontiguousarray(samples, dtype="<f4").data.cast("B")
-            if longform is not None and len(raw) > _INLINE_PCM_BYTES:
+            if longform is not None and len(raw) // 4 > limits.max_duration_s * rate:
                 max_audio_s = longform.max_audio_s
                 waveform = await loop.run_in_executor(
                     self._executor,

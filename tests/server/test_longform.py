@@ -167,6 +167,13 @@ async def test_raw_pcm_and_compressed_long_audio(start_server: StartServer) -> N
     by_wav = await running.stub.Recognize(recognize_request(rec.wav()), timeout=60)
     assert [(s.start_s, s.end_s) for s in by_raw.segments] == [(s.start_s, s.end_s) for s in by_wav.segments]
     np.testing.assert_allclose(scores(by_raw.utterance), scores(by_wav.utterance), atol=1e-6)
+    # A few hundred kilobytes of 8 kHz PCM beyond one pass is a long recording too (not "too long").
+    pcm8k = emotion_pb2.Audio(raw=emotion_pb2.RawAudio(
+        data=rec.samples[: 12 * RATE : 2].astype("<i2").tobytes(), encoding=emotion_pb2.PCM_ENCODING_S16LE,
+        sample_rate_hz=8000,
+    ))
+    by_8k = await running.stub.Recognize(emotion_pb2.RecognizeRequest(audio=pcm8k), timeout=60)
+    assert by_8k.segments and by_8k.duration_s == pytest.approx(12.0, abs=0.01)
     # Opus at 48 kHz: decoded incrementally, resampled, still one segment per sentence.
     opus = encode(rec.samples.astype(np.float32)[:, None] / 32768.0, RATE, "ogg_opus")
     by_opus = await running.stub.Recognize(recognize_request(opus), timeout=60)
