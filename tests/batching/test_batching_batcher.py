@@ -18,6 +18,7 @@ from emotion2vec_serving.batching import (
     LatencyModel,
     QueueFull,
 )
+from tests.polling import wait_until_async
 
 SR = 16000
 pytestmark = pytest.mark.timeout(30)
@@ -314,10 +315,8 @@ async def test_wrong_result_count_fails_the_batch() -> None:
 
 async def _queued(batcher: DynamicBatcher[Any, Any], n: int) -> None:
     """Wait until ``n`` requests are queued (submit tasks reach the queue on their first step)."""
-    end = time.monotonic() + 10
-    while batcher.queued_requests < n:
-        assert time.monotonic() < end, "requests never reached the queue"
-        await asyncio.sleep(0.001)
+    await wait_until_async(lambda: batcher.queued_requests >= n, timeout_s=10, interval_s=0.001,
+                           message=f"{n} requests in the queue")
 
 
 async def _batches_with(decide_fn: Any) -> list[list[int]]:

@@ -20,8 +20,10 @@ from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from emotion2vec_serving.server.app import _DOUBLE_SIGNAL_S
 from emotion2vec_serving.server.health import SERVICE_NAME
 from emotion2vec_serving.server.process import ServerProcess
+from tests.polling import wait_until_async
 from tests.reliability.conftest import raw_request, tone
 
 
@@ -45,9 +47,18 @@ def server_procs() -> Iterator[list[ServerProcess]]:
 
 
 def _refused_before_acceptance(code: str, details: str) -> bool:
-    """A refusal that never reached the model: the drain's UNAVAILABLE, or no connection at all."""
+    """A call the server never accepted: the drain's own refusal, or no connection to send it on.
+
+    Only these may fail during a drain. A call cut off after it was accepted (``Connection reset``,
+    ``Socket closed``, a stream reset) is a lost request, whatever its status code.
+    """
+    if code != "UNAVAILABLE":
+        return False
     text = details.lower()
-    return code == "UNAVAILABLE" and ("shutting down" in text or "connect" in text or "refused" in text)
+    if "shutting down" in text:  # the core's drain refusal (errors.Draining)
+        return True
+    never_connected = "failed to connect" in text or "connection refused" in text
+    return never_connected and "reset" not in text and "socket closed" not in text
 
 
 async def test_sigterm_under_load_loses_no_accepted_request(
@@ -93,14 +104,12 @@ async def test_sigterm_under_load_loses_no_accepted_request(
 
     watcher = asyncio.ensure_future(watch_health())
     workers = [asyncio.ensure_future(worker()) for _ in range(12)]
-    await asyncio.sleep(1.5)
-    in_flight_before = sum(1 for o in outcomes if o[2] == "OK")
-    assert in_flight_before > 0, "no load reached the server before SIGTERM"
+    await wait_until_async(lambda: sum(1 for o in outcomes if o[2] == "OK") >= 12, timeout_s=60,
+                           message="load reached the server before SIGTERM")
     sigterm_at = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     rc = await asyncio.get_running_loop().run_in_executor(None, server.proc.wait, 60)
     exited_at = time.monotonic()
-    await asyncio.sleep(0.3)
     stop.set()
     await asyncio.gather(*workers)
     watcher.cancel()
@@ -121,7 +130,8 @@ async def test_sigterm_under_load_loses_no_accepted_request(
     assert not lost, f"accepted requests lost or wrong: {lost[:5]}"
     print(
         f"requests: {len(outcomes)}, OK {sum(o[2] == 'OK' for o in outcomes)}, refused "
-        f"{sum(o[2] != 'OK' for o in outcomes)}, drain took {exited_at - sigterm_at:.2f} s"
+        f"{sum(o[2] != 'OK' for o in outcomes)}, drain took {exited_at - sigterm_at:.2f} s; refusals: "
+        f"{sorted({(o[2], o[3][:70]) for o in outcomes if o[2] != 'OK'})}"
     )
     # Requests in flight at SIGTERM finished OK during the drain.
     drained_ok = [o for o in outcomes if o[2] == "OK" and o[0] < sigterm_at < o[1]]
@@ -156,8 +166,17 @@ async def test_second_sigterm_forces_exit(tiny_repo: Path, server_procs: list[Se
     server_procs.append(server)
     channel, call = await _open_idle_stream(server.target)
     try:
+        first_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(1.0)
+        await wait_until_async(lambda: "draining" in server.log_text(), timeout_s=30,
+                               message="the first SIGTERM started the drain")
+        # The drain waits for the open stream: it is still served (positive evidence, not a sleep).
+        await call.write(pb.StreamRecognizeRequest(audio=tone(1.0).astype("<f4").tobytes()))
+        assert (await call.read()).WhichOneof("message") == "segment"
+        # A second signal within _DOUBLE_SIGNAL_S of the first counts as a repeat (supervisors send two at
+        # once); send this one clearly after that window.
+        await wait_until_async(lambda: time.monotonic() >= first_at + _DOUBLE_SIGNAL_S + 0.5, timeout_s=10,
+                               message="past the repeated-signal window")
         assert server.proc.poll() is None, "the drain did not wait for the open stream"
         second_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)

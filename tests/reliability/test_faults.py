@@ -16,6 +16,7 @@ import numpy as np
 from emotion.v1 import emotion_pb2 as pb
 
 from emotion2vec_serving.server.runner import CPU_PROVIDER, CUDA_PROVIDER
+from tests.polling import wait_until_async
 from tests.reliability.conftest import Running, StartServer, raw_request, scores, tone
 from tests.server.faults import FaultyFactory, HangRuns, always, oom_above, poison_length
 
@@ -33,20 +34,12 @@ async def _batched(running: Running, gate: threading.Event, requests: list[pb.Re
     blocker = asyncio.ensure_future(_outcome(running.stub.Recognize(raw_request(tone(0.2)), timeout=30)))
     batcher = running.server.batcher
     assert batcher is not None
-    await _until(lambda: batcher.queued_requests == 0 and bool(batcher._running))
+    await wait_until_async(lambda: batcher.queued_requests == 0 and bool(batcher._running))
     calls = [asyncio.ensure_future(_outcome(running.stub.Recognize(r, timeout=30))) for r in requests]
-    await _until(lambda: batcher.queued_requests == len(requests))
+    await wait_until_async(lambda: batcher.queued_requests == len(requests))
     gate.set()
     assert (await blocker)[0] == "OK"
     return list(await asyncio.gather(*calls))
-
-
-async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def _requests(lengths: list[int]) -> list[pb.RecognizeRequest]:
@@ -142,7 +135,7 @@ async def test_a_hung_run_is_cut_off_by_a_watchdog_and_others_keep_being_served(
                                           run_timeout_s=1.0)
     try:
         stuck = asyncio.ensure_future(_outcome(running.stub.Recognize(raw_request(tone(0.5)), timeout=30)))
-        await _until(lambda: hang.calls == 1)
+        await wait_until_async(lambda: hang.calls == 1)
         # The only runner instance is blocked; the watchdog terminates the run and frees it within ~1 s.
         later = await _outcome(running.stub.Recognize(raw_request(tone(0.5)), timeout=3))
         assert later[0] == "OK", later

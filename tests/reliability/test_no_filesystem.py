@@ -22,6 +22,7 @@ import pytest
 from emotion.v1 import emotion_pb2 as pb
 
 from emotion2vec_serving.server.audio import AudioError, AudioLimits, decode_encoded
+from tests.polling import wait_until
 from tests.reliability.conftest import Running, StartServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
@@ -34,6 +35,7 @@ class OpenDetector:
         self.path = path
         os.mkfifo(path)
         self.opened = threading.Event()
+        self.cycles = 0  # watch iterations done (the thread alone writes it)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -47,6 +49,7 @@ class OpenDetector:
             else:
                 self.opened.set()
                 os.close(fd)  # gives the reader EOF, so it cannot hang
+            self.cycles += 1
             time.sleep(0.0005)
 
     def __enter__(self) -> OpenDetector:
@@ -54,7 +57,11 @@ class OpenDetector:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        time.sleep(0.05)  # let a late open be seen
+        # Not a fixed sleep: let the watcher complete two more full cycles, so an open that happened before
+        # this point (the reader still holding the FIFO) has been looked for at least once more.
+        target = self.cycles + 2
+        wait_until(lambda: self.cycles >= target, timeout_s=10, interval_s=0.001,
+                   message="the FIFO watcher kept running")
         self._stop.set()
         self.thread.join(5)
 

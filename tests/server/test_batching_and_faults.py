@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import grpc
 import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2 as pb
 
+from tests.polling import wait_until_async as until  # re-exported: other server tests import it here
 from tests.server.audio_fixtures import make_signal
 from tests.server.conftest import Running, StartServer
 from tests.server.faults import FaultyFactory, always, oom_above, poison_length
@@ -37,16 +38,6 @@ def recognize(
     call: Awaitable[pb.RecognizeResponse] = running.stub.Recognize(
         pb.RecognizeRequest(audio=audio_of(n_samples, seed), return_embedding=True), **kwargs)
     return call
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait for a condition the server reaches asynchronously (checked every 10 ms)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def scores(response: pb.RecognizeResponse) -> np.ndarray:
@@ -230,5 +221,8 @@ async def test_grpc_deadline_reaches_the_batcher(start_server: StartServer) -> N
     finally:
         gate.set()
     assert (await a).utterance.label
-    await asyncio.sleep(0.1)
+    # Positive sync point instead of a sleep: the expired request left the queue (counted above), and a
+    # request sent after it has been answered, so any batch that could have held it has already run.
+    assert (await recognize(running, RATE + 7)).utterance.label
+    assert any(RATE + 7 in batch for batch in factory.entered)
     assert all(RATE + 55 not in batch for batch in factory.entered)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2 as pb
 
+from tests.polling import wait_until_async
 from tests.server.audio_fixtures import make_signal, pcm_bytes, tone_bursts
 from tests.server.conftest import Running, StartServer
 
@@ -146,10 +147,10 @@ async def test_concurrent_stream_limit_and_active_gauge(start_server: StartServe
         await release.wait()
 
     first = running.stub.StreamRecognize(held_open())
-    for _ in range(100):  # wait until the server has accepted the first stream
-        if running.server.service is not None and running.server.service.active_streams == 1:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until_async(  # the server has accepted the first stream
+        lambda: running.server.service is not None and running.server.service.active_streams == 1,
+        message="first stream accepted",
+    )
     assert running.metric("emotion_active_streams") == 1
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stream(running, [config()])
@@ -173,14 +174,7 @@ async def test_client_cancel_ends_the_stream(running: Running) -> None:
     call = running.stub.StreamRecognize(endless())
     service = running.server.service
     assert service is not None
-    for _ in range(100):
-        if service.active_streams == 1:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until_async(lambda: service.active_streams == 1, message="stream accepted")
     call.cancel()
-    for _ in range(100):
-        if service.active_streams == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert service.active_streams == 0
+    await wait_until_async(lambda: service.active_streams == 0, message="stream ended after the cancel")
     release.set()
