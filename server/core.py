@@ -421,6 +421,11 @@ class EmotionCore:
     def mark_ready(self) -> None:
         self._ready = True
 
+    def withdraw_readiness(self) -> None:
+        """Report not ready on every protocol while still serving: the drain's first step, so load balancers
+        and resolvers move new work elsewhere before the front ends stop accepting it (issue 14)."""
+        self._ready = False
+
     def begin_drain(self) -> None:
         """Refuse new calls (UNAVAILABLE); calls already accepted run to completion."""
         self._draining = True

@@ -32,6 +32,7 @@ BASE_SETTINGS = Settings(
     max_message_bytes=2 * 1024 * 1024,
     warmup=False,
     drain_grace_s=10.0,
+    drain_readiness_delay_s=0.0,  # stopping test servers at once; the drain tests set their own delay
     max_queue_delay_ms=2.0,
 )
 

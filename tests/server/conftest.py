@@ -25,6 +25,7 @@ BASE_SETTINGS = Settings(
     min_duration_s=0.1,
     warmup=False,
     drain_grace_s=5.0,
+    drain_readiness_delay_s=0.0,  # stopping test servers at once; the drain tests set their own delay
     max_queue_delay_ms=5.0,
 )
 

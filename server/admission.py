@@ -1,0 +1,205 @@
+"""The gRPC port's concurrency cap, with health checks outside it, and the count of calls in progress.
+
+gRPC's own ``maximum_concurrent_rpcs`` counts every RPC, health checks included: with the cap reached by
+slow calls, ``grpc.health.v1.Health/Check`` got RESOURCE_EXHAUSTED and Kubernetes restarted busy, healthy
+pods. :class:`RpcAdmission` replaces it as a server interceptor:
+
+- Calls to exempt methods (grpc.health.v1, the Open Inference Protocol's live/ready probes) are never
+  counted or refused.
+- Past ``limit`` calls in progress, a call is refused with RESOURCE_EXHAUSTED (and the usual retry hint)
+  *before its handler runs and before its request message is read*: the refusal is a handler that does not
+  consume the request stream, so a flood of large requests cannot grow memory beyond ``limit`` messages.
+- Every admitted call is counted from the moment gRPC dispatches it until its handler returns. Unary-request
+  handlers are run as stream-request handlers that read their one message themselves, so the slot is
+  released even when the client cancels before sending it (gRPC would otherwise never call the handler).
+- :meth:`wait_idle` waits until no admitted call is left: the drain uses it after GOAWAY (``server.stop``)
+  to know that every call gRPC accepted has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from emotion2vec_serving.server.errors import ErrorKind, Failure
+from emotion2vec_serving.server.grpc_status import trailing_metadata
+
+__all__ = ["EXEMPT_PREFIXES", "RpcAdmission"]
+
+#: Never counted or refused: probes must answer whatever the load.
+EXEMPT_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/",)
+#: ``emotion_rejections_total`` reason of a call refused by the cap.
+REASON = "rpc_limit"
+#: gRPC service -> the ``protocol`` label of ``emotion_requests_total``.
+_PROTOCOLS = {"emotion.v1.EmotionRecognizer": "emotion_v1", "inference.GRPCInferenceService": "oip_grpc"}
+
+
+class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
+    """Caps the calls in progress at ``limit`` (0: no cap, still counted), exempting ``exempt`` methods.
+
+    ``retry_after_ms`` gives the hint sent with a refusal; ``on_reject(rpc, protocol)`` counts one.
+    """
+
+    def __init__(self, limit: int, *, exempt: Sequence[str] = (),
+                 retry_after_ms: Callable[[], int] | None = None,
+                 on_reject: Callable[[str, str], None] | None = None) -> None:
+        self.limit = limit
+        self._exempt_prefixes = EXEMPT_PREFIXES
+        self._exempt = frozenset(exempt)
+        self._retry_after_ms = retry_after_ms
+        self._on_reject = on_reject
+        self.inflight = 0
+        self.rejected = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def is_exempt(self, method: str) -> bool:
+        return method in self._exempt or method.startswith(self._exempt_prefixes)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or self.is_exempt(method):
+            return handler
+        if self.limit and self.inflight >= self.limit:
+            self.rejected += 1
+            return self._refusal(method, handler)
+        # No await from here to the handler's first line: the slot is released in its ``finally``.
+        self.inflight += 1
+        self._idle.clear()
+        return self._counted(handler)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no admitted call is in progress; False when ``timeout_s`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout_s))
+        except TimeoutError:
+            return False
+        return True
+
+    def _release(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    # ------------------------------------------------------------------ handlers
+
+    def _refusal(self, method: str, real: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, _, rpc = method.lstrip("/").rpartition("/")
+        protocol = _PROTOCOLS.get(service, "")
+        if self._on_reject is not None:
+            self._on_reject(rpc, protocol)
+        retry = self._retry_after_ms() if self._retry_after_ms is not None else None
+        failure = Failure(ErrorKind.RESOURCE_EXHAUSTED,
+                          f"the server is at its limit of {self.limit} calls in progress; "
+                          "retry after a short wait",
+                          REASON, retry)
+        metadata = trailing_metadata(failure)
+
+        async def refuse(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, failure.message,
+                                trailing_metadata=metadata)
+
+        async def refuse_streaming(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, failure.message,
+                                trailing_metadata=metadata)
+            yield  # pragma: no cover  # makes this an async generator (a streaming-response handler)
+
+        # Request-streaming handlers: gRPC calls them at once, without reading any request message.
+        if real.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse_streaming, real.request_deserializer,
+                                                         real.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(refuse, real.request_deserializer,
+                                                    real.response_serializer)
+
+    def _counted(self, real: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        release = self._release
+        des, ser = real.request_deserializer, real.response_serializer
+        behaviour = real.unary_unary or real.unary_stream or real.stream_unary or real.stream_stream
+        if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
+            release()  # a synchronous handler (none of this server's): served as it is, not counted
+            return real
+        if not real.request_streaming and not real.response_streaming:
+            unary = real.unary_unary
+
+            async def unary_unary(requests: AsyncIterator[Any],
+                                  context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    request = await _single(requests, context)
+                    return await unary(request, context)
+                finally:
+                    release()
+
+            return grpc.stream_unary_rpc_method_handler(unary_unary, des, ser)
+        if not real.request_streaming:
+            unary_stream = real.unary_stream
+            if inspect.isasyncgenfunction(unary_stream):
+
+                async def unary_stream_gen(requests: AsyncIterator[Any],
+                                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                    try:
+                        request = await _single(requests, context)
+                        async for response in unary_stream(request, context):
+                            yield response
+                    finally:
+                        release()
+
+                return grpc.stream_stream_rpc_method_handler(unary_stream_gen, des, ser)
+
+            async def unary_stream_writer(requests: AsyncIterator[Any],
+                                          context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                try:
+                    request = await _single(requests, context)
+                    await unary_stream(request, context)
+                finally:
+                    release()
+
+            return grpc.stream_stream_rpc_method_handler(unary_stream_writer, des, ser)
+        if not real.response_streaming:
+            stream_unary = real.stream_unary
+
+            async def counted_stream_unary(requests: AsyncIterator[Any],
+                                           context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await stream_unary(requests, context)
+                finally:
+                    release()
+
+            return grpc.stream_unary_rpc_method_handler(counted_stream_unary, des, ser)
+        stream_stream = real.stream_stream
+        if inspect.isasyncgenfunction(stream_stream):
+
+            async def counted_stream_gen(requests: AsyncIterator[Any],
+                                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                try:
+                    async for response in stream_stream(requests, context):
+                        yield response
+                finally:
+                    release()
+
+            return grpc.stream_stream_rpc_method_handler(counted_stream_gen, des, ser)
+
+        async def counted_stream_writer(requests: AsyncIterator[Any],
+                                        context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            try:
+                await stream_stream(requests, context)
+            finally:
+                release()
+
+        return grpc.stream_stream_rpc_method_handler(counted_stream_writer, des, ser)
+
+
+async def _single(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """The one request message of a unary-request call, read by the handler itself."""
+    async for request in requests:
+        return request
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
