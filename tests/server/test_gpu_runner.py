@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from emotion2vec_serving.server.runner import (
     ort_session_factory,
     split_on_error,
 )
+from tests.polling import wait_until, wait_until_async
 from tests.server.conftest import Running, StartServer
 
 RATE = 16000
@@ -93,13 +93,6 @@ class _Session:
 
 def wave(n: int, seed: int) -> np.ndarray:
     return (0.05 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, message: str = "") -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < end, f"timed out waiting: {message}"
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------------------------- buckets
@@ -304,13 +297,16 @@ async def test_device_failures_fall_back_to_cpu_then_return_after_the_cooldown(
         assert moved.provider == CPU_PROVIDER and runner.provider == CPU_PROVIDER
         assert changes[-1] == (CUDA_PROVIDER, CPU_PROVIDER, "runtime_failure")
         # Still broken at the first probe after the cool-down: stays on CPU and keeps serving.
+        gpu_runs = len([w for w in gpu.widths if w[0] == CUDA_PROVIDER])
         wait_until(
-            lambda: sum(1 for c in gpu.created if CUDA_PROVIDER in c) >= 2, message="a restore attempt"
+            lambda: len([w for w in gpu.widths if w[0] == CUDA_PROVIDER]) > gpu_runs,
+            20.0,
+            message="a probe run on a newly loaded GPU session",
         )
         assert runner.provider == CPU_PROVIDER
         assert runner.run([wave(8_000, 3)])[0].provider == CPU_PROVIDER
         gpu.broken.clear()  # the device recovers: the next attempt's probe passes
-        wait_until(lambda: runner.provider == CUDA_PROVIDER, message="return to the GPU")
+        wait_until(lambda: runner.provider == CUDA_PROVIDER, 20.0, message="return to the GPU")
         assert changes[-1] == (CPU_PROVIDER, CUDA_PROVIDER, "recovered")
         (back,) = runner.run([wave(16_000, 4)])
         assert back.provider == CUDA_PROVIDER and gpu.widths[-1][0] == CUDA_PROVIDER
@@ -405,7 +401,7 @@ async def test_server_metrics_and_model_info_follow_the_fallback_and_the_return(
         == 1
     )
     gpu.broken.clear()
-    await asyncio.to_thread(wait_until, lambda: runner.provider == CUDA_PROVIDER, 20.0, "return to the GPU")
+    await wait_until_async(lambda: runner.provider == CUDA_PROVIDER, 20.0, message="return to the GPU")
     info = await running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert info.execution_provider == CUDA_PROVIDER
     assert running.metric("emotion_execution_provider", provider=CUDA_PROVIDER) == 1
