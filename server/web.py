@@ -211,6 +211,14 @@ def embedding_json(res: Any, card: Any, *, input_name: str | None) -> dict[str, 
     out["model"] = _model_ref(card)
     if res.frame_features is not None:
         out["frames"] = np.asarray(res.frame_features, np.float32).tolist()
+    segments = getattr(res, "segments", ())
+    if segments:  # long recordings: the embedding above is the frame-weighted mean of these
+        out["segments"] = [{
+            "segment_id": int(seg.segment_id), "start_s": float(seg.start_s), "end_s": float(seg.end_s),
+            "embedding": np.asarray(seg.embedding, np.float32).tolist(),
+            "first_frame": int(seg.first_frame), "frame_count": int(seg.frame_count),
+            "timing": _timing(seg.timing),
+        } for seg in segments]
     return out
 
 
@@ -883,7 +891,15 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                   "input": {"type": "string"}, "dim": {"type": "integer"},
                                   "embedding": {"type": "array", "items": number}, "duration_s": number,
                                   "timing": timing, "model": model_ref,
-                                  "frames": {"type": "array", "items": {"type": "array", "items": number}}}},
+                                  "frames": {"type": "array", "items": {"type": "array", "items": number}},
+                                  "segments": {"type": "array", "description": "long recordings: per segment",
+                                               "items": {"type": "object", "properties": {
+                                                   "segment_id": {"type": "integer"}, "start_s": number,
+                                                   "end_s": number,
+                                                   "embedding": {"type": "array", "items": number},
+                                                   "first_frame": {"type": "integer"},
+                                                   "frame_count": {"type": "integer"},
+                                                   "timing": timing}}}}},
                 "Model": {"type": "object", "properties": {
                     "model": model_ref,
                     "labels": {"type": "array", "items": {"type": "object", "properties": {

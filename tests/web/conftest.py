@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from emotion2vec_serving.server.process import ServerProcess, free_port
+from tests.polling import wait_until
 from tests.server.audio_fixtures import encode, espeak_ng_wav, have_tool, make_signal
 
 #: Tolerance of float comparisons between the web API and emotion.v1 (both float32 values).
@@ -86,18 +87,6 @@ def multipart(fields: Mapping[str, str], file_name: str, data: bytes,
     return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, message: str,
-               interval_s: float = 0.05) -> None:
-    """Poll ``predicate`` until true; fail with ``message`` after ``timeout_s``."""
-    import time
-
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(message)
-        time.sleep(interval_s)
-
-
 def wait_for_http(server: WebServer, timeout_s: float = 30.0) -> None:
     """Bounded wait until the HTTP listener answers GET / (it starts with the gRPC port)."""
 
@@ -107,7 +96,7 @@ def wait_for_http(server: WebServer, timeout_s: float = 30.0) -> None:
         except OSError:
             return False
 
-    wait_until(up, timeout_s, f"HTTP listener on {server.base} never answered")
+    wait_until(up, timeout_s, 0.05, f"HTTP listener on {server.base} never answered")
 
 
 @pytest.fixture(scope="session")
