@@ -16,6 +16,7 @@ import pytest
 from emotion2vec_serving.clients import EmotionClient
 from emotion2vec_serving.clients.results import recognition_to_json
 from emotion2vec_serving.server.process import ServerProcess, free_port
+from tests.polling import wait_until_async
 from tests.server.inprocess import metric_value
 from tests.web.conftest import (
     ALLOWED_ORIGIN,
@@ -30,7 +31,6 @@ from tests.web.conftest import (
     same_result,
     tone_file,
     wait_for_http,
-    wait_until,
 )
 
 
@@ -88,6 +88,44 @@ def test_recognize_equals_emotion_v1_for_raw_and_multipart_uploads(
         reply = http("POST", open_server.url("/v1/recognize?granularity=frame&smoothing=5"), data)
         assert reply.status == 200
         same_result(reply.json(), recognition_to_json(smoothed))
+
+
+def test_long_recording_segments_equal_emotion_v1(open_server: WebServer) -> None:
+    card = http("GET", open_server.url("/v1/model")).json()
+    long = tone_file("flac", card["max_duration_s"] + 5.0, seed=5, rate=16000)  # longer than one pass
+    with EmotionClient(open_server.target) as client:
+        expected = client.recognize(long, granularity="frame")
+    assert len(expected.segments) >= 2
+    reply = http("POST", open_server.url("/v1/recognize?granularity=frame&name=long.flac"), long)
+    assert reply.status == 200, reply.body[:300]
+    answer = reply.json()
+    assert len(answer["segments"]) == len(expected.segments)
+    schema_doc = http("GET", open_server.url("/openapi.json")).json()
+    schema = schema_doc["components"]["schemas"]["Recognition"]
+    assert set(answer) <= set(schema["properties"])
+    for seg in answer["segments"]:
+        assert set(seg) <= set(schema["properties"]["segments"]["items"]["properties"])
+    for got in answer["segments"]:
+        got.pop("timing")
+    wanted = recognition_to_json(expected, input_name="long.flac")
+    for seg in wanted["segments"]:
+        seg.pop("timing")
+    same_result(answer, wanted)
+
+    with EmotionClient(open_server.target) as client:
+        embedded = client.embed(long)
+    reply = http("POST", open_server.url("/v1/embed"), long)
+    assert reply.status == 200
+    got = reply.json()
+    np.testing.assert_allclose(np.asarray(got["embedding"], np.float32), embedded.embedding, atol=TOL)
+    assert [(g["segment_id"], g["first_frame"], g["frame_count"]) for g in got["segments"]] == \
+        [(e.segment_id, e.first_frame, e.frame_count) for e in embedded.segments]
+    for g, e in zip(got["segments"], embedded.segments, strict=True):
+        assert g["start_s"] == pytest.approx(e.start_s) and g["end_s"] == pytest.approx(e.end_s)
+        np.testing.assert_allclose(np.asarray(g["embedding"], np.float32), e.embedding, atol=TOL)
+    embedding_schema = schema_doc["components"]["schemas"]["Embedding"]
+    assert set(got) <= set(embedding_schema["properties"])
+    assert set(got["segments"][0]) <= set(embedding_schema["properties"]["segments"]["items"]["properties"])
 
 
 def test_embed_and_model_equal_emotion_v1(open_server: WebServer, upload_files: dict[str, bytes]) -> None:
@@ -317,10 +355,45 @@ async def test_websocket_auth_errors_and_bad_config(strict_server: WebServer, op
     assert http("GET", open_server.url("/v1/stream")).status == 400
 
 
-# ------------------------------------------------------------------------------------------ 503 (drain)
+# ------------------------------------------------------------------------------------------ drain (503)
 
 
-async def test_503_while_draining_and_the_open_stream_still_finishes(tiny_repo: Path) -> None:
+async def test_503_once_the_core_drains(tiny_repo: Path) -> None:
+    """What the web API answers when the core refuses new work for the drain (``EmotionServer.stop``
+    closes the listener soon after, but a call already on a connection meets exactly this)."""
+    import dataclasses
+
+    from emotion2vec_serving.server.manifest import load_manifest
+    from tests.server.conftest import BASE_SETTINGS
+    from tests.server.inprocess import serving
+
+    async with serving(load_manifest(tiny_repo), dataclasses.replace(BASE_SETTINGS, http_port=0)) as start:
+        running = await start()
+        base = f"http://127.0.0.1:{running.server.http_port}"
+        data = tone_file("wav", 1.0)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(base + "/v1/recognize", data=data) as r:
+                assert r.status == 200
+            core = running.server.core
+            assert core is not None
+            core.begin_drain()
+            async with session.post(base + "/v1/recognize", data=data) as r:
+                assert r.status == 503 and int(r.headers["Retry-After"]) >= 1
+                assert "shutting down" in (await r.json())["error"]
+            async with session.ws_connect(base.replace("http", "ws") + "/v1/stream") as ws:
+                await ws.send_json({"encoding": "s16le", "sample_rate_hz": 16000})
+                refusal = await ws.receive_json(timeout=10)
+                assert refusal["type"] == "error" and refusal["status"] == 503
+                assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+                assert ws.close_code == 4503
+        text = running.scrape()
+        assert metric_value(text, "emotion_requests_total", rpc="Recognize", code="UNAVAILABLE",
+                            protocol="http") == 1
+        assert metric_value(text, "emotion_requests_total", rpc="StreamRecognize", code="UNAVAILABLE",
+                            protocol="ws") == 1
+
+
+async def test_sigterm_lets_an_open_stream_finish_then_the_listener_closes(tiny_repo: Path) -> None:
     port = free_port()
     with ServerProcess(tiny_repo, ["--no-warmup", "--http-port", str(port), "--drain-grace-s", "20"],
                        isolated_env=True) as proc:
@@ -334,16 +407,17 @@ async def test_503_while_draining_and_the_open_stream_still_finishes(tiny_repo: 
             started = await ws.receive_json(timeout=10)
             assert started["type"] == "started"
             await ws.send_bytes(pcm[:16000])
-            proc.proc.send_signal(signal.SIGTERM)  # the accepted stream keeps the server draining
+            proc.proc.send_signal(signal.SIGTERM)
 
-            def refused() -> bool:
-                reply = http("POST", server.url("/v1/recognize"), tone_file("wav", 1.0), timeout=5)
-                return reply.status == 503
+            def closed() -> bool:  # no new connections once the drain is under way
+                try:
+                    http("GET", server.url("/v1/model"), timeout=2)
+                except OSError:
+                    return True
+                return False
 
-            await asyncio.to_thread(wait_until, refused, 10.0, "new calls were not refused with 503")
-            reply = http("POST", server.url("/v1/recognize"), tone_file("wav", 1.0), timeout=5)
-            assert reply.status == 503 and int(reply.headers["retry-after"]) >= 1
-            assert "shutting down" in reply.json()["error"]
+            await wait_until_async(lambda: asyncio.to_thread(closed), 15.0, 0.05,
+                                   "the HTTP listener stayed open")
             # The stream accepted before the drain still runs to its summary.
             await ws.send_bytes(pcm[16000:])
             await ws.send_json({"end": True})
@@ -351,5 +425,21 @@ async def test_503_while_draining_and_the_open_stream_still_finishes(tiny_repo: 
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     kinds.append(json.loads(msg.data)["type"])
-            assert kinds[-1] == "summary", kinds
+            assert kinds and kinds[-1] == "summary", kinds
         assert await asyncio.to_thread(proc.proc.wait, 30) == 0
+
+
+def test_the_web_front_end_speaks_no_grpc() -> None:
+    """The web API is a front end over the core: no gRPC, no protobuf stubs, no client package."""
+    import ast
+
+    source = (Path(__file__).resolve().parents[2] / "server" / "web.py").read_text(encoding="utf-8")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    bad = {m for m in imported if m.split(".")[0] in {"grpc", "google", "emotion"}
+           or m.startswith("emotion2vec_serving.clients")}
+    assert not bad, bad
