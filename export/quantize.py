@@ -115,13 +115,15 @@ def quantize_rowwise_int8(fp32_path: Path, out_path: Path, *, weight_bits: int =
             consumers[name] = consumers.get(name, 0) + 1
     qmax_w = float(2 ** (weight_bits - 1) - 1)
     new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = [
-        _const("rq/zero_point_u8", np.array(128, dtype=np.uint8)),
-        _const("rq/qmax", np.array(127.0, dtype=np.float32)),
-        _const("rq/eps", np.array(1e-30, dtype=np.float32)),
-        _const("rq/offset", np.array(128.0, dtype=np.float32)),
-        _const("rq/levels", np.array(float(activation_levels), dtype=np.float32)),
-    ]
+    new_inits: list[onnx.TensorProto] = [_const("rq/eps", np.array(1e-30, dtype=np.float32))]
+    if asymmetric:
+        new_inits.append(_const("rq/levels", np.array(float(activation_levels), dtype=np.float32)))
+    else:
+        new_inits += [
+            _const("rq/zero_point_u8", np.array(128, dtype=np.uint8)),
+            _const("rq/qmax", np.array(127.0, dtype=np.float32)),
+            _const("rq/offset", np.array(128.0, dtype=np.float32)),
+        ]
     dropped: set[str] = set()
     quantised = 0
     weights_in = weights_out = 0
