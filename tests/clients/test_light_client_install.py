@@ -11,11 +11,17 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
 import pytest
 from client_helpers import AudioSet
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from emotion2vec_serving.clients import EmotionClient
 from emotion2vec_serving.server.process import ServerProcess
@@ -40,7 +46,9 @@ def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for folder in ("batching", "server", "clients", "export", "proto"):
+    # Every folder the distribution maps into the package (pyproject's package-dir), and nothing else.
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    for folder in sorted({Path(d).parts[0] for d in mapping["package-dir"].values()}):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
     env_dir = base / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
@@ -72,6 +80,18 @@ def test_light_install_has_no_server_dependencies(light_venv: Path) -> None:
     where = _python(light_venv, "import emotion2vec_serving.clients as c; print(c.__file__)")
     assert where.returncode == 0, where.stderr
     assert str(light_venv) in where.stdout
+
+
+def test_the_stubs_run_on_both_protobuf_majors(light_venv: Path) -> None:
+    """Alone, the client gets protobuf 7; the dev install (with tritonclient, protobuf < 7) runs the whole
+    suite on protobuf 6: one set of stubs for both (README, Development)."""
+    import google.protobuf
+
+    code = "import google.protobuf as p, emotion.v1.emotion_pb2_grpc; print(p.__version__)"
+    light = _python(light_venv, code)
+    assert light.returncode == 0, light.stderr
+    majors = {int(light.stdout.split(".")[0]), int(google.protobuf.__version__.split(".")[0])}
+    assert majors == {6, 7}, (light.stdout, google.protobuf.__version__)
 
 
 def test_emotion_server_says_which_extra_is_missing(light_venv: Path, tmp_path: Path) -> None:
