@@ -362,8 +362,10 @@ def cmd_recognize(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    source = Path(args.file)
+    timeout = call_timeout_s(args.timeout, source, probe_duration_s(source))
     with _sync_client(args) as client:
-        result = client.embed(args.file, frames=args.frames)
+        result = client.embed(args.file, frames=args.frames, timeout=timeout)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
