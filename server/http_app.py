@@ -5,8 +5,9 @@ page and its ``/v1`` API (:mod:`web`), with the gRPC port's TLS settings (and cl
 mutual TLS) and bearer tokens. :func:`build_http_app` is the one place routes are registered;
 :class:`HttpFrontEnd` starts and stops the listener for ``EmotionServer``.
 
-Shutdown: the listener stays up through the drain, so readiness answers 503 and new calls get 503 while
-accepted calls finish; it closes after the core is idle.
+Shutdown (``EmotionServer.stop``): readiness answers 503 from the start of the drain; when gRPC sends GOAWAY
+the listener closes (no new connections) while the connections already open finish their calls; they are
+closed once the core is idle.
 """
 
 from __future__ import annotations
@@ -103,8 +104,13 @@ class HttpFrontEnd:
         return self.port
 
     async def stop(self) -> None:
-        """Close the listener and the connections left (after the core's drain)."""
+        """Drain the HTTP side: close the listener at once (no new connections), let the connections already
+        open finish their calls (WebSocket streams and keep-alive requests too, like gRPC streams after
+        GOAWAY; what still arrives once the core drains gets 503), then close them."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            for site in list(runner.sites):
+                await site.stop()
+            await self._core.wait_idle(self._settings.drain_grace_s)
             await runner.shutdown()
             await runner.cleanup()

@@ -7,8 +7,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +86,3 @@ def run_grpc_probe(target: str, model: str, ops: list[dict[str, Any]]) -> list[A
     results: list[Any] = json.loads(proc.stdout)
     return results
 
-
-def until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds (bounded); AssertionError naming ``what`` when it never does."""
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.01)

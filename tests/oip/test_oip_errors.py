@@ -28,6 +28,7 @@ from emotion.oip import grpc_service_pb2_grpc as pb_grpc
 
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
+from tests.polling import wait_until_async
 from tests.server.audio_fixtures import encoded_signal, make_signal
 from tests.server.faults import FaultyFactory
 from tests.server.inprocess import Running, StartServer, metric_value, serving
@@ -35,7 +36,7 @@ from tests.server.inprocess import Running, StartServer, metric_value, serving
 BASE = Settings(
     host="127.0.0.1", port=0, metrics_port=0, http_port=0, providers=("CPUExecutionProvider",),
     intra_op_threads=1, max_duration_s=5.0, min_duration_s=0.1, warmup=False, drain_grace_s=10.0,
-    max_queue_delay_ms=2.0,
+    drain_readiness_delay_s=0.0, max_queue_delay_ms=2.0,
 )  # fmt: skip
 
 Tensor = tuple[str, str, list[int], bytes]  # name, datatype, shape, raw little-endian contents
@@ -184,13 +185,6 @@ async def test_malformed_http_bodies(start_server: StartServer, http: aiohttp.Cl
 # ------------------------------------------------------------------------------------------ admission
 
 
-async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_shedding_gives_resource_exhausted_and_429(start_server: StartServer,
                                                           http: aiohttp.ClientSession) -> None:
     gate = threading.Event()
@@ -201,9 +195,9 @@ async def test_shedding_gives_resource_exhausted_and_429(start_server: StartServ
     assert batcher is not None
     try:
         running_call = asyncio.ensure_future(grpc_infer(running, model, [_waveform(_wave(seed=1))]))
-        await _until(lambda: len(factory.entered) == 1)  # in the model, held by the gate
+        await wait_until_async(lambda: len(factory.entered) == 1, message="the first call in the model")
         queued_call = asyncio.ensure_future(http_infer(http, running, model, [_waveform(_wave(seed=2))]))
-        await _until(lambda: batcher.queued_requests == 1)  # the queue is full now
+        await wait_until_async(lambda: batcher.queued_requests == 1, message="the queue full")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await grpc_infer(running, model, [_waveform(_wave(seed=3))])
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -221,40 +215,72 @@ async def test_shedding_gives_resource_exhausted_and_429(start_server: StartServ
     assert status == 200 and [o["name"] for o in body["outputs"]] == ["PROBS", "LABEL"]
 
 
-async def test_draining_refuses_on_both_front_ends_and_finishes_accepted_calls(
-    start_server: StartServer, http: aiohttp.ClientSession
-) -> None:
-    gate = threading.Event()
-    factory = FaultyFactory(gate=gate)
-    running: Running = await start_server(session_factory=factory)
+async def test_a_draining_core_refuses_on_both_front_ends(start_server: StartServer,
+                                                          http: aiohttp.ClientSession) -> None:
+    """Once the core drains, what still reaches it (an open keep-alive connection, a call accepted at the
+    GOAWAY) is refused: UNAVAILABLE and 503 with a retry hint, and readiness is false on both."""
+    running: Running = await start_server()
     model = running.server.manifest.model_name
     core = running.server.core
     assert core is not None
     stub = pb_grpc.GRPCInferenceServiceStub(running.channel)
     assert (await stub.ServerReady(pb.ServerReadyRequest(), timeout=5)).ready
-    accepted = asyncio.ensure_future(http_infer(http, running, model, [_waveform(_wave())]))
-    await _until(lambda: len(factory.entered) == 1)
+    core.begin_drain()
+    base = _base(running)
+    for path in ("/v2/health/ready", f"/v2/models/{model}/ready"):
+        async with http.get(base + path) as r:
+            assert r.status == 503 and (await r.json())["ready"] is False, path
+    async with http.get(base + "/v2/health/live") as r:
+        assert r.status == 200
+    assert not (await stub.ServerReady(pb.ServerReadyRequest(), timeout=5)).ready
+    assert not (await stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=5)).ready
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await grpc_infer(running, model, [_waveform(_wave(seed=5))])
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (err.value.details() or "")
+    assert int(dict(err.value.trailing_metadata() or ())["retry-after-ms"]) > 0
+    status, headers, body = await http_infer(http, running, model, [_waveform(_wave(seed=6))])
+    assert status == 503 and "shutting down" in body["error"] and int(headers["Retry-After"]) >= 1
+
+
+async def test_stopping_withdraws_readiness_then_closes_while_accepted_calls_finish(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """SIGTERM's drain on both front ends: readiness false at once (still serving through the readiness
+    delay), then no new connections, and the calls accepted before are answered in full."""
+    gate = threading.Event()
+    factory = FaultyFactory(gate=gate)
+    running: Running = await start_server(session_factory=factory, drain_readiness_delay_s=3.0)
+    model = running.server.manifest.model_name
+    core = running.server.core
+    assert core is not None
+    accepted_http = asyncio.ensure_future(http_infer(http, running, model, [_waveform(_wave(seed=1))]))
+    accepted_grpc = asyncio.ensure_future(grpc_infer(running, model, [_waveform(_wave(seed=2))]))
+    await wait_until_async(lambda: len(factory.entered) >= 1, message="the accepted calls reach the model")
     stopping = asyncio.ensure_future(running.server.stop())
     try:
-        await _until(lambda: core.draining)
+        await wait_until_async(lambda: not core.ready, message="readiness withdrawn")
         base = _base(running)
-        for path in ("/v2/health/ready", f"/v2/models/{model}/ready"):
-            async with http.get(base + path) as r:
-                assert r.status == 503 and (await r.json())["ready"] is False, path
-        async with http.get(base + "/v2/health/live") as r:
-            assert r.status == 200
+        # A new connection: the listener is still open during the readiness delay.
+        async with aiohttp.ClientSession() as fresh, fresh.get(base + "/v2/health/ready") as r:
+            assert r.status == 503 and (await r.json())["ready"] is False
+        stub = pb_grpc.GRPCInferenceServiceStub(running.channel)
         assert not (await stub.ServerReady(pb.ServerReadyRequest(), timeout=5)).ready
-        assert not (await stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=5)).ready
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await grpc_infer(running, model, [_waveform(_wave(seed=5))])
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "shutting down" in (err.value.details() or "")
-        status, headers, body = await http_infer(http, running, model, [_waveform(_wave(seed=6))])
-        assert status == 503 and "shutting down" in body["error"] and "Retry-After" in headers
+
+        async def refused() -> bool:
+            try:
+                async with aiohttp.ClientSession() as fresh, fresh.get(base + "/v2/health/live") as r:
+                    await r.read()
+            except aiohttp.ClientConnectionError:
+                return True
+            return False
+
+        await wait_until_async(refused, timeout_s=10, message="the HTTP listener closes after the delay")
     finally:
         gate.set()
-    status, _, body = await accepted  # accepted before the drain: answered in full
+    status, _, body = await accepted_http  # accepted before the drain: answered in full
     assert status == 200 and body["outputs"][0]["name"] == "PROBS"
+    assert [o.name for o in (await accepted_grpc).outputs] == ["PROBS", "LABEL"]
     await stopping
 
 
