@@ -225,7 +225,8 @@ class EmotionServer:
             retry_after_ms=lambda: int(1000 * max(0.05, core.estimated_drain_s())),
             on_reject=self._count_cap_refusal,
         )
-        interceptors.append(self.admission)  # innermost: refused tokens are answered before counting
+        # Outermost: it counts (and releases) whatever handler the others return, token refusals included.
+        interceptors.insert(0, self.admission)
         self.server = grpc.aio.server(options=grpc_options, interceptors=interceptors)
         emotion_pb2_grpc.add_EmotionRecognizerServicer_to_server(self.service, self.server)
         # The Open Inference Protocol (KServe v2 / Triton) on the same port, over the same core.

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
+import pytest
 from emotion.oip import grpc_service_pb2 as oip_pb
 from emotion.oip import grpc_service_pb2_grpc as oip_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -120,3 +122,22 @@ async def test_liveness_never_fails_under_ten_times_overload(start_server: Start
     assert {status for status, _ in probes} == {"SERVING"}, probes
     assert max(seconds for _, seconds in probes) < 1.0, probes
     assert running.metric("emotion_rejections_total", reason="rpc_limit") >= 1
+
+
+async def test_refused_tokens_never_hold_a_slot(start_server: StartServer, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls refused for a missing token pass through the cap's count too, and give their slot back."""
+    monkeypatch.delenv("EMOTION_AUTH_TOKENS", raising=False)
+    token = "health-under-load-token-0123456789"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token + "\n", encoding="utf-8")
+    running: Running = await start_server(max_concurrent_rpcs=2, auth_token_file=str(tokens))
+    for _ in range(5):
+        assert await _outcome(running.stub.Recognize(raw_request(tone(0.3)), timeout=5)) == "UNAUTHENTICATED"
+    admission = running.server.admission
+    assert admission is not None
+    await wait_until_async(lambda: admission.inflight == 0, message="refused calls released their slots")
+    metadata = (("authorization", f"Bearer {token}"),)
+    call = running.stub.Recognize(raw_request(tone(0.3)), timeout=10, metadata=metadata)
+    assert await _outcome(call) == "OK"
+    assert await _check(running.channel) == SERVING  # health needs no token and no slot
