@@ -341,3 +341,24 @@ def test_settings_validate_the_http_port() -> None:
     assert parse_settings([], {}).http_port == 8000
     with pytest.raises(SettingsError, match="http port"):
         dataclasses.replace(BASE, http_port=70000)
+
+
+async def test_typed_contents_equal_raw_contents(start_server: StartServer) -> None:
+    """The protocol's typed ``contents`` (what hand-written gRPC clients send) and ``raw_input_contents``
+    (what tritonclient sends) give the same answer."""
+    running: Running = await start_server()
+    model = running.server.manifest.model_name
+    stub = pb_grpc.GRPCInferenceServiceStub(running.channel)
+    wave = _wave(0.6, seed=7)
+    wav_file = encoded_signal("wav", 0.7, 16000, 1)
+    raw_wave = await grpc_infer(running, model, [_waveform(wave)])
+    raw_audio = await grpc_infer(running, model, [_audio(wav_file)])
+    typed_wave = pb.ModelInferRequest(model_name=model)
+    tensor = typed_wave.inputs.add(name="WAVEFORM", datatype="FP32", shape=[1, len(wave)])
+    tensor.contents.fp32_contents.extend(wave.tolist())
+    typed_audio = pb.ModelInferRequest(model_name=model)
+    typed_audio.inputs.add(name="AUDIO", datatype="BYTES", shape=[1]).contents.bytes_contents.append(wav_file)
+    for typed, raw in ((typed_wave, raw_wave), (typed_audio, raw_audio)):
+        answer = await stub.ModelInfer(typed, timeout=30)
+        assert answer.raw_output_contents[0] == raw.raw_output_contents[0]  # PROBS, bit for bit
+        assert answer.raw_output_contents[1] == raw.raw_output_contents[1]  # LABEL
