@@ -362,3 +362,13 @@ async def test_typed_contents_equal_raw_contents(start_server: StartServer) -> N
         answer = await stub.ModelInfer(typed, timeout=30)
         assert answer.raw_output_contents[0] == raw.raw_output_contents[0]  # PROBS, bit for bit
         assert answer.raw_output_contents[1] == raw.raw_output_contents[1]  # LABEL
+
+
+async def test_a_body_over_the_message_limit_is_413_json(start_server: StartServer,
+                                                         http: aiohttp.ClientSession) -> None:
+    running: Running = await start_server(max_message_bytes=100_000)
+    model = running.server.manifest.model_name
+    status, _, body = await http_infer(http, running, model, [_waveform(_wave(4.0))])  # 256 KB of samples
+    assert status == 413 and "larger than the server accepts" in body["error"]
+    status, _, body = await http_infer(http, running, model, [_waveform(_wave())])
+    assert status == 200, body  # the connection and the server are fine afterwards
