@@ -233,5 +233,10 @@ def from_settings(settings: Settings, model_tag: str) -> tuple[GpuOptions, Lengt
         tensorrt_profile_lengths=buckets.edges if buckets is not None else (),
         tensorrt_max_batch=settings.max_batch_size,
     )
+    if TENSORRT_PROVIDER in settings.providers:
+        try:  # TensorRT writes its engine and timing caches there
+            Path(options.tensorrt_cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create the TensorRT cache directory %s: %s", options.tensorrt_cache_dir, exc)
     log.info("GPU options: %s; length buckets: %s", cuda_provider_options(options), buckets)
     return options, buckets

@@ -224,6 +224,7 @@ def test_tensorrt_is_not_a_default_and_is_configured_when_listed(tmp_path: Path)
     trt = tensorrt_provider_options(options)
     assert trt["trt_engine_cache_enable"] == "1" and trt["trt_fp16_enable"] == "0"
     assert trt["trt_engine_cache_path"] == str(tmp_path / "tensorrt" / "tiny-1-fp32")
+    assert (tmp_path / "tensorrt" / "tiny-1-fp32").is_dir()
     mins = trt["trt_profile_min_shapes"].split(",")
     maxs = trt["trt_profile_max_shapes"].split(",")
     assert len(mins) == len(maxs) and 2 <= len(mins) <= 8  # (waveform, lengths) per profile
