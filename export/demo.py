@@ -1,12 +1,17 @@
 """The demo model: a tiny random-weight checkpoint exported to an fp32 model repository.
 
-Used by the server's ``--model demo`` (through ``python -m export.cli demo --out DIR``) and by tests. The
+Used by the server's ``--model demo`` (through ``emotion-export demo --out DIR``) and by tests. The
 weights are random, so its answers mean nothing; its manifest says ``untrained: true``.
+
+``DIR`` *is* the model repository (``DIR/manifest.json``, ``DIR/model.onnx``): what ``emotion-export demo
+--out /models/repository`` writes is what ``emotion-server --model /models/repository`` serves. The
+intermediate checkpoint lives in a temporary directory and is deleted.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,12 +32,11 @@ def _is_complete(repo: Path) -> bool:
 
 
 def ensure_demo_repo(out_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
-    """Build ``out_dir/checkpoint`` and the model repository ``out_dir/repo`` unless already there.
+    """Build the demo model repository at ``out_dir`` unless a complete one is already there.
 
-    Idempotent: a complete repository is reused as is. Returns the model repository directory.
+    Idempotent: a complete repository is reused as is. Returns ``out_dir``.
     """
-    out_dir = Path(out_dir)
-    repo = out_dir / "repo"
+    repo = Path(out_dir)
     if _is_complete(repo):
         return repo
     # Imported here so that reusing an existing repository does not pay for importing torch.
@@ -40,6 +44,7 @@ def ensure_demo_repo(out_dir: Path, progress: Callable[[str], None] | None = Non
     from emotion2vec_serving.export.onnx_export import export_repository
 
     say = progress or (lambda _message: None)
-    checkpoint = write_checkpoint(out_dir / "checkpoint", size=DEMO_SIZE, seed=DEMO_SEED)
-    # The parity check needs funasr and ~10 s; the demo model is covered by the test suite instead.
-    return export_repository(checkpoint, repo, precision="fp32", verify=False, progress=say)
+    with tempfile.TemporaryDirectory(prefix="emotion-demo-") as tmp:
+        checkpoint = write_checkpoint(Path(tmp) / "checkpoint", size=DEMO_SIZE, seed=DEMO_SEED)
+        # The parity check needs funasr and ~10 s; the demo model is covered by the test suite instead.
+        return export_repository(checkpoint, repo, precision="fp32", verify=False, progress=say)

@@ -176,15 +176,17 @@ class _AudioEncoder(nn.Module):
         self.num_alibi_heads = int(audio["num_alibi_heads"])
         per_head = self.num_alibi_heads if audio.get("learned_alibi_scale_per_head", True) else 1
         self.alibi_scale = nn.Parameter(torch.ones(1, 1, per_head, 1, 1))
-        self.register_buffer(
-            "alibi_slopes", torch.tensor(alibi_slopes(self.num_alibi_heads), dtype=torch.float32),
-            persistent=False,
-        )
+        self.register_buffer("alibi_slopes", self.computed_buffers()["alibi_slopes"], persistent=False)
         blocks = [
             _Block(d, int(cfg["num_heads"]), int(audio["num_alibi_heads"]), float(cfg["mlp_ratio"]), eps)
             for _ in range(int(audio["prenet_depth"]))
         ]
         self.context_encoder = _BlockEncoder(blocks, d, eps)
+
+    def computed_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers computed from the config, not stored in checkpoints (on the CPU)."""
+        slopes = torch.tensor(alibi_slopes(self.num_alibi_heads), dtype=torch.float32, device="cpu")
+        return {"alibi_slopes": slopes}
 
 
 class Emotion2vecBatchExact(nn.Module):
@@ -212,14 +214,18 @@ class Emotion2vecBatchExact(nn.Module):
         )
         self.labels = tuple(labels)
         self.proj: nn.Linear | None = nn.Linear(d, len(labels)) if labels else None
-        # Additive mask: 0 for enabled labels, -inf for those named unuse*; exactly FunASR's assignment.
-        bias = torch.tensor([float("-inf") if t.startswith("unuse") else 0.0 for t in labels])
-        self.register_buffer("label_mask", bias, persistent=False)
+        self.register_buffer("label_mask", self.computed_buffers()["label_mask"], persistent=False)
         self.compute_dtype = torch.float32
         enc = self.modality_encoders["AUDIO"]
         self.receptive_field = 1
         for _dim, k, s in reversed(enc.spec):
             self.receptive_field = (self.receptive_field - 1) * s + k
+
+    def computed_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers computed from the labels, not stored in checkpoints (on the CPU)."""
+        # Additive mask: 0 for enabled labels, -inf for those named unuse*; exactly FunASR's assignment.
+        mask = [float("-inf") if t.startswith("unuse") else 0.0 for t in self.labels]
+        return {"label_mask": torch.tensor(mask, dtype=torch.float32, device="cpu")}
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -325,8 +331,26 @@ def build_model(
     state_dict: dict[str, torch.Tensor],
     labels: tuple[str, ...] = (),
     padding_fix: bool = True,
+    assign: bool = False,
 ) -> Emotion2vecBatchExact:
-    """Instantiate and load strictly (every key, every shape); eval mode, fresh (no cached state)."""
-    model = Emotion2vecBatchExact(config, labels, padding_fix=padding_fix)
-    model.load_state_dict(state_dict, strict=True)
+    """Instantiate and load strictly (every key, every shape); eval mode, fresh (no cached state).
+
+    ``assign``: the module is built on the meta device and takes the state dict's tensors as its parameters
+    (no randomly initialised copy, no copy of the weights): one copy of the model in memory, shared with
+    ``state_dict``. Without it the parameters are copies, independent of ``state_dict``.
+    """
+    if not assign:
+        model = Emotion2vecBatchExact(config, labels, padding_fix=padding_fix)
+        model.load_state_dict(state_dict, strict=True)
+        return model.eval()
+    with torch.device("meta"):
+        model = Emotion2vecBatchExact(config, labels, padding_fix=padding_fix)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    for module in model.modules():  # buffers the state dict does not hold were built on the meta device
+        if isinstance(module, (Emotion2vecBatchExact, _AudioEncoder)):
+            for name, value in module.computed_buffers().items():
+                setattr(module, name, value)
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"tensors left on the meta device: {leftover}")
     return model.eval()

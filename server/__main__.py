@@ -42,7 +42,7 @@ def _run_export(args: list[str], what: str) -> None:
 
 def _require_export_extra(model: str) -> None:
     missing = [name for name in ("torch", "funasr", "onnx") if importlib.util.find_spec(name) is None]
-    if missing or importlib.util.find_spec("export") is None:
+    if missing or importlib.util.find_spec("emotion2vec_serving.export") is None:
         raise ModelResolutionError(
             f"--model {model!r} is not a model repository (no {MANIFEST_FILE}), so it must be exported to "
             f"ONNX first, which needs the 'export' extra (missing: {', '.join(missing) or 'export'}). "
@@ -56,11 +56,10 @@ def resolve_model(settings: Settings) -> ModelManifest:
     model = settings.model
     cache = Path(settings.model_cache_dir).expanduser()
     if model == "demo":
-        out = cache / "demo"
-        repo = out / "repo"  # export.demo writes <out>/checkpoint and the repository <out>/repo
+        repo = cache / "demo"  # `emotion-export demo --out DIR` writes the repository at DIR itself
         if not (repo / MANIFEST_FILE).is_file():
             _require_export_extra(model)
-            _run_export(["demo", "--out", str(out)], "building the demo model")
+            _run_export(["demo", "--out", str(repo)], "building the demo model")
         manifest = load_manifest(repo)
         log.warning("=" * 78)
         log.warning("SERVING THE DEMO MODEL %s: random weights, its scores are UNTRAINED and MEANINGLESS",
