@@ -1,16 +1,21 @@
-"""Drain with open health streams, refusals during the drain, the RPC concurrency bound, warm-up metrics
-and load-time provider fallbacks: each against a real grpc.aio server and the real tiny ONNX model."""
+"""Drain with open health streams, calls during the drain (served until the GOAWAY, gRPC and HTTP), the RPC
+concurrency bound, warm-up metrics and load-time provider fallbacks: each against a real grpc.aio server and
+the real tiny ONNX model."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 import onnxruntime as ort
 from emotion.v1 import emotion_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -159,3 +164,44 @@ async def test_the_cpu_deployment_counts_no_provider_fallback(manifest: ModelMan
         assert fallbacks == [], fallbacks
     finally:
         await server.stop()
+
+
+def _http(url: str, doc: object = None) -> tuple[int | str, object]:
+    """(status, JSON body) of one HTTP call; ("refused", None) when nothing listens any more."""
+    body = None if doc is None else json.dumps(doc).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"},
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+    except (urllib.error.URLError, ConnectionError):
+        return "refused", None
+
+
+async def test_the_http_front_end_drains_too(start_server: StartServer) -> None:
+    """Readiness 503 from the SIGTERM on, then the listener closes; a request in progress finishes."""
+    gate = threading.Event()
+    factory = FaultyFactory(gate=gate)
+    running: Running = await start_server(factory, drain_grace_s=15.0, drain_readiness_delay_s=1.0)
+    loop = asyncio.get_running_loop()
+    base = f"http://127.0.0.1:{running.server.http_port}"
+    assert await loop.run_in_executor(None, _http, base + "/v2/health/ready") == (200, {"ready": True})
+    model = running.server.manifest.model_name
+    wave = np.zeros(8000, np.float32) + 0.01
+    doc = {"inputs": [{"name": "WAVEFORM", "shape": [1, 8000], "datatype": "FP32", "data": wave.tolist()}]}
+    in_flight = loop.run_in_executor(None, _http, f"{base}/v2/models/{model}/infer", doc)
+    await until(lambda: len(factory.entered) == 1)
+    stopping = asyncio.ensure_future(running.server.stop())
+    await until(lambda: not running.server.health.serving)
+    assert (await loop.run_in_executor(None, _http, base + "/v2/health/ready"))[0] == 503
+    deadline = time.monotonic() + 10.0
+    while (await loop.run_in_executor(None, _http, base + "/v2/health/live"))[0] != "refused":
+        assert time.monotonic() < deadline, "the HTTP listener never closed"
+        await asyncio.sleep(0.05)
+    assert not in_flight.done()
+    gate.set()
+    status, answer = await in_flight
+    assert status == 200, answer
+    await stopping
