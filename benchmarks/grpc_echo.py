@@ -1,0 +1,138 @@
+"""Requests/s of the server on the null model against a bare grpc.aio echo server, same machine, same load.
+
+    python -m benchmarks.grpc_echo --out benchmarks/results/cpu_engines/null_vs_echo.json
+
+The echo server implements ``EmotionRecognizer.Recognize`` with no work at all (it returns one fixed,
+realistically sized response), in its own process like the real server. Both are driven by the same
+closed-loop clients (``--concurrency`` over ``--processes`` client processes, short clips, raw f32 audio).
+What the null-model server costs above the echo server (server CPU ms per request) is what this project
+adds per request: decoding, admission, the batcher, the runner's plumbing, metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def _serve_echo(port: int) -> None:
+    import grpc
+    from emotion.v1 import emotion_pb2, emotion_pb2_grpc
+
+    labels = ["angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown"]
+    scores = [emotion_pb2.EmotionScore(index=i, label=name, score=1.0 / 9) for i, name in enumerate(labels)]
+    reply = emotion_pb2.RecognizeResponse(
+        utterance=emotion_pb2.Utterance(label="neutral", confidence=1.0 / 9, scores=scores), duration_s=1.0
+    )
+
+    class Echo(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignore[misc]
+        async def Recognize(self, request: Any, context: Any) -> Any:
+            return reply
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    emotion_pb2_grpc.add_EmotionRecognizerServicer_to_server(Echo(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("READY", flush=True)
+    await server.wait_for_termination()
+
+
+def _measure(
+    target: str, pid: int, concurrency: int, processes: int, run_s: float, label: str
+) -> dict[str, Any]:
+    from benchmarks import loadgen
+
+    loadgen.closed_loop_processes(target, "short", "f32", 12, 0, concurrency, 2.0, processes)  # warm
+    load = loadgen.load_average()[0]
+    cpu0 = loadgen.process_cpu_s(pid)
+    records, wall = loadgen.closed_loop_processes(
+        target, "short", "f32", 12, 0, concurrency, run_s, processes
+    )
+    cpu = loadgen.process_cpu_s(pid) - cpu0
+    ok = sum(1 for r in records if r.code == "OK")
+    row = {
+        "label": label,
+        "requests_per_s": ok / wall,
+        "ok": ok,
+        "errors": len(records) - ok,
+        "server_cpu_ms_per_req": 1e3 * cpu / ok if ok else float("nan"),
+        "loadavg_1m": round(load, 2),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--run-s", type=float, default=15.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.serve_echo:
+        asyncio.run(_serve_echo(args.serve_echo))
+        return 0
+
+    from benchmarks.suite.null_model import build_null_model
+    from benchmarks.suite.server_process import ServerProcess, free_port
+
+    rows = []
+    port = free_port()
+    echo = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.grpc_echo", "--serve-echo", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
+        rows.append(
+            _measure(
+                f"127.0.0.1:{port}",
+                echo.pid,
+                args.concurrency,
+                args.processes,
+                args.run_s,
+                "bare grpc.aio echo server",
+            )
+        )
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+    repo = build_null_model(Path.home() / ".cache" / "emotion2vec-bench" / "null_model")
+    with ServerProcess(repo, ["--no-warmup"]) as srv:
+        rows.append(
+            _measure(
+                srv.target, srv.pid, args.concurrency, args.processes, args.run_s, "this server, null model"
+            )
+        )
+    echo_row, null_row = rows
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m benchmarks.grpc_echo " + " ".join(argv or sys.argv[1:]),
+        "rows": rows,
+        "null_over_echo_rps": null_row["requests_per_s"] / echo_row["requests_per_s"],
+        "added_cpu_ms_per_req": null_row["server_cpu_ms_per_req"] - echo_row["server_cpu_ms_per_req"],
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
