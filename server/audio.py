@@ -300,6 +300,10 @@ class _Collector:
         self.blocks: list[FloatArray] = []
         self.store: PcmStore | None = None
         self._resampler: Any = None
+        # Long mode: small decoded frames (Opus: 20 ms) are gathered into ~4 s blocks before the finite
+        # check, the resampler and the store, whose per-call costs dominate at 20 ms a call.
+        self._pending: list[FloatArray] = []
+        self._pending_size = 0
 
     def start(self, rate: int) -> None:
         self.rate = rate
@@ -332,6 +336,15 @@ class _Collector:
             if self.long_ok and self.total > self.pass_frames:
                 self._go_long()
         else:
+            self._pending.append(block)
+            self._pending_size += int(block.size)
+            if self._pending_size >= _SNDFILE_BLOCK_FRAMES:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+            self._pending, self._pending_size = [], 0
             self._push(block, last=False)
 
     def _go_long(self) -> None:
@@ -340,8 +353,8 @@ class _Collector:
         if self.rate != target:
             self._resampler = soxr.ResampleStream(self.rate, target, 1, "float32", "HQ")
         blocks, self.blocks = self.blocks, []
-        while blocks:
-            self._push(blocks.pop(0), last=False)
+        if blocks:  # at most one pass of audio: one call
+            self._push(np.concatenate(blocks), last=False)
 
     def _push(self, block: FloatArray, *, last: bool) -> None:
         assert self.store is not None
@@ -360,6 +373,7 @@ class _Collector:
     def finish_long(self) -> PcmStore:
         """Flush the resampler and trim codec padding beyond ``max_audio_s``."""
         assert self.store is not None
+        self._flush()
         self._push(np.zeros(0, np.float32), last=True)
         store = self.store
         if math.isfinite(self.max_s):
