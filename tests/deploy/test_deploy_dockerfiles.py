@@ -60,7 +60,7 @@ def test_serving_images_start_the_server_without_torch(name: str) -> None:
     entry = [c for c in stages[-1] if c.cmd == "ENTRYPOINT"]
     assert entry and entry[-1].json and entry[-1].value == ("emotion-server",)
     exposed = {p for c in stages[-1] if c.cmd == "EXPOSE" for p in c.value}
-    assert exposed == {"50051", "9090"}
+    assert exposed == {"50051", "8000", "9090"}  # gRPC, HTTP (Open Inference Protocol REST), metrics
     runs = "\n".join(_runs(s) for s in stages)
     assert "torch" not in runs.replace("! pip show torch", ""), "the serving install carries no torch"
     assert "[export]" not in runs
@@ -84,9 +84,9 @@ def test_gpu_image_never_installs_the_cpu_onnxruntime() -> None:
     assert "cudnn" in args["CUDA_IMAGE"] and "runtime" in args["CUDA_IMAGE"]
 
 
-def test_cpu_image_installs_the_plain_project() -> None:
+def test_cpu_image_installs_the_project_with_its_server_extra() -> None:
     runs = "\n".join(_runs(s) for s in _stages("Dockerfile.cpu"))
-    assert re.search(r"pip install \.(\s|$)", runs)
+    assert 'pip install ".[server]"' in runs
     assert "onnxruntime-gpu" not in runs
 
 
@@ -94,8 +94,16 @@ def test_cpu_image_installs_the_plain_project() -> None:
 def test_build_context_holds_every_package_the_install_needs(name: str) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     package_dirs = project["tool"]["setuptools"].get("package-dir", {})
-    needed = {package_dirs.get(p.split(".")[0], p.split(".")[0]).split("/")[0]
-              for p in project["tool"]["setuptools"]["packages"]}
+
+    def source_dir(package: str) -> str:
+        """The checkout folder a package is built from (package-dir maps it or one of its parents)."""
+        parts = package.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in package_dirs:
+                return str(package_dirs[".".join(parts[:n])]).split("/")[0]
+        return parts[0]
+
+    needed = {source_dir(p) for p in project["tool"]["setuptools"]["packages"]}
     needed |= {"pyproject.toml", project["project"]["readme"]}
     copied = {src.rstrip("/").removeprefix("./") for stage in _stages(name) for c in stage
               if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags) for src in c.value[:-1]}
@@ -117,7 +125,62 @@ def test_export_image_uses_cpu_torch_and_the_export_extra() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     export_extra = project["project"]["optional-dependencies"]["export"]
     torch_pin = next(d for d in export_extra if d.startswith("torch"))
-    assert f'"{torch_pin}"' in runs and "whl/cpu" in runs
-    assert 'pip install ".[export]"' in runs
+    commands = dockerfile.parse_file(str(DOCKER / "Dockerfile.export"))
+    args = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
+    assert f'"{torch_pin}"' in runs and '--index-url "$TORCH_INDEX_URL"' in runs
+    assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")  # the default; a mirror of it replaces it
+    assert 'pip install ".[server,export]"' in runs
     entry = [c for c in stages[-1] if c.cmd == "ENTRYPOINT"]
     assert entry[-1].value == ("emotion-export",)
+
+
+def _lines(name: str) -> list[str]:
+    return (DOCKER / name).read_text(encoding="utf-8").splitlines()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_frontend_image_is_fetched(name: str) -> None:
+    # A "# syntax=" directive makes BuildKit pull a frontend image from a public registry first, which fails
+    # behind a mirror; nothing in these files needs one.
+    assert not any(re.match(r"#\s*syntax\s*=", line) for line in _lines(name))
+
+
+@pytest.mark.parametrize(("name", "base_arg"), [
+    ("Dockerfile.cpu", "BASE_IMAGE"), ("Dockerfile.export", "BASE_IMAGE"), ("Dockerfile.gpu", "CUDA_IMAGE"),
+])
+def test_base_image_and_package_index_are_build_arguments(name: str, base_arg: str) -> None:
+    commands = dockerfile.parse_file(str(DOCKER / name))
+    bases = [c.value[0] for c in commands if c.cmd == "FROM"]
+    # A mirror replaces every stage's base.
+    assert bases and all(b == "${" + base_arg + "}" for b in bases), bases
+    global_args = [c.value[0].split("=")[0] for c in commands[: next(i for i, c in enumerate(commands)
+                                                                      if c.cmd == "FROM")] if c.cmd == "ARG"]
+    assert base_arg in global_args
+    build = _stages(name)[0]
+    stage_args = {c.value[0].split("=")[0] for c in build if c.cmd == "ARG"}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"} <= stage_args
+    runs = _runs(build)
+    # Empty arguments fall back to pip's default index instead of an empty index URL.
+    assert 'if [ -z "$PIP_INDEX_URL" ]; then unset PIP_INDEX_URL; fi' in runs
+    assert 'if [ -z "$PIP_EXTRA_INDEX_URL" ]; then unset PIP_EXTRA_INDEX_URL; fi' in runs
+    assert "PIP_INDEX_URL" in (DEPLOY / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_runtime_image_carries_no_pip(name: str) -> None:
+    stages = _stages(name)
+    build_runs = _runs(stages[0])
+    # The venv copied into the runtime stage had pip removed, and the build proved it.
+    assert re.search(r"pip uninstall -y pip\b", build_runs)
+    assert '! python -c "import pip"' in build_runs
+    copies = [c for c in stages[-1] if c.cmd == "COPY" and any(f.startswith("--from") for f in c.flags)]
+    assert [c.value for c in copies] == [("/opt/venv", "/opt/venv")]
+    assert "pip install" not in _runs(stages[-1])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fixed_uid_is_a_regular_account(name: str) -> None:
+    runs = _runs(_stages(name)[-1])
+    assert "useradd" in runs and "--uid 10001" in runs and "--gid 10001" in runs
+    # --system with uid 10001 (outside SYS_UID_MIN..SYS_UID_MAX) makes useradd warn on every build.
+    assert "--system" not in runs

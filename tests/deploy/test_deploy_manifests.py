@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -151,16 +149,6 @@ def test_containers_run_unprivileged_on_a_read_only_root(rendered: tuple[str, li
     assert model_mount["readOnly"] is True
 
 
-def test_init_container_exports_where_the_server_loads(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    _, objects = rendered
-    pod = find(objects, "Deployment", "emotion-server")["spec"]["template"]["spec"]
-    (export,) = pod["initContainers"]
-    args = export["args"]
-    assert export["command"] == ["emotion-export"] and args[0] == "onnx"
-    assert args[args.index("--out") + 1] == _env(objects)["EMOTION_MODEL"]
-    assert export["image"] != _server(objects)["image"], "export needs torch: its own image"
-
-
 def test_overlays_differ_only_where_the_hardware_does(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     overlay, objects = rendered
     pod = find(objects, "Deployment", "emotion-server")["spec"]["template"]["spec"]
@@ -232,23 +220,3 @@ def test_dashboard_configmap_carries_the_dashboard(rendered: tuple[str, list[dic
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     (content,) = config_map["data"].values()
     assert json.loads(content) == json.loads(DASHBOARD.read_text(encoding="utf-8"))
-
-
-def test_model_volume_component_replaces_the_export_step(tmp_path: Path) -> None:
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        # kustomize refuses absolute paths to other kustomizations.
-        f"resources:\n  - {os.path.relpath(K8S / 'overlays' / 'cpu', overlay)}\n"
-        f"components:\n  - {os.path.relpath(K8S / 'components' / 'model-volume', overlay)}\n",
-        encoding="utf-8")
-    objects = kustomize(overlay)
-    pod = find(objects, "Deployment", "emotion-server")["spec"]["template"]["spec"]
-    assert "initContainers" not in pod
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["model-repository"]["persistentVolumeClaim"]["claimName"] == "emotion-model-repository"
-    assert set(volumes) == {"model-repository", "tmp"}
-    for obj in objects:
-        if (obj["apiVersion"], obj["kind"]) not in CUSTOM_KINDS:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
