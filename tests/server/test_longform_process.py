@@ -49,7 +49,9 @@ def _check(response: emotion_pb2.RecognizeResponse, rec: Recording, max_segment_
         assert counts.sum() == len(response.frames)
 
 
-def test_ten_minutes_and_the_command_line_client(tiny_repo: Path, tmp_path: Path) -> None:
+def test_ten_minutes_and_the_command_line_client(
+    tiny_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rec = recording(600.0)
     wav = tmp_path / "ten_minutes.wav"
     wav.write_bytes(rec.wav())
@@ -60,8 +62,12 @@ def test_ten_minutes_and_the_command_line_client(tiny_repo: Path, tmp_path: Path
         assert len(response.frames) == pytest.approx(50 * response.voiced_s, rel=0.02)  # 50 Hz of speech
         # The command-line client: result.json keeps its fields and gains the segments; plot draws it all.
         out = tmp_path / "outputs"
+        capsys.readouterr()
         assert client_main(["--target", srv.target, "recognize", str(wav), "--granularity", "frame",
-                            "--output-dir", str(out), "--no-progress"]) == 0
+                            "--output-dir", str(out)]) == 0
+        progress = capsys.readouterr().err
+        assert f"[{len(rec.clips)} segments, 600 s audio in" in progress  # the per-file line
+        assert "600.0/600.0" in progress  # the bar counts seconds of audio
         (result_json,) = out.glob("outputs_*/result.json")
         saved = json.loads(result_json.read_text())
         assert saved["emotion"] == response.utterance.label and saved["duration_s"] == pytest.approx(600.0)
