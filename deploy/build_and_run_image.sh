@@ -114,21 +114,22 @@ chmod -R a+rX "$WORK/models"
 #    no privilege escalation, the model mounted read-only.
 ports=$("$PYTHON" - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(2)]
+socks = [socket.socket() for _ in range(3)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 )
-read -r GRPC_PORT METRICS_PORT <<< "$ports"
+read -r GRPC_PORT METRICS_PORT HTTP_PORT <<< "$ports"
 TARGET="127.0.0.1:$GRPC_PORT"
-say "starting the container (gRPC $GRPC_PORT, metrics $METRICS_PORT)"
+say "starting the container (gRPC $GRPC_PORT, HTTP $HTTP_PORT, metrics $METRICS_PORT)"
 started=$(date +%s.%N)
 "${PODMAN[@]}" run -d --runtime runc --name "$NAME" --network host \
   --user 10001:10001 --read-only --tmpfs /tmp:rw,size=256m,mode=1777 \
   --cap-drop ALL --security-opt no-new-privileges \
   -v "$WORK/models:/models:ro" \
-  -e EMOTION_PORT="$GRPC_PORT" -e EMOTION_METRICS_PORT="$METRICS_PORT" -e EMOTION_DRAIN_GRACE_S=20 \
+  -e EMOTION_PORT="$GRPC_PORT" -e EMOTION_METRICS_PORT="$METRICS_PORT" -e EMOTION_HTTP_PORT="$HTTP_PORT" \
+  -e EMOTION_DRAIN_GRACE_S=20 \
   "$IMAGE" > /dev/null
 client=("$PYTHON" -m emotion2vec_serving.clients.cli --target "$TARGET" --timeout 10)
 for _ in $(seq 1 600); do
@@ -141,6 +142,11 @@ done
 "${client[@]}" health > /dev/null || { "${PODMAN[@]}" logs "$NAME" | tail -20; fail "never SERVING"; }
 serve_s=$(echo "$(date +%s.%N) - $started" | bc)
 say "SERVING ${serve_s} s after podman run"
+"$PYTHON" - "http://127.0.0.1:$HTTP_PORT/v2/health/ready" <<'PY' || fail "HTTP readiness (/v2/health/ready)"
+import sys
+import urllib.request
+sys.exit(urllib.request.urlopen(sys.argv[1], timeout=5).status != 200)
+PY
 
 # 5. One recognition, the metrics, then SIGTERM while a real-time stream is open.
 "$PYTHON" - "$WORK/speech.wav" <<'PY'
