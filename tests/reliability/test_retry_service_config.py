@@ -45,10 +45,17 @@ async def _with_full_queue(running: Running, factory: FaultyFactory, gate: threa
     """Fill the server (one call running at the gate, one queued), start ``call``; once the server has shed
     it at least once, open the gate. Returns the call's outcome (a result or the exception)."""
     before = len(factory.entered)
-    held = [asyncio.ensure_future(running.stub.Recognize(raw_request(tone(0.3, seed=i)), timeout=30))
-            for i in range(2)]
+    batcher = running.server.batcher
+    assert batcher is not None
+
+    def hold(seed: int) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(running.stub.Recognize(raw_request(tone(0.3, seed=seed)), timeout=30))
+
+    # One after the other: sent together, the second could find the first still queued (queue full).
+    held = [hold(0)]
     await _until(lambda: len(factory.entered) == before + 1, "the first call reached the model")
-    await _until(lambda: running.metric("emotion_queue_requests") == 1, "the second call is queued")
+    held.append(hold(1))
+    await _until(lambda: batcher.queued_requests == 1, "the second call is queued")
     shed_before = _shed(running)
     outcome = asyncio.ensure_future(call())
     await _until(lambda: _shed(running) > shed_before or outcome.done(), "the call was shed")
