@@ -173,6 +173,10 @@ def ort_session_factory(model_path: Path, providers: Sequence[str], options: Run
     so.inter_op_num_threads = 1
     so.graph_optimization_level = levels[options.graph_optimization_level]
     so.enable_cpu_mem_arena = options.cpu_arena
+    # The memory-pattern cache keeps a plan per distinct input shape and never frees it; with audio every
+    # length is a new shape (measured: +298 MB RSS over 600 random 1-6 s requests on the tiny model, +23 MB
+    # without it). The arena still reuses buffers.
+    so.enable_mem_pattern = False
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
     available = set(ort.get_available_providers())
     usable = [p for p in providers if p in available]
