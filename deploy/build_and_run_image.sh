@@ -17,6 +17,8 @@
 #   DEBIAN_MIRROR     mirror for debootstrap (default http://deb.debian.org/debian)
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL   passed to the build as build arguments when set
 #   IMAGE             tag of the built image (default localhost/emotion2vec-serving:cpu-check)
+#   MODELCAR_BASE     base of the model image (deploy/docker/Dockerfile.modelcar; it needs `cp`): default
+#                     BASE_IMAGE, since busybox may not be reachable
 #   WORK              scratch directory (default: a new temporary directory, removed at the end)
 #   KEEP_IMAGE=1      keep the built image (it is removed at the end by default; the base is kept)
 # Prints the measured build time, image size and time to SERVING; exits non-zero on the first failed check.
@@ -28,6 +30,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 BASE_IMAGE="${BASE_IMAGE:-localhost/emotion2vec-base:bookworm}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 IMAGE="${IMAGE:-localhost/emotion2vec-serving:cpu-check}"
+MODELCAR_IMAGE="${IMAGE}-model"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 OWN_WORK=0
 if [ -z "${WORK:-}" ]; then WORK="$(mktemp -d /var/tmp/emotion-image-check.XXXXXX)"; OWN_WORK=1; fi
@@ -55,7 +58,7 @@ PODMAN=(podman)
 
 cleanup() {
   "${PODMAN[@]}" rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
-  if [ "${KEEP_IMAGE:-0}" != 1 ]; then "${PODMAN[@]}" rmi -f "$IMAGE" >/dev/null 2>&1 || true; fi
+  if [ "${KEEP_IMAGE:-0}" != 1 ]; then "${PODMAN[@]}" rmi -f "$IMAGE" "$MODELCAR_IMAGE" >/dev/null 2>&1 || true; fi
   if [ -n "${STREAM_PID:-}" ]; then kill "$STREAM_PID" 2>/dev/null || true; fi
   if [ "$OWN_WORK" = 1 ]; then rm -rf "$WORK"; fi
 }
@@ -104,11 +107,22 @@ say "built in ${build_s} s, image size $(( size_bytes / 1000000 )) MB"
   -c "import importlib.util as u, sys; sys.exit(u.find_spec('pip') is not None or u.find_spec('torch') is not None)" \
   || fail "the runtime image still holds pip or torch"
 
-# 3. The model repository, as the pod mounts it (read-only); the demo model: no weights needed.
-mkdir -p "$WORK/models"
-"$PYTHON" -m emotion2vec_serving.export.cli demo --out "$WORK/models/repository" > /dev/null 2> "$WORK/demo.log" \
-  || { cat "$WORK/demo.log"; fail "emotion-export demo"; }
-chmod -R a+rX "$WORK/models"
+# 3. The model repository (the demo model: no weights needed), delivered as components/modelcar does: a
+#    model image built from the export, whose `cp` copies it into the pod's volume as uid 10001.
+mkdir -p "$WORK/modelcar" "$WORK/models"
+"$PYTHON" -m emotion2vec_serving.export.cli demo --out "$WORK/modelcar/repository" > /dev/null \
+  2> "$WORK/demo.log" || { cat "$WORK/demo.log"; fail "emotion-export demo"; }
+chmod -R a+rX "$WORK/modelcar"
+"${PODMAN[@]}" build --runtime runc --network none --pull=never \
+  --build-arg "BASE_IMAGE=${MODELCAR_BASE:-$BASE_IMAGE}" -f deploy/docker/Dockerfile.modelcar \
+  -t "$MODELCAR_IMAGE" "$WORK/modelcar" > "$WORK/modelcar.log" 2>&1 \
+  || { tail -20 "$WORK/modelcar.log"; fail "model image build"; }
+chmod 1777 "$WORK/models"  # the emptyDir the init container writes as uid 10001
+"${PODMAN[@]}" run --rm --runtime runc --network none --user 10001:10001 --read-only --cap-drop ALL \
+  --security-opt no-new-privileges -v "$WORK/models:/target" "$MODELCAR_IMAGE" cp -R /models/repository /target/ \
+  || fail "copying the repository out of the model image"
+[ -f "$WORK/models/repository/manifest.json" ] || fail "the model image held no repository"
+say "model image $MODELCAR_IMAGE: $(( $("${PODMAN[@]}" image inspect --format '{{.Size}}' "$MODELCAR_IMAGE") / 1000000 )) MB"
 
 # 4. Run it with the pod's security settings: uid 10001, read-only root, tmpfs /tmp, no capabilities,
 #    no privilege escalation, the model mounted read-only.

@@ -11,6 +11,7 @@ import subprocess
 from typing import Any
 
 import pytest
+import yaml
 from deploy_support import DEPLOY, K8S, ROOT, find, kustomize
 
 SCRIPT = DEPLOY / "build_and_run_image.sh"
@@ -47,7 +48,12 @@ def test_container_runs_with_the_pods_security_settings() -> None:
     assert mounts["/models"]["readOnly"] is True and re.search(r'-v "\$WORK/models:/models:ro"', flags)
     # The demo model lands where the image's (and the pod's) EMOTION_MODEL points.
     text = SCRIPT.read_text(encoding="utf-8")
-    assert 'demo --out "$WORK/models/repository"' in text
+    # It is delivered as components/modelcar delivers it: the model image's own copy command, as uid 10001.
+    assert 'demo --out "$WORK/modelcar/repository"' in text
+    component = yaml.safe_load((K8S / "components" / "modelcar" / "kustomization.yaml").read_text())
+    ops = next(yaml.safe_load(p["patch"]) for p in component["patches"] if "target" in p)
+    (init,) = next(op["value"] for op in ops if op["path"].endswith("/initContainers"))
+    assert f'"$MODELCAR_IMAGE" {" ".join(init["command"])}' in text
     dockerfile = (DEPLOY / "docker" / "Dockerfile.cpu").read_text(encoding="utf-8")
     assert "EMOTION_MODEL=/models/repository" in dockerfile
     # Checks: health, one recognition, metrics, HTTP readiness, SIGTERM with a stream open -> exit 0.
