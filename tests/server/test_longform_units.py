@@ -305,3 +305,26 @@ async def test_cancelling_the_call_empties_the_queue() -> None:
         assert ran < 200
     finally:
         await batcher.close()
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def test_max_segment_s_is_the_max_duration_s_setting_and_max_audio_s_is_checked() -> None:
+    from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
+    from emotion2vec_serving.server.core import CoreLimits
+
+    assert parse_settings(["--max-segment-s", "12"], {}).max_duration_s == 12.0
+    assert parse_settings([], {"EMOTION_MAX_SEGMENT_S": "15"}).max_segment_s == 15.0
+    assert parse_settings(["--max-duration-s", "20"], {}).max_segment_s == 20.0
+    assert Settings().max_audio_s == 7200.0 == LongformSettings().max_audio_s
+    assert Settings().max_segment_s == 30.0 == LongformSettings().max_segment_s
+    with pytest.raises(SettingsError, match="max_audio_s"):
+        Settings(max_audio_s=-1.0)
+    with pytest.raises(SettingsError, match="max_audio_s is shorter"):
+        Settings(max_audio_s=10.0, max_duration_s=20.0)
+    limits = CoreLimits.from_settings(Settings(max_batch_size=4, max_batch_audio_s=30.0, runner_instances=2,
+                                               max_audio_s=0.0), 16000)
+    assert limits.longform is not None
+    assert (limits.longform.window_segments, limits.longform.window_audio_s) == (16, 120.0)
+    assert limits.longform.max_audio_s == 0.0  # no limit but the message size
