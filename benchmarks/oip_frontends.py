@@ -10,8 +10,8 @@ Each client sends float32 16 kHz samples (emotion.v1 raw f32le PCM; OIP ``WAVEFO
 REST with the binary tensor extension), one clip per request, from one process with ``--concurrency``
 calls in flight. The 1-minute load average is recorded before every row (the machine may be shared)::
 
-    python -m benchmarks.oip_frontends --out benchmarks/results/oip \\
-        [--large-repo .cache/bench/large_fp32] [--run-s 10] [--concurrency 32]
+    python -m benchmarks.oip_frontends --out benchmarks/results/oip --rounds 3 \\
+        [--large-repo .cache/bench/large_fp32 --large-mix fixed:3.0] [--run-s 10] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -170,16 +170,33 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _section(title: str, model_repo: Path, model: str, clips: Sequence[np.ndarray],
              extra_args: Sequence[str], kinds: Sequence[str], concurrency: int,
-             run_s: float) -> list[dict[str, Any]]:
+             run_s: float, rounds: int = 1) -> list[dict[str, Any]]:
+    """Each front end for ``run_s``, in ``rounds`` alternating rounds (A B A B ...: on a shared machine both
+    see the same load on average)."""
     rows = []
     with ServerProcess(model_repo, ["--no-warmup", *extra_args]) as srv:
-        for kind in kinds:
-            load = round(load_average()[0], 2)
-            row = asyncio.run(_run_front_end(kind, srv, model, clips, concurrency, run_s))
-            row.update(section=title, front_end=kind, load_1m=load, clips=len(clips), concurrency=concurrency)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for r in range(rounds):
+            for kind in kinds:
+                load = round(load_average()[0], 2)
+                row = asyncio.run(_run_front_end(kind, srv, model, clips, concurrency, run_s))
+                row.update(section=title, front_end=kind if rounds == 1 else f"{kind} (round {r + 1})",
+                           kind=kind, load_1m=load, clips=len(clips), concurrency=concurrency)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     return rows
+
+
+def _totals(rows: list[dict[str, Any]]) -> list[str]:
+    """Per front end over its rounds: calls, audio-s/s and req/s over the summed wall time."""
+    lines = ["| front end | rounds | ok | errors | req/s | audio-s/s |", "|---|---|---|---|---|---|"]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        mine = [r for r in rows if r["kind"] == kind]
+        wall = sum(r["wall_s"] for r in mine)
+        audio = sum(r["audio_s_per_s"] * r["wall_s"] for r in mine)
+        ok = sum(r["ok"] for r in mine)
+        lines.append(f"| {kind} | {len(mine)} | {ok} | {sum(r['errors'] for r in mine)} | "
+                     f"{ok / wall:.2f} | {audio / wall:.2f} |")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,23 +207,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--large-repo", default="", help="a real model repository (manifest.json) for part 2")
     parser.add_argument("--large-run-s", type=float, default=30.0)
     parser.add_argument("--large-concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per front end (A B A B)")
+    parser.add_argument("--large-mix", default="realistic", help="clip lengths (loadgen mixes)")
+    parser.add_argument("--skip-null", action="store_true", help="only the real-model part")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = tuple(round(x, 2) for x in load_average())
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="null-model-") as tmp:
-        null_repo = build_null_model(tmp)
-        null_name = json.loads((null_repo / "manifest.json").read_text())["model_name"]
-        short = make_clips("fixed:1.0", 16, seed=0)
-        rows += _section("null model", null_repo, null_name, short, [],
-                         ("emotion.v1 gRPC", "OIP gRPC", "OIP REST"), args.concurrency, args.run_s)
+    if not args.skip_null:
+        with tempfile.TemporaryDirectory(prefix="null-model-") as tmp:
+            null_repo = build_null_model(tmp)
+            null_name = json.loads((null_repo / "manifest.json").read_text())["model_name"]
+            short = make_clips("fixed:1.0", 16, seed=0)
+            rows += _section("null model", null_repo, null_name, short, [],
+                             ("emotion.v1 gRPC", "OIP gRPC", "OIP REST"), args.concurrency, args.run_s,
+                             rounds=args.rounds)
     if args.large_repo:
         repo = Path(args.large_repo)
         name = json.loads((repo / "manifest.json").read_text())["model_name"]
-        clips = make_clips("realistic", 12, seed=0)
+        clips = make_clips(args.large_mix, 12, seed=0)
         rows += _section("large model", repo, name, clips, ["--max-batch-size", "4"],
-                         ("emotion.v1 gRPC", "OIP gRPC"), args.large_concurrency, args.large_run_s)
+                         ("emotion.v1 gRPC", "OIP gRPC"), args.large_concurrency, args.large_run_s,
+                         rounds=args.rounds)
     ended = tuple(round(x, 2) for x in load_average())
     command = "python -m benchmarks.oip_frontends " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {platform.platform()}"
@@ -220,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the machine was shared with other work)", "",
     ]
     for title in dict.fromkeys(r["section"] for r in rows):
-        report += [f"## {title}", "", *_table([r for r in rows if r["section"] == title]), ""]
+        part = [r for r in rows if r["section"] == title]
+        report += [f"## {title}", "", *_table(part), ""]
+        if len(part) > len({r["kind"] for r in part}):
+            report += ["Totals over the rounds:", "", *_totals(part), ""]
     (out / "report.md").write_text("\n".join(report))
     print("\n".join(report))
     return 0
