@@ -188,7 +188,7 @@ class DynamicBatcher(Generic[P, R]):
         loop = self._loop
         if self._closing:
             self._on_reject("draining")
-            raise BatcherClosed("batcher is closed; not accepting new requests")
+            raise BatcherClosed("batcher is closed; not accepting new requests", rejected=True)
         if loop is None:
             raise RuntimeError("call `await DynamicBatcher.start()` before submit()")
         if cost < 1:
@@ -200,13 +200,15 @@ class DynamicBatcher(Generic[P, R]):
         if deadline is not None:
             if deadline <= now:
                 self._on_reject("deadline")
-                raise DeadlineExceeded("deadline already passed at submit")
+                raise DeadlineExceeded("deadline already passed at submit", rejected=True)
             if self.policy.adaptive:
                 alone = self.latency_model.predict(1, cost)
                 if alone is not None and deadline - now < self.policy.deadline_slack * alone:
                     self._on_reject("deadline")
                     raise DeadlineExceeded(
-                        f"cannot finish in time: {deadline - now:.3f} s left, a run takes about {alone:.3f} s"
+                        f"cannot finish in time: {deadline - now:.3f} s left, "
+                        f"a run takes about {alone:.3f} s",
+                        rejected=True,
                     )
         queue = self._queue
         refusal = queue.refusal(cost)

@@ -10,7 +10,15 @@ __all__ = ["BatcherClosed", "BatcherError", "DeadlineExceeded", "QueueFull"]
 
 
 class BatcherError(Exception):
-    """Base class of the batcher's own errors."""
+    """Base class of the batcher's own errors.
+
+    ``rejected`` is true when ``submit`` refused the request at once (the batcher reported it to its
+    observer's ``on_reject``); false when a request already queued failed later.
+    """
+
+    def __init__(self, *args: object, rejected: bool = False) -> None:
+        super().__init__(*args)
+        self.rejected = rejected
 
 
 class QueueFull(BatcherError):
@@ -20,7 +28,7 @@ class QueueFull(BatcherError):
     """
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, rejected=True)
         self.reason = reason
 
 

@@ -123,19 +123,19 @@ def classify(exc: BaseException, retry_after_ms: int | None = None) -> Failure:
     if isinstance(exc, QueueFull):
         return Failure(ErrorKind.RESOURCE_EXHAUSTED,
                        "the server is overloaded (request queue full); retry after a short wait",
-                       None,  # the batcher reports queue_full rejections itself
-                       retry)
+                       "queue_full", retry)
     if isinstance(exc, TooManyStreams):
         return Failure(ErrorKind.RESOURCE_EXHAUSTED, str(exc), "too_many_streams", retry)
     if isinstance(exc, DeadlineExceeded):
+        # Refused at submission: a rejection. Expired while queued: counted as a drop (batcher_dropped).
         return Failure(ErrorKind.DEADLINE_EXCEEDED,
                        "the deadline passed before the request could be processed "
                        "(the server is busy or the deadline is too short)",
-                       None)  # the batcher counts "deadline" rejections and expiries itself
+                       "deadline" if exc.rejected else None)
     if isinstance(exc, Draining):
         return Failure(ErrorKind.UNAVAILABLE, str(exc), "draining", retry)
-    if isinstance(exc, BatcherClosed):  # the batcher counts its own "draining" rejections
-        return Failure(ErrorKind.UNAVAILABLE, str(Draining()), None, retry)
+    if isinstance(exc, BatcherClosed):
+        return Failure(ErrorKind.UNAVAILABLE, str(Draining()), "draining" if exc.rejected else None, retry)
     if isinstance(exc, NoClassifierHead):
         return Failure(ErrorKind.FAILED_PRECONDITION, str(exc), None)
     if isinstance(exc, ModelNotFound):

@@ -147,7 +147,8 @@ class ServerMetrics:
             self.queue_wait.observe(wait)
 
     def on_reject(self, reason: str) -> None:
-        self.rejections.labels(reason).inc()
+        """Not counted here: a refused submission fails its call, and the core counts that call's
+        rejection reason once (``errors.classify`` owns the reasons), whichever protocol it came from."""
 
     def on_expire(self, n: int) -> None:
         self.batcher_dropped.labels("expired").inc(n)

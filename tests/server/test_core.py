@@ -5,6 +5,7 @@ with its protocol label) are checked here; the front ends' own tests check their
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,11 +47,12 @@ def runner(manifest: ModelManifest) -> Iterator[Runner]:
     r.close()
 
 
-@pytest.fixture
-async def core(manifest: ModelManifest, runner: Runner) -> AsyncIterator[EmotionCore]:
+@contextlib.asynccontextmanager
+async def make_core(manifest: ModelManifest, runner: Runner, max_queue_requests: int = 64,
+                    ) -> AsyncIterator[EmotionCore]:
     metrics = ServerMetrics(manifest.sample_rate_hz)
     policy = BatchPolicy(max_batch_size=8, max_batch_cost=60 * RATE, max_queue_delay_s=0.005,
-                         max_queue_requests=64, max_queue_cost=600 * RATE, adaptive=False)
+                         max_queue_requests=max_queue_requests, max_queue_cost=600 * RATE, adaptive=False)
     batcher: DynamicBatcher[np.ndarray, object] = DynamicBatcher(
         runner.run, policy, observer=metrics, split_on_error=split_on_error
     )
@@ -63,6 +65,12 @@ async def core(manifest: ModelManifest, runner: Runner) -> AsyncIterator[Emotion
     finally:
         await batcher.close(drain=True, timeout_s=10)
         executor.shutdown(wait=True)
+
+
+@pytest.fixture
+async def core(manifest: ModelManifest, runner: Runner) -> AsyncIterator[EmotionCore]:
+    async with make_core(manifest, runner) as the_core:
+        yield the_core
 
 
 def sample(core: EmotionCore, name: str, **labels: str) -> float:
@@ -217,6 +225,25 @@ async def test_draining_refuses_every_call_with_a_retry_hint(core: EmotionCore) 
     assert sample(core, "emotion_requests_total", rpc="ModelInfer", code="UNAVAILABLE",
                   protocol="oip_grpc") == 1
     assert await core.wait_idle(1.0)
+
+
+async def test_a_shed_call_is_one_rejection_however_many_items_the_queue_refused(
+    manifest: ModelManifest, runner: Runner
+) -> None:
+    async with make_core(manifest, runner, max_queue_requests=4) as small:
+        items = [AudioInput.from_waveform(wave(0.5, seed=i)) for i in range(12)]
+        with pytest.raises(CallFailed) as info:
+            await small.recognize_many(items, RecognizeOptions(), call())
+        failure = info.value.failure
+        assert failure.kind is ErrorKind.RESOURCE_EXHAUSTED and failure.reason == "queue_full"
+        assert failure.retry_after_ms is not None and failure.retry_after_ms > 0
+        assert sample(small, "emotion_rejections_total", reason="queue_full") == 1
+        assert sample(small, "emotion_requests_total", rpc="ModelInfer", code="RESOURCE_EXHAUSTED",
+                      protocol="oip_grpc") == 1
+        assert small.inflight == 0
+        # The core is usable again at once.
+        ok = await small.recognize(items[0], RecognizeOptions(), call())
+        assert ok.utterance.label
 
 
 def test_status_maps_carry_the_one_retry_hint() -> None:
