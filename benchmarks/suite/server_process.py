@@ -1,4 +1,5 @@
-"""Start the real server (``python -m emotion2vec_serving.server``) as a child process, wait until it serves, stop it.
+"""Start the real server (``python -m emotion2vec_serving.server``) as a child process, wait until it
+serves, stop it.
 
 The suite's defaults on top of server.process.ServerProcess: quiet logs and a long start-up allowance (the
 large model's warm-up on a busy machine).

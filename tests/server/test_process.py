@@ -1,4 +1,5 @@
-"""server.process.ServerProcess against the real ``python -m emotion2vec_serving.server``: start, serve, scrape, drain, fail."""
+"""server.process.ServerProcess against the real ``python -m emotion2vec_serving.server``: start, serve,
+scrape, drain, fail."""
 
 from __future__ import annotations
 
