@@ -2,8 +2,8 @@
 
 Starts ``python -m emotion2vec_serving.server`` (the real CLI) on a free port, waits for SERVING, drives
 Recognize calls in an open loop (fixed arrival rate, latency measured from each request's scheduled
-time) and samples the server's RSS from /proc every second. Writes a CSV (one row per second) and prints a summary that says
-whether memory or latency grew.
+time) and samples the server's RSS from /proc every second. Writes a CSV (one row per second) and prints
+a summary that says whether memory or latency grew.
 
     python -m benchmarks.soak --model demo --duration 180 --rate 20 --csv soak.csv
 
