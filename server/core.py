@@ -118,10 +118,12 @@ class CoreLimits:
         audio = AudioLimits(max_duration_s=settings.max_duration_s, min_duration_s=settings.min_duration_s,
                             max_encoded_bytes=settings.max_message_bytes,
                             target_sample_rate_hz=sample_rate_hz)
-        window_segments, window_audio_s = window_for(settings.max_batch_size, settings.max_batch_audio_s,
-                                                     settings.runner_instances)
+        window_segments, window_audio_s, initial_window = window_for(
+            settings.max_batch_size, settings.max_batch_audio_s, settings.runner_instances
+        )
         longform = LongformSettings(max_audio_s=settings.max_audio_s, max_segment_s=settings.max_duration_s,
-                                    window_segments=window_segments, window_audio_s=window_audio_s)
+                                    window_segments=window_segments, window_audio_s=window_audio_s,
+                                    initial_window=initial_window)
         return cls(audio=audio, default_timeout_s=settings.default_timeout_s,
                    max_concurrent_streams=settings.max_concurrent_streams,
                    max_stream_duration_s=settings.max_stream_duration_s, longform=longform)
@@ -811,7 +813,8 @@ class EmotionCore:
         try:
             out = await run_segments(
                 audio, spans, submit, reduce, window_segments=longform.window_segments,
-                window_samples=max(1, int(longform.window_audio_s * rate)), deadline=deadline,
+                window_samples=max(1, int(longform.window_audio_s * rate)),
+                initial_window=longform.initial_window, deadline=deadline,
             )
         finally:
             backlog[0] -= left[0]

@@ -10,9 +10,12 @@ Protocol-free (no protobuf, grpc or HTTP types); the core calls it for audio lon
    the whole recording, so every recording gets an answer, as a short silent clip does.
 2. :func:`run_segments` submits the segments to the batcher: all of them belong to one call (one
    deadline, one priority; cancelling the call cancels every segment still queued or waiting), and a
-   sliding window keeps about two batches of them queued or running at a time, so they batch with each
-   other and with other clients' requests while a short request that arrives meanwhile waits behind at
-   most one window, not behind the whole recording. Each result is reduced as soon as it arrives
+   sliding window keeps only a few of them queued or running at a time, so a short request that arrives
+   meanwhile waits behind at most one window, not behind the whole recording. The window starts at two
+   segments per runner and doubles whenever the batcher puts more than half of it into one batch (it
+   batches them with each other and with other clients' requests when batching pays, e.g. on a GPU), up
+   to about two full batches per runner; where batching does not pay (the adaptive batcher on a CPU runs
+   one item at a time) it stays at two per runner. Each result is reduced as soon as it arrives
    (``reduce``), so frame features of segments already answered are not kept.
 3. :func:`aggregate_probs` / :func:`aggregate_embedding` combine the segments into the utterance-level
    answer: the duration-weighted mean of segment probabilities and the frame-weighted mean of segment
@@ -69,21 +72,24 @@ class LongformSettings:
     min_segment_s: float = 1.0  # energy end-pointing, as StreamRecognize's defaults
     min_silence_s: float = 0.3
     energy_threshold_db: float = -40.0
-    window_segments: int = 16  # segments of one call queued or running at once
-    window_audio_s: float = 120.0  # audio of one call queued or running at once
+    window_segments: int = 16  # most segments of one call queued or running at once
+    window_audio_s: float = 120.0  # most audio of one call queued or running at once
+    initial_window: int = 2  # segments queued or running at first (grows while batches fill it)
 
     def __post_init__(self) -> None:
         if self.max_audio_s < 0:
             raise ValueError("max_audio_s must not be negative")
         if not self.max_segment_s > 0:
             raise ValueError("max_segment_s must be positive")
-        if self.window_segments < 1 or not self.window_audio_s > 0:
+        if self.window_segments < 1 or self.initial_window < 1 or not self.window_audio_s > 0:
             raise ValueError("the submission window must hold at least one segment")
 
 
-def window_for(max_batch_size: int, max_batch_audio_s: float, instances: int) -> tuple[int, float]:
-    """The submission window: about two batches per runner instance (one running, one forming)."""
-    return max(2, 2 * max_batch_size * instances), max(1.0, 2.0 * max_batch_audio_s * instances)
+def window_for(max_batch_size: int, max_batch_audio_s: float, instances: int) -> tuple[int, float, int]:
+    """The submission window: at most about two batches per runner instance (one running, one forming);
+    at first two segments per runner (see :func:`run_segments`). Returns (segments, audio_s, initial)."""
+    most = max(2, 2 * max_batch_size * instances)
+    return most, max(1.0, 2.0 * max_batch_audio_s * instances), min(most, 2 * instances)
 
 
 @dataclass(frozen=True)
@@ -153,18 +159,21 @@ async def run_segments(
     *,
     window_segments: int,
     window_samples: int,
+    initial_window: int | None = None,
     deadline: float | None = None,
     on_progress: ProgressFn | None = None,
 ) -> list[T]:
     """Run every span through ``submit`` (the batcher, with the call's deadline and priority) and return
     ``reduce(span, result, queue_s)`` for each, in span order.
 
-    At most ``window_segments`` spans and ``window_samples`` samples are queued or running at once (at
-    least one span). A span the queue refuses (``QueueFull``) while other spans of this call are in
-    flight waits for one of them and is submitted again; with none in flight it is retried every 50 ms
-    until ``deadline``, unless no span of this call has run yet: then the call is refused like any
-    other request. Any other failure of one span cancels the rest and is raised; cancelling the caller
-    cancels every span still queued.
+    At most ``window`` spans and ``window_samples`` samples are queued or running at once (at least one
+    span). ``window`` starts at ``initial_window`` (default: ``window_segments``) and doubles, up to
+    ``window_segments``, each time a result ran in a batch holding more than half of it: batching is
+    paying and the window is what limits it. A span the queue refuses (``QueueFull``) while other spans
+    of this call are in flight waits for one of them and is submitted again; with none in flight it is
+    retried every 50 ms until ``deadline``, unless no span of this call has run yet: then the call is
+    refused like any other request. Any other failure of one span cancels the rest and is raised;
+    cancelling the caller cancels every span still queued.
     """
     out: list[T | None] = [None] * len(spans)
     todo: deque[Span] = deque(spans)
@@ -172,6 +181,7 @@ async def run_segments(
     in_flight = 0
     finished = 0
     blocked = False  # the queue refused a span: submit nothing more until one of ours finishes
+    window = max(1, min(window_segments, initial_window or window_segments))
 
     async def one(wave: FloatArray) -> tuple[ItemResult, float]:
         submitted = time.monotonic()
@@ -182,7 +192,7 @@ async def run_segments(
         while todo or pending:
             while todo and (
                 not pending
-                or (not blocked and len(pending) < window_segments
+                or (not blocked and len(pending) < window
                     and in_flight + todo[0].samples <= window_samples)
             ):
                 span = todo.popleft()
@@ -203,6 +213,8 @@ async def run_segments(
                 if exc is not None:
                     raise exc
                 result, queue_s = task.result()
+                if 2 * result.batch_size > window:
+                    window = min(window_segments, 2 * window)
                 out[span.index] = reduce(span, result, queue_s)
                 finished += 1
                 if on_progress is not None:

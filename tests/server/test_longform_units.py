@@ -207,6 +207,38 @@ async def test_results_come_back_in_order_and_the_window_bounds_the_queue() -> N
     assert max(len(b) for b in rec.batches) > 1  # the call's own segments batch together
 
 
+async def test_the_window_grows_only_while_batches_fill_it() -> None:
+    store, spans = numbered_store(60, 100)
+    # A batcher that batches: the window doubles from 2 to its maximum, and batches of 4 form.
+    rec = Recorder()
+    batcher = await started(DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_s=0.02,
+                                                             adaptive=False)))
+    try:
+        out = await run_segments(store, spans, submitter(batcher), keep, window_segments=8,
+                                 window_samples=10_000, initial_window=2)
+    finally:
+        await batcher.close()
+    assert out == list(range(60)) and max(len(b) for b in rec.batches) == 4
+    # One item per batch (as the adaptive batcher decides on a CPU): the window stays at 2, so another
+    # client's request never has more than one of the call's segments queued ahead of it.
+    rec = Recorder()
+    batcher = await started(DynamicBatcher(rec, BatchPolicy(max_batch_size=1, max_queue_delay_s=0.001,
+                                                             adaptive=False)))
+    seen: list[int] = []
+    submit = submitter(batcher)
+
+    async def watched(wave: np.ndarray) -> ItemResult:
+        seen.append(batcher.queued_requests)
+        return await submit(wave)
+
+    try:
+        out = await run_segments(store, spans, watched, keep, window_segments=8, window_samples=10_000,
+                                 initial_window=2)
+    finally:
+        await batcher.close()
+    assert out == list(range(60)) and max(seen) <= 1
+
+
 async def test_audio_window_lets_one_oversized_segment_through() -> None:
     rec = Recorder()
     batcher = await started(DynamicBatcher(rec, BatchPolicy(max_queue_delay_s=0.001, adaptive=False)))
@@ -284,6 +316,12 @@ async def test_cancelling_the_call_empties_the_queue() -> None:
     )
     store, spans = numbered_store(200, 50)
     progress: list[int] = []
+
+    def on_progress(done: int, total: int) -> None:
+        progress.append(done)
+        if done == 10:
+            rec.gate.clear()  # hold the runner from here on: the rest stays queued
+
     task = asyncio.ensure_future(
         run_segments(
             store,
@@ -292,19 +330,21 @@ async def test_cancelling_the_call_empties_the_queue() -> None:
             keep,
             window_segments=4,
             window_samples=10_000,
-            on_progress=lambda d, n: progress.append(d),
+            on_progress=on_progress,
         )
     )
     try:
-        await poll_until(lambda: len(progress) >= 10, 10, "some segments ran")
+        await poll_until(lambda: len(progress) >= 10 and batcher.queued_requests > 0, 10,
+                         "some segments ran and more are queued")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await poll_until(lambda: batcher.queued_requests == 0, 5, "the queue emptied")
-        ran = sum(len(b) for b in rec.batches)
-        assert ran < 200
     finally:
+        rec.gate.set()
         await batcher.close()
+    ran = sum(len(b) for b in rec.batches)
+    assert ran <= 10 + 4  # what ran before the hold, plus at most the window that was in the runner
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -327,4 +367,5 @@ def test_max_segment_s_is_the_max_duration_s_setting_and_max_audio_s_is_checked(
                                                max_audio_s=0.0), 16000)
     assert limits.longform is not None
     assert (limits.longform.window_segments, limits.longform.window_audio_s) == (16, 120.0)
+    assert limits.longform.initial_window == 4  # two per runner
     assert limits.longform.max_audio_s == 0.0  # no limit but the message size
