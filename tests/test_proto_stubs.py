@@ -61,7 +61,7 @@ def test_enum_zero_values_are_unspecified() -> None:
 
 
 def test_oip_service_keeps_the_protocol_names() -> None:
-    # The vendored definition keeps its proto package, so clients address inference.GRPCInferenceService.
+    # The derived OIP definition keeps its proto package, so clients address inference.GRPCInferenceService.
     from emotion.oip import grpc_service_pb2
 
     service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]

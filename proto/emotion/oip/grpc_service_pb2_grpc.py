@@ -26,12 +26,7 @@ if _version_not_supported:
 
 
 class GRPCInferenceServiceStub:
-    """@@
-    @@.. cpp:var:: service InferenceService
-    @@
-    @@   Inference Server GRPC endpoints.
-    @@
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -142,236 +137,124 @@ class GRPCInferenceServiceStub:
 
 
 class GRPCInferenceServiceServicer:
-    """@@
-    @@.. cpp:var:: service InferenceService
-    @@
-    @@   Inference Server GRPC endpoints.
-    @@
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def ServerLive(self, request, context):
-        """@@  .. cpp:var:: rpc ServerLive(ServerLiveRequest) returns
-        @@       (ServerLiveResponse)
-        @@
-        @@     Check liveness of the inference server.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ServerReady(self, request, context):
-        """@@  .. cpp:var:: rpc ServerReady(ServerReadyRequest) returns
-        @@       (ServerReadyResponse)
-        @@
-        @@     Check readiness of the inference server.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelReady(self, request, context):
-        """@@  .. cpp:var:: rpc ModelReady(ModelReadyRequest) returns
-        @@       (ModelReadyResponse)
-        @@
-        @@     Check readiness of a model in the inference server.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ServerMetadata(self, request, context):
-        """@@  .. cpp:var:: rpc ServerMetadata(ServerMetadataRequest) returns
-        @@       (ServerMetadataResponse)
-        @@
-        @@     Get server metadata.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelMetadata(self, request, context):
-        """@@  .. cpp:var:: rpc ModelMetadata(ModelMetadataRequest) returns
-        @@       (ModelMetadataResponse)
-        @@
-        @@     Get model metadata.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelInfer(self, request, context):
-        """@@  .. cpp:var:: rpc ModelInfer(ModelInferRequest) returns
-        @@       (ModelInferResponse)
-        @@
-        @@     Perform inference using a specific model.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelStreamInfer(self, request_iterator, context):
-        """@@  .. cpp:var:: rpc ModelStreamInfer(stream ModelInferRequest) returns
-        @@       (stream ModelStreamInferResponse)
-        @@
-        @@     Perform streaming inference.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelConfig(self, request, context):
-        """@@  .. cpp:var:: rpc ModelConfig(ModelConfigRequest) returns
-        @@       (ModelConfigResponse)
-        @@
-        @@     Get model configuration.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelStatistics(self, request, context):
-        """@@  .. cpp:var:: rpc ModelStatistics(
-        @@                     ModelStatisticsRequest)
-        @@                   returns (ModelStatisticsResponse)
-        @@
-        @@     Get the cumulative inference statistics for a model.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RepositoryIndex(self, request, context):
-        """@@  .. cpp:var:: rpc RepositoryIndex(RepositoryIndexRequest) returns
-        @@       (RepositoryIndexResponse)
-        @@
-        @@     Get the index of model repository contents.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RepositoryModelLoad(self, request, context):
-        """@@  .. cpp:var:: rpc RepositoryModelLoad(RepositoryModelLoadRequest) returns
-        @@       (RepositoryModelLoadResponse)
-        @@
-        @@     Load or reload a model from a repository.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RepositoryModelUnload(self, request, context):
-        """@@  .. cpp:var:: rpc RepositoryModelUnload(RepositoryModelUnloadRequest)
-        @@       returns (RepositoryModelUnloadResponse)
-        @@
-        @@     Unload a model.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SystemSharedMemoryStatus(self, request, context):
-        """@@  .. cpp:var:: rpc SystemSharedMemoryStatus(
-        @@                     SystemSharedMemoryStatusRequest)
-        @@                   returns (SystemSharedMemoryStatusRespose)
-        @@
-        @@     Get the status of all registered system-shared-memory regions.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SystemSharedMemoryRegister(self, request, context):
-        """@@  .. cpp:var:: rpc SystemSharedMemoryRegister(
-        @@                     SystemSharedMemoryRegisterRequest)
-        @@                   returns (SystemSharedMemoryRegisterResponse)
-        @@
-        @@     Register a system-shared-memory region.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SystemSharedMemoryUnregister(self, request, context):
-        """@@  .. cpp:var:: rpc SystemSharedMemoryUnregister(
-        @@                     SystemSharedMemoryUnregisterRequest)
-        @@                   returns (SystemSharedMemoryUnregisterResponse)
-        @@
-        @@     Unregister a system-shared-memory region.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CudaSharedMemoryStatus(self, request, context):
-        """@@  .. cpp:var:: rpc CudaSharedMemoryStatus(
-        @@                     CudaSharedMemoryStatusRequest)
-        @@                   returns (CudaSharedMemoryStatusRespose)
-        @@
-        @@     Get the status of all registered CUDA-shared-memory regions.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CudaSharedMemoryRegister(self, request, context):
-        """@@  .. cpp:var:: rpc CudaSharedMemoryRegister(
-        @@                     CudaSharedMemoryRegisterRequest)
-        @@                   returns (CudaSharedMemoryRegisterResponse)
-        @@
-        @@     Register a CUDA-shared-memory region.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CudaSharedMemoryUnregister(self, request, context):
-        """@@  .. cpp:var:: rpc CudaSharedMemoryUnregister(
-        @@                     CudaSharedMemoryUnregisterRequest)
-        @@                   returns (CudaSharedMemoryUnregisterResponse)
-        @@
-        @@     Unregister a CUDA-shared-memory region.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TraceSetting(self, request, context):
-        """@@  .. cpp:var:: rpc TraceSetting(TraceSettingRequest)
-        @@                   returns (TraceSettingResponse)
-        @@
-        @@     Update and get the trace setting of the Triton server.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LogSettings(self, request, context):
-        """@@  .. cpp:var:: rpc LogSettings(LogSettingsRequest)
-        @@                   returns (LogSettingsResponse)
-        @@
-        @@     Update and get the log settings of the Triton server.
-        @@
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -488,12 +371,7 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GRPCInferenceService:
-    """@@
-    @@.. cpp:var:: service InferenceService
-    @@
-    @@   Inference Server GRPC endpoints.
-    @@
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def ServerLive(request,
