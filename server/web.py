@@ -743,6 +743,10 @@ def _stream_settings(config: dict[str, Any]) -> StreamSettings:
     )
 
 
+#: The page's handlers on the application (typed key: aiohttp warns on plain string keys).
+WEB_KEY: web.AppKey[_Web] = web.AppKey("emotion_web", _Web)
+
+
 def add_routes(app: web.Application, core: EmotionCore, settings: Settings, *,
                tokens: TokenStore | None = None) -> None:
     """Put the page, its assets and the ``/v1`` API on ``app`` (before it is started).
@@ -761,7 +765,7 @@ def add_routes(app: web.Application, core: EmotionCore, settings: Settings, *,
     app.router.add_post("/v1/embed", w.embed)
     app.router.add_get("/v1/stream", w.stream)
     app.router.add_route("*", "/v1/{tail:.*}", w.not_found)
-    app["emotion_web"] = w
+    app[WEB_KEY] = w
 
 
 # ------------------------------------------------------------------------------------------ OpenAPI
