@@ -31,7 +31,8 @@ async def _serve_echo(port: int) -> None:
     labels = ["angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown"]
     scores = [emotion_pb2.EmotionScore(index=i, label=name, score=1.0 / 9) for i, name in enumerate(labels)]
     reply = emotion_pb2.RecognizeResponse(
-        utterance=emotion_pb2.Utterance(label="neutral", confidence=1.0 / 9, scores=scores), duration_s=1.0
+        utterance=emotion_pb2.UtteranceResult(label="neutral", confidence=1.0 / 9, scores=scores),
+        duration_s=1.0,
     )
 
     class Echo(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignore[misc]
