@@ -288,3 +288,26 @@ async def test_corrupt_tail_of_a_long_file(start_server: StartServer, fmt: str) 
     clip = wav_bytes(speech_clip("Please leave me alone right now."))
     ok = await running.stub.Recognize(recognize_request(clip), timeout=30)
     assert ok.utterance.label
+
+
+async def test_open_inference_protocol_rest_takes_long_audio(start_server: StartServer) -> None:
+    """The OIP REST front end calls the same core: a long recording's PROBS is the aggregate."""
+    import base64
+
+    import aiohttp
+
+    running = await start_server(max_duration_s=10.0, max_audio_s=3600.0)
+    rec = recording(30.0)
+    by_grpc = await running.stub.Recognize(recognize_request(rec.wav()), timeout=60)
+    assert by_grpc.segments
+    model = running.server.manifest.model_name
+    body = {"inputs": [{"name": "AUDIO", "shape": [1], "datatype": "BYTES",
+                        "parameters": {"content_type": "base64"},
+                        "data": [base64.b64encode(rec.wav()).decode()]}],
+            "outputs": [{"name": "PROBS"}]}
+    url = f"http://127.0.0.1:{running.server.http_port}/v2/models/{model}/infer"
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+        assert response.status == 200, await response.text()
+        doc = await response.json()
+    (probs,) = [o for o in doc["outputs"] if o["name"] == "PROBS"]
+    np.testing.assert_allclose(np.array(probs["data"], np.float64), scores(by_grpc.utterance), atol=1e-5)
