@@ -10,14 +10,11 @@ the clips' WAV files (the tests check both agree).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import subprocess
 import tempfile
-import time
 import wave
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,14 +129,3 @@ def concat_with_sox(parts: list[Int16Array]) -> Int16Array:
         with wave.open(str(out), "rb") as w:
             return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int16)
 
-
-async def poll_until(
-    predicate: Callable[[], bool], timeout_s: float, message: str, interval_s: float = 0.05
-) -> None:
-    """Await until ``predicate()`` is true, checking every ``interval_s``; fail with ``message`` after
-    ``timeout_s`` (an asyncio-friendly bounded poll: the in-process server shares the event loop)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting until: {message}")
-        await asyncio.sleep(interval_s)

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2
 
+from tests.polling import wait_until_async
 from tests.server.audio_fixtures import encode
 from tests.server.conftest import StartServer
 from tests.server.longform_fixtures import (
     RATE,
     Recording,
     concat_with_sox,
-    poll_until,
     recording,
     speech_clip,
     two_clips,
@@ -235,8 +235,8 @@ async def test_short_requests_finish_while_a_long_one_runs(start_server: StartSe
 
     task = asyncio.ensure_future(long_call())
     batches_before = running.metric("emotion_batch_size_count")
-    await poll_until(lambda: running.metric("emotion_batch_size_count") >= batches_before + 2, timeout_s=60,
-                     message="the long recording's first batches ran")
+    await wait_until_async(lambda: running.metric("emotion_batch_size_count") >= batches_before + 2,
+                           timeout_s=60, message="the long recording's first batches ran")
     assert not task.done()
     await asyncio.gather(*(short_call(i) for i in range(6)))
     await task
@@ -249,14 +249,14 @@ async def test_cancelling_a_long_call_frees_the_queue(start_server: StartServer)
     call = running.stub.Recognize(recognize_request(rec.wav()), timeout=120)
     core = running.server.core
     assert core is not None
-    await poll_until(lambda: running.metric("emotion_batch_size_count") >= 2, timeout_s=60,
-                     message="the long recording started running")
+    await wait_until_async(lambda: running.metric("emotion_batch_size_count") >= 2, timeout_s=60,
+                           message="the long recording started running")
     assert core.estimated_drain_s() >= 0.0
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await poll_until(lambda: running.metric("emotion_queue_requests") == 0 and core.inflight == 0,
-                     timeout_s=30, message="the queue emptied after the cancel")
+    await wait_until_async(lambda: running.metric("emotion_queue_requests") == 0 and core.inflight == 0,
+                           timeout_s=30, message="the queue emptied after the cancel")
     assert core._backlog == [0, 0]
     ran = running.metric("emotion_batch_size_sum")
     planned = running.metric("emotion_request_segments_sum", rpc="Recognize")

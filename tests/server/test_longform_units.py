@@ -30,8 +30,9 @@ from emotion2vec_serving.server.longform import (
     run_segments,
 )
 from emotion2vec_serving.server.runner import ItemResult
+from tests.polling import wait_until_async
 from tests.server.audio_fixtures import encode, make_signal, pcm_bytes
-from tests.server.longform_fixtures import RATE, poll_until, recording
+from tests.server.longform_fixtures import RATE, recording
 
 # ------------------------------------------------------------------------------------------ the store
 
@@ -276,9 +277,9 @@ async def test_queue_full_before_anything_ran_refuses_the_call() -> None:
         )
     )
     other = [asyncio.ensure_future(batcher.submit(np.full(10, 99.0, np.float32), cost=10))]
-    await poll_until(lambda: rec.entered == 1, 5, "the runner took another client's request")
+    await wait_until_async(lambda: rec.entered == 1, 5, message="the runner took another client's request")
     other.append(asyncio.ensure_future(batcher.submit(np.full(10, 98.0, np.float32), cost=10)))
-    await poll_until(lambda: batcher.queued_requests == 1, 5, "another client filled the queue")
+    await wait_until_async(lambda: batcher.queued_requests == 1, 5, message="another client filled the queue")
     store, spans = numbered_store(3, 50)
     try:
         with pytest.raises(QueueFull):
@@ -303,7 +304,8 @@ async def test_a_failing_segment_fails_the_call_and_cancels_the_rest() -> None:
             await run_segments(
                 store, spans, submitter(batcher), keep, window_segments=4, window_samples=10_000
             )
-        await poll_until(lambda: batcher.queued_requests == 0, 5, "the call's queued segments were cancelled")
+        await wait_until_async(lambda: batcher.queued_requests == 0, 5,
+                               message="the call's queued segments were cancelled")
         assert max(i for b in rec.batches for i in b) < 3 + 4  # nothing beyond the window ever ran
     finally:
         await batcher.close()
@@ -334,12 +336,12 @@ async def test_cancelling_the_call_empties_the_queue() -> None:
         )
     )
     try:
-        await poll_until(lambda: len(progress) >= 10 and batcher.queued_requests > 0, 10,
-                         "some segments ran and more are queued")
+        await wait_until_async(lambda: len(progress) >= 10 and batcher.queued_requests > 0, 10,
+                               message="some segments ran and more are queued")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await poll_until(lambda: batcher.queued_requests == 0, 5, "the queue emptied")
+        await wait_until_async(lambda: batcher.queued_requests == 0, 5, message="the queue emptied")
     finally:
         rec.gate.set()
         await batcher.close()
