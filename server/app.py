@@ -330,6 +330,11 @@ class EmotionServer:
             self.runner.close()
         self.metrics.close()
         self._decode_executor.shutdown(wait=False, cancel_futures=True)
+        if self.core is not None:
+            # One line a test or an operator can hold against the clients' view: every call that reached
+            # the core, by outcome. A call a client saw fail that is not counted here never reached it.
+            answered = ", ".join(f"{p}/{r}/{c}={n}" for (p, r, c), n in sorted(self.core.outcomes.items()))
+            log.info("calls answered since start: %s", answered or "none")
         log.info("stopped")
         self._stopped.set()
 

@@ -11,6 +11,7 @@ the front end maps to its own status (``grpc_status`` / ``http_status``). No pro
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -365,6 +366,8 @@ class EmotionCore:
         self._backlog = [0, 0]
         self._active_streams = 0
         self._inflight = 0
+        # Every call the core answered, by (protocol, rpc, code): the drain's accounting (see ``outcomes``).
+        self._outcomes: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._idle = asyncio.Event()
         self._idle.set()
         self._rate = manifest.sample_rate_hz
@@ -458,6 +461,15 @@ class EmotionCore:
         if self._inflight == 0:
             self._idle.set()
 
+    def _observe(self, call: CallContext, code: str, duration_s: float) -> None:
+        self._outcomes[(call.protocol, call.rpc, code)] += 1
+        self._metrics.observe_request(call.rpc, code, duration_s, call.protocol)
+
+    @property
+    def outcomes(self) -> dict[tuple[str, str, str], int]:
+        """Calls answered since start by (protocol, rpc, code): a call counted here reached the core."""
+        return dict(self._outcomes)
+
     def _check_accepting(self) -> None:
         if self._draining:
             raise Draining()
@@ -489,7 +501,7 @@ class EmotionCore:
         failure = classify(exc, self._retry_after_ms())
         if failure.reason is not None:
             self._metrics.reject(failure.reason)
-        self._metrics.observe_request(call.rpc, failure.kind.value, time.monotonic() - start, call.protocol)
+        self._observe(call, failure.kind.value, time.monotonic() - start)
         if failure.kind is ErrorKind.INTERNAL:
             log.error("%s (%s) failed", call.rpc, call.protocol, exc_info=exc)
         else:
@@ -515,13 +527,13 @@ class EmotionCore:
             self._check_accepting()
             result = await body(start)
         except asyncio.CancelledError:
-            self._metrics.observe_request(call.rpc, "CANCELLED", time.monotonic() - start, call.protocol)
+            self._observe(call, "CANCELLED", time.monotonic() - start)
             raise
         except Exception as exc:
             raise self._fail(exc, call, start) from exc
         finally:
             self._leave()
-        self._metrics.observe_request(call.rpc, "OK", time.monotonic() - start, call.protocol)
+        self._observe(call, "OK", time.monotonic() - start)
         return result
 
     # ------------------------------------------------------------------ calls
@@ -603,7 +615,7 @@ class EmotionCore:
             self._active_streams -= 1
             self._metrics.active_streams.set(self._active_streams)
             if code is not None:
-                self._metrics.observe_request(call.rpc, code, time.monotonic() - start, call.protocol)
+                self._observe(call, code, time.monotonic() - start)
 
     # ------------------------------------------------------------------ plumbing (also used by streams)
 
