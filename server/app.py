@@ -194,6 +194,7 @@ class EmotionServer:
             m, self.batcher, self.metrics, CoreLimits.from_settings(s, rate), self._decode_executor,
             provider=lambda: runner.provider, engine=runner.engine,
             cost_of=runner.cost,  # the padded length the runner really runs (length buckets on GPUs)
+            precision=runner.precision,  # what the engine really runs, not only what the file holds
         )
         self.service = EmotionService(self.core)
         grpc_options: list[tuple[str, Any]] = [

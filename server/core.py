@@ -349,6 +349,7 @@ class EmotionCore:
         provider: Callable[[], str],
         engine: str = "onnxruntime",
         cost_of: Callable[[int], int] | None = None,
+        precision: str | None = None,
     ) -> None:
         self._manifest = manifest
         self._batcher = batcher
@@ -357,6 +358,9 @@ class EmotionCore:
         self._executor = decode_executor
         self._provider = provider
         self._engine = engine
+        # The precision really run (e.g. OpenVINO's f32 for a bf16 request on a CPU without bf16); the
+        # manifest's when the caller does not know better.
+        self._precision = precision or manifest.precision
         # Batcher cost of a waveform of n samples: what the runner really runs (e.g. a padded bucket).
         self._cost_of = cost_of
         self._draining = False
@@ -402,7 +406,7 @@ class EmotionCore:
     def model_card(self) -> ModelCard:
         m = self._manifest
         return ModelCard(
-            name=m.model_name, version=m.model_version, precision=m.precision, untrained=m.untrained,
+            name=m.model_name, version=m.model_version, precision=self._precision, untrained=m.untrained,
             labels=m.labels, sample_rate_hz=m.sample_rate_hz, frame_rate_hz=m.frame_rate_hz,
             embedding_dim=m.embedding_dim, provider=self._provider(), engine=self._engine,
             max_duration_s=self._limits.audio.max_duration_s,

@@ -71,9 +71,9 @@ def audio_input(audio: emotion_pb2.Audio) -> AudioInput:
 
 
 def model_ref(core: EmotionCore) -> emotion_pb2.ModelRef:
-    m = core.manifest
-    return emotion_pb2.ModelRef(name=m.model_name, version=m.model_version, precision=m.precision,
-                                untrained=m.untrained)
+    card = core.model_card()
+    return emotion_pb2.ModelRef(name=card.name, version=card.version, precision=card.precision,
+                                untrained=card.untrained)
 
 
 def utterance_pb(utterance: Utterance) -> emotion_pb2.UtteranceResult:

@@ -127,6 +127,7 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
             min_duration_s=card.min_duration_s,
             max_audio_s=card.max_audio_s,
             max_segment_s=card.max_segment_s,
+            engine=card.engine,
         )
 
     async def StreamRecognize(

@@ -175,12 +175,18 @@ def test_a_server_process_serves_with_openvino_and_only_then_loads_it(
         with grpc.insecure_channel(srv.target) as channel:
             stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
             response = stub.Recognize(raw_request(signal), timeout=30)
+            info = stub.GetModelInfo(emotion_pb2.GetModelInfoRequest(), timeout=30)
+        # GetModelInfo and every response say which engine runs, at the precision it really runs.
+        assert (info.engine, info.model.precision, response.model.precision) == ("openvino", "fp32", "fp32")
         probs = np.array([s.score for s in response.utterance.scores], dtype=np.float32)
         np.testing.assert_allclose(probs, reference.probs, atol=1e-4)
         assert metric_value(srv.scrape(), "emotion_model_info", precision="fp32") == 1.0
         assert "libopenvino" in _loaded_libraries(srv.pid)
     with ServerProcess(model_dir, base) as srv:
         with grpc.insecure_channel(srv.target) as channel:
-            emotion_pb2_grpc.EmotionRecognizerStub(channel).Recognize(raw_request(signal), timeout=30)
+            stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
+            stub.Recognize(raw_request(signal), timeout=30)
+            info = stub.GetModelInfo(emotion_pb2.GetModelInfoRequest(), timeout=30)
+        assert info.engine == "onnxruntime"
         assert "libopenvino" not in _loaded_libraries(srv.pid)
     assert isinstance(response, emotion_pb2.RecognizeResponse)
