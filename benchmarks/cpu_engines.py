@@ -50,13 +50,14 @@ class Config:
     instances: int = 1
 
     def server_args(self, threads: int) -> list[str]:
+        """Server flags: ``threads`` cores shared by the runner instances (``threads // instances`` each)."""
         return [
             "--engine",
             self.engine,
             "--inference-precision",
             self.inference_precision,
             "--intra-op-threads",
-            str(threads),
+            str(max(1, threads // self.instances)),
             "--runner-instances",
             str(self.instances),
         ]
@@ -401,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--instances", type=int, default=1,
+                        help="runner instances of every server configuration (the cores split between them); "
+                        "the second run in results/cpu_engines/README.md used 2")
     parser.add_argument("--run-s", type=float, default=60.0)
     parser.add_argument("--funasr-budget-s", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -410,12 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     native_bf16 = cpu_has_native_bf16()
     configs = [
-        Config("ORT fp32", args.fp32_repo),
-        Config("ORT int8 (row-wise)", args.int8_repo),
-        Config("OpenVINO f32", args.fp32_repo, "openvino", "f32"),
+        Config("ORT fp32", args.fp32_repo, instances=args.instances),
+        Config("ORT int8 (row-wise)", args.int8_repo, instances=args.instances),
+        Config("OpenVINO f32", args.fp32_repo, "openvino", "f32", args.instances),
     ]
     if native_bf16:
-        configs.append(Config("OpenVINO bf16", args.fp32_repo, "openvino", "bf16"))
+        configs.append(Config("OpenVINO bf16", args.fp32_repo, "openvino", "bf16", args.instances))
     clips = loadgen.make_clips(args.mix, args.clips, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
