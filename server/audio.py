@@ -608,16 +608,8 @@ def _decode_av(
     return sink.mono(), rate
 
 
-def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray:
-    """Encoded audio file bytes -> float32 mono at ``limits.target_sample_rate_hz``.
-
-    Accepts WAV, MP3, M4A/AAC (MP4 or ADTS), FLAC and OGG Vorbis/Opus, recognised from the bytes.
-    Raises :class:`AudioError` for empty, oversized, unrecognised or undecodable bytes, absurd rates or
-    channel counts, too short or too long audio (decoding stops at the limit), and NaN/Inf samples.
-    Blocking and CPU-bound: call it from a worker thread.
-    """
-    limits = limits or AudioLimits()
-    data = bytes(data)
+def _check_encoded(data: bytes, limits: AudioLimits) -> str:
+    """The container format of encoded bytes; AudioError when empty, too large or unrecognised."""
     if not data:
         raise AudioError("audio is empty: 0 bytes", "empty")
     if len(data) > limits.max_encoded_bytes:
@@ -631,6 +623,20 @@ def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray
             f"could not decode audio: unrecognised format (first bytes {data[:8].hex()}; accepted: {names})",
             "undecodable",
         )
+    return fmt
+
+
+def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray:
+    """Encoded audio file bytes -> float32 mono at ``limits.target_sample_rate_hz``.
+
+    Accepts WAV, MP3, M4A/AAC (MP4 or ADTS), FLAC and OGG Vorbis/Opus, recognised from the bytes.
+    Raises :class:`AudioError` for empty, oversized, unrecognised or undecodable bytes, absurd rates or
+    channel counts, too short or too long audio (decoding stops at the limit), and NaN/Inf samples.
+    Blocking and CPU-bound: call it from a worker thread.
+    """
+    limits = limits or AudioLimits()
+    data = bytes(data)
+    fmt = _check_encoded(data, limits)
     try:
         # NaN/Inf in float payloads are reported once by _check_finite, not as numpy warnings.
         with np.errstate(invalid="ignore", over="ignore"):
@@ -705,19 +711,7 @@ def decode_encoded_any(
     """
     limits = limits or AudioLimits()
     data = bytes(data)
-    if not data:
-        raise AudioError("audio is empty: 0 bytes", "empty")
-    if len(data) > limits.max_encoded_bytes:
-        raise AudioError(
-            f"encoded audio is {len(data)} bytes (maximum {limits.max_encoded_bytes} bytes)", "too_large"
-        )
-    fmt = sniff_format(data)
-    if fmt is None:
-        names = ", ".join(SUPPORTED_FORMATS.values())
-        raise AudioError(
-            f"could not decode audio: unrecognised format (first bytes {data[:8].hex()}; accepted: {names})",
-            "undecodable",
-        )
+    fmt = _check_encoded(data, limits)
     sinks: list[_Collector] = []
     try:
         with np.errstate(invalid="ignore", over="ignore"):
