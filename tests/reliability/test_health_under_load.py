@@ -84,8 +84,10 @@ async def test_liveness_never_fails_under_ten_times_overload(start_server: Start
     def sleep(_feeds: dict[str, Any]) -> None:
         time.sleep(batch_s)
 
+    # The queue holds more than the cap lets in, so the RPC cap, not a full queue, is what sheds (on a fast
+    # machine a queue smaller than the cap would refuse first and the cap would never be reached).
     running: Running = await start_server(session_factory=FaultyFactory(fault=sleep), max_concurrent_rpcs=CAP,
-                                          max_batch_size=1, max_queue_requests=2)
+                                          max_batch_size=1, max_queue_requests=2 * CAP)
     capacity_rps = 1 / batch_s
     rate = 10 * capacity_rps  # 200 calls/s offered, 20/s served
     request = raw_request(tone(0.3))
