@@ -7,15 +7,23 @@ realistically sized response), in its own process like the real server. Both are
 closed-loop clients (``--concurrency`` over ``--processes`` client processes, short clips, raw f32 audio).
 What the null-model server costs above the echo server (server CPU ms per request) is what this project
 adds per request: decoding, admission, the batcher, the runner's plumbing, metrics.
+
+``--profile-s N`` also samples the null-model server with py-spy (``pip install py-spy``; not a project
+dependency) for N seconds of the measured run and adds where its CPU goes: self time per function and per
+area (grpc, asyncio, this project's packages, numpy, ...), so what is left above the echo server is named.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +80,45 @@ def _measure(
     return row
 
 
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _area(path: str) -> str:
+    """A coarse owner of a source file: this project's package, or the library it belongs to."""
+    for name in ("batching", "server", "clients", "modelrepo", "export"):
+        if f"emotion2vec_serving/{name}/" in path or (f"/{name}/" in path and "site-packages" not in path):
+            return f"emotion2vec_serving.{name}"
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0]
+    if "/lib/python3" in path:
+        rest = path.split("/lib/python3", 1)[1].split("/", 1)
+        return "stdlib " + (rest[1].split("/", 1)[0].removesuffix(".py") if len(rest) > 1 else "")
+    return "other"
+
+
+def summarise_profile(collapsed: str, top: int = 15) -> dict[str, Any]:
+    """Self time per function and per area from py-spy's raw (collapsed stacks) output."""
+    by_function: collections.Counter[str] = collections.Counter()
+    by_area: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        leaf = stack.split(";")[-1]
+        match = _FRAME.match(leaf)
+        func, path = (match["func"], match["file"]) if match else (leaf, "")
+        total += count
+        where = "/".join(path.split("/")[-2:])
+        by_function[f"{func} ({where})"] += count
+        by_area[_area(path)] += count
+
+    def share(counter: collections.Counter[str]) -> list[dict[str, Any]]:
+        return [{"name": k, "self_pct": round(100 * v / total, 1)} for k, v in counter.most_common(top)]
+    return {"samples": total, "by_area": share(by_area), "by_function": share(by_function)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--run-s", type=float, default=15.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile-s", type=float, default=0.0,
+                        help="sample the null-model server with py-spy for this many seconds (0: no profile)")
     args = parser.parse_args(argv)
     if args.serve_echo:
         asyncio.run(_serve_echo(args.serve_echo))
@@ -113,12 +162,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo.terminate()
         echo.wait(timeout=10)
     repo = build_null_model(Path.home() / ".cache" / "emotion2vec-bench" / "null_model")
-    with ServerProcess(repo, ["--no-warmup"]) as srv:
+    profile: dict[str, Any] | None = None
+    with ServerProcess(repo, ["--no-warmup"]) as srv, tempfile.TemporaryDirectory() as tmp:
+        spy = None
+        if args.profile_s > 0:
+            exe = shutil.which("py-spy")
+            if exe is None:
+                raise SystemExit("--profile-s needs py-spy on PATH (pip install py-spy)")
+            raw = Path(tmp) / "profile.txt"
+            # Starts with the 2 s warm pass; ends inside the measured run when profile_s < run_s.
+            command = [exe, "record", "--pid", str(srv.pid), "--duration", str(int(args.profile_s)),
+                       "--rate", "250", "--format", "raw", "--full-filenames", "--output", str(raw),
+                       "--nonblocking"]
+            spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rows.append(
             _measure(
                 srv.target, srv.pid, args.concurrency, args.processes, args.run_s, "this server, null model"
             )
         )
+        if spy is not None:
+            spy.wait(timeout=args.profile_s + 60)
+            profile = summarise_profile(raw.read_text(encoding="utf-8"))
     echo_row, null_row = rows
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -128,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "added_cpu_ms_per_req": null_row["server_cpu_ms_per_req"] - echo_row["server_cpu_ms_per_req"],
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
     }
+    if profile is not None:
+        result["null_model_server_profile"] = profile
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
