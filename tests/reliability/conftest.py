@@ -75,3 +75,18 @@ def raw_request(samples: np.ndarray, rate: int = 16000, **fields: Any) -> emotio
 
 def scores(response: emotion_pb2.RecognizeResponse) -> np.ndarray:
     return np.array([s.score for s in response.utterance.scores], np.float32)
+
+
+def answered_by_server(log_text: str) -> dict[tuple[str, str, str], int]:
+    """The server's exit line ``calls answered since start: proto/rpc/code=n, ...`` as a dict."""
+    marker = "calls answered since start: "
+    lines = [line for line in log_text.splitlines() if marker in line]
+    assert lines, "the server did not log its calls at exit"
+    out: dict[tuple[str, str, str], int] = {}
+    for item in lines[-1].split(marker, 1)[1].split(", "):
+        if item.strip() == "none":
+            continue
+        key, _, n = item.strip().rpartition("=")
+        protocol, rpc, code = key.split("/")
+        out[(protocol, rpc, code)] = int(n)
+    return out

@@ -24,7 +24,7 @@ from emotion2vec_serving.server.app import _DOUBLE_SIGNAL_S
 from emotion2vec_serving.server.health import SERVICE_NAME
 from emotion2vec_serving.server.process import ServerProcess
 from tests.polling import wait_until_async
-from tests.reliability.conftest import raw_request, tone
+from tests.reliability.conftest import answered_by_server, raw_request, tone
 
 
 def _start(model_dir: Path, *extra: str) -> ServerProcess:
@@ -59,21 +59,6 @@ def _refused_before_acceptance(code: str, details: str) -> bool:
         return True
     never_connected = "failed to connect" in text or "connection refused" in text
     return never_connected and "reset" not in text and "socket closed" not in text
-
-
-def _answered_by_server(log_text: str) -> dict[tuple[str, str, str], int]:
-    """The server's exit line ``calls answered since start: proto/rpc/code=n, ...`` as a dict."""
-    marker = "calls answered since start: "
-    lines = [line for line in log_text.splitlines() if marker in line]
-    assert lines, "the server did not log its calls at exit"
-    out: dict[tuple[str, str, str], int] = {}
-    for item in lines[-1].split(marker, 1)[1].split(", "):
-        if item.strip() == "none":
-            continue
-        key, _, n = item.strip().rpartition("=")
-        protocol, rpc, code = key.split("/")
-        out[(protocol, rpc, code)] = int(n)
-    return out
 
 
 async def test_sigterm_under_load_loses_no_accepted_request(
@@ -136,7 +121,7 @@ async def test_sigterm_under_load_loses_no_accepted_request(
     # saw fail is then one the server never took: refused by the drain, unable to connect, or (CANCELLED)
     # arriving in the instant of the GOAWAY, when gRPC core cancels calls its transport read but no handler
     # had taken yet (server.stop): refusals, not losses.
-    answered = _answered_by_server(server.log_path.read_text(encoding="utf-8", errors="replace"))
+    answered = answered_by_server(server.log_path.read_text(encoding="utf-8", errors="replace"))
     seen = {("emotion_v1", "Recognize", "OK"): sum(o[2] == "OK" for o in outcomes) + 1}  # + the reference
     refused = sum(o[2] == "UNAVAILABLE" and "shutting down" in o[3].lower() for o in outcomes)
     if refused:  # calls that reached the core after it began refusing: counted there, answered UNAVAILABLE
