@@ -456,18 +456,25 @@ class Runner:
                 self._watchdog.disarm(token)
         return all(np.isfinite(np.asarray(o, dtype=np.float64)).all() for o in outputs)
 
+    def _discard_pool_locked(self) -> None:
+        """Start a new session generation and empty the pool. Precondition: ``_lock`` is held.
+
+        Sessions in use when this runs belong to the old generation and are dropped on release.
+        """
+        self._generation += 1
+        while True:
+            try:
+                self._pool.get_nowait()
+            except queue.Empty:
+                break
+
     def _fall_back_locked(self, provider: str, exc: Exception) -> None:
         """Replace every session with a CPU one. Precondition: ``_lock`` is held."""
         log.error("%d consecutive device failures on %s (last: %s); moving to %s%s",
                   self._gpu_failures, provider, exc, CPU_PROVIDER,
                   f", back after a probe in {self.options.gpu_cooldown_s:g} s"
                   if self.options.gpu_cooldown_s > 0 else "")
-        self._generation += 1
-        while True:  # discard old sessions still in the pool; those in use are dropped on release
-            try:
-                self._pool.get_nowait()
-            except queue.Empty:
-                break
+        self._discard_pool_locked()
         for _ in range(self.options.instances):
             session = self._factory(self.manifest.onnx_path, [CPU_PROVIDER], self.options)
             self._pool.put((self._generation, session))
@@ -506,12 +513,7 @@ class Runner:
         with self._lock:
             if self._closed:
                 return True
-            self._generation += 1
-            while True:
-                try:
-                    self._pool.get_nowait()
-                except queue.Empty:
-                    break
+            self._discard_pool_locked()
             for session in sessions:
                 self._pool.put((self._generation, session))
             self._provider = active
@@ -548,12 +550,7 @@ class Runner:
         self._watchdog.close()
         with self._lock:
             self._closed = True
-            self._generation += 1
-            while True:
-                try:
-                    self._pool.get_nowait()
-                except queue.Empty:
-                    break
+            self._discard_pool_locked()
 
 
 class _Watchdog:
