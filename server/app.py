@@ -4,13 +4,16 @@ Start-up: load the model (reporting the provider really active), start the batch
 health NOT_SERVING, warm the model up across the batch length ranges, then report SERVING.
 
 Shutdown (SIGTERM), in this order (issue 14): readiness NOT_SERVING on every protocol while the server keeps
-serving for ``drain_readiness_delay_s`` (load balancers and resolvers move new work elsewhere) ->
-``server.stop(grace)``: GOAWAY on every connection, so clients open their next calls elsewhere (a call that
-crosses the GOAWAY is retried transparently by gRPC, as the server never saw it), and the HTTP listener
-closes -> every call already accepted (counted by ``RpcAdmission``) and the batcher finish within
-``drain_grace_s`` -> what is left are health ``Watch`` streams, which never end by themselves: they are
-cancelled -> close the runner. No accepted call is refused or lost; calls still running when the grace is
-spent are cancelled.
+serving for ``drain_readiness_delay_s`` (load balancers and resolvers move new work elsewhere) -> with a
+connection age set: no new gRPC connections (the listener closes; server/listeners.py), and each open
+connection gets its connection-age GOAWAY while the server still serves, so its client opens the next calls
+elsewhere and a call that crosses the GOAWAY is served, not lost (up to 1.1 x ``max_connection_age_s`` + 1 s,
+sooner when no connection is left) -> ``server.stop(grace)``: GOAWAY to what is left (connections carrying
+streams) and the HTTP listener closes -> every call already accepted (counted by ``RpcAdmission``) and the
+batcher finish within ``drain_grace_s`` -> what is left are health ``Watch`` streams, which never end by
+themselves: they are cancelled -> close the runner. No accepted call is refused or lost; calls still running
+when the grace is spent are cancelled. Without a connection age the GOAWAY is ``server.stop``'s own, and
+gRPC core cancels the calls that cross it (CANCELLED for a call the server never saw; grpc/grpc#41785).
 
 Connection age: connections are closed after ``max_connection_age_s`` (GOAWAY, so clients rebalance) with a
 grace of ``max_stream_duration_s`` + ``drain_grace_s``: a stream accepted on an old connection always
@@ -35,7 +38,7 @@ from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from emotion2vec_serving.batching import DECISIONS, BatchPolicy, DecideFn, DynamicBatcher
-from emotion2vec_serving.server import oip_grpc
+from emotion2vec_serving.server import listeners, oip_grpc
 from emotion2vec_serving.server.admission import RpcAdmission
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.core import CoreLimits, EmotionCore
@@ -68,6 +71,8 @@ BATCH_DECISIONS: dict[str, DecideFn] = DECISIONS
 _DOUBLE_SIGNAL_S = 1.0
 #: After GOAWAY, the time for calls gRPC accepted just before it to reach the admission count.
 _ACCEPT_SETTLE_S = 0.05
+# How often a drain looks (channelz) for connections still open while their age GOAWAYs come.
+_CONNECTION_POLL_S = 0.1
 
 
 def warmup_durations(min_s: float, max_s: float) -> list[float]:
@@ -307,11 +312,17 @@ class EmotionServer:
         if self.core is not None:
             self.core.withdraw_readiness()
         if self.server is not None or self.http is not None:
-            await asyncio.sleep(min(s.drain_readiness_delay_s, left()))
-        # 2. GOAWAY and no new calls; the HTTP listener closes (requests in progress finish).
+            await asyncio.sleep(s.drain_readiness_delay_s)
+        # 2. GOAWAY while still serving: no new connections, and each connection's age GOAWAY moves its client
+        # elsewhere (server/listeners.py: gRPC core's own shutdown GOAWAY cancels calls that cross it).
+        if self.server is not None and s.max_connection_age_s > 0:
+            await self._goaway_by_connection_age()
+        grace_end = time.monotonic() + s.drain_grace_s  # the grace is for finishing work, counted from here
+        # 3. GOAWAY to what is left (connections carrying streams, already told by their age GOAWAY when the
+        # age is set) and no new calls; the HTTP listener closes (requests in progress finish).
         grpc_stop = asyncio.ensure_future(self.server.stop(grace=left())) if self.server is not None else None
         http_stop = asyncio.ensure_future(self.http.stop()) if self.http is not None else None
-        # 3. Every call accepted so far finishes. Calls gRPC accepted just before the GOAWAY reach the
+        # 4. Every call accepted so far finishes. Calls gRPC accepted just before the GOAWAY reach the
         # admission count within a loop iteration or two.
         await asyncio.sleep(_ACCEPT_SETTLE_S)
         if self.admission is not None:
@@ -322,7 +333,7 @@ class EmotionServer:
         if self.batcher is not None:
             await self.batcher.close(drain=True, timeout_s=left())
         if self.server is not None and grpc_stop is not None:
-            # 4. Idle (or out of grace): only health Watch streams are left; cancel them.
+            # 5. Idle (or out of grace): only health Watch streams are left; cancel them.
             await self.server.stop(grace=None)
             await grpc_stop
         if http_stop is not None:
@@ -338,6 +349,26 @@ class EmotionServer:
             log.info("calls answered since start: %s", answered or "none")
         log.info("stopped")
         self._stopped.set()
+
+    async def _goaway_by_connection_age(self) -> None:
+        """Stop accepting gRPC connections and wait for every open one's connection-age GOAWAY, serving
+        throughout; ends early once no connection is left (server/listeners.py)."""
+        s = self.settings
+        closed = listeners.stop_accepting(self.port)
+        bound_s = listeners.age_goaway_wait_s(s.max_connection_age_s)
+        if closed:
+            log.info("gRPC port %d: no new connections; each open one gets GOAWAY at its age (%.0f s), "
+                     "waiting up to %.1f s", self.port, s.max_connection_age_s, bound_s)
+        else:
+            log.warning("gRPC port %d: listener left open (not on Linux?); waiting up to %.1f s for the "
+                        "connections' age GOAWAY", self.port, bound_s)
+        deadline = time.monotonic() + bound_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            if listeners.connections_open(self.port) is False:
+                log.info("gRPC port %d: no connection left", self.port)
+                return
+            await asyncio.sleep(min(_CONNECTION_POLL_S, remaining))
+        log.info("gRPC port %d: every connection has had its age GOAWAY", self.port)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -56,7 +56,10 @@ class Settings:
     )
     max_message_bytes: int = _opt(defaults.MAX_MESSAGE_BYTES, "largest gRPC message accepted, in bytes")
     max_connection_age_s: float = _opt(
-        0.0, "close client connections after this many seconds so clients rebalance (0 = never)"
+        0.0, "send GOAWAY on client connections after this many seconds (+-10 %%) so clients rebalance; "
+        "streams on an aged connection still finish. A drain then closes the gRPC listener and waits up to "
+        "1.1 x this + 1 s for every connection's age GOAWAY, so no call is caught by the shutdown "
+        "(0 = never; a drain's GOAWAY is then the shutdown's, and gRPC cancels calls that cross it)"
     )
     max_concurrent_streams: int = _opt(
         defaults.MAX_CONCURRENT_STREAMS, "StreamRecognize calls open at once; more are refused"
@@ -200,11 +203,13 @@ class Settings:
         10.0, "longest warm-up input, in seconds (capped by --max-duration-s); bounds start-up time and the "
         "memory warm-up alone would take (longer inputs still run, just not before SERVING)"
     )
-    drain_grace_s: float = _opt(25.0, "on SIGTERM, time allowed to finish accepted work before exiting")
+    drain_grace_s: float = _opt(
+        25.0, "on SIGTERM, time allowed to finish accepted work before exiting (counted from the end of the "
+        "connection-age GOAWAYs when --max-connection-age-s is set)"
+    )
     drain_readiness_delay_s: float = _opt(
         1.0, "on SIGTERM, how long to keep serving after readiness turns NOT_SERVING before closing the "
-        "listeners (GOAWAY), so load balancers and resolvers move new calls elsewhere first (part of the "
-        "grace)"
+        "listeners (GOAWAY), so load balancers and resolvers move new calls elsewhere first"
     )
     log_level: str = _opt("INFO", "logging level")
 
