@@ -38,6 +38,15 @@ BASE_SETTINGS = Settings(
 
 
 @pytest.fixture(scope="session")
+def null_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The null model (benchmarks/suite/null_model.py): the serving path with almost no compute, so calls are
+    short and many of them cross a drain's GOAWAY."""
+    from benchmarks.suite.null_model import build_null_model
+
+    return build_null_model(tmp_path_factory.mktemp("null_repo"))
+
+
+@pytest.fixture(scope="session")
 def manifest(tiny_repo: Path) -> ModelManifest:
     return load_manifest(Path(tiny_repo))
 

@@ -64,7 +64,9 @@ def _refused_before_acceptance(code: str, details: str) -> bool:
 async def test_sigterm_under_load_loses_no_accepted_request(
     tiny_repo: Path, server_procs: list[ServerProcess]
 ) -> None:
-    server = _start(Path(tiny_repo), "--drain-grace-s", "20", "--max-batch-size", "4")
+    # With a connection age the drain's GOAWAYs come while the server still serves (server/listeners.py).
+    server = _start(Path(tiny_repo), "--drain-grace-s", "20", "--max-batch-size", "4",
+                    "--max-connection-age-s", "2")
     server_procs.append(server)
     channel = grpc.aio.insecure_channel(server.target)
     stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
@@ -118,20 +120,15 @@ async def test_sigterm_under_load_loses_no_accepted_request(
     assert rc == 0, server.log_tail(20)
     # The server's own account: every call that reached it, by outcome (logged once at exit). Each of them
     # must have been answered OK, and the clients must have seen exactly those answers. A call the clients
-    # saw fail is then one the server never took: refused by the drain, unable to connect, or (CANCELLED)
-    # arriving in the instant of the GOAWAY, when gRPC core cancels calls its transport read but no handler
-    # had taken yet (server.stop): refusals, not losses.
+    # saw fail is then one the server never took: refused by the drain, or unable to connect once the
+    # listener closed: refusals, not losses.
     answered = answered_by_server(server.log_path.read_text(encoding="utf-8", errors="replace"))
     seen = {("emotion_v1", "Recognize", "OK"): sum(o[2] == "OK" for o in outcomes) + 1}  # + the reference
     refused = sum(o[2] == "UNAVAILABLE" and "shutting down" in o[3].lower() for o in outcomes)
     if refused:  # calls that reached the core after it began refusing: counted there, answered UNAVAILABLE
         seen[("emotion_v1", "Recognize", "UNAVAILABLE")] = refused
     assert answered == seen, f"server answered {answered}, clients saw {seen}"
-    lost = [
-        o
-        for o in outcomes
-        if o[2] != "OK" and not _refused_before_acceptance(o[2], o[3]) and o[2] != "CANCELLED"
-    ]
+    lost = [o for o in outcomes if o[2] != "OK" and not _refused_before_acceptance(o[2], o[3])]
     assert not lost, f"accepted requests lost or wrong: {lost[:5]}"
     print(
         f"requests: {len(outcomes)}, OK {sum(o[2] == 'OK' for o in outcomes)}, refused "

@@ -3,8 +3,9 @@
 - Drain: SIGTERM on one of two servers behind a plain gRPC channel (``round_robin`` over both addresses, plain
   stubs, no retry policy, no retry loop) while unary calls stream in and a StreamRecognize stays open on it:
   zero failures. Readiness turns NOT_SERVING first (gRPC health and the HTTP ``/v2/health/ready``), the
-  server keeps serving for the readiness delay, then sends GOAWAY and closes its listeners; the open stream
-  finishes and the process exits 0.
+  server keeps serving for the readiness delay, then closes its gRPC listener and each connection gets its
+  connection-age GOAWAY while the server still serves (the shutdown's own GOAWAY would cancel calls that
+  cross it); the open stream finishes and the process exits 0.
 - Connection age: with ``--max-connection-age-s 2`` a 10 s real-time stream completes on its aged
   connection, and a new call afterwards opens a new connection that lands on the other server (a round-robin
   TCP proxy stands in for kube-proxy in front of the two).
@@ -96,9 +97,12 @@ async def _finish(call: grpc.aio.StreamStreamCall, already: int) -> list[pb.Stre
 
 
 async def test_sigterm_moves_calls_to_the_other_server_with_zero_failures(
-        tiny_repo: Path, servers: list[ServerProcess]) -> None:
-    drain = ("--drain-grace-s", "30", "--drain-readiness-delay-s", "1")
-    a, b = _start(tiny_repo, servers, *drain), _start(tiny_repo, servers, *drain)
+        null_repo: Path, servers: list[ServerProcess]) -> None:
+    # With a connection age, A's GOAWAYs are the connections' own while it still serves (server/listeners.py).
+    drain = ("--drain-grace-s", "30", "--drain-readiness-delay-s", "1", "--max-connection-age-s", "2")
+    # The null model: short calls, so thousands cross the drain (with the shutdown's GOAWAY, a few of them
+    # came back CANCELLED in most runs: benchmarks/results/drain/).
+    a, b = _start(null_repo, servers, *drain), _start(null_repo, servers, *drain)
     port_a = int(a.target.rsplit(":", 1)[1])
     # A stream held open on A: accepted work that keeps A draining while the unary calls go on.
     stream_channel = grpc.aio.insecure_channel(a.target)
@@ -132,7 +136,7 @@ async def test_sigterm_moves_calls_to_the_other_server_with_zero_failures(
             readiness.append((time.monotonic(), await loop.run_in_executor(None, _ready_status, a.http_url)))
             await asyncio.sleep(0.05)
 
-    callers = [asyncio.ensure_future(caller()) for _ in range(4)]
+    callers = [asyncio.ensure_future(caller()) for _ in range(16)]
     prober = asyncio.ensure_future(http_prober())
     try:
         await wait_until_async(lambda: len(outcomes) >= 20 and _ok_count(a) >= 5 and _ok_count(b) >= 5,
@@ -162,15 +166,12 @@ async def test_sigterm_moves_calls_to_the_other_server_with_zero_failures(
         await asyncio.gather(*callers, prober)
         await channel.close()
         await stream_channel.close()
-    # Every call that reached A was answered OK (A's own account, logged at its exit). gRPC core cancels a
-    # call its transport read but no handler had taken yet in the instant of the GOAWAY (server.stop): such a
-    # call never reached A, yet a plain client sees CANCELLED. That residual race (measured: about 1 call in
-    # a few hundred runs of this test's traffic, when it happens at all) is the only failure allowed.
+    # Zero failures, and every call that reached A was answered OK (A's own account, logged at its exit).
     answered_a = answered_by_server(a.log_path.read_text(encoding="utf-8", errors="replace"))
     assert {code for (_, _, code) in answered_a} == {"OK"}, answered_a
     failures = [o for o in outcomes if o[1] != "OK"]
-    at_goaway = [o for o in failures if o[1] == "CANCELLED" and sigterm_at < o[0] <= goaway_at + 1.0]
-    assert len(failures) == len(at_goaway) <= 2, f"{len(failures)} of {len(outcomes)} failed: {failures[:5]}"
+    assert not failures, f"{len(failures)} of {len(outcomes)} failed: {failures[:5]}"
+    assert len(outcomes) >= 60
     # HTTP readiness: 200 before, 503 from the SIGTERM on, then the listener closed; never ready again.
     after = [status for t, status in readiness if t > sigterm_at + 0.3]
     assert "503" in after and after[-1] == "refused", readiness
