@@ -22,6 +22,7 @@ from deploy_support import (
 )
 
 from emotion2vec_serving.server.config import ENV_PREFIX, Settings
+from emotion2vec_serving.server.listeners import age_goaway_wait_s
 
 # Oldest release with everything used here (gRPC probes GA in 1.27) and the newest schemas shipped.
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
@@ -90,8 +91,9 @@ def test_probes_use_the_servers_grpc_health_names(rendered: tuple[str, list[dict
     server = _server(objects)
     port = int(_env(objects)["EMOTION_PORT"])
     assert server["readinessProbe"]["grpc"] == {"port": port, "service": HEALTH_SERVICE}
-    assert server["livenessProbe"]["grpc"] == {"port": port, "service": ""}
     assert server["startupProbe"]["grpc"]["port"] == port
+    # Liveness on the HTTP port, which a drain closes last (the gRPC listener closes first).
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert {"grpc": port, "metrics": int(_env(objects)["EMOTION_METRICS_PORT"]),
             "http": int(_env(objects)["EMOTION_HTTP_PORT"])} == {
         p["name"]: p["containerPort"] for p in server["ports"]}
@@ -101,12 +103,17 @@ def test_termination_outlasts_the_servers_drain(rendered: tuple[str, list[dict[s
     _, objects = rendered
     pod = find(objects, "Deployment", "emotion-server")["spec"]["template"]["spec"]
     server = _server(objects)
-    drain_s = float(_env(objects)["EMOTION_DRAIN_GRACE_S"])
+    env = _env(objects)
+    drain_s = float(env["EMOTION_DRAIN_GRACE_S"])
     command = server["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop_s = float(command[1])
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop_s + drain_s + 10
-    # A draining server reports NOT_SERVING everywhere; liveness must not kill it before the drain ends.
+    # The drain: readiness delay, then every connection's age GOAWAY, then the grace for accepted work.
+    goaway_s = age_goaway_wait_s(float(env["EMOTION_MAX_CONNECTION_AGE_S"]))
+    drain_total_s = float(env["EMOTION_DRAIN_READINESS_DELAY_S"]) + goaway_s + drain_s
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop_s + drain_total_s + 10
+    # Liveness (HTTP) answers until the HTTP listener closes, at the start of the grace; its failures must
+    # not kill the pod before the drain ends.
     live = server["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] > drain_s
 
