@@ -56,9 +56,16 @@ CONF
 export CONTAINERS_CONF="$WORK/containers.conf"
 PODMAN=(podman)
 
+# Untagged images left by this run's builds (the build stage) are removed with it; older ones are not ours.
+DANGLING_BEFORE="$("${PODMAN[@]}" images -q --filter dangling=true 2>/dev/null | sort -u || true)"
 cleanup() {
   "${PODMAN[@]}" rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
-  if [ "${KEEP_IMAGE:-0}" != 1 ]; then "${PODMAN[@]}" rmi -f "$IMAGE" "$MODELCAR_IMAGE" >/dev/null 2>&1 || true; fi
+  if [ "${KEEP_IMAGE:-0}" != 1 ]; then
+    "${PODMAN[@]}" rmi -f "$IMAGE" "$MODELCAR_IMAGE" >/dev/null 2>&1 || true
+    comm -13 <(printf '%s\n' "$DANGLING_BEFORE") \
+      <("${PODMAN[@]}" images -q --filter dangling=true 2>/dev/null | sort -u) \
+      | xargs -r "${PODMAN[@]}" rmi -f >/dev/null 2>&1 || true
+  fi
   if [ -n "${STREAM_PID:-}" ]; then kill "$STREAM_PID" 2>/dev/null || true; fi
   if [ "$OWN_WORK" = 1 ]; then rm -rf "$WORK"; fi
 }
@@ -100,7 +107,7 @@ started=$(date +%s.%N)
 "${PODMAN[@]}" build --runtime runc --network host --pull=never "${build_args[@]}" \
   -f deploy/docker/Dockerfile.cpu -t "$IMAGE" . > "$WORK/build.log" 2>&1 \
   || { tail -30 "$WORK/build.log"; fail "podman build (log: $WORK/build.log)"; }
-build_s=$(echo "$(date +%s.%N) - $started" | bc)
+build_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 size_bytes=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 say "built in ${build_s} s, image size $(( size_bytes / 1000000 )) MB"
 "${PODMAN[@]}" run --rm --runtime runc --network none --entrypoint python "$IMAGE" \
@@ -154,7 +161,7 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 "${client[@]}" health > /dev/null || { "${PODMAN[@]}" logs "$NAME" | tail -20; fail "never SERVING"; }
-serve_s=$(echo "$(date +%s.%N) - $started" | bc)
+serve_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 say "SERVING ${serve_s} s after podman run"
 "$PYTHON" - "http://127.0.0.1:$HTTP_PORT/v2/health/ready" <<'PY' || fail "HTTP readiness (/v2/health/ready)"
 import sys
