@@ -104,7 +104,11 @@ def build_segmenter(settings: SegmentationSettings, max_segment_s: float) -> Seg
 
     def value(name: str) -> float:
         v = float(getattr(settings, name))
-        return v if v != 0 else SEGMENTATION_DEFAULTS[name]
+        if v != 0:
+            return v
+        default = SEGMENTATION_DEFAULTS[name]
+        # A default never exceeds the server's maximum (only a value the caller chose is refused for it).
+        return min(default, max_segment_s) if name in ("max_segment_s", "window_s") else default
 
     mode = settings.mode
     try:

@@ -178,3 +178,18 @@ async def test_client_cancel_ends_the_stream(running: Running) -> None:
     call.cancel()
     await wait_until_async(lambda: service.active_streams == 0, message="stream ended after the cancel")
     release.set()
+
+
+async def test_default_segmentation_fits_a_server_maximum_below_it(start_server: StartServer) -> None:
+    # The energy default is 10 s per segment; a server whose longest segment is 4 s cuts there instead of
+    # refusing a stream that chose nothing. A value the caller chose above the maximum is still refused.
+    running: Running = await start_server(max_duration_s=4.0)
+    speech = make_signal(9.0, rate=RATE)  # no pause: only the segment bound cuts it
+    responses = await stream(running, [config(), *chunks(pcm_bytes(speech, "f32le"), 8000)])
+    segments = [r.segment for r in responses[:-1]]
+    assert len(segments) >= 3 and all(s.end_s - s.start_s <= 4.0 + 1e-6 for s in segments), segments
+    assert responses[-1].summary.duration_s == pytest.approx(9.0)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stream(running, [config(max_segment_s=5.0)])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exceeds the server's maximum of 4 s" in (info.value.details() or "")
