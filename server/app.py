@@ -311,6 +311,8 @@ class EmotionServer:
         await self.health.enter_drain()
         if self.core is not None:
             self.core.withdraw_readiness()
+        if self.http is not None:
+            self.http.begin_drain()  # responses close their keep-alive connections from now on
         if self.server is not None or self.http is not None:
             await asyncio.sleep(s.drain_readiness_delay_s)
         # 2. GOAWAY while still serving: no new connections, and each connection's age GOAWAY moves its client

@@ -78,12 +78,14 @@ class HttpFrontEnd:
         self._settings = settings
         self._tokens = tokens
         self._runner: web.AppRunner | None = None
+        self._draining = False
         self.port: int | None = None
 
     async def start(self) -> int:
         s = self._settings
         context = ssl_context(s)
         app = build_http_app(self._core, s, tokens=self._tokens)
+        app.on_response_prepare.append(self._close_when_draining)
         # Closing waits for the requests in progress up to the drain grace, then cancels them.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_grace_s)
         await runner.setup()
@@ -102,6 +104,16 @@ class HttpFrontEnd:
         log.info("HTTP (Open Inference Protocol REST /v2) on %s://%s:%d", "https" if context else "http",
                  s.host, self.port)
         return self.port
+
+    def begin_drain(self) -> None:
+        """From now on every HTTP response says ``Connection: close`` (HTTP/1.1's GOAWAY): a keep-alive
+        client opens its next request on a new connection, which the load balancer sends elsewhere."""
+        self._draining = True
+
+    async def _close_when_draining(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self._draining and not isinstance(response, web.WebSocketResponse):
+            response.force_close()  # aiohttp closes the connection after this response
+            response.headers["Connection"] = "close"  # and the client knows before it sends another
 
     async def stop(self) -> None:
         """Drain the HTTP side: close the listener at once (no new connections), let the connections already

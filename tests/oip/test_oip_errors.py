@@ -257,13 +257,17 @@ async def test_stopping_withdraws_readiness_then_closes_while_accepted_calls_fin
     accepted_http = asyncio.ensure_future(http_infer(http, running, model, [_waveform(_wave(seed=1))]))
     accepted_grpc = asyncio.ensure_future(grpc_infer(running, model, [_waveform(_wave(seed=2))]))
     await wait_until_async(lambda: len(factory.entered) >= 1, message="the accepted calls reach the model")
+    base = _base(running)
+    async with http.get(base + "/v2/health/live") as r:  # a keep-alive connection, before the drain
+        assert r.status == 200 and r.headers.get("Connection", "").lower() != "close"
     stopping = asyncio.ensure_future(running.server.stop())
     try:
         await wait_until_async(lambda: not core.ready, message="readiness withdrawn")
-        base = _base(running)
-        # A new connection: the listener is still open during the readiness delay.
+        # A new connection: the listener is still open during the readiness delay. Responses now close
+        # their connections (HTTP/1.1's GOAWAY), so keep-alive clients reconnect, elsewhere.
         async with aiohttp.ClientSession() as fresh, fresh.get(base + "/v2/health/ready") as r:
             assert r.status == 503 and (await r.json())["ready"] is False
+            assert r.headers["Connection"].lower() == "close"
         stub = pb_grpc.GRPCInferenceServiceStub(running.channel)
         assert not (await stub.ServerReady(pb.ServerReadyRequest(), timeout=5)).ready
 
