@@ -317,7 +317,7 @@ class EmotionServer:
             await asyncio.sleep(s.drain_readiness_delay_s)
         # 2. GOAWAY while still serving: no new connections, and each connection's age GOAWAY moves its client
         # elsewhere (server/listeners.py: gRPC core's own shutdown GOAWAY cancels calls that cross it).
-        if self.server is not None and s.max_connection_age_s > 0:
+        if self.server is not None and self.port > 0 and s.max_connection_age_s > 0:
             await self._goaway_by_connection_age()
         grace_end = time.monotonic() + s.drain_grace_s  # the grace is for finishing work, counted from here
         # 3. GOAWAY to what is left (connections carrying streams, already told by their age GOAWAY when the
