@@ -83,7 +83,8 @@ class AudioError(ValueError):
     """The request's audio cannot be used. ``str(exc)`` is meant for the caller; ``reason`` for metrics.
 
     Reasons: ``empty``, ``too_large``, ``undecodable``, ``unsupported_encoding``, ``no_audio_stream``,
-    ``too_short``, ``too_long``, ``non_finite``, ``bad_sample_rate``, ``bad_channels``, ``bad_length``.
+    ``too_short``, ``too_long``, ``non_finite``, ``out_of_range``, ``bad_sample_rate``, ``bad_channels``,
+    ``bad_length``.
     """
 
     def __init__(self, message: str, reason: str = "invalid_audio") -> None:
@@ -153,10 +154,23 @@ def _max_decoded_frames(sample_rate_hz: int, limits: AudioLimits) -> int:
     return _max_frames(sample_rate_hz, limits) + math.ceil(_CODEC_PADDING_S * sample_rate_hz)
 
 
-def _check_finite(samples: FloatArray) -> None:
-    # np.isfinite(x.sum()) would be cheaper but overflows on huge finite values; this is still ~ms.
-    if not np.isfinite(samples).all():
+#: Largest sample magnitude accepted. Float audio is expected within [-1, 1] (16-bit values stored as floats
+#: reach 32768); far beyond, resampling and the model's waveform normalisation overflow float32 into NaN.
+MAX_SAMPLE_MAGNITUDE = 1e6
+
+
+def check_samples(samples: FloatArray) -> None:
+    """AudioError ``non_finite`` for NaN/Inf samples, ``out_of_range`` beyond ``MAX_SAMPLE_MAGNITUDE``."""
+    if samples.size == 0:
+        return
+    peak = float(np.max(np.abs(samples)))  # NaN propagates through max; one pass, ~ms a minute of audio
+    if not math.isfinite(peak):
         raise AudioError("audio contains NaN or infinite sample values", "non_finite")
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        raise AudioError(
+            f"audio sample values reach {peak:.3g}, beyond +-{MAX_SAMPLE_MAGNITUDE:g} (float audio is "
+            "expected within [-1, 1])", "out_of_range",
+        )
 
 
 def _finish(mono: FloatArray, sample_rate_hz: int, limits: AudioLimits) -> FloatArray:
@@ -171,7 +185,7 @@ def _finish(mono: FloatArray, sample_rate_hz: int, limits: AudioLimits) -> Float
             f"audio too short: {_fmt_duration(duration_s)} (minimum {_fmt_duration(limits.min_duration_s)})",
             "too_short",
         )
-    _check_finite(mono)
+    check_samples(mono)
     return resample(mono, sample_rate_hz, limits.target_sample_rate_hz)
 
 
@@ -359,7 +373,7 @@ class _Collector:
     def _push(self, block: FloatArray, *, last: bool) -> None:
         assert self.store is not None
         if block.size:
-            _check_finite(block)
+            check_samples(block)
         if self._resampler is not None:
             block = np.asarray(self._resampler.resample_chunk(block, last=last), dtype=np.float32)
         self.store.append(block)
@@ -638,7 +652,7 @@ def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray
     data = bytes(data)
     fmt = _check_encoded(data, limits)
     try:
-        # NaN/Inf in float payloads are reported once by _check_finite, not as numpy warnings.
+        # NaN/Inf in float payloads are reported once by check_samples, not as numpy warnings.
         with np.errstate(invalid="ignore", over="ignore"):
             mono, rate, _ = _decode_any(data, fmt, limits)
             mono = mono[: _max_frames(rate, limits)]  # codec padding within _CODEC_PADDING_S

@@ -26,6 +26,7 @@ from emotion2vec_serving.server.audio import (
     AudioError,
     AudioLimits,
     PcmEncoding,
+    check_samples,
     pcm_to_mono_float32,
     validate_pcm_format,
 )
@@ -425,7 +426,7 @@ class StreamDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> FloatArray:
         """Decode one chunk; return the 16 kHz samples it completed (possibly none).
 
-        Raises :class:`AudioError` (reason ``non_finite``) on NaN/Inf samples.
+        Raises :class:`AudioError` (reason ``non_finite`` or ``out_of_range``) on NaN/Inf or absurd samples.
         """
         if self._finished:
             raise RuntimeError("feed() after finish()")
@@ -436,8 +437,7 @@ class StreamDecoder:
             return np.zeros(0, np.float32)
         with np.errstate(invalid="ignore", over="ignore"):
             mono = pcm_to_mono_float32(memoryview(buf)[:usable], self.encoding, self.channels)
-        if not np.isfinite(mono).all():
-            raise AudioError("audio contains NaN or infinite sample values", "non_finite")
+        check_samples(mono)
         self._input_frames += mono.size
         return self._out(mono, last=False)
 

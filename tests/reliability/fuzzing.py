@@ -29,6 +29,7 @@ AUDIO_ERROR_REASONS = frozenset(
         "too_short",
         "too_long",
         "non_finite",
+        "out_of_range",
         "bad_sample_rate",
         "bad_channels",
         "bad_length",

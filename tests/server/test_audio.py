@@ -270,6 +270,28 @@ def test_corrupted_bytes_never_escape_as_other_exceptions(fmt: str) -> None:
             assert got.dtype == np.float32 and np.isfinite(got).all()
 
 
+@pytest.mark.parametrize(("channels", "rate"), [(1, 22050), (2, 22050), (1, 16000)])
+def test_absurdly_large_float_samples_are_refused(channels: int, rate: int) -> None:
+    # Finite but far beyond any audio level: resampling and the model's normalisation would overflow.
+    signal = make_signal(0.5, rate, channels)
+    signal[100, :] = 3e38
+    buf = io.BytesIO()
+    sf.write(buf, signal, rate, format="WAV", subtype="FLOAT")
+    with pytest.raises(AudioError) as info:
+        decode_encoded(buf.getvalue())
+    assert info.value.reason in {"out_of_range", "non_finite"}  # two channels of 3e38 sum to inf
+    if channels == 1:
+        assert info.value.reason == "out_of_range" and "beyond +-1e+06" in str(info.value)
+    x = np.zeros(1600, np.float32)
+    x[10] = -2e6
+    with pytest.raises(AudioError, match="reach -?2e\\+06|reach 2e\\+06") as raw:
+        decode_pcm(x.tobytes(), "f32le", 16000, 1)
+    assert raw.value.reason == "out_of_range"
+    # 16-bit values written as floats (a common mistake) still decode.
+    loud = (make_signal(0.5, 16000, 1) * 32767).astype(np.float32)
+    assert np.isfinite(decode_pcm(loud.tobytes(), "f32le", 16000, 1)).all()
+
+
 def test_non_finite_float_wav() -> None:
     signal = make_signal(1.0, 16000, 1)
     signal[4000, 0] = np.nan

@@ -313,6 +313,11 @@ def test_stream_decoder_errors() -> None:
     with pytest.raises(AudioError, match="NaN or infinite") as info:
         decoder.feed(bad.tobytes())
     assert info.value.reason == "non_finite"
+    decoder = StreamDecoder("f32le", 16000, 1)
+    bad[50] = 1e30
+    with pytest.raises(AudioError, match="beyond") as info:
+        decoder.feed(bad.tobytes())
+    assert info.value.reason == "out_of_range"
 
     decoder = StreamDecoder("s16le", 16000, 2)
     decoder.feed(b"\x00" * 7)  # one frame and 3 bytes
