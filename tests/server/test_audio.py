@@ -284,7 +284,7 @@ def test_absurdly_large_float_samples_are_refused(channels: int, rate: int) -> N
         assert info.value.reason == "out_of_range" and "beyond +-1e+06" in str(info.value)
     x = np.zeros(1600, np.float32)
     x[10] = -2e6
-    with pytest.raises(AudioError, match="reach -?2e\\+06|reach 2e\\+06") as raw:
+    with pytest.raises(AudioError, match=r"reach 2e\+06") as raw:
         decode_pcm(x.tobytes(), "f32le", 16000, 1)
     assert raw.value.reason == "out_of_range"
     # 16-bit values written as floats (a common mistake) still decode.
