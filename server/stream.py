@@ -104,32 +104,29 @@ def build_segmenter(settings: SegmentationSettings, max_segment_s: float) -> Seg
 
     def value(name: str) -> float:
         v = float(getattr(settings, name))
-        if v != 0:
-            return v
-        default = SEGMENTATION_DEFAULTS[name]
-        # A default never exceeds the server's maximum (only a value the caller chose is refused for it).
-        return min(default, max_segment_s) if name in ("max_segment_s", "window_s") else default
+        return v if v != 0 else SEGMENTATION_DEFAULTS[name]
+
+    def length(name: str) -> float:
+        """A segment length: the caller's, refused above the server's maximum, or the default capped at it."""
+        chosen = float(getattr(settings, name))
+        if chosen == 0:
+            return min(SEGMENTATION_DEFAULTS[name], max_segment_s)
+        if chosen > max_segment_s:
+            raise InvalidRequest(
+                f"segmentation.{name} {chosen:g} s exceeds the server's maximum of {max_segment_s:g} s"
+            )
+        return chosen
 
     mode = settings.mode
     try:
         if mode == "energy":
-            longest = value("max_segment_s")
-            if longest > max_segment_s:
-                raise InvalidRequest(
-                    f"segmentation.max_segment_s {longest:g} s exceeds the server's maximum "
-                    f"of {max_segment_s:g} s"
-                )
+            longest = length("max_segment_s")
             return EnergySegmenter(
                 min_segment_s=min(value("min_segment_s"), longest), max_segment_s=longest,
                 min_silence_s=value("min_silence_s"), energy_threshold_db=value("energy_threshold_db"),
             )
         if mode == "fixed":
-            window = value("window_s")
-            if window > max_segment_s:
-                raise InvalidRequest(
-                    f"segmentation.window_s {window:g} s exceeds the server's maximum "
-                    f"of {max_segment_s:g} s"
-                )
+            window = length("window_s")
             hop = float(settings.hop_s) or window
             return FixedSegmenter(window_s=window, hop_s=hop)
     except ValueError as exc:
