@@ -6,7 +6,7 @@ runner's session factory (tests/server/faults.py): the real ONNX Runtime session
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from emotion.v1 import emotion_pb2
 
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
+from emotion2vec_serving.server.process import ServerProcess
 from tests.server.inprocess import Running, StartServer, metric_value, serving
 
 __all__ = ["BASE_SETTINGS", "Running", "StartServer", "metric_value"]  # imported by the tests from here
@@ -35,6 +36,18 @@ BASE_SETTINGS = Settings(
     drain_readiness_delay_s=0.0,  # stopping test servers at once; the drain tests set their own delay
     max_queue_delay_ms=2.0,
 )
+
+
+@pytest.fixture
+def server_procs() -> Iterator[list[ServerProcess]]:
+    """Server processes a test starts (it appends them): killed if still running at the end, logs removed."""
+    procs: list[ServerProcess] = []
+    yield procs
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(10)
+        p.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

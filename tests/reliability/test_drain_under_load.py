@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import grpc.aio
-import pytest
 from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,17 +31,6 @@ def _start(model_dir: Path, *extra: str) -> ServerProcess:
         "--max-queue-requests", "512", *extra,
     ]  # fmt: skip
     return ServerProcess(model_dir, args, metrics=False, startup_timeout_s=60.0).start()
-
-
-@pytest.fixture
-def server_procs() -> Iterator[list[ServerProcess]]:
-    procs: list[ServerProcess] = []
-    yield procs
-    for p in procs:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(10)
-        p.log_path.unlink(missing_ok=True)
 
 
 def _refused_before_acceptance(code: str, details: str) -> bool:

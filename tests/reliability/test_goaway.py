@@ -21,13 +21,12 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import numpy as np
-import pytest
 from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 
@@ -38,19 +37,9 @@ from tests.reliability.conftest import answered_by_server, metric_value, raw_req
 ARGS = ("--intra-op-threads", "1", "--no-warmup", "--max-duration-s", "10")
 
 
-@pytest.fixture
-def servers(tiny_repo: Path) -> Iterator[list[ServerProcess]]:
-    procs: list[ServerProcess] = []
-    yield procs
-    for p in procs:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(10)
-
-
-def _start(model: Path, servers: list[ServerProcess], *extra: str) -> ServerProcess:
+def _start(model: Path, procs: list[ServerProcess], *extra: str) -> ServerProcess:
     server = ServerProcess(model, [*ARGS, *extra], startup_timeout_s=60.0).start()
-    servers.append(server)
+    procs.append(server)
     return server
 
 
@@ -97,12 +86,12 @@ async def _finish(call: grpc.aio.StreamStreamCall, already: int) -> list[pb.Stre
 
 
 async def test_sigterm_moves_calls_to_the_other_server_with_zero_failures(
-        null_repo: Path, servers: list[ServerProcess]) -> None:
+        null_repo: Path, server_procs: list[ServerProcess]) -> None:
     # With a connection age, A's GOAWAYs are the connections' own while it still serves (server/listeners.py).
     drain = ("--drain-grace-s", "30", "--drain-readiness-delay-s", "1", "--max-connection-age-s", "2")
     # The null model: short calls, so thousands cross the drain (with the shutdown's GOAWAY, a few of them
     # came back CANCELLED in most runs: benchmarks/results/drain/).
-    a, b = _start(null_repo, servers, *drain), _start(null_repo, servers, *drain)
+    a, b = _start(null_repo, server_procs, *drain), _start(null_repo, server_procs, *drain)
     port_a = int(a.target.rsplit(":", 1)[1])
     # A stream held open on A: accepted work that keeps A draining while the unary calls go on.
     stream_channel = grpc.aio.insecure_channel(a.target)
@@ -223,9 +212,9 @@ async def _paced_chunks(seconds: float, chunk_s: float) -> AsyncIterator[pb.Stre
 
 
 async def test_connection_age_never_cuts_a_stream_and_new_calls_move(
-        tiny_repo: Path, servers: list[ServerProcess]) -> None:
+        tiny_repo: Path, server_procs: list[ServerProcess]) -> None:
     age = ("--max-connection-age-s", "2", "--drain-grace-s", "2")
-    a, b = _start(tiny_repo, servers, *age), _start(tiny_repo, servers, *age)
+    a, b = _start(tiny_repo, server_procs, *age), _start(tiny_repo, server_procs, *age)
     ports = [int(s.target.rsplit(":", 1)[1]) for s in (a, b)]
     async with RoundRobinProxy(ports) as proxy:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}")  # pick_first, one connection at a time
