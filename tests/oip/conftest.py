@@ -1,18 +1,21 @@
 """Fixtures of the Open Inference Protocol tests: a real server process (gRPC + HTTP on free ports) serving
-the tiny model, and real audio (encoded files made by ffmpeg, float waveforms)."""
+the tiny model, in-process servers on real sockets (``start_server``), and real audio (encoded files made by
+ffmpeg, float waveforms)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from emotion2vec_serving.server.manifest import load_manifest
+from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.process import ServerProcess
+from tests.oip.oip_support import IN_PROCESS
 from tests.server.audio_fixtures import encoded_signal, make_signal
+from tests.server.inprocess import StartServer, serving
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,18 @@ def oip_server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     args = ["--intra-op-threads", "1", "--drain-grace-s", "2", "--no-warmup", "--max-queue-delay-ms", "5"]
     with ServerProcess(tiny_repo, args, startup_timeout_s=90.0, log_path=log) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_repo: Path) -> ModelManifest:
+    return load_manifest(Path(tiny_repo))
+
+
+@pytest.fixture
+async def start_server(manifest: ModelManifest) -> AsyncIterator[StartServer]:
+    """Factory of in-process servers: ``await start_server(**settings_overrides)`` -> Running."""
+    async with serving(manifest, IN_PROCESS) as start:
+        yield start
 
 
 @pytest.fixture(scope="session")

@@ -26,18 +26,11 @@ import pytest
 from emotion.oip import grpc_service_pb2 as pb
 from emotion.oip import grpc_service_pb2_grpc as pb_grpc
 
-from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
+from tests.oip.oip_support import IN_PROCESS
 from tests.polling import wait_until_async
 from tests.server.audio_fixtures import encoded_signal, make_signal
 from tests.server.faults import FaultyFactory
-from tests.server.inprocess import Running, StartServer, metric_value, serving
-
-BASE = Settings(
-    host="127.0.0.1", port=0, metrics_port=0, http_port=0, providers=("CPUExecutionProvider",),
-    intra_op_threads=1, max_duration_s=5.0, min_duration_s=0.1, warmup=False, drain_grace_s=10.0,
-    drain_readiness_delay_s=0.0, max_queue_delay_ms=2.0,
-)  # fmt: skip
+from tests.server.inprocess import Running, StartServer, metric_value
 
 Tensor = tuple[str, str, list[int], bytes]  # name, datatype, shape, raw little-endian contents
 
@@ -53,17 +46,6 @@ def _waveform(rows: np.ndarray) -> Tensor:
 
 def _audio(*files: bytes) -> Tensor:
     return ("AUDIO", "BYTES", [len(files)], b"".join(len(f).to_bytes(4, "little") + f for f in files))
-
-
-@pytest.fixture(scope="module")
-def manifest(tiny_repo: Path) -> ModelManifest:
-    return load_manifest(Path(tiny_repo))
-
-
-@pytest.fixture
-async def start_server(manifest: ModelManifest) -> AsyncIterator[StartServer]:
-    async with serving(manifest, BASE) as start:
-        yield start
 
 
 @pytest.fixture
@@ -344,7 +326,7 @@ def test_settings_validate_the_http_port() -> None:
     assert parse_settings([], {"EMOTION_HTTP_PORT": "8123"}).http_port == 8123
     assert parse_settings([], {}).http_port == 8000
     with pytest.raises(SettingsError, match="http port"):
-        dataclasses.replace(BASE, http_port=70000)
+        dataclasses.replace(IN_PROCESS, http_port=70000)
 
 
 async def test_typed_contents_equal_raw_contents(start_server: StartServer) -> None:

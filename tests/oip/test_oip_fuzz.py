@@ -5,36 +5,20 @@ still answers a good request afterwards. Seeded, so a failure reproduces."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 import grpc.aio
 import numpy as np
-import pytest
 from emotion.oip import grpc_service_pb2 as pb
 from emotion.oip import grpc_service_pb2_grpc as pb_grpc
 
-from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
-from tests.oip.test_oip_errors import BASE
-from tests.server.inprocess import Running, StartServer, serving
+from tests.server.inprocess import Running, StartServer
 
 DATATYPES = ["FP32", "FP64", "FP16", "INT32", "INT64", "UINT8", "BOOL", "BYTES", "BF16", "", "NOPE"]
 NAMES = ["WAVEFORM", "AUDIO", "SAMPLE_RATE", "PIXELS", ""]
 CASES = 120
-
-
-@pytest.fixture(scope="module")
-def manifest(tiny_repo: Path) -> ModelManifest:
-    return load_manifest(Path(tiny_repo))
-
-
-@pytest.fixture
-async def start_server(manifest: ModelManifest) -> AsyncIterator[StartServer]:
-    async with serving(manifest, BASE) as start:
-        yield start
 
 
 def _random_tensor(rng: np.random.Generator) -> tuple[str, str, list[int], bytes]:
