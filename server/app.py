@@ -300,11 +300,6 @@ class EmotionServer:
             return
         self._stopping = True
         s = self.settings
-        grace_end = time.monotonic() + s.drain_grace_s
-
-        def left() -> float:
-            return max(0.0, grace_end - time.monotonic())
-
         log.info("draining (readiness delay %.1f s, grace %.1f s)",
                  s.drain_readiness_delay_s, s.drain_grace_s)
         # 1. Not ready on every protocol, still serving.
@@ -320,6 +315,10 @@ class EmotionServer:
         if self.server is not None and self.port > 0 and s.max_connection_age_s > 0:
             await self._goaway_by_connection_age()
         grace_end = time.monotonic() + s.drain_grace_s  # the grace is for finishing work, counted from here
+
+        def left() -> float:
+            return max(0.0, grace_end - time.monotonic())
+
         # 3. GOAWAY to what is left (connections carrying streams, already told by their age GOAWAY when the
         # age is set) and no new calls; the HTTP listener closes (requests in progress finish).
         grpc_stop = asyncio.ensure_future(self.server.stop(grace=left())) if self.server is not None else None
