@@ -14,6 +14,13 @@ From the fit the batcher derives whether batching pays at a given length, the ba
 throughput, a single item's run time (to fail requests that cannot meet their deadline), and the time to
 drain the queue. Standard library only; not thread-safe (used from the event loop).
 
+Lengths longer than any run in the window are not predicted from the fitted curve: the quadratic term,
+fitted on short runs whose times carry scheduling noise, can put a 30-s item at a hundred times its true
+cost (seen: a server that had only run 1–3 s clips refused a 30-s segment with a 30-s deadline, predicting
+24 s for a 0.3-s run). Beyond the longest measured length ``L`` a prediction scales linearly from the fit
+at ``L``: ``t(n, ℓ) = t(n, L)·ℓ/L``. For a cost that grows at least linearly with length this is a lower
+bound, so a request refused on it could not have finished, and the batch sizes chosen at ``L`` carry over.
+
 Memory: ``observe_out_of_memory(items, longest)`` records a batch that did not fit (a GPU's memory limit).
 Memory grows with both the batch size and the length, so a shape at least as large in both does not fit
 either: ``fits`` / ``max_items`` answer from the recorded points, and the batch policy never forms such a
@@ -85,7 +92,9 @@ class LatencyModel:
         self.min_observations = min_observations
         self.min_gain = min_gain
         self.explore_every = explore_every
-        self._obs: deque[tuple[tuple[float, float, float, float], float]] = deque()
+        # (features, run seconds, longest item in units of cost_scale), oldest first.
+        self._obs: deque[tuple[tuple[float, float, float, float], float, float]] = deque()
+        self._longest: float | None = None  # longest ℓ in the window; None: recompute (_edge)
         self._xtx = [[0.0] * _K for _ in range(_K)]
         self._xty = [0.0] * _K
         self._updates = 0
@@ -104,12 +113,17 @@ class LatencyModel:
         """Record one successful run of ``items`` items padded to ``longest`` samples taking ``run_s``."""
         if items < 1 or run_s < 0 or not math.isfinite(run_s):
             return
-        x = _features(items, longest / self.cost_scale)
+        ell = longest / self.cost_scale
+        x = _features(items, ell)
         self._add(x, run_s, +1.0)
-        self._obs.append((x, run_s))
+        self._obs.append((x, run_s, ell))
+        if self._longest is not None and ell > self._longest:
+            self._longest = ell
         if len(self._obs) > self.window:
-            old_x, old_y = self._obs.popleft()
+            old_x, old_y, old_ell = self._obs.popleft()
             self._add(old_x, old_y, -1.0)
+            if self._longest is not None and old_ell >= self._longest:
+                self._longest = None  # the longest left the window: recomputed when next needed
         self._updates += 1
         if self._updates % self.window == 0:
             self._recompute_sums()  # bound the drift of adding and subtracting floats
@@ -158,7 +172,7 @@ class LatencyModel:
     def _recompute_sums(self) -> None:
         self._xtx = [[0.0] * _K for _ in range(_K)]
         self._xty = [0.0] * _K
-        for x, y in self._obs:
+        for x, y, _ell in self._obs:
             self._add(x, y, +1.0)
 
     def _fit(self) -> tuple[float, float, float, float] | None:
@@ -212,12 +226,29 @@ class LatencyModel:
 
     # -- predictions ----------------------------------------------------------------------------------
 
+    def _edge(self) -> float | None:
+        """Longest item among the runs in the window (units of ``cost_scale``); None before any run."""
+        if self._longest is None and self._obs:
+            self._longest = max(ell for _x, _y, ell in self._obs)
+        return self._longest
+
     def predict(self, items: int, longest: int) -> float | None:
-        """Predicted run time of ``items`` items padded to ``longest`` samples; None before ``ready``."""
+        """Predicted run time of ``items`` items padded to ``longest`` samples; None before ``ready``.
+
+        Beyond the longest measured length the prediction scales linearly from there (module docstring).
+        """
         coef = self.coefficients
         if coef is None:
             return None
-        x = _features(items, longest / self.cost_scale)
+        ell = longest / self.cost_scale
+        edge = self._edge()
+        if edge is not None and edge > 0 and ell > edge:
+            return self._curve(coef, items, edge) * (ell / edge)
+        return self._curve(coef, items, ell)
+
+    @staticmethod
+    def _curve(coef: tuple[float, float, float, float], items: int, ell: float) -> float:
+        x = _features(items, ell)
         t = coef[0] + coef[1] * x[1] + coef[2] * x[2] + coef[3] * x[3]
         # A negative intercept can make tiny inputs predict below zero; a run never takes less than ~0.
         return max(t, 1e-6)

@@ -186,6 +186,19 @@ async def test_past_deadline_and_hopeless_deadline_fail_at_submit() -> None:
     await b.close()
 
 
+async def test_long_item_after_only_short_runs_is_not_refused() -> None:
+    # Only short clips measured, with scheduling noise: a long item is predicted from the longest run,
+    # not from the fitted curve's quadratic term, so a generous deadline is not refused (CI failure).
+    model = LatencyModel(min_observations=4)
+    for i in range(20):
+        sec = (0.5, 1.0, 2.0, 3.0)[i % 4]  # every 3-s run delayed 0.4 s: the quadratic fit says 42 s at 30 s
+        model.observe(1, int(sec * SR), 0.004 + 0.003 * sec + (0.4 if sec == 3.0 else 0.0))
+    b: DynamicBatcher[str, Any] = DynamicBatcher(GatedRunner(open_=True), policy(), latency_model=model)
+    await b.start()
+    assert await b.submit("long", cost=30 * SR, deadline=time.monotonic() + 30.0) == ("result", "long")
+    await b.close()
+
+
 def poison_runner(payloads: list[str]) -> list[str]:
     if "poison" in payloads:
         raise ValueError("bad input")

@@ -70,3 +70,41 @@ def test_explore_due_after_only_single_runs() -> None:
     assert model.explore_due
     model.observe(2, SR, 0.6)
     assert not model.explore_due
+
+
+def short_noisy_runs(model: LatencyModel, seed: int) -> None:
+    """1–3 s clips on a loaded machine: one run in five delayed by up to 0.3 s by the scheduler."""
+    rng = random.Random(seed)
+    for _ in range(20):
+        sec = rng.choice([0.5, 1.0, 1.5, 2.0, 3.0])
+        t = 0.004 + 0.003 * sec + 0.0002 * sec * sec
+        model.observe(1, int(sec * SR), t + (rng.uniform(0, 0.3) if rng.random() < 0.2 else 0.0))
+
+
+def test_longer_than_measured_scales_linearly_from_the_longest_run() -> None:
+    # What failed in CI: a server that had only run short clips predicted ~24 s for a 0.27-s run of a
+    # 30-s segment (the quadratic term fitted on noise) and refused it against a 30-s deadline.
+    for seed in range(200):
+        model = LatencyModel()
+        short_noisy_runs(model, seed)
+        edge, far = model.predict(1, 3 * SR), model.predict(1, 30 * SR)
+        assert edge is not None and far is not None
+        assert far == pytest.approx(edge * 10, rel=1e-9)
+        assert far < 5.0, seed  # the noisiest fit of the 200 stays far below 27 s
+        edge4, far4 = model.predict(4, 3 * SR), model.predict(4, 30 * SR)
+        assert edge4 is not None and far4 == pytest.approx(edge4 * 10, rel=1e-9)
+    # Within the measured lengths the fitted curve is used as it is.
+    model = LatencyModel()
+    feed(model, lambda n, L: 0.01 + 0.002 * n * L / SR + 0.0001 * n * (L / SR) ** 2)
+    assert model.predict(1, 29 * SR) == pytest.approx(0.01 + 0.058 + 0.0841, rel=1e-3)
+
+
+def test_longest_measured_follows_the_window() -> None:
+    model = LatencyModel(window=8, min_observations=4)
+    model.observe(1, 20 * SR, 2.0)
+    for _ in range(8):
+        model.observe(1, SR, 0.1)  # the 20-s run leaves the window
+    for _ in range(4):
+        model.observe(1, 2 * SR, 0.2)
+    # Cost 0.1 s per audio second; 10 s is now beyond the longest run in the window (2 s): linear from there.
+    assert model.predict(1, 10 * SR) == pytest.approx(1.0, rel=1e-6)
