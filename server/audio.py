@@ -414,11 +414,13 @@ def _downmix(interleaved: npt.NDArray[Any], channels: int, scale: float = 1.0) -
     """Interleaved samples (flat or ``(frames, channels)``) -> float32 mono: ``scale`` x mean over channels.
 
     Strided per-channel adds: numpy reductions over a short inner axis are ~15x slower than this.
+    Non-finite or huge float input may overflow or give NaN here, silently: ``check_samples`` refuses it.
     """
     flat = interleaved.reshape(-1)
     mono: FloatArray = flat[0::channels].astype(np.float32)  # always a fresh copy
-    for ch in range(1, channels):
-        mono += flat[ch::channels]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for ch in range(1, channels):
+            mono += flat[ch::channels]
     factor = scale / channels
     if factor != 1.0:
         mono *= np.float32(factor)
