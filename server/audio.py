@@ -778,9 +778,8 @@ def decode_pcm_any(
     sink = _Collector(limits, max_audio_s)
     sink.start(sample_rate_hz)
     step = _SNDFILE_BLOCK_FRAMES * frame_bytes
-    with np.errstate(invalid="ignore", over="ignore"):
-        for a in range(0, n_bytes, step):
-            sink.add(pcm_to_mono_float32(view[a : a + step], encoding, channels))
+    for a in range(0, n_bytes, step):
+        sink.add(pcm_to_mono_float32(view[a : a + step], encoding, channels))
     return _finish_long(sink)
 
 

@@ -435,8 +435,7 @@ class StreamDecoder:
         self._remainder = buf[usable:]
         if usable == 0:
             return np.zeros(0, np.float32)
-        with np.errstate(invalid="ignore", over="ignore"):
-            mono = pcm_to_mono_float32(memoryview(buf)[:usable], self.encoding, self.channels)
+        mono = pcm_to_mono_float32(memoryview(buf)[:usable], self.encoding, self.channels)
         check_samples(mono)
         self._input_frames += mono.size
         return self._out(mono, last=False)
