@@ -37,7 +37,7 @@ class OrtModel:
     def __init__(self, repo: str | Path, intra_op_threads: int = 0) -> None:
         import onnxruntime as ort
 
-        from emotion2vec_serving.server.manifest import load_manifest
+        from emotion2vec_serving.modelrepo.manifest import load_manifest
 
         self.manifest = load_manifest(repo)
         options = ort.SessionOptions()

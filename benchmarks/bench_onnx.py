@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotion2vec_serving.export.ort_run import pad_batch
 from emotion2vec_serving.export.signals import speech_like
-from emotion2vec_serving.server.manifest import load_manifest
+from emotion2vec_serving.modelrepo.manifest import load_manifest
 
 
 def _machine() -> str:

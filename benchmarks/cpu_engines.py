@@ -72,9 +72,9 @@ def load1() -> float:
 
 
 def make_runner(config: Config, threads: int) -> Any:
-    from emotion2vec_serving.server.engines import equal_length_batches, session_factory_for
-    from emotion2vec_serving.server.manifest import load_manifest
-    from emotion2vec_serving.server.runner import CPU_PROVIDER, Runner, RunnerOptions
+    from emotion2vec_serving.modelrepo.manifest import load_manifest
+    from emotion2vec_serving.server.runtime.engines import equal_length_batches, session_factory_for
+    from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions
 
     manifest = load_manifest(config.repo)
     runner = Runner(
@@ -410,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
 
-    from emotion2vec_serving.server.engines.openvino import cpu_has_native_bf16
+    from emotion2vec_serving.server.runtime.engines.openvino import cpu_has_native_bf16
 
     native_bf16 = cpu_has_native_bf16()
     configs = [

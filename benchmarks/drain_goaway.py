@@ -9,7 +9,7 @@ counted with its status code. Two modes, alternating round by round:
 - ``shutdown``: ``--max-connection-age-s 0``: the drain's GOAWAY is ``server.stop()``'s, and gRPC core cancels
   calls that cross it (grpc/grpc#41785): CANCELLED for calls the server never saw.
 - ``age``: ``--max-connection-age-s 2``: the listener closes and each connection gets its connection-age
-  GOAWAY while the server still serves (server/listeners.py); ``server.stop()`` comes after.
+  GOAWAY while the server still serves (server/grpc/listeners.py); ``server.stop()`` comes after.
 
     python -m benchmarks.drain_goaway --rounds 10 --out benchmarks/results/drain
 """

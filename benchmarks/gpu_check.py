@@ -177,10 +177,10 @@ class Check:
         **settings_overrides: Any,
     ) -> Any:
         """A real ``Runner`` built from server ``Settings`` the way the server builds it (buckets on GPU)."""
+        from emotion2vec_serving.modelrepo.manifest import load_manifest
         from emotion2vec_serving.server.config import Settings
-        from emotion2vec_serving.server.gpu import from_settings
-        from emotion2vec_serving.server.manifest import load_manifest
-        from emotion2vec_serving.server.runner import Runner, RunnerOptions, ort_session_factory
+        from emotion2vec_serving.server.runtime.gpu import from_settings
+        from emotion2vec_serving.server.runtime.runner import Runner, RunnerOptions, ort_session_factory
 
         base: dict[str, Any] = {
             "providers": providers or self.providers,
@@ -563,7 +563,7 @@ class Check:
     def step_fallback(self, st: Step) -> None:
         from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
         from emotion2vec_serving.export.signals import speech_like
-        from emotion2vec_serving.server.runner import (
+        from emotion2vec_serving.server.runtime.runner import (
             RunnerOutOfMemory,
             is_out_of_memory,
             ort_session_factory,
@@ -808,7 +808,7 @@ def _real_session(runner: Any) -> Any:
 
 def _time_cell(runner: Any, bs: int, seconds: float, budget_s: float) -> dict[str, Any]:
     from emotion2vec_serving.export.signals import speech_like
-    from emotion2vec_serving.server.runner import RunnerOutOfMemory
+    from emotion2vec_serving.server.runtime.runner import RunnerOutOfMemory
 
     n = int(seconds * RATE)
     batch = [speech_like(n, seed=i) for i in range(bs)]
@@ -836,9 +836,9 @@ def _tf32_child(repo: Path, providers: Sequence[str], lengths: Sequence[int]) ->
     code = (
         "import json, sys\n"
         "from emotion2vec_serving.export.signals import speech_like\n"
-        "from emotion2vec_serving.server.gpu import GpuOptions\n"
-        "from emotion2vec_serving.server.manifest import load_manifest\n"
-        "from emotion2vec_serving.server.runner import Runner, RunnerOptions\n"
+        "from emotion2vec_serving.server.runtime.gpu import GpuOptions\n"
+        "from emotion2vec_serving.modelrepo.manifest import load_manifest\n"
+        "from emotion2vec_serving.server.runtime.runner import Runner, RunnerOptions\n"
         "repo, providers, lengths = sys.argv[1], sys.argv[2].split(','), json.loads(sys.argv[3])\n"
         "options = RunnerOptions(providers=tuple(providers), gpu=GpuOptions(tf32=True))\n"
         "r = Runner(load_manifest(repo), options)\n"

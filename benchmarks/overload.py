@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.soak import machine, make_request, pct, rss_mb
+from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY
 from emotion2vec_serving.server.process import ServerProcess
 
 
@@ -45,7 +46,7 @@ async def _call(stub: object, request: object, deadline_s: float) -> tuple[str, 
     try:
         await stub.Recognize(request, timeout=deadline_s)  # type: ignore[attr-defined]
     except grpc.aio.AioRpcError as exc:
-        hint = any(k == "retry-after-ms" for k, _ in (exc.trailing_metadata() or ()))
+        hint = any(k == RETRY_AFTER_MS_KEY for k, _ in (exc.trailing_metadata() or ()))
         return exc.code().name, hint
     return "OK", False
 

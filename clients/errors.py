@@ -11,8 +11,9 @@ from typing import Any
 
 import grpc
 
+from .wire import RETRY_AFTER_MS_KEY
+
 __all__ = [
-    "RETRY_AFTER_METADATA_KEY",
     "DeadlineExceeded",
     "EmotionClientError",
     "InvalidAudio",
@@ -26,8 +27,6 @@ __all__ = [
     "retry_after_s",
 ]
 
-#: Trailing metadata key a server may set on RESOURCE_EXHAUSTED / UNAVAILABLE: milliseconds to wait.
-RETRY_AFTER_METADATA_KEY = "retry-after-ms"
 
 
 class EmotionClientError(Exception):
@@ -100,7 +99,7 @@ def retry_after_s(metadata: Iterable[Any] | None) -> float | None:
     for item in metadata:
         # Sync calls give (key, value) tuples; aio calls give a grpc.aio.Metadata of the same pairs.
         key, value = item[0], item[1]
-        if key != RETRY_AFTER_METADATA_KEY:
+        if key != RETRY_AFTER_MS_KEY:
             continue
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from emotion2vec_serving.modelrepo.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
 from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
-from emotion2vec_serving.server.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
 
 __all__ = ["ModelResolutionError", "main", "resolve_model"]
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emotion2vec_serving.server.app import (
         run_server,  # after model resolution: keeps --help and errors fast
     )
-    from emotion2vec_serving.server.security import SecurityConfigError
+    from emotion2vec_serving.server.auth import SecurityConfigError
 
     try:
         return asyncio.run(run_server(settings, manifest))

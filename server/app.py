@@ -5,7 +5,7 @@ health NOT_SERVING, warm the model up across the batch length ranges, then repor
 
 Shutdown (SIGTERM), in this order (issue 14): readiness NOT_SERVING on every protocol while the server keeps
 serving for ``drain_readiness_delay_s`` (load balancers and resolvers move new work elsewhere) -> with a
-connection age set: no new gRPC connections (the listener closes; server/listeners.py), and each open
+connection age set: no new gRPC connections (the listener closes; server/grpc/listeners.py), and each open
 connection gets its connection-age GOAWAY while the server still serves, so its client opens the next calls
 elsewhere and a call that crosses the GOAWAY is served, not lost (up to 1.1 x ``max_connection_age_s`` + 1 s,
 sooner when no connection is left) -> ``server.stop(grace)``: GOAWAY to what is left (connections carrying
@@ -38,16 +38,19 @@ from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from emotion2vec_serving.batching import DECISIONS, BatchPolicy, DecideFn, DynamicBatcher
-from emotion2vec_serving.server import listeners, oip_grpc
-from emotion2vec_serving.server.admission import RpcAdmission
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
+from emotion2vec_serving.server.auth import TokenAuthInterceptor, TokenStore, server_credentials
+from emotion2vec_serving.server.calls.core import CoreLimits, EmotionCore
 from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.core import CoreLimits, EmotionCore
-from emotion2vec_serving.server.engines import equal_length_batches, session_factory_for
-from emotion2vec_serving.server.gpu import from_settings as gpu_from_settings
-from emotion2vec_serving.server.health import SERVICE_NAME, Health
-from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.grpc import listeners
+from emotion2vec_serving.server.grpc import oip as oip_grpc
+from emotion2vec_serving.server.grpc.admission import RpcAdmission
+from emotion2vec_serving.server.grpc.emotion_v1 import EmotionService
+from emotion2vec_serving.server.grpc.health import SERVICE_NAME, Health
 from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
-from emotion2vec_serving.server.runner import (
+from emotion2vec_serving.server.runtime.engines import equal_length_batches, session_factory_for
+from emotion2vec_serving.server.runtime.gpu import from_settings as gpu_from_settings
+from emotion2vec_serving.server.runtime.runner import (
     CPU_PROVIDER,
     Runner,
     RunnerOptions,
@@ -55,11 +58,9 @@ from emotion2vec_serving.server.runner import (
     is_out_of_memory,
     split_on_error,
 )
-from emotion2vec_serving.server.security import TokenAuthInterceptor, TokenStore, server_credentials
-from emotion2vec_serving.server.service import EmotionService
 
 if TYPE_CHECKING:
-    from emotion2vec_serving.server.http_app import HttpFrontEnd
+    from emotion2vec_serving.server.http.app import HttpFrontEnd
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
 
@@ -256,7 +257,7 @@ class EmotionServer:
         log.info("listening on %s:%d (model %s %s, provider %s)", s.host, self.port, m.model_name,
                  m.model_version, self.runner.provider)
         if s.http_port >= 0:
-            from emotion2vec_serving.server.http_app import HttpFrontEnd
+            from emotion2vec_serving.server.http.app import HttpFrontEnd
 
             self.http = HttpFrontEnd(self.core, s, tokens=tokens)
             self.http_port = await self.http.start()
@@ -311,7 +312,7 @@ class EmotionServer:
         if self.server is not None or self.http is not None:
             await asyncio.sleep(s.drain_readiness_delay_s)
         # 2. GOAWAY while still serving: no new connections, and each connection's age GOAWAY moves its client
-        # elsewhere (server/listeners.py: gRPC core's own shutdown GOAWAY cancels calls that cross it).
+        # elsewhere (server/grpc/listeners.py: gRPC core's own shutdown GOAWAY cancels calls that cross it).
         if self.server is not None and self.port > 0 and s.max_connection_age_s > 0:
             await self._goaway_by_connection_age()
         grace_end = time.monotonic() + s.drain_grace_s  # the grace is for finishing work, counted from here
@@ -353,7 +354,7 @@ class EmotionServer:
 
     async def _goaway_by_connection_age(self) -> None:
         """Stop accepting gRPC connections and wait for every open one's connection-age GOAWAY, serving
-        throughout; ends early once no connection is left (server/listeners.py)."""
+        throughout; ends early once no connection is left (server/grpc/listeners.py)."""
         s = self.settings
         closed = listeners.stop_accepting(self.port)
         bound_s = listeners.age_goaway_wait_s(s.max_connection_age_s)

@@ -68,7 +68,7 @@ class Settings:
         256, "gRPC calls in progress at once, health checks not counted (bounds memory under overload); "
         "more get RESOURCE_EXHAUSTED before their request is read (0 = unlimited)"
     )
-    # --- security (see server/security.py)
+    # --- security (see server/auth.py)
     tls_cert_file: str = _opt("", "PEM server certificate; with --tls-key-file enables TLS")
     tls_key_file: str = _opt("", "PEM private key of the server certificate")
     tls_client_ca_file: str = _opt("", "PEM CA for client certificates: enables mutual TLS")
@@ -138,7 +138,7 @@ class Settings:
         "OpenVINO inference precision: auto (bf16 only where the CPU has native bf16, else f32), "
         "f32 or bf16 (ignored by onnxruntime, whose precision is the model repository's)"
     )
-    # --- GPU (issue 15; see server/gpu.py and server/buckets.py)
+    # --- GPU (issue 15; see server/runtime/gpu.py and server/runtime/buckets.py)
     gpu_device_id: int = _opt(0, "CUDA device the GPU providers run on")
     cudnn_conv_algo_search: str = _opt(
         "heuristic", "cuDNN convolution algorithm choice: heuristic (no per-shape benchmark), exhaustive "
@@ -242,7 +242,7 @@ class Settings:
         if self.gpu_mem_limit_mb < -1 or self.gpu_device_id < 0 or self.gpu_cooldown_s < 0:
             problems.append("gpu_mem_limit_mb must be >= -1, gpu_device_id and gpu_cooldown_s >= 0")
         try:
-            from emotion2vec_serving.server.buckets import parse_length_buckets
+            from emotion2vec_serving.server.runtime.buckets import parse_length_buckets
 
             parse_length_buckets(self.length_buckets, gpu=True, min_s=0.1, max_s=1.0)
         except ValueError as exc:

@@ -13,11 +13,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1, PROTOCOLS
+
 __all__ = ["PROTOCOLS", "GatedObserver", "ServerMetrics"]
 
-#: Values of the ``protocol`` label: emotion.v1 gRPC, Open Inference Protocol gRPC and REST, the web API
-#: (``/v1`` over HTTP) and its WebSocket stream.
-PROTOCOLS = ("emotion_v1", "oip_grpc", "oip_http", "http", "ws")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -112,7 +111,8 @@ class ServerMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_request(self, rpc: str, code: str, duration_s: float, protocol: str = "emotion_v1") -> None:
+    def observe_request(self, rpc: str, code: str, duration_s: float,
+                        protocol: str = PROTOCOL_EMOTION_V1) -> None:
         self._child(self.requests, rpc, code, protocol).inc()
         self._child(self.request_duration, rpc, protocol).observe(duration_s)
 
@@ -120,10 +120,10 @@ class ServerMetrics:
         self._child(self.predictions, label).inc()
         self.confidence.observe(confidence)
 
-    def observe_audio(self, rpc: str, seconds: float, protocol: str = "emotion_v1") -> None:
+    def observe_audio(self, rpc: str, seconds: float, protocol: str = PROTOCOL_EMOTION_V1) -> None:
         self._child(self.audio_seconds, rpc, protocol).inc(seconds)
 
-    def observe_segments(self, rpc: str, segments: int, protocol: str = "emotion_v1") -> None:
+    def observe_segments(self, rpc: str, segments: int, protocol: str = PROTOCOL_EMOTION_V1) -> None:
         """A long recording was cut into ``segments`` model passes."""
         self._child(self.request_segments, rpc, protocol).observe(segments)
 

@@ -20,7 +20,8 @@ FORBIDDEN = {
     "modelrepo": {"torch", "export", "server", "clients", "batching", "numpy", "onnx", "onnxruntime"},
 }
 #: The protocol-free core: no gRPC, no protobuf stubs (``emotion``), no HTTP library.
-PROTOCOL_FREE = ("server/core.py", "server/stream.py", "server/errors.py", "server/longform.py")
+PROTOCOL_FREE = ("server/calls/core.py", "server/calls/streams.py", "server/calls/errors.py",
+                 "server/calls/longform.py")
 PROTOCOL_MODULES = {"grpc", "grpc_health", "grpc_reflection", "google", "emotion", "aiohttp", "starlette",
                     "uvicorn", "fastapi", "tritonclient"}
 
@@ -31,6 +32,8 @@ NAMESPACE = "emotion2vec_serving"
 def _top(module: str) -> str:
     """The package of a module: ``emotion2vec_serving.server.app`` -> ``server``, ``grpc.aio`` -> ``grpc``."""
     parts = module.split(".")
+    if parts[:3] == [NAMESPACE, "clients", "wire"]:
+        return "clients.wire"  # the wire constants shared with the light client (standard library only)
     if parts[0] == NAMESPACE and len(parts) > 1:
         return parts[1]
     return parts[0]
@@ -75,7 +78,7 @@ def test_the_core_loads_without_protocol_libraries() -> None:
     """Importing the core (transitively) loads neither grpc, the stubs, nor an HTTP library."""
     code = (
         "import sys\n"
-        "import emotion2vec_serving.server.core, emotion2vec_serving.server.stream\n"
+        "import emotion2vec_serving.server.calls.core, emotion2vec_serving.server.calls.streams\n"
         "bad = sorted(m for m in ('grpc', 'emotion', 'google.protobuf', 'aiohttp') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
@@ -116,14 +119,14 @@ def test_serving_process_never_loads_torch_or_the_exporter() -> None:
 def test_only_the_openvino_engine_module_imports_openvino() -> None:
     """OpenVINO is an optional engine: one module imports it, and only ``--engine openvino`` loads that."""
     importers = [p.relative_to(ROOT).as_posix() for p in _modules("server") if "openvino" in _imports(p)]
-    assert importers == ["server/engines/openvino.py"], importers
+    assert importers == ["server/runtime/engines/openvino.py"], importers
 
 
 def test_a_default_server_builds_its_runner_without_openvino() -> None:
     """Building a default (ONNX Runtime) session factory must not pull OpenVINO in; choosing it does."""
     code = (
         "import sys\n"
-        "from emotion2vec_serving.server.engines import session_factory_for\n"
+        "from emotion2vec_serving.server.runtime.engines import session_factory_for\n"
         "session_factory_for('onnxruntime')\n"
         "before = 'openvino' in sys.modules\n"
         "session_factory_for('openvino')\n"
@@ -136,23 +139,24 @@ def test_a_default_server_builds_its_runner_without_openvino() -> None:
 
 def test_the_oip_model_contract_imports_no_protocol_library() -> None:
     """The Open Inference Protocol contract both OIP front ends share is protocol-free like the core."""
-    bad = _imports(ROOT / "server/oip_tensors.py") & {"grpc", "google", "emotion", "aiohttp"}
-    assert not bad, f"server/oip_tensors.py imports {sorted(bad)}"
+    bad = _imports(ROOT / "server/calls/tensors.py") & {"grpc", "google", "emotion", "aiohttp"}
+    assert not bad, f"server/calls/tensors.py imports {sorted(bad)}"
 
 
 def test_the_http_library_and_the_oip_stubs_stay_in_their_front_ends() -> None:
     """aiohttp only in the HTTP front ends; the ``emotion.oip`` stubs (package ``inference``, like
     tritonclient's own: one process cannot load both) only in the OIP gRPC front end, never in clients."""
     aiohttp_users = {p.relative_to(ROOT).as_posix() for p in _modules("server") if "aiohttp" in _imports(p)}
-    assert aiohttp_users <= {"server/http_app.py", "server/oip_rest.py", "server/web.py"}, aiohttp_users
+    assert aiohttp_users <= {"server/http/app.py", "server/http/oip.py", "server/http/web.py"}, aiohttp_users
     oip_users = sorted(p.relative_to(ROOT).as_posix() for pkg in ("server", "clients", "batching")
                        for p in _modules(pkg) if "emotion.oip" in p.read_text(encoding="utf-8"))
-    assert oip_users == ["server/oip_grpc.py"], oip_users
+    assert oip_users == ["server/grpc/oip.py"], oip_users
 
 
 def test_gpu_options_and_length_buckets_need_no_gpu_library() -> None:
-    """server/buckets.py and server/gpu.py (issue 15) load on any machine: standard library only (gpu.py also
-    the server package itself); NVML is reached through ctypes, only when a GPU provider is asked for."""
+    """server/runtime/buckets.py and server/runtime/gpu.py (issue 15) load on any machine: standard library
+    only (gpu.py also the server package itself); NVML is reached through ctypes, only when a GPU provider is
+    asked for."""
     for name in ("buckets.py", "gpu.py"):
-        outside = _imports(ROOT / "server" / name) - STDLIB - {"server"}
-        assert not outside, f"server/{name} imports {sorted(outside)}"
+        outside = _imports(ROOT / "server" / "runtime" / name) - STDLIB - {"server"}
+        assert not outside, f"server/runtime/{name} imports {sorted(outside)}"

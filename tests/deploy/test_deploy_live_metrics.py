@@ -39,7 +39,7 @@ from deploy_support import (
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from emotion2vec_serving.server.manifest import load_manifest
+from emotion2vec_serving.modelrepo.manifest import load_manifest
 from emotion2vec_serving.server.process import ServerProcess, ServerStartError, free_port
 
 # The labels the Prometheus Operator puts on every series scraped through the ServiceMonitor.

@@ -22,7 +22,7 @@ from deploy_support import (
 )
 
 from emotion2vec_serving.server.config import ENV_PREFIX, Settings
-from emotion2vec_serving.server.listeners import age_goaway_wait_s
+from emotion2vec_serving.server.grpc.listeners import age_goaway_wait_s
 
 # Oldest release with everything used here (gRPC probes GA in 1.27) and the newest schemas shipped.
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")

@@ -14,10 +14,10 @@ from onnx import numpy_helper
 
 from emotion2vec_serving.export.onnx_export import BATCH_EXACT_TOLERANCE, export_repository
 from emotion2vec_serving.export.signals import speech_like
+from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.app import batching_caveat
-from emotion2vec_serving.server.engines import equal_length_batches
-from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
-from emotion2vec_serving.server.runner import CPU_PROVIDER, Runner, RunnerOptions
+from emotion2vec_serving.server.runtime.engines import equal_length_batches
+from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions
 
 QUIET = {"progress": lambda _message: None}
 

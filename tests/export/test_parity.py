@@ -58,7 +58,7 @@ def test_unuse_labels_are_masked_like_funasr(tiny_checkpoint: Path, tmp_path: Pa
 
 def test_headless_checkpoint_exports_embeddings_only(tmp_path: Path) -> None:
     from emotion2vec_serving.export.checkpoint import write_checkpoint
-    from emotion2vec_serving.server.manifest import HEADLESS_OUTPUT_NAMES, load_manifest
+    from emotion2vec_serving.modelrepo.manifest import HEADLESS_OUTPUT_NAMES, load_manifest
 
     ckpt = write_checkpoint(tmp_path / "base", "tiny", seed=3, headless=True)
     repo = export_repository(ckpt, tmp_path / "repo", verify=True, **QUIET)

@@ -14,7 +14,7 @@ import pytest
 from emotion2vec_serving.export.onnx_export import export_repository
 from emotion2vec_serving.export.ort_run import OnnxModel
 from emotion2vec_serving.export.signals import speech_like
-from emotion2vec_serving.server.manifest import OUTPUT_NAMES, load_manifest
+from emotion2vec_serving.modelrepo.manifest import OUTPUT_NAMES, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"progress": lambda _message: None}

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
+from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.process import ServerProcess
 from tests.oip.oip_support import IN_PROCESS
 from tests.server.audio_fixtures import encoded_signal, make_signal

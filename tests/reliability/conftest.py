@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.process import ServerProcess
 from tests.server.inprocess import Running, StartServer, metric_value, serving
 

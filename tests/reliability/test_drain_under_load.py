@@ -19,7 +19,7 @@ from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emotion2vec_serving.server.app import _DOUBLE_SIGNAL_S
-from emotion2vec_serving.server.health import SERVICE_NAME
+from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from emotion2vec_serving.server.process import ServerProcess
 from tests.polling import wait_until_async
 from tests.reliability.conftest import answered_by_server, raw_request, tone
@@ -51,7 +51,7 @@ def _refused_before_acceptance(code: str, details: str) -> bool:
 async def test_sigterm_under_load_loses_no_accepted_request(
     tiny_repo: Path, server_procs: list[ServerProcess]
 ) -> None:
-    # With a connection age the drain's GOAWAYs come while the server still serves (server/listeners.py).
+    # With a connection age the drain's GOAWAYs come while the server still serves (server/grpc/listeners.py).
     server = _start(Path(tiny_repo), "--drain-grace-s", "20", "--max-batch-size", "4",
                     "--max-connection-age-s", "2")
     server_procs.append(server)

@@ -1,4 +1,4 @@
-"""In-process fuzzing of the decoding layer (server/audio.py) with hypothesis.
+"""In-process fuzzing of the decoding layer (server/audio/decode.py) with hypothesis.
 
 Most of the suite's ≥ 10,000 malformed inputs run here, where one costs about a millisecond; a few hundred
 more go through the real gRPC server in test_fuzz_grpc.py. The property for every input: decoding either
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emotion2vec_serving.server.audio import AudioError, AudioLimits, decode_encoded, decode_pcm
+from emotion2vec_serving.server.audio.decode import AudioError, AudioLimits, decode_encoded, decode_pcm
 from tests.reliability.fuzzing import (
     AUDIO_ERROR_REASONS,
     BOMB_SPECS,

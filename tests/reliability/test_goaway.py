@@ -87,7 +87,8 @@ async def _finish(call: grpc.aio.StreamStreamCall, already: int) -> list[pb.Stre
 
 async def test_sigterm_moves_calls_to_the_other_server_with_zero_failures(
         null_repo: Path, server_procs: list[ServerProcess]) -> None:
-    # With a connection age, A's GOAWAYs are the connections' own while it still serves (server/listeners.py).
+    # With a connection age, A's GOAWAYs are the connections' own while it still serves
+    # (server/grpc/listeners.py).
     drain = ("--drain-grace-s", "30", "--drain-readiness-delay-s", "1", "--max-connection-age-s", "2")
     # The null model: short calls, so thousands cross the drain (with the shutdown's GOAWAY, a few of them
     # came back CANCELLED in most runs: benchmarks/results/drain/).

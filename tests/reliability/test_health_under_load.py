@@ -20,7 +20,7 @@ from emotion.oip import grpc_service_pb2 as oip_pb
 from emotion.oip import grpc_service_pb2_grpc as oip_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from emotion2vec_serving.server.health import SERVICE_NAME
+from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from tests.polling import wait_until_async
 from tests.reliability.conftest import Running, StartServer, raw_request, tone
 from tests.server.faults import FaultyFactory

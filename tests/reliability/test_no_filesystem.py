@@ -21,7 +21,7 @@ import grpc.aio
 import pytest
 from emotion.v1 import emotion_pb2 as pb
 
-from emotion2vec_serving.server.audio import AudioError, AudioLimits, decode_encoded
+from emotion2vec_serving.server.audio.decode import AudioError, AudioLimits, decode_encoded
 from tests.polling import wait_until
 from tests.reliability.conftest import Running, StartServer
 

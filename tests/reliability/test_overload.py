@@ -17,7 +17,7 @@ import grpc.aio
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from emotion2vec_serving.server.errors import RETRY_AFTER_METADATA_KEY
+from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY
 from tests.polling import wait_until_async
 from tests.reliability.conftest import Running, StartServer, raw_request, tone
 from tests.server.faults import FaultyFactory
@@ -79,7 +79,7 @@ async def test_ten_times_capacity_is_shed_fast_and_recovery_is_immediate(start_s
     assert statistics.median(reject_s) < 0.05, statistics.median(reject_s)
     assert reject_s[int(0.99 * (len(reject_s) - 1))] < 0.25
     for _, _, _, trailing in rejected:
-        hints = [v for k, v in (trailing or ()) if k == RETRY_AFTER_METADATA_KEY]
+        hints = [v for k, v in (trailing or ()) if k == RETRY_AFTER_MS_KEY]
         assert len(hints) == 1 and int(hints[0]) > 0, trailing
     # Accepted requests finish within their deadline, with correct results.
     for _, seconds, response, _ in accepted:

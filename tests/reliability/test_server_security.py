@@ -16,9 +16,9 @@ from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer
-from emotion2vec_serving.server.health import SERVICE_NAME
-from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from tests.reliability.certs import CertSet, make_cert_set
 from tests.reliability.conftest import BASE_SETTINGS, metric_value, raw_request, tone
 

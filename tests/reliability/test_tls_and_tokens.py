@@ -1,7 +1,7 @@
-"""server/security.py against a real grpc.aio server on port 0: TLS, mutual TLS and bearer tokens.
+"""server/auth.py against a real grpc.aio server on port 0: TLS, mutual TLS and bearer tokens.
 
 The server here is a small echo service (all four call cardinalities) plus the real grpc health and
-reflection services, so these tests depend on nothing but server/security.py; the tests against the real
+reflection services, so these tests depend on nothing but server/auth.py; the tests against the real
 emotion server live in test_server_security.py.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from emotion2vec_serving.server.security import (
+from emotion2vec_serving.server.auth import (
     SecurityConfigError,
     TokenAuthInterceptor,
     TokenStore,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.manifest import ModelManifest, load_manifest
 from tests.server.inprocess import Running, StartServer, serving
 
 __all__ = ["BASE_SETTINGS", "Running", "StartServer"]  # imported by the tests from here

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 
-from emotion2vec_serving.server.runner import (
+from emotion2vec_serving.server.runtime.runner import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     RunnerOptions,

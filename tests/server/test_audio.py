@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emotion2vec_serving.server.audio import (
+from emotion2vec_serving.server.audio.decode import (
     AudioError,
     AudioLimits,
     decode_encoded,

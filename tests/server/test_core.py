@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
-from emotion2vec_serving.server.audio import AudioLimits, decode_pcm
-from emotion2vec_serving.server.core import (
+from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY, RETRY_PUSHBACK_KEY
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
+from emotion2vec_serving.server.audio.decode import AudioLimits, decode_pcm
+from emotion2vec_serving.server.calls.core import (
     AudioInput,
     CallContext,
     CallFailed,
@@ -24,13 +26,17 @@ from emotion2vec_serving.server.core import (
     Recognition,
     RecognizeOptions,
 )
-from emotion2vec_serving.server.errors import RETRY_AFTER_MS_KEY, ErrorKind
-from emotion2vec_serving.server.grpc_status import RETRY_PUSHBACK_KEY, status_code, trailing_metadata
-from emotion2vec_serving.server.http_status import http_error
-from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.calls.errors import ErrorKind
+from emotion2vec_serving.server.calls.streams import (
+    SegmentationSettings,
+    SegmentEvent,
+    StreamSettings,
+    SummaryEvent,
+)
+from emotion2vec_serving.server.grpc.status import status_code, trailing_metadata
+from emotion2vec_serving.server.http.status import http_error
 from emotion2vec_serving.server.metrics import ServerMetrics
-from emotion2vec_serving.server.runner import CPU_PROVIDER, Runner, RunnerOptions, split_on_error
-from emotion2vec_serving.server.stream import SegmentationSettings, SegmentEvent, StreamSettings, SummaryEvent
+from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions, split_on_error
 from tests.server.audio_fixtures import encode, make_signal, pcm_bytes, tone_bursts
 
 RATE = 16000
@@ -247,7 +253,7 @@ async def test_a_shed_call_is_one_rejection_however_many_items_the_queue_refused
 
 
 def test_status_maps_carry_the_one_retry_hint() -> None:
-    from emotion2vec_serving.server.errors import Draining, classify
+    from emotion2vec_serving.server.calls.errors import Draining, classify
 
     failure = classify(Draining(), retry_after_ms=250)
     assert status_code(failure).name == "UNAVAILABLE"

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
-from emotion2vec_serving.server.buckets import LengthBuckets, parse_length_buckets
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.config import parse_settings
-from emotion2vec_serving.server.gpu import (
+from emotion2vec_serving.server.runtime.buckets import LengthBuckets, parse_length_buckets
+from emotion2vec_serving.server.runtime.gpu import (
     GpuOptions,
     cuda_provider_options,
     from_settings,
@@ -27,8 +28,7 @@ from emotion2vec_serving.server.gpu import (
     resolve_gpu_mem_limit,
     tensorrt_provider_options,
 )
-from emotion2vec_serving.server.manifest import ModelManifest
-from emotion2vec_serving.server.runner import (
+from emotion2vec_serving.server.runtime.runner import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     Runner,

@@ -20,10 +20,10 @@ from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer, warmup_durations
 from emotion2vec_serving.server.config import Settings, SettingsError, build_parser, parse_settings
-from emotion2vec_serving.server.health import SERVICE_NAME
-from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from tests.server.audio_fixtures import encoded_signal, make_signal
 from tests.server.conftest import BASE_SETTINGS, Running, StartServer
 from tests.server.faults import FaultyFactory

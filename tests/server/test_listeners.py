@@ -1,4 +1,5 @@
-"""server/listeners.py on a real grpc.aio server: the listener closes to new connections while an accepted
+"""server/grpc/listeners.py on a real grpc.aio server: the listener closes to new connections while an
+accepted
 connection keeps serving, and channelz tells when the last connection has gone after its age GOAWAY."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from emotion2vec_serving.server import listeners
+from emotion2vec_serving.server.grpc import listeners
 from tests.polling import wait_until_async
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="closes listeners through /proc")

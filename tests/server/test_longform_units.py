@@ -1,4 +1,5 @@
-"""server/longform.py and the long-recording store of server/audio.py, without a model: segment planning,
+"""server/calls/longform.py and the long-recording store of server/audio/decode.py, without a model: segment
+planning,
 the submission window (through a real DynamicBatcher), queue refusals, failures and cancellation."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 
 from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 from emotion2vec_serving.batching.errors import QueueFull
-from emotion2vec_serving.server.audio import (
+from emotion2vec_serving.server.audio.decode import (
     AudioError,
     AudioLimits,
     PcmStore,
@@ -20,7 +21,7 @@ from emotion2vec_serving.server.audio import (
     decode_encoded_any,
     decode_pcm_any,
 )
-from emotion2vec_serving.server.longform import (
+from emotion2vec_serving.server.calls.longform import (
     LongformSettings,
     Span,
     aggregate_embedding,
@@ -29,7 +30,7 @@ from emotion2vec_serving.server.longform import (
     plan_segments,
     run_segments,
 )
-from emotion2vec_serving.server.runner import ItemResult
+from emotion2vec_serving.server.runtime.runner import ItemResult
 from tests.polling import wait_until_async
 from tests.server.audio_fixtures import encode, make_signal, pcm_bytes
 from tests.server.longform_fixtures import RATE, recording
@@ -353,8 +354,8 @@ async def test_cancelling_the_call_empties_the_queue() -> None:
 
 
 def test_max_segment_s_is_the_max_duration_s_setting_and_max_audio_s_is_checked() -> None:
+    from emotion2vec_serving.server.calls.core import CoreLimits
     from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
-    from emotion2vec_serving.server.core import CoreLimits
 
     assert parse_settings(["--max-segment-s", "12"], {}).max_duration_s == 12.0
     assert parse_settings([], {"EMOTION_MAX_SEGMENT_S": "15"}).max_segment_s == 15.0

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.config import SettingsError, parse_settings
-from emotion2vec_serving.server.manifest import ModelManifest
-from emotion2vec_serving.server.runner import (
+from emotion2vec_serving.server.runtime.runner import (
     CPU_PROVIDER,
     Runner,
     RunnerOptions,

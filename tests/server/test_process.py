@@ -9,7 +9,7 @@ import grpc
 import pytest
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
-from emotion2vec_serving.server.health import SERVICE_NAME
+from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from emotion2vec_serving.server.process import HEALTH_SERVICE, ServerProcess, ServerStartError
 
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emotion2vec_serving.server.audio import AudioError, PcmEncoding, decode_pcm
-from emotion2vec_serving.server.segmenter import (
+from emotion2vec_serving.server.audio.decode import AudioError, PcmEncoding, decode_pcm
+from emotion2vec_serving.server.audio.segmenter import (
     EnergySegmenter,
     FixedSegmenter,
     Segment,

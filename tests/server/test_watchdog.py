@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.config import parse_settings
-from emotion2vec_serving.server.manifest import ModelManifest
-from emotion2vec_serving.server.runner import CPU_PROVIDER, Runner, RunnerOptions, RunnerTimeout
+from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions, RunnerTimeout
 
 RATE = 16000
 

@@ -363,7 +363,7 @@ async def test_503_once_the_core_drains(tiny_repo: Path) -> None:
     closes the listener soon after, but a call already on a connection meets exactly this)."""
     import dataclasses
 
-    from emotion2vec_serving.server.manifest import load_manifest
+    from emotion2vec_serving.modelrepo.manifest import load_manifest
     from tests.server.conftest import BASE_SETTINGS
     from tests.server.inprocess import serving
 
@@ -433,7 +433,7 @@ def test_the_web_front_end_speaks_no_grpc() -> None:
     """The web API is a front end over the core: no gRPC, no protobuf stubs, no client package."""
     import ast
 
-    source = (Path(__file__).resolve().parents[2] / "server" / "web.py").read_text(encoding="utf-8")
+    source = (Path(__file__).resolve().parents[2] / "server" / "http" / "web.py").read_text(encoding="utf-8")
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):

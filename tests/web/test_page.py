@@ -153,7 +153,7 @@ def test_frame_curve_hover_and_downloads_match_the_api(
     page.click("#example")
     card = page.locator('.result[data-file="example.ogg"]')
     expect(card).to_have_attribute("data-state", "done")
-    example = (ROOT / "server" / "static" / "example.ogg").read_bytes()
+    example = (ROOT / "server" / "http" / "static" / "example.ogg").read_bytes()
     with EmotionClient(open_server.target) as client:
         expected = client.recognize(example, granularity="frame", embedding=True)
     assert expected.embedding is not None

@@ -1,4 +1,4 @@
-"""Inference engines below the runner: each is a session factory (see ``server/runner.py``).
+"""Inference engines below the runner: each is a session factory (see ``server/runtime/runner.py``).
 
 ``onnxruntime`` (default) runs every precision of a model repository (fp32, fp16, int8) through ONNX
 Runtime. ``openvino`` compiles the same ``model.onnx`` with OpenVINO's CPU plugin, in f32 or bf16
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence, Sized
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from emotion2vec_serving.server.runner import SessionFactory
+    from emotion2vec_serving.server.runtime.runner import SessionFactory
 
 __all__ = ["ENGINES", "INFERENCE_PRECISIONS", "equal_length_batches", "session_factory_for"]
 
@@ -30,11 +30,11 @@ INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 def session_factory_for(engine: str) -> SessionFactory:
     """The session factory of ``engine``; OpenVINO is imported here, and only for ``openvino``."""
     if engine == "onnxruntime":
-        from emotion2vec_serving.server.runner import ort_session_factory
+        from emotion2vec_serving.server.runtime.runner import ort_session_factory
 
         return ort_session_factory
     if engine == "openvino":
-        from emotion2vec_serving.server.engines.openvino import OpenVinoFactory
+        from emotion2vec_serving.server.runtime.engines.openvino import OpenVinoFactory
 
         return OpenVinoFactory()
     raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")

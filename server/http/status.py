@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from emotion2vec_serving.server.errors import RETRY_AFTER_MS_KEY, ErrorKind, Failure
+from emotion2vec_serving.clients.wire import RETRY_AFTER_HEADER, RETRY_AFTER_MS_KEY
+from emotion2vec_serving.server.calls.errors import ErrorKind, Failure
 
 __all__ = ["HTTP_STATUS", "error_body", "error_headers", "http_error", "http_status"]
 
@@ -38,7 +39,7 @@ def error_headers(failure: Failure) -> dict[str, str]:
     headers: dict[str, str] = {}
     if failure.retry_after_ms is not None:
         ms = max(1, failure.retry_after_ms)
-        headers["Retry-After"] = str(max(1, math.ceil(ms / 1000)))
+        headers[RETRY_AFTER_HEADER] = str(max(1, math.ceil(ms / 1000)))
         headers[RETRY_AFTER_MS_KEY] = str(ms)
     if failure.kind is ErrorKind.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"

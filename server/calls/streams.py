@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from emotion2vec_serving.server.errors import InvalidRequest
-from emotion2vec_serving.server.runner import ItemResult
-from emotion2vec_serving.server.segmenter import (
+from emotion2vec_serving.server.audio.segmenter import (
     EnergySegmenter,
     FixedSegmenter,
     Segment,
     Segmenter,
     StreamDecoder,
 )
+from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.runtime.runner import ItemResult
 
 if TYPE_CHECKING:
-    from emotion2vec_serving.server.core import CallContext, EmotionCore, Score, Timing, Utterance
+    from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, Score, Timing, Utterance
 
 __all__ = [
     "MAX_PENDING_SEGMENTS",
@@ -283,7 +283,7 @@ class StreamSession:
 
     def _summary(self, segments: int, sum_probs: np.ndarray[Any, np.dtype[np.float64]] | None, weight: float,
                  label_seconds: np.ndarray[Any, np.dtype[np.float64]]) -> SummaryEvent:
-        from emotion2vec_serving.server.core import Score
+        from emotion2vec_serving.server.calls.core import Score
 
         core = self._core
         assert self._decoder is not None and self._segmenter is not None

@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from emotion2vec_serving.server import oip_tensors as oip
-from emotion2vec_serving.server.core import CallContext, EmotionCore, ModelCard
-from emotion2vec_serving.server.errors import (
+from emotion2vec_serving.clients.wire import PROTOCOL_OIP_HTTP
+from emotion2vec_serving.server.auth import TokenStore
+from emotion2vec_serving.server.calls import tensors as oip
+from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, ModelCard
+from emotion2vec_serving.server.calls.errors import (
     CallFailed,
     Failure,
     InvalidRequest,
@@ -42,13 +44,12 @@ from emotion2vec_serving.server.errors import (
     Unauthenticated,
     classify,
 )
-from emotion2vec_serving.server.http_status import http_error
-from emotion2vec_serving.server.security import TokenStore
+from emotion2vec_serving.server.http.status import http_error
 
 __all__ = ["HEADER_LENGTH", "PROTOCOL", "add_routes"]
 
 #: The ``protocol`` metrics label of this front end.
-PROTOCOL = "oip_http"
+PROTOCOL = PROTOCOL_OIP_HTTP
 #: The binary tensor extension's header: length of the JSON part of the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Paths that need no token (probes, like the gRPC health service).

@@ -6,12 +6,10 @@ from typing import Any, NoReturn
 
 import grpc
 
-from emotion2vec_serving.server.errors import RETRY_AFTER_MS_KEY, ErrorKind, Failure
+from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY, RETRY_PUSHBACK_KEY
+from emotion2vec_serving.server.calls.errors import ErrorKind, Failure
 
-__all__ = ["GRPC_CODES", "RETRY_PUSHBACK_KEY", "abort", "status_code", "trailing_metadata"]
-
-#: Standard gRPC retry pushback (gRFC A6): clients with a retry policy wait this many ms before retrying.
-RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+__all__ = ["GRPC_CODES", "abort", "status_code", "trailing_metadata"]
 
 GRPC_CODES: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.OK: grpc.StatusCode.OK,

@@ -18,9 +18,9 @@ import ssl
 
 from aiohttp import web
 
+from emotion2vec_serving.server.auth import SecurityConfigError, TokenStore, read_pem
+from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.core import EmotionCore
-from emotion2vec_serving.server.security import SecurityConfigError, TokenStore, read_pem
 
 __all__ = ["HttpFrontEnd", "build_http_app", "ssl_context"]
 
@@ -38,12 +38,12 @@ def build_http_app(
     ``tokens``: accepted bearer tokens (``None``: no authentication), the same store the gRPC port uses.
     The web module's ``add_routes`` runs here, before the application starts, so it may add middlewares.
     """
-    from emotion2vec_serving.server import oip_rest
+    from emotion2vec_serving.server.http import oip as oip_rest
 
     app = web.Application(client_max_size=settings.max_message_bytes + _ENVELOPE_BYTES)
     oip_rest.add_routes(app, core, tokens=tokens)
-    if importlib.util.find_spec("emotion2vec_serving.server.web") is not None:
-        from emotion2vec_serving.server import web as web_page
+    if importlib.util.find_spec("emotion2vec_serving.server.http.web") is not None:
+        from emotion2vec_serving.server.http import web as web_page
 
         web_page.add_routes(app, core, settings, tokens=tokens)
     return app

@@ -23,15 +23,16 @@ from emotion.oip import grpc_service_pb2_grpc as pb_grpc
 from emotion.oip import model_config_pb2
 from google.protobuf import json_format
 
-from emotion2vec_serving.server import oip_tensors as oip
-from emotion2vec_serving.server.core import CallContext, EmotionCore, ModelCard
-from emotion2vec_serving.server.errors import CallFailed, InvalidRequest, ModelNotFound
-from emotion2vec_serving.server.grpc_status import abort
+from emotion2vec_serving.clients.wire import PROTOCOL_OIP_GRPC
+from emotion2vec_serving.server.calls import tensors as oip
+from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, ModelCard
+from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest, ModelNotFound
+from emotion2vec_serving.server.grpc.status import abort
 
 __all__ = ["PROTOCOL", "PUBLIC_METHODS", "SERVICE_NAME", "OipGrpcService", "add_to_server"]
 
 #: The ``protocol`` metrics label of this front end.
-PROTOCOL = "oip_grpc"
+PROTOCOL = PROTOCOL_OIP_GRPC
 SERVICE_NAME = "inference.GRPCInferenceService"
 #: Probes that need no bearer token (like the gRPC health service): liveness and readiness.
 PUBLIC_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))

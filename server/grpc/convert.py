@@ -8,7 +8,8 @@ from typing import Any
 import grpc
 from emotion.v1 import emotion_pb2
 
-from emotion2vec_serving.server.core import (
+from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1
+from emotion2vec_serving.server.calls.core import (
     AudioInput,
     CallContext,
     EmbeddingSegment,
@@ -19,7 +20,7 @@ from emotion2vec_serving.server.core import (
     Timing,
     Utterance,
 )
-from emotion2vec_serving.server.errors import InvalidRequest
+from emotion2vec_serving.server.calls.errors import InvalidRequest
 
 __all__ = [
     "PROTOCOL",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 #: The ``protocol`` metrics label of this front end.
-PROTOCOL = "emotion_v1"
+PROTOCOL = PROTOCOL_EMOTION_V1
 
 _PCM_ENCODINGS = {
     emotion_pb2.PCM_ENCODING_S16LE: "s16le",

@@ -1,8 +1,8 @@
 """The web front end: a page for people (``GET /``) and the JSON/WebSocket API behind it (``/v1/...``).
 
-Registered on the server's aiohttp application by :func:`add_routes` (``server/http_app.py`` calls it), so it
+Registered on the server's aiohttp application by :func:`add_routes` (``server/http/app.py`` calls it), so it
 shares the HTTP listener, TLS and lifetime of the Open Inference Protocol REST front end. Every call goes
-through :class:`~emotion2vec_serving.server.core.EmotionCore` (limits, deadlines, admission, drain and
+through :class:`~emotion2vec_serving.server.calls.core.EmotionCore` (limits, deadlines, admission, drain and
 metrics with protocol ``http``, or ``ws`` for the stream); failures are mapped by ``http_status``.
 
 Endpoints (described for machines at ``GET /openapi.json``):
@@ -48,24 +48,25 @@ from typing import Any, Literal
 import numpy as np
 from aiohttp import BodyPartReader, WSMsgType, hdrs, web
 
-from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.core import (
+from emotion2vec_serving.clients.wire import PROTOCOL_WS, RETRY_AFTER_HEADER, RETRY_AFTER_MS_KEY
+from emotion2vec_serving.server.auth import TokenStore
+from emotion2vec_serving.server.calls.core import (
     AudioInput,
     CallContext,
     EmbedOptions,
     EmotionCore,
     RecognizeOptions,
 )
-from emotion2vec_serving.server.errors import (
+from emotion2vec_serving.server.calls.errors import (
     CallFailed,
     Failure,
     InvalidRequest,
     Unauthenticated,
     classify,
 )
-from emotion2vec_serving.server.http_status import http_error
-from emotion2vec_serving.server.security import TokenStore
-from emotion2vec_serving.server.stream import SegmentationSettings, StreamSettings
+from emotion2vec_serving.server.calls.streams import SegmentationSettings, StreamSettings
+from emotion2vec_serving.server.config import Settings
+from emotion2vec_serving.server.http.status import http_error
 
 __all__ = ["CSP", "STATIC_FILES", "add_routes", "openapi_spec"]
 
@@ -97,9 +98,9 @@ _GRANULARITIES = ("utterance", "frame")
 
 
 def _load_static() -> dict[str, tuple[bytes, str]]:
-    """name -> (bytes, content type) of every file in ``server/static`` (package data), read once."""
+    """name -> (bytes, content type) of every file in ``server/http/static`` (package data), read once."""
     out: dict[str, tuple[bytes, str]] = {}
-    folder = resources.files("emotion2vec_serving.server").joinpath("static")
+    folder = resources.files("emotion2vec_serving.server.http").joinpath("static")
     if not folder.is_dir():
         return out
     for entry in folder.iterdir():
@@ -542,7 +543,8 @@ class _Web:
             (p[len(WS_BEARER_PREFIX):] for p in offered if p.startswith(WS_BEARER_PREFIX)), None)
         presented = header_token or proto_token
         if self.tokens is not None and presented is not None and not self._authorised(presented):
-            return self._unauthenticated(True, "StreamRecognize", "ws")  # a plain 401 before the upgrade
+            # a plain 401 before the upgrade
+            return self._unauthenticated(True, "StreamRecognize", PROTOCOL_WS)
         ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), max_msg_size=_WS_MAX_MSG_BYTES,
                                    autoping=True, heartbeat=None)
         if not ws.can_prepare(request).ok:
@@ -571,7 +573,7 @@ class _Web:
             await ws.close(code=4000 + status, message=failure.kind.value.encode())
 
     async def _stream_session(self, ws: web.WebSocketResponse, *, authorised: bool) -> None:
-        refused_call = CallContext(protocol="ws", rpc="StreamRecognize")
+        refused_call = CallContext(protocol=PROTOCOL_WS, rpc="StreamRecognize")
         try:
             first = await ws.receive(timeout=self.settings.default_timeout_s)
         except asyncio.TimeoutError:
@@ -595,7 +597,8 @@ class _Web:
         except (InvalidRequest, Unauthenticated) as exc:
             await self._ws_error(ws, self._refuse(exc, refused_call))
             return
-        call = CallContext(protocol="ws", rpc="StreamRecognize", deadline=None, priority=settings.priority)
+        call = CallContext(protocol=PROTOCOL_WS, rpc="StreamRecognize", deadline=None,
+                           priority=settings.priority)
         card = self.core.model_card()
         client_gone = False
         work: asyncio.Future[None] | None = None
@@ -667,7 +670,7 @@ class _Web:
         response = await handler(request)
         if allowed and origin is not None and not isinstance(response, web.WebSocketResponse):
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After, retry-after-ms"
+            response.headers["Access-Control-Expose-Headers"] = f"{RETRY_AFTER_HEADER}, {RETRY_AFTER_MS_KEY}"
             response.headers["Vary"] = "Origin"
         return response
 

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from emotion2vec_serving.server.audio import (
+from emotion2vec_serving.server.audio.decode import (
     AudioError,
     AudioLimits,
     PcmEncoding,

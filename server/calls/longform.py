@@ -2,7 +2,7 @@
 
 Protocol-free (no protobuf, grpc or HTTP types); the core calls it for audio longer than one model pass.
 
-1. :func:`plan_segments` cuts the 16 kHz recording (a :class:`~emotion2vec_serving.server.audio.PcmStore`,
+1. :func:`plan_segments` cuts the 16 kHz recording (a :class:`~server.audio.decode.PcmStore`,
    int16) with the stream's energy end-pointing (:class:`EnergySegmenter`): voiced stretches between
    pauses, each at most ``max_segment_s`` (speech without pauses is cut into consecutive
    ``max_segment_s`` windows right where the limit falls). A recording with no voiced stretch at all
@@ -39,9 +39,9 @@ import numpy as np
 import numpy.typing as npt
 
 from emotion2vec_serving.batching.errors import QueueFull
-from emotion2vec_serving.server.audio import PcmStore
-from emotion2vec_serving.server.runner import ItemResult
-from emotion2vec_serving.server.segmenter import EnergySegmenter
+from emotion2vec_serving.server.audio.decode import PcmStore
+from emotion2vec_serving.server.audio.segmenter import EnergySegmenter
+from emotion2vec_serving.server.runtime.runner import ItemResult
 
 __all__ = [
     "LongformSettings",

@@ -17,7 +17,8 @@ which alone fails) and counts nothing. If the probe fails too, that is one devic
 there). After ``gpu_cooldown_s`` a background thread loads GPU sessions again and probes them; when the
 probe runs, the runner returns to the GPU (``on_provider_change(CPU, GPU, "recovered")``), otherwise it tries
 again after a doubled cool-down (at most 8x). On a GPU, batches are padded to length buckets
-(``server/buckets.py``) and ``cost(n)`` tells the batcher the padded length. CUDA options: ``server/gpu.py``.
+(``server/runtime/buckets.py``) and ``cost(n)`` tells the batcher the padded length. CUDA options:
+``server/runtime/gpu.py``.
 
 A watchdog bounds every run (``run_timeout_s``): each run gets its own run handle from its session
 (``session.new_run_handle()``: an ``onnxruntime.RunOptions`` for ONNX Runtime, the infer request for
@@ -28,7 +29,8 @@ session for the next batch; the batch fails with
 hangs finally fails). A single node that never returns (a hung GPU kernel) cannot be interrupted this way.
 One watchdog thread per runner serves every run (a timer thread per run cost a thread start per batch).
 
-Engines (``server/engines/``): the session factory decides what runs the graph, ONNX Runtime by default
+Engines (``server/runtime/engines/``): the session factory decides what runs the graph, ONNX Runtime by
+default
 or OpenVINO (``engine``); the runner reports the engine and the precision really used (``precision``: the
 model repository's, or OpenVINO's inference precision for an fp32 repository).
 
@@ -55,10 +57,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server import defaults
-from emotion2vec_serving.server.buckets import LengthBuckets
-from emotion2vec_serving.server.gpu import GpuOptions, disable_tf32_in_environment, provider_list
-from emotion2vec_serving.server.manifest import ModelManifest
+from emotion2vec_serving.server.runtime.buckets import LengthBuckets
+from emotion2vec_serving.server.runtime.gpu import GpuOptions, disable_tf32_in_environment, provider_list
 
 __all__ = [
     "CPU_PROVIDER",
@@ -117,7 +119,7 @@ class RunHandle(Protocol):
 
 
 class SessionLike(Protocol):
-    """What the runner needs of an engine's session (``server/engines/``; tests wrap real sessions).
+    """What the runner needs of an engine's session (``server/runtime/engines/``; tests wrap real sessions).
 
     Optional attributes: ``engine`` (str) and ``inference_precision`` (str | None, the number format the
     engine computes in when it differs from the graph's), read with ``getattr``.
@@ -149,7 +151,7 @@ class RunnerOptions:
     cpu_arena: bool = defaults.ORT_CPU_ARENA  # ONNX Runtime's CPU memory arena
     arena_shrinkage: bool = defaults.ORT_ARENA_SHRINKAGE  # free the CPU arena's unused chunks after every run
     # --- GPU (issue 15)
-    gpu: GpuOptions = field(default_factory=GpuOptions)  # CUDA / TensorRT provider options (server/gpu.py)
+    gpu: GpuOptions = field(default_factory=GpuOptions)  # CUDA / TensorRT options (runtime/gpu.py)
     gpu_cooldown_s: float = defaults.GPU_COOLDOWN_S  # after a fallback to CPU, probe the GPU again (0: never)
     length_buckets: LengthBuckets | None = None  # pad to these lengths while on a GPU (None = exact lengths)
     # --- engine (issue 16)
@@ -187,7 +189,7 @@ def ort_session_factory(model_path: Path, providers: Sequence[str], options: Run
         )
     if any(p in _GPU_PROVIDERS for p in usable):
         disable_tf32_in_environment(options.gpu)
-    from emotion2vec_serving.server.engines.onnxruntime import OrtSession
+    from emotion2vec_serving.server.runtime.engines.onnxruntime import OrtSession
 
     session = ort.InferenceSession(str(model_path), sess_options=so,
                                    providers=provider_list(usable, options.gpu))

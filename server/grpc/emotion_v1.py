@@ -14,17 +14,13 @@ from typing import Any
 import grpc
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
-from emotion2vec_serving.server.core import (
-    BatcherLike,
+from emotion2vec_serving.server.calls.core import (
     EmbedOptions,
     EmotionCore,
     RecognizeOptions,
-    ServiceLimits,
-    smooth_frames,
 )
-from emotion2vec_serving.server.errors import CallFailed, InvalidRequest
-from emotion2vec_serving.server.grpc_status import abort
-from emotion2vec_serving.server.pb_convert import (
+from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest
+from emotion2vec_serving.server.grpc.convert import (
     audio_input,
     call_context,
     embedding_segment_pb,
@@ -34,9 +30,10 @@ from emotion2vec_serving.server.pb_convert import (
     timing_pb,
     utterance_pb,
 )
-from emotion2vec_serving.server.streaming import stream_recognize
+from emotion2vec_serving.server.grpc.status import abort
+from emotion2vec_serving.server.grpc.streaming import stream_recognize
 
-__all__ = ["BatcherLike", "EmotionService", "ServiceLimits", "smooth_frames"]
+__all__ = ["EmotionService"]
 
 # ---------------------------------------------------------------------------------------- servicer
 

@@ -14,11 +14,9 @@ import enum
 from dataclasses import dataclass
 
 from emotion2vec_serving.batching import BatcherClosed, DeadlineExceeded, QueueFull
-from emotion2vec_serving.server.runner import RunnerError, RunnerOutOfMemory
+from emotion2vec_serving.server.runtime.runner import RunnerError, RunnerOutOfMemory
 
 __all__ = [
-    "RETRY_AFTER_METADATA_KEY",
-    "RETRY_AFTER_MS_KEY",
     "CallFailed",
     "Draining",
     "ErrorKind",
@@ -30,12 +28,6 @@ __all__ = [
     "Unauthenticated",
     "classify",
 ]
-
-#: Wire contract: the suggested wait before retrying, in milliseconds (decimal integer). gRPC sends it as
-#: trailing metadata under this key; HTTP as a header of the same name (beside ``Retry-After`` seconds).
-RETRY_AFTER_MS_KEY = "retry-after-ms"
-#: The same key under its older name (clients and tests read it).
-RETRY_AFTER_METADATA_KEY = RETRY_AFTER_MS_KEY
 
 
 class ErrorKind(str, enum.Enum):
@@ -104,7 +96,7 @@ class CallFailed(Exception):
 def _audio_error_types() -> tuple[type[BaseException], ...]:
     # Imported lazily: the audio module pulls in the decoders, and this table must stay importable alone.
     try:
-        from emotion2vec_serving.server.audio import AudioError
+        from emotion2vec_serving.server.audio.decode import AudioError
     except ImportError:  # pragma: no cover - audio module always ships with the server
         return ()
     return (AudioError,)

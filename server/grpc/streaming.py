@@ -13,17 +13,17 @@ from typing import Any
 import grpc
 from emotion.v1 import emotion_pb2
 
-from emotion2vec_serving.server.core import EmotionCore
-from emotion2vec_serving.server.errors import CallFailed, InvalidRequest
-from emotion2vec_serving.server.grpc_status import abort
-from emotion2vec_serving.server.pb_convert import call_context, scores_pb, timing_pb, utterance_pb
-from emotion2vec_serving.server.stream import (
+from emotion2vec_serving.server.calls.core import EmotionCore
+from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest
+from emotion2vec_serving.server.calls.streams import (
     MAX_PENDING_SEGMENTS,
     SegmentationSettings,
     SegmentEvent,
     StreamSettings,
     SummaryEvent,
 )
+from emotion2vec_serving.server.grpc.convert import call_context, scores_pb, timing_pb, utterance_pb
+from emotion2vec_serving.server.grpc.status import abort
 
 __all__ = ["MAX_PENDING_SEGMENTS", "segmentation_from_config", "settings_from_config", "stream_recognize"]
 

@@ -23,7 +23,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from emotion2vec_serving.server.audio import (
+from emotion2vec_serving.modelrepo.manifest import Label, ModelManifest
+from emotion2vec_serving.server.audio.decode import (
     AudioLimits,
     Decoded,
     PcmEncoding,
@@ -32,8 +33,8 @@ from emotion2vec_serving.server.audio import (
     decode_pcm,
     decode_pcm_any,
 )
-from emotion2vec_serving.server.audio import decode_encoded as _decode_encoded
-from emotion2vec_serving.server.errors import (
+from emotion2vec_serving.server.audio.decode import decode_encoded as _decode_encoded
+from emotion2vec_serving.server.calls.errors import (
     CallFailed,
     Draining,
     ErrorKind,
@@ -43,7 +44,7 @@ from emotion2vec_serving.server.errors import (
     TooManyStreams,
     classify,
 )
-from emotion2vec_serving.server.longform import (
+from emotion2vec_serving.server.calls.longform import (
     LongformSettings,
     Span,
     aggregate_embedding,
@@ -52,9 +53,8 @@ from emotion2vec_serving.server.longform import (
     run_segments,
     window_for,
 )
-from emotion2vec_serving.server.manifest import Label, ModelManifest
 from emotion2vec_serving.server.metrics import ServerMetrics
-from emotion2vec_serving.server.runner import ItemResult
+from emotion2vec_serving.server.runtime.runner import ItemResult
 
 __all__ = [
     "AudioInput",
@@ -72,7 +72,6 @@ __all__ = [
     "RecognizeOptions",
     "Score",
     "SegmentResult",
-    "ServiceLimits",
     "Timing",
     "Utterance",
     "smooth_frames",
@@ -130,8 +129,6 @@ class CoreLimits:
                    max_stream_duration_s=settings.max_stream_duration_s, longform=longform)
 
 
-#: The former name (emotion.v1 servicer's limits).
-ServiceLimits = CoreLimits
 
 
 # ---------------------------------------------------------------------------------------- call inputs
@@ -584,7 +581,9 @@ class EmotionCore:
         call ``session.configure(settings)`` before ``session.run``. Any exception raised inside the block
         is classified, counted and re-raised as :class:`CallFailed`.
         """
-        from emotion2vec_serving.server.stream import StreamSession  # the segmenter is only needed here
+        from emotion2vec_serving.server.calls.streams import (
+            StreamSession,  # the segmenter is only needed here
+        )
 
         start = time.monotonic()
         try:

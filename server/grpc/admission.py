@@ -26,8 +26,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from emotion2vec_serving.server.errors import ErrorKind, Failure
-from emotion2vec_serving.server.grpc_status import trailing_metadata
+from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1, PROTOCOL_OIP_GRPC
+from emotion2vec_serving.server.calls.errors import ErrorKind, Failure
+from emotion2vec_serving.server.grpc.status import trailing_metadata
 
 __all__ = ["EXEMPT_PREFIXES", "RpcAdmission"]
 
@@ -36,7 +37,8 @@ EXEMPT_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/",)
 #: ``emotion_rejections_total`` reason of a call refused by the cap.
 REASON = "rpc_limit"
 #: gRPC service -> the ``protocol`` label of ``emotion_requests_total``.
-_PROTOCOLS = {"emotion.v1.EmotionRecognizer": "emotion_v1", "inference.GRPCInferenceService": "oip_grpc"}
+_PROTOCOLS = {"emotion.v1.EmotionRecognizer": PROTOCOL_EMOTION_V1,
+              "inference.GRPCInferenceService": PROTOCOL_OIP_GRPC}
 
 
 class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs

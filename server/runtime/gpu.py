@@ -5,7 +5,7 @@ CUDA (``cuda_provider_options``), each choice for a serving process whose input 
 - ``cudnn_conv_algo_search=HEURISTIC``: the default (EXHAUSTIVE) benchmarks every convolution algorithm for
   every new input shape, on every conv layer, and caches the answer per shape without bound. Heuristic
   search asks cuDNN for its best guess: no per-shape search, no growing cache. Length buckets
-  (``server/buckets.py``) bound the number of shapes as well.
+  (``server/runtime/buckets.py``) bound the number of shapes as well.
 - ``cudnn_conv_use_max_workspace=1``: let cuDNN use the workspace its fastest algorithms need.
 - ``do_copy_in_default_stream=1``: host/device copies on the compute stream (ONNX Runtime's safe default,
   stated so that nobody turns it off without measuring).
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emotion2vec_serving.server.buckets import LengthBuckets, parse_length_buckets
+from emotion2vec_serving.server.runtime.buckets import LengthBuckets, parse_length_buckets
 
 if TYPE_CHECKING:
     from emotion2vec_serving.server.config import Settings

@@ -1,0 +1,1 @@
+"""Calls: domain types, admission, the decode-infer-results pipeline, streams, long recordings."""

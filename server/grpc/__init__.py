@@ -1,0 +1,1 @@
+"""The gRPC front ends: emotion.v1 and the Open Inference Protocol."""

@@ -1,0 +1,1 @@
+"""The HTTP front end: the page, v1 REST and WebSocket, OIP REST."""

@@ -1,0 +1,1 @@
+"""The model runtime: runner contract, runner, watchdog, engines."""
