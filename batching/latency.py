@@ -122,6 +122,11 @@ class LatencyModel:
         if len(self._obs) > self.window:
             old_x, old_y, old_ell = self._obs.popleft()
             self._add(old_x, old_y, -1.0)
+            if any(old_x[i] != 0.0 and self._xtx[i][i] <= 1e-9 * old_x[i] * old_x[i] for i in range(_K)):
+                # The run that left dominated a feature's sum (e.g. the only multi-item batch, or a 30-s
+                # segment among short clips): the subtraction left a rounding residue, possibly negative,
+                # not the true (tiny or zero) sum. Recompute exactly.
+                self._recompute_sums()
             if self._longest is not None and old_ell >= self._longest:
                 self._longest = None  # the longest left the window: recomputed when next needed
         self._updates += 1
@@ -182,7 +187,7 @@ class LatencyModel:
         while True:
             # Jacobi scaling: features differ by orders of magnitude (ℓ vs ℓ²); a tiny ridge keeps
             # unidentified terms (d with only single-item runs) at zero instead of arbitrary.
-            scale = [math.sqrt(self._xtx[i][i]) or 1.0 for i in active]
+            scale = [math.sqrt(max(self._xtx[i][i], 0.0)) or 1.0 for i in active]
             m = [
                 [self._xtx[i][j] / (scale[ii] * scale[jj]) for jj, j in enumerate(active)]
                 for ii, i in enumerate(active)
