@@ -16,7 +16,7 @@ from emotion2vec_serving.batching import DECISIONS, decide, decide_equal_shape, 
 from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.app import BATCH_DECISIONS
 from emotion2vec_serving.server.audio.decode import AudioLimits
-from emotion2vec_serving.server.calls.core import CoreLimits
+from emotion2vec_serving.server.calls.limits import CoreLimits
 from emotion2vec_serving.server.config import BATCH_POLICIES, Settings, SettingsError, parse_settings
 from emotion2vec_serving.server.runtime.runner import RunnerOptions
 
