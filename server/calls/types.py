@@ -47,7 +47,6 @@ class BatcherLike(Protocol):
     def estimated_drain_s(self) -> float: ...
 
 
-
 # ---------------------------------------------------------------------------------------- call inputs
 
 
@@ -245,4 +244,3 @@ def smooth_frames(scores: FloatArray, window: int) -> FloatArray:
     hi = np.clip(idx + fwd + 1, 0, n)
     out: FloatArray = ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(np.float32)
     return out
-
