@@ -37,10 +37,11 @@ import numpy as np
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from emotion2vec_serving.batching import DECISIONS, BatchPolicy, DecideFn, DynamicBatcher
+from emotion2vec_serving.batching import DECISIONS, DecideFn, DynamicBatcher
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.auth import TokenAuthInterceptor, TokenStore, server_credentials
-from emotion2vec_serving.server.calls.core import CoreLimits, EmotionCore
+from emotion2vec_serving.server.calls.core import EmotionCore
+from emotion2vec_serving.server.calls.limits import CoreLimits
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.grpc import listeners
 from emotion2vec_serving.server.grpc import oip as oip_grpc
@@ -169,15 +170,7 @@ class EmotionServer:
         if caveat is not None:
             log.warning(caveat)
         rate = m.sample_rate_hz
-        policy = BatchPolicy(
-            max_batch_size=s.max_batch_size,
-            preferred_batch_sizes=s.preferred_batch_sizes,
-            max_batch_cost=int(s.max_batch_audio_s * rate),
-            max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
-            max_queue_requests=s.max_queue_requests,
-            max_queue_cost=int(s.max_queue_audio_s * rate),
-            adaptive=s.adaptive_batching,
-        )
+        policy = s.to_batch_policy(rate)
         run_batch: Any = self.runner.run
         if not m.batch_exact and m.batch_exact_equal_length:
             # int8: exact only without padding between items; batch equal lengths only (DESIGN.md, engines).

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emotion2vec_serving.batching.policy import BatchPolicy
 from emotion2vec_serving.batching.registry import DECISIONS, DEFAULT_DECISION
 from emotion2vec_serving.server import defaults
+from emotion2vec_serving.server.runtime.buckets import parse_length_buckets
 
 __all__ = ["BATCH_POLICIES", "ENV_PREFIX", "Settings", "SettingsError", "build_parser", "parse_settings"]
 
@@ -24,6 +26,11 @@ ENV_PREFIX = "EMOTION_"
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 #: ``--batch-policy`` values: the names of the one registry of batch decision functions.
 BATCH_POLICIES = tuple(DECISIONS)
+
+
+#: The batching defaults, stated once in ``BatchPolicy`` (costs in samples at 16 kHz, the delay in seconds):
+#: the batching settings below are these values in the settings' units (see ``Settings.to_batch_policy``).
+_BATCH: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(BatchPolicy)}
 
 
 class SettingsError(ValueError):
@@ -172,13 +179,23 @@ class Settings:
         DEFAULT_DECISION, "how batches are formed: length_aware (this server's policy), fifo (pad to the "
         "longest, arrival order) or equal_shape (identical lengths only); the last two are baselines"
     )
-    max_batch_size: int = _opt(8, "most requests in one batch")
-    preferred_batch_sizes: tuple[int, ...] = _opt((), "batch sizes to prefer, comma-separated (e.g. 4,8)")
-    max_batch_audio_s: float = _opt(60.0, "padded audio per batch (items x longest), in seconds")
-    max_queue_delay_ms: float = _opt(10.0, "longest a request waits for a batch to fill")
-    max_queue_requests: int = _opt(256, "queued requests before RESOURCE_EXHAUSTED")
-    max_queue_audio_s: float = _opt(600.0, "queued audio before RESOURCE_EXHAUSTED, in seconds")
-    adaptive_batching: bool = _opt(True, "fit a latency model and batch only when it pays")
+    max_batch_size: int = _opt(_BATCH["max_batch_size"], "most requests in one batch")
+    preferred_batch_sizes: tuple[int, ...] = _opt(
+        _BATCH["preferred_batch_sizes"], "batch sizes to prefer, comma-separated (e.g. 4,8)"
+    )
+    max_batch_audio_s: float = _opt(
+        _BATCH["max_batch_cost"] / defaults.SAMPLE_RATE_HZ,
+        "padded audio per batch (items x longest), in seconds",
+    )
+    max_queue_delay_ms: float = _opt(
+        _BATCH["max_queue_delay_s"] * 1000.0, "longest a request waits for a batch to fill"
+    )
+    max_queue_requests: int = _opt(_BATCH["max_queue_requests"], "queued requests before RESOURCE_EXHAUSTED")
+    max_queue_audio_s: float = _opt(
+        _BATCH["max_queue_cost"] / defaults.SAMPLE_RATE_HZ,
+        "queued audio before RESOURCE_EXHAUSTED, in seconds",
+    )
+    adaptive_batching: bool = _opt(_BATCH["adaptive"], "fit a latency model and batch only when it pays")
     default_timeout_s: float = _opt(defaults.DEFAULT_TIMEOUT_S, "deadline applied to calls that carry none")
     # --- audio limits
     max_duration_s: float = _opt(
@@ -190,8 +207,9 @@ class Settings:
         aliases=("max_segment_s",),
     )
     max_audio_s: float = _opt(
-        7200.0, "longest Recognize/Embed audio accepted, in seconds (longer than --max-segment-s is "
-        "segmented; 0 = no limit but --max-message-bytes)"
+        defaults.MAX_AUDIO_S,
+        "longest Recognize/Embed audio accepted, in seconds (longer than --max-segment-s is segmented; "
+        "0 = no limit but --max-message-bytes)",
     )
     min_duration_s: float = _opt(defaults.MIN_DURATION_S, "shortest audio accepted per request, in seconds")
     max_stream_duration_s: float = _opt(
@@ -242,8 +260,6 @@ class Settings:
         if self.gpu_mem_limit_mb < -1 or self.gpu_device_id < 0 or self.gpu_cooldown_s < 0:
             problems.append("gpu_mem_limit_mb must be >= -1, gpu_device_id and gpu_cooldown_s >= 0")
         try:
-            from emotion2vec_serving.server.runtime.buckets import parse_length_buckets
-
             parse_length_buckets(self.length_buckets, gpu=True, min_s=0.1, max_s=1.0)
         except ValueError as exc:
             problems.append(str(exc))
@@ -271,6 +287,18 @@ class Settings:
             problems.append("min_duration_s exceeds max_duration_s")
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems))
+
+    def to_batch_policy(self, sample_rate_hz: int) -> BatchPolicy:
+        """The batch policy of a server run with these settings; costs are samples at ``sample_rate_hz``."""
+        return BatchPolicy(
+            max_batch_size=self.max_batch_size,
+            preferred_batch_sizes=self.preferred_batch_sizes,
+            max_batch_cost=int(self.max_batch_audio_s * sample_rate_hz),
+            max_queue_delay_s=self.max_queue_delay_ms / 1000.0,
+            max_queue_requests=self.max_queue_requests,
+            max_queue_cost=int(self.max_queue_audio_s * sample_rate_hz),
+            adaptive=self.adaptive_batching,
+        )
 
     @property
     def max_segment_s(self) -> float:

@@ -1,7 +1,10 @@
 """Default values, stated once: ``config.Settings`` (flags and environment) and the dataclasses the server
-builds from it (``audio.AudioLimits``, ``runner.RunnerOptions``) take their defaults from here, so a
-component built without Settings (tests, benchmarks, embedding code) behaves like the default server.
-Standard library only; tests/server/test_defaults.py compares every pair.
+builds from it (``audio.AudioLimits``, ``runner.RunnerOptions``, ``calls.limits.LongformSettings``) take
+their defaults from here, so a component built without Settings (tests, benchmarks, embedding code)
+behaves like the default server; so do the segmenters (``audio.segmenter``) and the segmentation a
+stream gets when it leaves a setting at 0 (``calls.streams``). The batching defaults are stated once in
+``batching.BatchPolicy`` (standard library only, it cannot import the server); ``Settings`` takes them
+from there. Standard library only; tests/server/test_defaults.py compares every pair.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ ORT_ARENA_SHRINKAGE = True
 GPU_COOLDOWN_S = 300.0
 ENGINE = "onnxruntime"
 INFERENCE_PRECISION = "auto"
-# --- per call (core.CoreLimits)
+# --- long recordings (calls.limits.LongformSettings)
+MAX_AUDIO_S = 7200.0  # longest Recognize/Embed recording (0 = no limit but the message size)
+# --- segmentation (audio.segmenter, calls.streams, long recordings' energy end-pointing)
+SEGMENT_MIN_S = 1.0  # energy end-pointing: shortest segment (a shorter voiced stretch joins the next)
+SEGMENT_MIN_SILENCE_S = 0.3  # energy end-pointing: pause that ends a segment
+SEGMENT_ENERGY_THRESHOLD_DB = -40.0  # energy end-pointing: frames below this are silence (dBFS)
+STREAM_MAX_SEGMENT_S = 10.0  # longest stream segment (capped at MAX_DURATION_S); long recordings use that
+FIXED_WINDOW_S = 2.0  # fixed segmentation: window length (the hop defaults to the window)
+# --- per call (calls.limits.CoreLimits)
 DEFAULT_TIMEOUT_S = 30.0
 MAX_CONCURRENT_STREAMS = 64
 MAX_STREAM_DURATION_S = 3600.0

@@ -21,7 +21,8 @@ FORBIDDEN = {
 }
 #: The protocol-free core: no gRPC, no protobuf stubs (``emotion``), no HTTP library.
 PROTOCOL_FREE = ("server/calls/core.py", "server/calls/streams.py", "server/calls/errors.py",
-                 "server/calls/longform.py")
+                 "server/calls/longform.py", "server/calls/types.py", "server/calls/limits.py",
+                 "server/calls/admission.py", "server/calls/pipeline.py")
 PROTOCOL_MODULES = {"grpc", "grpc_health", "grpc_reflection", "google", "emotion", "aiohttp", "starlette",
                     "uvicorn", "fastapi", "tritonclient"}
 

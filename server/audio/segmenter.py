@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.audio.decode import (
     AudioError,
     AudioLimits,
@@ -43,7 +44,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float32]
 
 #: The rate segmenters work at (the model's rate).
-SAMPLE_RATE_HZ = 16000
+SAMPLE_RATE_HZ = defaults.SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,10 +184,10 @@ class EnergySegmenter(_BufferedSegmenter):
 
     def __init__(
         self,
-        min_segment_s: float = 1.0,
-        max_segment_s: float = 10.0,
-        min_silence_s: float = 0.3,
-        energy_threshold_db: float = -40.0,
+        min_segment_s: float = defaults.SEGMENT_MIN_S,
+        max_segment_s: float = defaults.STREAM_MAX_SEGMENT_S,
+        min_silence_s: float = defaults.SEGMENT_MIN_SILENCE_S,
+        energy_threshold_db: float = defaults.SEGMENT_ENERGY_THRESHOLD_DB,
         *,
         min_voiced_s: float = 0.1,
         frame_s: float = 0.02,
@@ -319,7 +320,7 @@ class FixedSegmenter(_BufferedSegmenter):
 
     def __init__(
         self,
-        window_s: float = 2.0,
+        window_s: float = defaults.FIXED_WINDOW_S,
         hop_s: float | None = None,
         *,
         min_final_s: float = 0.1,

@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 
 from emotion2vec_serving.batching import BatcherClosed, DeadlineExceeded, QueueFull
+from emotion2vec_serving.server.audio.decode import AudioError
 from emotion2vec_serving.server.runtime.runner import RunnerError, RunnerOutOfMemory
 
 __all__ = [
@@ -93,15 +94,6 @@ class CallFailed(Exception):
         self.failure = failure
 
 
-def _audio_error_types() -> tuple[type[BaseException], ...]:
-    # Imported lazily: the audio module pulls in the decoders, and this table must stay importable alone.
-    try:
-        from emotion2vec_serving.server.audio.decode import AudioError
-    except ImportError:  # pragma: no cover - audio module always ships with the server
-        return ()
-    return (AudioError,)
-
-
 def classify(exc: BaseException, retry_after_ms: int | None = None) -> Failure:
     """The one classification of an error raised while serving a call.
 
@@ -110,7 +102,7 @@ def classify(exc: BaseException, retry_after_ms: int | None = None) -> Failure:
     if isinstance(exc, CallFailed):
         return exc.failure
     retry = max(1, int(retry_after_ms)) if retry_after_ms is not None else None
-    if isinstance(exc, (*_audio_error_types(), InvalidRequest)):
+    if isinstance(exc, (AudioError, InvalidRequest)):
         return Failure(ErrorKind.INVALID_ARGUMENT, str(exc), "invalid_argument")
     if isinstance(exc, QueueFull):
         return Failure(ErrorKind.RESOURCE_EXHAUSTED,

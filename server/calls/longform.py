@@ -1,6 +1,7 @@
 """Long recordings (minutes to hours) through Recognize and Embed: segment, submit in a window, aggregate.
 
-Protocol-free (no protobuf, grpc or HTTP types); the core calls it for audio longer than one model pass.
+Protocol-free (no protobuf, grpc or HTTP types). The core hands audio longer than one model pass (decoded
+by the pipeline into a ``PcmStore``) to :class:`LongCalls`, which holds the whole orchestration:
 
 1. :func:`plan_segments` cuts the 16 kHz recording (a :class:`~server.audio.decode.PcmStore`,
    int16) with the stream's energy end-pointing (:class:`EnergySegmenter`): voiced stretches between
@@ -19,7 +20,12 @@ Protocol-free (no protobuf, grpc or HTTP types); the core calls it for audio lon
    (``reduce``), so frame features of segments already answered are not kept.
 3. :func:`aggregate_probs` / :func:`aggregate_embedding` combine the segments into the utterance-level
    answer: the duration-weighted mean of segment probabilities and the frame-weighted mean of segment
-   embeddings. That is an aggregate over segments, not one model pass over the whole recording.
+   embeddings. That is an aggregate over segments, not one model pass over the whole recording; the
+   timing sums the segments' queue waits and inference shares (:func:`sum_timing`).
+
+The call's deadline is its own, or the default timeout per ``max_segment_s`` of audio. Segments planned
+but not yet handed to the batcher are counted in the admission's backlog (the retry hints' queue-drain
+estimate).
 
 Memory: the int16 recording (2 bytes a sample) plus one window of float32 segments plus the reduced
 results (a few floats per segment; frames only when asked for).
@@ -33,27 +39,41 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
 from emotion2vec_serving.batching.errors import QueueFull
 from emotion2vec_serving.server.audio.decode import PcmStore
 from emotion2vec_serving.server.audio.segmenter import EnergySegmenter
+from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.calls.limits import LongformSettings
+from emotion2vec_serving.server.calls.pipeline import Pipeline
+from emotion2vec_serving.server.calls.types import (
+    CallContext,
+    EmbeddingResult,
+    EmbeddingSegment,
+    EmbedOptions,
+    FloatArray,
+    Frame,
+    Recognition,
+    RecognizeOptions,
+    SegmentResult,
+    Timing,
+)
 from emotion2vec_serving.server.runtime.runner import ItemResult
 
 __all__ = [
-    "LongformSettings",
+    "LongCalls",
     "Span",
     "aggregate_embedding",
     "aggregate_probs",
+    "fixed_windows",
     "plan_segments",
     "run_segments",
-    "window_for",
+    "sum_timing",
 ]
 
-FloatArray = npt.NDArray[np.float32]
 T = TypeVar("T")
 
 #: Samples fed to the segmenter at a time while planning (10 s at 16 kHz, 640 KB of float32).
@@ -61,35 +81,6 @@ _PLAN_BLOCK = 160_000
 #: How long to wait before re-submitting a segment the queue refused while none of the call's own
 #: segments is in flight to make room.
 _QUEUE_FULL_BACKOFF_S = 0.05
-
-
-@dataclass(frozen=True)
-class LongformSettings:
-    """How long recordings are cut and submitted (server settings; defaults equal ``Settings``')."""
-
-    max_audio_s: float = 7200.0  # longest recording accepted (0 = no limit but the message size)
-    max_segment_s: float = 30.0  # longest segment = longest single model pass (--max-segment-s)
-    min_segment_s: float = 1.0  # energy end-pointing, as StreamRecognize's defaults
-    min_silence_s: float = 0.3
-    energy_threshold_db: float = -40.0
-    window_segments: int = 16  # most segments of one call queued or running at once
-    window_audio_s: float = 120.0  # most audio of one call queued or running at once
-    initial_window: int = 2  # segments queued or running at first (grows while batches fill it)
-
-    def __post_init__(self) -> None:
-        if self.max_audio_s < 0:
-            raise ValueError("max_audio_s must not be negative")
-        if not self.max_segment_s > 0:
-            raise ValueError("max_segment_s must be positive")
-        if self.window_segments < 1 or self.initial_window < 1 or not self.window_audio_s > 0:
-            raise ValueError("the submission window must hold at least one segment")
-
-
-def window_for(max_batch_size: int, max_batch_audio_s: float, instances: int) -> tuple[int, float, int]:
-    """The submission window: at most about two batches per runner instance (one running, one forming);
-    at first two segments per runner (see :func:`run_segments`). Returns (segments, audio_s, initial)."""
-    most = max(2, 2 * max_batch_size * instances)
-    return most, max(1.0, 2.0 * max_batch_audio_s * instances), min(most, 2 * instances)
 
 
 @dataclass(frozen=True)
@@ -251,3 +242,151 @@ def aggregate_embedding(frame_counts: Sequence[int], embeddings: Sequence[FloatA
     stacked = np.stack([np.asarray(e, np.float64) for e in embeddings])
     out: FloatArray = (weights @ stacked / weights.sum()).astype(np.float32)
     return out
+
+
+def sum_timing(timings: Sequence[Timing], decode_s: float, start: float) -> Timing:
+    """A long call's timing: queue waits and inference shares summed over its segments (a segment's share
+    of a batch is the batch time over the batch size), the mean batch size rounded."""
+    return Timing(
+        queue_ms=sum(t.queue_ms for t in timings),
+        inference_ms=sum(t.inference_ms / max(1, t.batch_size) for t in timings),
+        decode_ms=decode_s * 1000.0, total_ms=(time.monotonic() - start) * 1000.0,
+        batch_size=max(1, round(sum(t.batch_size for t in timings) / max(1, len(timings)))),
+    )
+
+
+def _segment_timing(result: ItemResult, queue_s: float, start: float) -> Timing:
+    return Timing(queue_ms=queue_s * 1000.0, inference_ms=result.inference_s * 1000.0, decode_ms=0.0,
+                  total_ms=(time.monotonic() - start) * 1000.0, batch_size=result.batch_size)
+
+
+class LongCalls:
+    """Recognize and Embed of one long recording as one call: plan, run, reduce, aggregate.
+
+    ``backlog`` is the admission's count of segments accepted but not yet handed to the batcher
+    ([count, samples], updated in place).
+    """
+
+    def __init__(self, pipeline: Pipeline, backlog: list[int]) -> None:
+        self._pipeline = pipeline
+        self._backlog = backlog
+
+    def _deadline(self, call: CallContext, duration_s: float) -> float:
+        """The call's own deadline, or the default timeout per ``max_segment_s`` of audio."""
+        if call.deadline is not None:
+            return call.deadline
+        limits = self._pipeline.limits
+        assert limits.longform is not None
+        passes = max(1.0, duration_s / limits.longform.max_segment_s)
+        return time.monotonic() + limits.default_timeout_s * passes
+
+    async def _run(self, audio: PcmStore, call: CallContext,
+                   reduce: Callable[[Span, ItemResult, float], T]) -> tuple[list[Span], list[T]]:
+        """Plan the segments (in the decode pool) and run them through the batcher as one call."""
+        pipeline = self._pipeline
+        longform = pipeline.limits.longform
+        assert longform is not None
+        loop = asyncio.get_running_loop()
+        min_samples = max(1, int(pipeline.limits.audio.min_duration_s * audio.sample_rate_hz))
+        spans = await loop.run_in_executor(
+            pipeline.decode_executor, lambda: plan_segments(audio, longform, min_samples=min_samples)
+        )
+        if not spans:
+            raise InvalidRequest("the recording holds no segment long enough for the model")
+        pipeline.metrics.observe_segments(call.rpc, len(spans), call.protocol)
+        deadline = self._deadline(call, audio.duration_s)
+        backlog = self._backlog
+        left = [len(spans), sum(s.samples for s in spans)]
+        backlog[0] += left[0]
+        backlog[1] += left[1]
+
+        async def submit(wave: FloatArray) -> ItemResult:
+            backlog[0] -= 1
+            left[0] -= 1
+            backlog[1] -= int(wave.shape[0])
+            left[1] -= int(wave.shape[0])
+            result, _ = await pipeline.infer(wave, deadline, call.priority)
+            return result
+
+        rate = audio.sample_rate_hz
+        try:
+            out = await run_segments(
+                audio, spans, submit, reduce, window_segments=longform.window_segments,
+                window_samples=max(1, int(longform.window_audio_s * rate)),
+                initial_window=longform.initial_window, deadline=deadline,
+            )
+        finally:
+            backlog[0] -= left[0]
+            backlog[1] -= left[1]
+        return spans, out
+
+    async def recognize(self, audio: PcmStore, decode_s: float, options: RecognizeOptions,
+                        call: CallContext, start: float) -> Recognition:
+        pipeline = self._pipeline
+
+        def reduce(span: Span, result: ItemResult, queue_s: float) -> tuple[Any, ...]:
+            # Keep a few floats per segment (and frame scores when asked), never the frame features.
+            assert result.probs is not None and result.frame_probs is not None
+            frames = (pipeline.frames(result.frame_probs, int(options.smoothing_frames), span.duration_s)
+                      if options.frames else ())
+            if frames:
+                frames = tuple(Frame(f.start_s + span.start_s, f.end_s + span.start_s, f.label,
+                                     f.confidence, f.scores) for f in frames)
+            return (result.probs, result.frame_probs, frames, _segment_timing(result, queue_s, start),
+                    result.embedding if options.embedding else None, int(result.frame_features.shape[0]))
+
+        spans, parts = await self._run(audio, call, reduce)
+        probs = aggregate_probs(spans, [p[0] for p in parts])
+        segments: list[SegmentResult] = []
+        all_frames: list[Frame] = []
+        for span, (seg_probs, _, frames, timing, embedding, _n) in zip(spans, parts, strict=True):
+            segments.append(SegmentResult(
+                segment_id=span.index, start_s=span.start_s, end_s=span.end_s,
+                utterance=pipeline.utterance(seg_probs), timing=timing, first_frame=len(all_frames),
+                frame_count=len(frames), embedding=embedding, probs=seg_probs,
+            ))
+            all_frames.extend(frames)
+        embedding = (aggregate_embedding([p[5] for p in parts], [p[4] for p in parts])
+                     if options.embedding else None)
+        return Recognition(
+            utterance=pipeline.utterance(probs), duration_s=audio.duration_s,
+            timing=sum_timing([s.timing for s in segments], decode_s, start),
+            frames=tuple(all_frames), embedding=embedding, probs=probs,
+            frame_probs=np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False),
+            segments=tuple(segments), voiced_s=sum(s.duration_s for s in spans),
+        )
+
+    async def embed(self, audio: PcmStore, decode_s: float, options: EmbedOptions, call: CallContext,
+                    start: float) -> EmbeddingResult:
+        pipeline = self._pipeline
+        if options.frames:
+            # Frame features are 50 per second x dim floats: refuse what could not be sent back anyway.
+            manifest, most = pipeline.manifest, pipeline.limits.audio.max_encoded_bytes
+            frames_bytes = int(audio.duration_s * manifest.frame_rate_hz) * manifest.embedding_dim * 4
+            if frames_bytes > most:
+                raise InvalidRequest(
+                    f"frame embeddings of {audio.duration_s:.0f} s of audio would be about "
+                    f"{frames_bytes / 2**20:.0f} MiB, more than a message may hold "
+                    f"({most / 2**20:.0f} MiB): ask for frames of shorter audio"
+                )
+
+        def reduce(span: Span, result: ItemResult, queue_s: float) -> tuple[Any, ...]:
+            return (result.embedding, int(result.frame_features.shape[0]),
+                    _segment_timing(result, queue_s, start),
+                    result.frame_features if options.frames else None)
+
+        spans, parts = await self._run(audio, call, reduce)
+        segments: list[EmbeddingSegment] = []
+        first = 0
+        for span, (embedding, n, timing, _) in zip(spans, parts, strict=True):
+            segments.append(EmbeddingSegment(segment_id=span.index, start_s=span.start_s, end_s=span.end_s,
+                                             embedding=embedding, first_frame=first, frame_count=n,
+                                             timing=timing))
+            first += n
+        frame_features = (np.concatenate([p[3] for p in parts]).astype(np.float32, copy=False)
+                          if options.frames else None)
+        return EmbeddingResult(
+            embedding=aggregate_embedding([p[1] for p in parts], [p[0] for p in parts]),
+            frame_features=frame_features, duration_s=audio.duration_s,
+            timing=sum_timing([s.timing for s in segments], decode_s, start), segments=tuple(segments),
+        )

@@ -7,8 +7,9 @@ waiting for their result: beyond that the reader stops reading, and the transpor
 the client down instead of the server buffering without bound. After the chunks end, the open segment is
 finished and a summary over the whole stream follows.
 
-Sessions are made by ``EmotionCore.stream`` (admission, counting); front ends convert their messages to
-:class:`StreamSettings` and ``bytes`` chunks, and the events back.
+Sessions are made by ``EmotionCore.stream`` (admission, counting) over the core's pipeline (decoding
+limits, batcher submission, results); front ends convert their messages to :class:`StreamSettings` and
+``bytes`` chunks, and the events back.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.audio.segmenter import (
     EnergySegmenter,
     FixedSegmenter,
@@ -30,10 +32,9 @@ from emotion2vec_serving.server.audio.segmenter import (
     StreamDecoder,
 )
 from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.calls.pipeline import Pipeline
+from emotion2vec_serving.server.calls.types import CallContext, Score, Timing, Utterance
 from emotion2vec_serving.server.runtime.runner import ItemResult
-
-if TYPE_CHECKING:
-    from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, Score, Timing, Utterance
 
 __all__ = [
     "MAX_PENDING_SEGMENTS",
@@ -49,9 +50,15 @@ __all__ = [
 #: Segments of one stream submitted but not yet answered; the reader waits beyond this.
 MAX_PENDING_SEGMENTS = 8
 
-#: Values used for segmentation settings left at 0 (protocols such as proto3 cannot tell 0 from unset).
-SEGMENTATION_DEFAULTS = {"min_segment_s": 1.0, "max_segment_s": 10.0, "min_silence_s": 0.3,
-                         "energy_threshold_db": -40.0, "window_s": 2.0}
+#: Values used for segmentation settings left at 0 (protocols such as proto3 cannot tell 0 from unset),
+#: by setting name; the values are stated in ``server/defaults.py``.
+SEGMENTATION_DEFAULTS = {
+    "min_segment_s": defaults.SEGMENT_MIN_S,
+    "max_segment_s": defaults.STREAM_MAX_SEGMENT_S,
+    "min_silence_s": defaults.SEGMENT_MIN_SILENCE_S,
+    "energy_threshold_db": defaults.SEGMENT_ENERGY_THRESHOLD_DB,
+    "window_s": defaults.FIXED_WINDOW_S,
+}
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,8 @@ _END = object()
 class StreamSession:
     """State of one stream. ``configure`` once, then ``run`` once; raised errors are domain errors."""
 
-    def __init__(self, core: EmotionCore, call: CallContext) -> None:
-        self._core = core
+    def __init__(self, pipeline: Pipeline, call: CallContext) -> None:
+        self._pipeline = pipeline
         self._call = call
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._slots = asyncio.Semaphore(MAX_PENDING_SEGMENTS)
@@ -166,7 +173,7 @@ class StreamSession:
         """Validate the settings and build the decoder and segmenter (InvalidRequest / AudioError)."""
         if self._settings is not None:
             raise InvalidRequest("the stream is already configured")
-        limits = self._core.limits
+        limits = self._pipeline.limits
         if settings.encoding not in ("s16le", "f32le"):
             raise InvalidRequest(f"stream encoding must be s16le or f32le (got {settings.encoding!r})")
         if settings.sample_rate_hz <= 0:
@@ -181,12 +188,12 @@ class StreamSession:
         """Segment events in order while ``chunks`` arrive, then one summary."""
         if self._settings is None:
             raise InvalidRequest("the stream has no settings: configure it before sending audio")
-        core = self._core
+        pipeline = self._pipeline
         deadline_fixed = self._call.deadline
         reader = asyncio.create_task(self._read(chunks, deadline_fixed), name="stream-reader")
         pending: list[_Pending] = []
         sum_probs: np.ndarray[Any, np.dtype[np.float64]] | None = None
-        label_seconds = np.zeros(len(core.manifest.labels), np.float64)
+        label_seconds = np.zeros(len(pipeline.manifest.labels), np.float64)
         weight = 0.0
         segments = 0
         try:
@@ -208,7 +215,7 @@ class StreamSession:
                 duration = item.segment.duration_s
                 weighted = result.probs.astype(np.float64) * duration
                 sum_probs = weighted if sum_probs is None else sum_probs + weighted
-                top = int(np.argmax(np.where(core.enabled_labels, result.probs, -np.inf)))
+                top = int(np.argmax(np.where(pipeline.enabled_labels, result.probs, -np.inf)))
                 label_seconds[top] += duration
                 weight += duration
                 segments += 1
@@ -224,7 +231,7 @@ class StreamSession:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(reader, *(p.task for p in pending), return_exceptions=True)
             if self._decoder is not None:
-                core.metrics.observe_audio(self._call.rpc, self._decoder.duration_s, self._call.protocol)
+                pipeline.metrics.observe_audio(self._call.rpc, self._decoder.duration_s, self._call.protocol)
 
     # ------------------------------------------------------------------ reading
 
@@ -251,8 +258,8 @@ class StreamSession:
             return out
 
         loop = asyncio.get_running_loop()
-        segments = await loop.run_in_executor(self._core.decode_executor, work)
-        longest = self._core.limits.max_stream_duration_s
+        segments = await loop.run_in_executor(self._pipeline.decode_executor, work)
+        longest = self._pipeline.limits.max_stream_duration_s
         if decoder.duration_s > longest:
             raise InvalidRequest(f"stream longer than the maximum of {longest:g} s")
         for segment in segments:
@@ -263,37 +270,35 @@ class StreamSession:
         assert self._settings is not None
         deadline = deadline_fixed
         if deadline is None:
-            deadline = time.monotonic() + self._core.limits.default_timeout_s
-        task = asyncio.create_task(self._core.infer(segment.samples, deadline, self._settings.priority))
+            deadline = time.monotonic() + self._pipeline.limits.default_timeout_s
+        task = asyncio.create_task(self._pipeline.infer(segment.samples, deadline, self._settings.priority))
         self._outbox.put_nowait(_Pending(segment, task, time.monotonic()))
 
     # ------------------------------------------------------------------ events
 
     def _segment_event(self, item: _Pending, result: ItemResult, queue_s: float) -> SegmentEvent:
-        core = self._core
+        pipeline = self._pipeline
         assert result.probs is not None and self._settings is not None
-        utterance = core.utterance(result.probs)
-        core.metrics.observe_prediction(utterance.label, utterance.confidence)
+        utterance = pipeline.utterance(result.probs)
+        pipeline.metrics.observe_prediction(utterance.label, utterance.confidence)
         seg = item.segment
         return SegmentEvent(
             segment_id=seg.index, start_s=seg.start_s, end_s=seg.end_s, utterance=utterance,
-            timing=core.timing(result, queue_s, 0.0, item.ready_s),
+            timing=pipeline.timing(result, queue_s, 0.0, item.ready_s),
             embedding=result.embedding if self._settings.embedding else None,
         )
 
     def _summary(self, segments: int, sum_probs: np.ndarray[Any, np.dtype[np.float64]] | None, weight: float,
                  label_seconds: np.ndarray[Any, np.dtype[np.float64]]) -> SummaryEvent:
-        from emotion2vec_serving.server.calls.core import Score
-
-        core = self._core
+        pipeline = self._pipeline
         assert self._decoder is not None and self._segmenter is not None
         overall = None
         if sum_probs is not None and weight > 0:
-            overall = core.utterance((sum_probs / weight).astype(np.float32))
+            overall = pipeline.utterance((sum_probs / weight).astype(np.float32))
         return SummaryEvent(
             segments=segments, duration_s=self._decoder.duration_s,
-            voiced_s=self._segmenter.covered_samples / core.manifest.sample_rate_hz,
+            voiced_s=self._segmenter.covered_samples / pipeline.manifest.sample_rate_hz,
             label_seconds=tuple(Score(lb.index, lb.name, lb.name_zh, float(label_seconds[lb.index]))
-                                for lb in core.manifest.labels),
+                                for lb in pipeline.manifest.labels),
             overall=overall,
         )

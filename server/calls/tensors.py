@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from emotion2vec_serving.server.calls.core import AudioInput, ModelCard, Recognition, RecognizeOptions
 from emotion2vec_serving.server.calls.errors import InvalidRequest, ModelNotFound
+from emotion2vec_serving.server.calls.types import AudioInput, ModelCard, Recognition, RecognizeOptions
 
 __all__ = [
     "INPUTS",

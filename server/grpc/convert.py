@@ -9,18 +9,18 @@ import grpc
 from emotion.v1 import emotion_pb2
 
 from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1
-from emotion2vec_serving.server.calls.core import (
+from emotion2vec_serving.server.calls.core import EmotionCore
+from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.calls.types import (
     AudioInput,
     CallContext,
     EmbeddingSegment,
-    EmotionCore,
     Frame,
     Score,
     SegmentResult,
     Timing,
     Utterance,
 )
-from emotion2vec_serving.server.calls.errors import InvalidRequest
 
 __all__ = [
     "PROTOCOL",

@@ -14,12 +14,9 @@ from typing import Any
 import grpc
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
-from emotion2vec_serving.server.calls.core import (
-    EmbedOptions,
-    EmotionCore,
-    RecognizeOptions,
-)
+from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest
+from emotion2vec_serving.server.calls.types import EmbedOptions, RecognizeOptions
 from emotion2vec_serving.server.grpc.convert import (
     audio_input,
     call_context,

@@ -25,8 +25,9 @@ from google.protobuf import json_format
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_GRPC
 from emotion2vec_serving.server.calls import tensors as oip
-from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, ModelCard
+from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest, ModelNotFound
+from emotion2vec_serving.server.calls.types import CallContext, ModelCard
 from emotion2vec_serving.server.grpc.status import abort
 
 __all__ = ["PROTOCOL", "PUBLIC_METHODS", "SERVICE_NAME", "OipGrpcService", "add_to_server"]

@@ -35,7 +35,7 @@ from aiohttp import web
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_HTTP
 from emotion2vec_serving.server.auth import TokenStore
 from emotion2vec_serving.server.calls import tensors as oip
-from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, ModelCard
+from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import (
     CallFailed,
     Failure,
@@ -44,6 +44,7 @@ from emotion2vec_serving.server.calls.errors import (
     Unauthenticated,
     classify,
 )
+from emotion2vec_serving.server.calls.types import CallContext, ModelCard
 from emotion2vec_serving.server.http.status import http_error
 
 __all__ = ["HEADER_LENGTH", "PROTOCOL", "add_routes"]

@@ -50,13 +50,7 @@ from aiohttp import BodyPartReader, WSMsgType, hdrs, web
 
 from emotion2vec_serving.clients.wire import PROTOCOL_WS, RETRY_AFTER_HEADER, RETRY_AFTER_MS_KEY
 from emotion2vec_serving.server.auth import TokenStore
-from emotion2vec_serving.server.calls.core import (
-    AudioInput,
-    CallContext,
-    EmbedOptions,
-    EmotionCore,
-    RecognizeOptions,
-)
+from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import (
     CallFailed,
     Failure,
@@ -65,6 +59,7 @@ from emotion2vec_serving.server.calls.errors import (
     classify,
 )
 from emotion2vec_serving.server.calls.streams import SegmentationSettings, StreamSettings
+from emotion2vec_serving.server.calls.types import AudioInput, CallContext, EmbedOptions, RecognizeOptions
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.http.status import http_error
 

@@ -16,22 +16,21 @@ from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY, RETRY_PUSHBACK_KEY
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.audio.decode import AudioLimits, decode_pcm
-from emotion2vec_serving.server.calls.core import (
-    AudioInput,
-    CallContext,
-    CallFailed,
-    CoreLimits,
-    EmbedOptions,
-    EmotionCore,
-    Recognition,
-    RecognizeOptions,
-)
-from emotion2vec_serving.server.calls.errors import ErrorKind
+from emotion2vec_serving.server.calls.core import EmotionCore
+from emotion2vec_serving.server.calls.errors import CallFailed, ErrorKind
+from emotion2vec_serving.server.calls.limits import CoreLimits
 from emotion2vec_serving.server.calls.streams import (
     SegmentationSettings,
     SegmentEvent,
     StreamSettings,
     SummaryEvent,
+)
+from emotion2vec_serving.server.calls.types import (
+    AudioInput,
+    CallContext,
+    EmbedOptions,
+    Recognition,
+    RecognizeOptions,
 )
 from emotion2vec_serving.server.grpc.status import status_code, trailing_metadata
 from emotion2vec_serving.server.http.status import http_error
@@ -42,7 +41,7 @@ from tests.server.audio_fixtures import encode, make_signal, pcm_bytes, tone_bur
 RATE = 16000
 LIMITS = CoreLimits(audio=AudioLimits(max_duration_s=5.0, min_duration_s=0.1), default_timeout_s=30.0,
                     max_concurrent_streams=1, max_stream_duration_s=60.0)
-#: Stream segments up to 4 s (the default 10 s exceeds this core's 5 s limit and is refused).
+#: Stream segments up to 4 s (within this core's 5 s limit).
 SEG = SegmentationSettings(mode="energy", max_segment_s=4.0)
 
 

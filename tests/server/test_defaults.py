@@ -1,22 +1,27 @@
 """One set of defaults: what a component built without ``Settings`` does equals the default server.
 
 Each dataclass the server builds from ``Settings`` is compared field by field with ``Settings()``; a new
-field with a ``Settings`` counterpart of the same name is compared automatically. Also: the batch policy
-names come from the one registry of decision functions.
+field with a ``Settings`` counterpart of the same name is compared automatically. The batch policy the
+default settings build is ``BatchPolicy()``; long recordings, the segmenters and a stream's segmentation
+left at 0 use the values stated in ``server/defaults.py``. Also: the batch policy names come from the one
+registry of decision functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import pytest
 
-from emotion2vec_serving.batching import DECISIONS, decide, decide_equal_shape, decide_fifo
+from emotion2vec_serving.batching import DECISIONS, BatchPolicy, decide, decide_equal_shape, decide_fifo
 from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.app import BATCH_DECISIONS
 from emotion2vec_serving.server.audio.decode import AudioLimits
-from emotion2vec_serving.server.calls.core import CoreLimits
+from emotion2vec_serving.server.audio.segmenter import EnergySegmenter, FixedSegmenter
+from emotion2vec_serving.server.calls.limits import CoreLimits, LongformSettings
+from emotion2vec_serving.server.calls.streams import SEGMENTATION_DEFAULTS
 from emotion2vec_serving.server.config import BATCH_POLICIES, Settings, SettingsError, parse_settings
 from emotion2vec_serving.server.runtime.runner import RunnerOptions
 
@@ -93,3 +98,65 @@ def test_batch_policies_are_the_one_registry() -> None:
         assert parse_settings(["--batch-policy", name], env={}).batch_policy == name
     with pytest.raises(SettingsError, match="batch policy 'lifo'"):
         parse_settings(["--batch-policy", "lifo"], env={})
+
+
+# ------------------------------------------------------------------ batching: stated once in BatchPolicy
+
+
+def test_the_default_settings_build_the_default_batch_policy() -> None:
+    """``BatchPolicy`` states the batching defaults; ``Settings`` takes them in its own units."""
+    assert Settings().to_batch_policy(defaults.SAMPLE_RATE_HZ) == BatchPolicy()
+
+
+def test_every_batching_setting_reaches_the_policy() -> None:
+    s = dataclasses.replace(Settings(), max_batch_size=3, preferred_batch_sizes=(2, 3), max_batch_audio_s=7.0,
+                            max_queue_delay_ms=25.0, max_queue_requests=9, max_queue_audio_s=70.0,
+                            adaptive_batching=False)
+    assert s.to_batch_policy(8000) == BatchPolicy(
+        max_batch_size=3, preferred_batch_sizes=(2, 3), max_batch_cost=7 * 8000, max_queue_delay_s=0.025,
+        max_queue_requests=9, max_queue_cost=70 * 8000, adaptive=False,
+    )
+
+
+# ------------------------------------------------------------------ long recordings and segmentation
+
+#: Segmentation setting -> its one stated default.
+SEGMENTATION = {
+    "min_segment_s": defaults.SEGMENT_MIN_S,
+    "max_segment_s": defaults.STREAM_MAX_SEGMENT_S,
+    "min_silence_s": defaults.SEGMENT_MIN_SILENCE_S,
+    "energy_threshold_db": defaults.SEGMENT_ENERGY_THRESHOLD_DB,
+    "window_s": defaults.FIXED_WINDOW_S,
+}
+
+
+def _parameter_defaults(function: Any) -> dict[str, Any]:
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_long_recordings_of_the_default_server_are_the_stated_defaults() -> None:
+    built = CoreLimits.from_settings(Settings(), defaults.SAMPLE_RATE_HZ).longform
+    assert built == LongformSettings()
+    assert (built.max_audio_s, built.max_segment_s) == (defaults.MAX_AUDIO_S, defaults.MAX_DURATION_S)
+    assert Settings().max_audio_s == defaults.MAX_AUDIO_S
+    # Long recordings are end-pointed as streams are, except for the longest segment (one model pass).
+    for name in ("min_segment_s", "min_silence_s", "energy_threshold_db"):
+        assert getattr(built, name) == SEGMENTATION[name], name
+
+
+def test_the_segmenters_defaults_are_the_stated_defaults() -> None:
+    energy = _parameter_defaults(EnergySegmenter)
+    assert {name: energy[name] for name in ("min_segment_s", "max_segment_s", "min_silence_s",
+                                            "energy_threshold_db")} == {
+        name: SEGMENTATION[name] for name in ("min_segment_s", "max_segment_s", "min_silence_s",
+                                              "energy_threshold_db")}
+    assert _parameter_defaults(FixedSegmenter)["window_s"] == SEGMENTATION["window_s"]
+    assert energy["sample_rate_hz"] == _parameter_defaults(FixedSegmenter)["sample_rate_hz"] \
+        == defaults.SAMPLE_RATE_HZ
+
+
+def test_a_stream_leaving_segmentation_at_zero_gets_the_stated_defaults() -> None:
+    assert SEGMENTATION_DEFAULTS == SEGMENTATION
+    # The default longest segment fits in one model pass of the default server (else it would be capped).
+    assert SEGMENTATION["max_segment_s"] <= Settings().max_duration_s

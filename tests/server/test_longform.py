@@ -257,7 +257,7 @@ async def test_cancelling_a_long_call_frees_the_queue(start_server: StartServer)
         await call
     await wait_until_async(lambda: running.metric("emotion_queue_requests") == 0 and core.inflight == 0,
                            timeout_s=30, message="the queue emptied after the cancel")
-    assert core._backlog == [0, 0]
+    assert core._admission.backlog == [0, 0]
     ran = running.metric("emotion_batch_size_sum")
     planned = running.metric("emotion_request_segments_sum", rpc="Recognize")
     assert ran < planned, "cancelled segments must not run"

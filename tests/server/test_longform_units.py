@@ -21,8 +21,8 @@ from emotion2vec_serving.server.audio.decode import (
     decode_encoded_any,
     decode_pcm_any,
 )
+from emotion2vec_serving.server.calls.limits import LongformSettings
 from emotion2vec_serving.server.calls.longform import (
-    LongformSettings,
     Span,
     aggregate_embedding,
     aggregate_probs,
@@ -354,7 +354,7 @@ async def test_cancelling_the_call_empties_the_queue() -> None:
 
 
 def test_max_segment_s_is_the_max_duration_s_setting_and_max_audio_s_is_checked() -> None:
-    from emotion2vec_serving.server.calls.core import CoreLimits
+    from emotion2vec_serving.server.calls.limits import CoreLimits
     from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
 
     assert parse_settings(["--max-segment-s", "12"], {}).max_duration_s == 12.0
