@@ -54,7 +54,7 @@ from emotion2vec_serving.server.calls.longform import (
     window_for,
 )
 from emotion2vec_serving.server.metrics import ServerMetrics
-from emotion2vec_serving.server.runtime.runner import ItemResult
+from emotion2vec_serving.server.runtime.contract import ItemResult
 
 __all__ = [
     "AudioInput",

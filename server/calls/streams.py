@@ -30,7 +30,7 @@ from emotion2vec_serving.server.audio.segmenter import (
     StreamDecoder,
 )
 from emotion2vec_serving.server.calls.errors import InvalidRequest
-from emotion2vec_serving.server.runtime.runner import ItemResult
+from emotion2vec_serving.server.runtime.contract import ItemResult
 
 if TYPE_CHECKING:
     from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, Score, Timing, Utterance

@@ -36,7 +36,9 @@ from emotion2vec_serving.server.calls.streams import (
 from emotion2vec_serving.server.grpc.status import status_code, trailing_metadata
 from emotion2vec_serving.server.http.status import http_error
 from emotion2vec_serving.server.metrics import ServerMetrics
-from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions, split_on_error
+from emotion2vec_serving.server.runtime.contract import RunnerOptions, split_on_error
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
 from tests.server.audio_fixtures import encode, make_signal, pcm_bytes, tone_bursts
 
 RATE = 16000

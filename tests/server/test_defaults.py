@@ -18,7 +18,7 @@ from emotion2vec_serving.server.app import BATCH_DECISIONS
 from emotion2vec_serving.server.audio.decode import AudioLimits
 from emotion2vec_serving.server.calls.core import CoreLimits
 from emotion2vec_serving.server.config import BATCH_POLICIES, Settings, SettingsError, parse_settings
-from emotion2vec_serving.server.runtime.runner import RunnerOptions
+from emotion2vec_serving.server.runtime.contract import RunnerOptions
 
 #: dataclass field -> Settings field, where the names differ.
 RENAMED: dict[type, dict[str, str]] = {

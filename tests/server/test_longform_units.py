@@ -30,7 +30,7 @@ from emotion2vec_serving.server.calls.longform import (
     plan_segments,
     run_segments,
 )
-from emotion2vec_serving.server.runtime.runner import ItemResult
+from emotion2vec_serving.server.runtime.contract import ItemResult
 from tests.polling import wait_until_async
 from tests.server.audio_fixtures import encode, make_signal, pcm_bytes
 from tests.server.longform_fixtures import RATE, recording
