@@ -24,16 +24,11 @@ import numpy as np
 import numpy.typing as npt
 
 from emotion2vec_serving.modelrepo.manifest import Label, ModelManifest
-from emotion2vec_serving.server.audio.decode import (
-    AudioLimits,
-    Decoded,
-    PcmEncoding,
-    PcmStore,
-    decode_encoded_any,
-    decode_pcm,
-    decode_pcm_any,
-)
 from emotion2vec_serving.server.audio.decode import decode_encoded as _decode_encoded
+from emotion2vec_serving.server.audio.decode import decode_encoded_any
+from emotion2vec_serving.server.audio.errors import AudioLimits
+from emotion2vec_serving.server.audio.pcm import PcmEncoding, decode_pcm, decode_pcm_any
+from emotion2vec_serving.server.audio.store import Decoded, PcmStore
 from emotion2vec_serving.server.calls.errors import (
     CallFailed,
     Draining,

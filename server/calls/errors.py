@@ -96,7 +96,7 @@ class CallFailed(Exception):
 def _audio_error_types() -> tuple[type[BaseException], ...]:
     # Imported lazily: the audio module pulls in the decoders, and this table must stay importable alone.
     try:
-        from emotion2vec_serving.server.audio.decode import AudioError
+        from emotion2vec_serving.server.audio.errors import AudioError
     except ImportError:  # pragma: no cover - audio module always ships with the server
         return ()
     return (AudioError,)

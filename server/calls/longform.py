@@ -39,8 +39,8 @@ import numpy as np
 import numpy.typing as npt
 
 from emotion2vec_serving.batching.errors import QueueFull
-from emotion2vec_serving.server.audio.decode import PcmStore
 from emotion2vec_serving.server.audio.segmenter import EnergySegmenter
+from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.runtime.contract import ItemResult
 
 __all__ = [

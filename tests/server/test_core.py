@@ -15,7 +15,8 @@ import pytest
 from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY, RETRY_PUSHBACK_KEY
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
-from emotion2vec_serving.server.audio.decode import AudioLimits, decode_pcm
+from emotion2vec_serving.server.audio.errors import AudioLimits
+from emotion2vec_serving.server.audio.pcm import decode_pcm
 from emotion2vec_serving.server.calls.core import (
     AudioInput,
     CallContext,

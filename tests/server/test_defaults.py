@@ -15,7 +15,7 @@ import pytest
 from emotion2vec_serving.batching import DECISIONS, decide, decide_equal_shape, decide_fifo
 from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.app import BATCH_DECISIONS
-from emotion2vec_serving.server.audio.decode import AudioLimits
+from emotion2vec_serving.server.audio.errors import AudioLimits
 from emotion2vec_serving.server.calls.core import CoreLimits
 from emotion2vec_serving.server.config import BATCH_POLICIES, Settings, SettingsError, parse_settings
 from emotion2vec_serving.server.runtime.contract import RunnerOptions

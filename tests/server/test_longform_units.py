@@ -13,14 +13,10 @@ import pytest
 
 from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 from emotion2vec_serving.batching.errors import QueueFull
-from emotion2vec_serving.server.audio.decode import (
-    AudioError,
-    AudioLimits,
-    PcmStore,
-    decode_encoded,
-    decode_encoded_any,
-    decode_pcm_any,
-)
+from emotion2vec_serving.server.audio.decode import decode_encoded, decode_encoded_any
+from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
+from emotion2vec_serving.server.audio.pcm import decode_pcm_any
+from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.longform import (
     LongformSettings,
     Span,
