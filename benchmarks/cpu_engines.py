@@ -73,8 +73,10 @@ def load1() -> float:
 
 def make_runner(config: Config, threads: int) -> Any:
     from emotion2vec_serving.modelrepo.manifest import load_manifest
+    from emotion2vec_serving.server.runtime.contract import RunnerOptions
     from emotion2vec_serving.server.runtime.engines import equal_length_batches, session_factory_for
-    from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions
+    from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+    from emotion2vec_serving.server.runtime.runner import Runner
 
     manifest = load_manifest(config.repo)
     runner = Runner(

@@ -179,8 +179,9 @@ class Check:
         """A real ``Runner`` built from server ``Settings`` the way the server builds it (buckets on GPU)."""
         from emotion2vec_serving.modelrepo.manifest import load_manifest
         from emotion2vec_serving.server.config import Settings
-        from emotion2vec_serving.server.runtime.gpu import from_settings
-        from emotion2vec_serving.server.runtime.runner import Runner, RunnerOptions, ort_session_factory
+        from emotion2vec_serving.server.runtime.contract import RunnerOptions
+        from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
+        from emotion2vec_serving.server.runtime.runner import Runner
 
         base: dict[str, Any] = {
             "providers": providers or self.providers,
@@ -190,7 +191,7 @@ class Check:
         }
         settings = Settings(**{**base, **settings_overrides})
         manifest = load_manifest(self.repos[precision])
-        gpu_options, buckets = from_settings(settings, f"gpu-check-{precision}")
+        gpu_options, buckets = settings.gpu_options(f"gpu-check-{precision}")
         options = RunnerOptions(
             providers=settings.providers,
             intra_op_threads=settings.effective_intra_op_threads,
@@ -563,12 +564,12 @@ class Check:
     def step_fallback(self, st: Step) -> None:
         from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
         from emotion2vec_serving.export.signals import speech_like
-        from emotion2vec_serving.server.runtime.runner import (
+        from emotion2vec_serving.server.runtime.contract import (
             RunnerOutOfMemory,
             is_out_of_memory,
-            ort_session_factory,
             split_on_error,
         )
+        from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
 
         injector = _Injector(ort_session_factory, relabel=not self.gpu)
         cooldown = 1.0 if self.args.quick else 3.0
@@ -808,7 +809,7 @@ def _real_session(runner: Any) -> Any:
 
 def _time_cell(runner: Any, bs: int, seconds: float, budget_s: float) -> dict[str, Any]:
     from emotion2vec_serving.export.signals import speech_like
-    from emotion2vec_serving.server.runtime.runner import RunnerOutOfMemory
+    from emotion2vec_serving.server.runtime.contract import RunnerOutOfMemory
 
     n = int(seconds * RATE)
     batch = [speech_like(n, seed=i) for i in range(bs)]
@@ -838,7 +839,8 @@ def _tf32_child(repo: Path, providers: Sequence[str], lengths: Sequence[int]) ->
         "from emotion2vec_serving.export.signals import speech_like\n"
         "from emotion2vec_serving.server.runtime.gpu import GpuOptions\n"
         "from emotion2vec_serving.modelrepo.manifest import load_manifest\n"
-        "from emotion2vec_serving.server.runtime.runner import Runner, RunnerOptions\n"
+        "from emotion2vec_serving.server.runtime.contract import RunnerOptions\n"
+        "from emotion2vec_serving.server.runtime.runner import Runner\n"
         "repo, providers, lengths = sys.argv[1], sys.argv[2].split(','), json.loads(sys.argv[3])\n"
         "options = RunnerOptions(providers=tuple(providers), gpu=GpuOptions(tf32=True))\n"
         "r = Runner(load_manifest(repo), options)\n"

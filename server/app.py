@@ -49,16 +49,15 @@ from emotion2vec_serving.server.grpc.admission import RpcAdmission
 from emotion2vec_serving.server.grpc.emotion_v1 import EmotionService
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME, Health
 from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
-from emotion2vec_serving.server.runtime.engines import equal_length_batches, session_factory_for
-from emotion2vec_serving.server.runtime.gpu import from_settings as gpu_from_settings
-from emotion2vec_serving.server.runtime.runner import (
-    CPU_PROVIDER,
-    Runner,
+from emotion2vec_serving.server.runtime.contract import (
     RunnerOptions,
     SessionFactory,
     is_out_of_memory,
     split_on_error,
 )
+from emotion2vec_serving.server.runtime.engines import equal_length_batches, session_factory_for
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
 
 if TYPE_CHECKING:
     from emotion2vec_serving.server.http.app import HttpFrontEnd
@@ -141,7 +140,7 @@ class EmotionServer:
         if s.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(s.metrics_port)
             log.info("metrics on http://0.0.0.0:%d/metrics", self.metrics_port)
-        gpu_options, buckets = gpu_from_settings(s, f"{m.model_name}-{m.model_version}-{m.precision}")
+        gpu_options, buckets = s.gpu_options(f"{m.model_name}-{m.model_version}-{m.precision}")
         options = RunnerOptions(
             # OpenVINO runs on the CPU here; the ONNX Runtime provider list is for ONNX Runtime.
             providers=(CPU_PROVIDER,) if s.engine == "openvino" else s.providers,

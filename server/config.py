@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,18 @@ from typing import Any
 from emotion2vec_serving.batching.policy import BatchPolicy
 from emotion2vec_serving.batching.registry import DECISIONS, DEFAULT_DECISION
 from emotion2vec_serving.server import defaults
-from emotion2vec_serving.server.runtime.buckets import parse_length_buckets
+from emotion2vec_serving.server.runtime.buckets import LengthBuckets, parse_length_buckets
+from emotion2vec_serving.server.runtime.gpu import (
+    GpuOptions,
+    cuda_provider_options,
+    gpu_wanted,
+    resolve_gpu_mem_limit,
+)
+from emotion2vec_serving.server.runtime.providers import TENSORRT_PROVIDER
 
 __all__ = ["BATCH_POLICIES", "ENV_PREFIX", "Settings", "SettingsError", "build_parser", "parse_settings"]
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "EMOTION_"
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -314,6 +324,37 @@ class Settings:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # not on Linux
             return max(1, os.cpu_count() or 1)
+
+    def gpu_options(self, model_tag: str) -> tuple[GpuOptions, LengthBuckets | None]:
+        """The runner's GPU options and length buckets (``model_tag`` names the TensorRT caches).
+
+        Nothing GPU-specific happens (no NVML query) unless a GPU provider is asked for.
+        """
+        wanted = gpu_wanted(self.engine, self.providers)
+        buckets = parse_length_buckets(self.length_buckets, gpu=wanted,
+                                       min_s=max(self.min_duration_s, 0.25), max_s=self.max_duration_s)
+        if not wanted:
+            return GpuOptions(), buckets
+        limit = resolve_gpu_mem_limit(self.gpu_mem_limit_mb, device_id=self.gpu_device_id)
+        options = GpuOptions(
+            device_id=self.gpu_device_id,
+            cudnn_conv_algo_search=self.cudnn_conv_algo_search,
+            gpu_mem_limit_bytes=limit,
+            arena_extend_strategy=self.gpu_arena_extend_strategy,
+            tf32=self.gpu_tf32,
+            tensorrt_cache_dir=str(Path(self.model_cache_dir) / "tensorrt" / model_tag),
+            tensorrt_fp16=self.tensorrt_fp16,
+            tensorrt_profile_lengths=buckets.edges if buckets is not None else (),
+            tensorrt_max_batch=self.max_batch_size,
+        )
+        if TENSORRT_PROVIDER in self.providers:
+            try:  # TensorRT writes its engine and timing caches there
+                Path(options.tensorrt_cache_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot create the TensorRT cache directory %s: %s", options.tensorrt_cache_dir,
+                            exc)
+        log.info("GPU options: %s; length buckets: %s", cuda_provider_options(options), buckets)
+        return options, buckets
 
 
 def _env_name(name: str) -> str:

@@ -23,9 +23,8 @@ import numpy.typing as npt
 import soxr
 
 from emotion2vec_serving.server import defaults
-from emotion2vec_serving.server.audio.decode import (
-    AudioError,
-    AudioLimits,
+from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
+from emotion2vec_serving.server.audio.pcm import (
     PcmEncoding,
     check_samples,
     pcm_to_mono_float32,

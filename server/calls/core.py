@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
-from emotion2vec_serving.server.audio.decode import PcmStore
+from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.admission import Admission
 from emotion2vec_serving.server.calls.errors import Failure, InvalidRequest
 from emotion2vec_serving.server.calls.limits import CoreLimits

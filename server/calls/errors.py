@@ -14,8 +14,8 @@ import enum
 from dataclasses import dataclass
 
 from emotion2vec_serving.batching import BatcherClosed, DeadlineExceeded, QueueFull
-from emotion2vec_serving.server.audio.decode import AudioError
-from emotion2vec_serving.server.runtime.runner import RunnerError, RunnerOutOfMemory
+from emotion2vec_serving.server.audio.errors import AudioError
+from emotion2vec_serving.server.runtime.contract import RunnerError, RunnerOutOfMemory
 
 __all__ = [
     "CallFailed",

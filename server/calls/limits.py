@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from emotion2vec_serving.batching import BatchPolicy
 from emotion2vec_serving.server import defaults
-from emotion2vec_serving.server.audio.decode import AudioLimits
+from emotion2vec_serving.server.audio.errors import AudioLimits
 from emotion2vec_serving.server.config import Settings
 
 __all__ = ["CoreLimits", "LongformSettings", "window_for"]

@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from emotion2vec_serving.batching.errors import QueueFull
-from emotion2vec_serving.server.audio.decode import PcmStore
 from emotion2vec_serving.server.audio.segmenter import EnergySegmenter
+from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.errors import InvalidRequest
 from emotion2vec_serving.server.calls.limits import LongformSettings
 from emotion2vec_serving.server.calls.pipeline import Pipeline
@@ -61,7 +61,7 @@ from emotion2vec_serving.server.calls.types import (
     SegmentResult,
     Timing,
 )
-from emotion2vec_serving.server.runtime.runner import ItemResult
+from emotion2vec_serving.server.runtime.contract import ItemResult
 
 __all__ = [
     "LongCalls",

@@ -21,14 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
-from emotion2vec_serving.server.audio.decode import (
-    Decoded,
-    PcmEncoding,
-    decode_encoded,
-    decode_encoded_any,
-    decode_pcm,
-    decode_pcm_any,
-)
+from emotion2vec_serving.server.audio.decode import decode_encoded, decode_encoded_any
+from emotion2vec_serving.server.audio.pcm import PcmEncoding, decode_pcm, decode_pcm_any
+from emotion2vec_serving.server.audio.store import Decoded
 from emotion2vec_serving.server.calls.errors import InvalidRequest, NoClassifierHead
 from emotion2vec_serving.server.calls.limits import CoreLimits
 from emotion2vec_serving.server.calls.types import (
@@ -47,7 +42,7 @@ from emotion2vec_serving.server.calls.types import (
     smooth_frames,
 )
 from emotion2vec_serving.server.metrics import ServerMetrics
-from emotion2vec_serving.server.runtime.runner import ItemResult
+from emotion2vec_serving.server.runtime.contract import ItemResult
 
 __all__ = ["Pipeline"]
 

@@ -34,7 +34,7 @@ from emotion2vec_serving.server.audio.segmenter import (
 from emotion2vec_serving.server.calls.errors import InvalidRequest
 from emotion2vec_serving.server.calls.pipeline import Pipeline
 from emotion2vec_serving.server.calls.types import CallContext, Score, Timing, Utterance
-from emotion2vec_serving.server.runtime.runner import ItemResult
+from emotion2vec_serving.server.runtime.contract import ItemResult
 
 __all__ = [
     "MAX_PENDING_SEGMENTS",

@@ -1,1 +1,2 @@
-"""The model runtime: runner contract, runner, watchdog, engines."""
+"""The model runtime: ``contract`` (what sessions and the runner provide), ``runner``, ``watchdog``,
+``engines/`` (ONNX Runtime, OpenVINO), ``providers``, ``gpu`` (CUDA/TensorRT options), ``buckets``."""

@@ -32,24 +32,17 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from emotion2vec_serving.server.runtime.buckets import LengthBuckets, parse_length_buckets
-
-if TYPE_CHECKING:
-    from emotion2vec_serving.server.config import Settings
+from emotion2vec_serving.server.runtime.providers import CUDA_PROVIDER, GPU_PROVIDERS, TENSORRT_PROVIDER
 
 __all__ = [
     "ARENA_EXTEND_STRATEGIES",
     "CONV_ALGO_SEARCH",
-    "CUDA_PROVIDER",
-    "TENSORRT_PROVIDER",
     "GpuOptions",
     "cuda_provider_options",
     "device_memory_bytes",
     "disable_tf32_in_environment",
-    "from_settings",
     "gpu_wanted",
     "provider_list",
     "resolve_gpu_mem_limit",
@@ -58,8 +51,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
-TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 CONV_ALGO_SEARCH = {"heuristic": "HEURISTIC", "exhaustive": "EXHAUSTIVE", "default": "DEFAULT"}
 ARENA_EXTEND_STRATEGIES = {"same_as_requested": "kSameAsRequested", "next_power_of_two": "kNextPowerOfTwo"}
 
@@ -204,39 +195,6 @@ def resolve_gpu_mem_limit(limit_mb: int, fraction: float = 0.9, device_id: int =
     return int(total * fraction)
 
 
-def gpu_wanted(settings: Settings) -> bool:
-    """True when the settings ask ONNX Runtime for a GPU provider."""
-    return settings.engine == "onnxruntime" and any(
-        p in (CUDA_PROVIDER, TENSORRT_PROVIDER, "ROCMExecutionProvider") for p in settings.providers
-    )
-
-
-def from_settings(settings: Settings, model_tag: str) -> tuple[GpuOptions, LengthBuckets | None]:
-    """The runner's GPU options and length buckets for these settings (``model_tag`` names TensorRT caches).
-
-    Nothing GPU-specific happens (no NVML query) unless a GPU provider is asked for.
-    """
-    wanted = gpu_wanted(settings)
-    buckets = parse_length_buckets(settings.length_buckets, gpu=wanted,
-                                   min_s=max(settings.min_duration_s, 0.25), max_s=settings.max_duration_s)
-    if not wanted:
-        return GpuOptions(), buckets
-    limit = resolve_gpu_mem_limit(settings.gpu_mem_limit_mb, device_id=settings.gpu_device_id)
-    options = GpuOptions(
-        device_id=settings.gpu_device_id,
-        cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
-        gpu_mem_limit_bytes=limit,
-        arena_extend_strategy=settings.gpu_arena_extend_strategy,
-        tf32=settings.gpu_tf32,
-        tensorrt_cache_dir=str(Path(settings.model_cache_dir) / "tensorrt" / model_tag),
-        tensorrt_fp16=settings.tensorrt_fp16,
-        tensorrt_profile_lengths=buckets.edges if buckets is not None else (),
-        tensorrt_max_batch=settings.max_batch_size,
-    )
-    if TENSORRT_PROVIDER in settings.providers:
-        try:  # TensorRT writes its engine and timing caches there
-            Path(options.tensorrt_cache_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.warning("cannot create the TensorRT cache directory %s: %s", options.tensorrt_cache_dir, exc)
-    log.info("GPU options: %s; length buckets: %s", cuda_provider_options(options), buckets)
-    return options, buckets
+def gpu_wanted(engine: str, providers: Sequence[str]) -> bool:
+    """True when ONNX Runtime (``engine``) is asked for a GPU provider (the settings' ``providers``)."""
+    return engine == "onnxruntime" and any(p in GPU_PROVIDERS for p in providers)

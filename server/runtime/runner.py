@@ -1,4 +1,4 @@
-"""ONNX Runtime execution of an exported model repository.
+"""The model runner: batched execution of an exported model repository on an engine's sessions.
 
 ``Runner.run(batch)`` is blocking and is called by the batcher from its worker thread(s). It pads the
 waveforms on the right, runs the graph once and slices every output back to each item's valid frames.
@@ -20,195 +20,49 @@ again after a doubled cool-down (at most 8x). On a GPU, batches are padded to le
 (``server/runtime/buckets.py``) and ``cost(n)`` tells the batcher the padded length. CUDA options:
 ``server/runtime/gpu.py``.
 
-A watchdog bounds every run (``run_timeout_s``): each run gets its own run handle from its session
-(``session.new_run_handle()``: an ``onnxruntime.RunOptions`` for ONNX Runtime, the infer request for
-OpenVINO) and the watchdog calls ``handle.terminate()`` when the run takes too long. ONNX Runtime checks its
-terminate flag between graph nodes, OpenVINO cancels the request; either way the run raises, which frees the
-session for the next batch; the batch fails with
-``RunnerTimeout`` (a ``RunnerError``, so the batcher splits and retries it and only the item that really
-hangs finally fails). A single node that never returns (a hung GPU kernel) cannot be interrupted this way.
-One watchdog thread per runner serves every run (a timer thread per run cost a thread start per batch).
+A watchdog (``server/runtime/watchdog.py``) bounds every run (``run_timeout_s``): a run it terminates fails
+its batch with ``RunnerTimeout``.
 
 Engines (``server/runtime/engines/``): the session factory decides what runs the graph, ONNX Runtime by
-default
-or OpenVINO (``engine``); the runner reports the engine and the precision really used (``precision``: the
-model repository's, or OpenVINO's inference precision for an fp32 repository).
-
-Memory and CPU settings (``RunnerOptions``), from measurements on a 2-core CPU (``benchmarks/README.md``):
-``allow_spinning`` off by default, because ONNX Runtime's intra-op threads otherwise spin after every run and
-take the CPU the event loop needs; ``arena_shrinkage`` gives the CPU arena's free chunks back after every
-run, so the process does not keep the peak of the longest batch it ever ran.
+default or OpenVINO (``engine``); the runner reports the engine and the precision really used
+(``precision``: the model repository's, or OpenVINO's inference precision for an fp32 repository). What a
+session and its factory must provide, and what the runner returns and raises: ``server/runtime/contract.py``.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import math
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
-from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.runtime.buckets import LengthBuckets
-from emotion2vec_serving.server.runtime.gpu import GpuOptions, disable_tf32_in_environment, provider_list
+from emotion2vec_serving.server.runtime.contract import (
+    FloatArray,
+    ItemResult,
+    RunnerError,
+    RunnerOptions,
+    RunnerOutOfMemory,
+    RunnerTimeout,
+    SessionFactory,
+    SessionLike,
+)
+from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, GPU_PROVIDERS
+from emotion2vec_serving.server.runtime.watchdog import Watchdog
 
-__all__ = [
-    "CPU_PROVIDER",
-    "CUDA_PROVIDER",
-    "ItemResult",
-    "RunHandle",
-    "Runner",
-    "RunnerError",
-    "RunnerOptions",
-    "RunnerOutOfMemory",
-    "RunnerTimeout",
-    "SessionFactory",
-    "SessionLike",
-    "is_out_of_memory",
-    "ort_session_factory",
-    "split_on_error",
-]
+__all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
-CPU_PROVIDER = "CPUExecutionProvider"
-CUDA_PROVIDER = "CUDAExecutionProvider"
-_GPU_PROVIDERS = frozenset({CUDA_PROVIDER, "TensorrtExecutionProvider", "ROCMExecutionProvider"})
 # Substrings of ONNX Runtime / CUDA error messages that mean "not enough memory for this batch".
 _OOM_MARKERS = ("out of memory", "failed to allocate memory", "bfcarena", "cudnn_status_alloc_failed",
                 "cublas_status_alloc_failed", "std::bad_alloc")
-
-FloatArray = npt.NDArray[np.float32]
-
-
-class RunnerError(RuntimeError):
-    """The model failed to run a batch."""
-
-
-class RunnerOutOfMemory(RunnerError):
-    """The batch did not fit in memory; a smaller batch may."""
-
-
-class RunnerTimeout(RunnerError):
-    """The watchdog cut a run off after ``run_timeout_s``."""
-
-
-def split_on_error(exc: BaseException) -> bool:
-    """The batcher's ``split_on_error`` predicate: split and retry on any model failure.
-
-    Out-of-memory shrinks the batch until it fits; any other failure is isolated to the request that
-    causes it, so one poison request never fails the others in its batch.
-    """
-    return isinstance(exc, RunnerError)
-
-
-class RunHandle(Protocol):
-    """One run's handle: ``terminate()`` (called by the watchdog from its own thread) stops the run."""
-
-    def terminate(self) -> None: ...
-
-
-class SessionLike(Protocol):
-    """What the runner needs of an engine's session (``server/runtime/engines/``; tests wrap real sessions).
-
-    Optional attributes: ``engine`` (str) and ``inference_precision`` (str | None, the number format the
-    engine computes in when it differs from the graph's), read with ``getattr``.
-    """
-
-    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
-            run_handle: Any = None) -> list[Any]: ...
-
-    def get_providers(self) -> list[str]: ...
-
-    def new_run_handle(self) -> RunHandle | None: ...
-
-
-#: ``factory(model_path, providers, options) -> session``; raise if the providers cannot be loaded.
-SessionFactory = Callable[[Path, Sequence[str], "RunnerOptions"], SessionLike]
-
-
-@dataclass(frozen=True)
-class RunnerOptions:
-    """Session settings (taken from ``server.config.Settings``; defaults from ``server/defaults.py``)."""
-
-    providers: tuple[str, ...] = defaults.PROVIDERS
-    intra_op_threads: int = defaults.INTRA_OP_THREADS  # 0 = the engine picks (every core)
-    instances: int = defaults.RUNNER_INSTANCES
-    graph_optimization_level: str = defaults.GRAPH_OPTIMIZATION_LEVEL
-    gpu_failures_before_fallback: int = defaults.GPU_FAILURES_BEFORE_FALLBACK
-    run_timeout_s: float = defaults.RUN_TIMEOUT_S  # a run longer than this is terminated (0 = no watchdog)
-    allow_spinning: bool = defaults.ORT_ALLOW_SPINNING  # intra-op threads spin-wait after a run
-    cpu_arena: bool = defaults.ORT_CPU_ARENA  # ONNX Runtime's CPU memory arena
-    arena_shrinkage: bool = defaults.ORT_ARENA_SHRINKAGE  # free the CPU arena's unused chunks after every run
-    # --- GPU (issue 15)
-    gpu: GpuOptions = field(default_factory=GpuOptions)  # CUDA / TensorRT options (runtime/gpu.py)
-    gpu_cooldown_s: float = defaults.GPU_COOLDOWN_S  # after a fallback to CPU, probe the GPU again (0: never)
-    length_buckets: LengthBuckets | None = None  # pad to these lengths while on a GPU (None = exact lengths)
-    # --- engine (issue 16)
-    engine: str = defaults.ENGINE  # which engine the session factory runs ("onnxruntime" | "openvino")
-    inference_precision: str = defaults.INFERENCE_PRECISION  # OpenVINO: auto | f32 | bf16
-
-
-def ort_session_factory(model_path: Path, providers: Sequence[str], options: RunnerOptions) -> SessionLike:
-    """Create a real ``onnxruntime.InferenceSession``."""
-    import onnxruntime as ort
-
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
-    # One inference per session at a time: inter-op parallelism only adds contention on few cores.
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = levels[options.graph_optimization_level]
-    so.enable_cpu_mem_arena = options.cpu_arena
-    # The memory-pattern cache keeps a plan per distinct input shape and never frees it; with audio every
-    # length is a new shape (measured: +298 MB RSS over 600 random 1-6 s requests on the tiny model, +23 MB
-    # without it). The arena still reuses buffers.
-    so.enable_mem_pattern = False
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
-    available = set(ort.get_available_providers())
-    usable = [p for p in providers if p in available]
-    if not usable:
-        raise RunnerError(
-            f"none of the providers {list(providers)} is available in this onnxruntime "
-            f"(available: {sorted(available)})"
-        )
-    if any(p in _GPU_PROVIDERS for p in usable):
-        disable_tf32_in_environment(options.gpu)
-    from emotion2vec_serving.server.runtime.engines.onnxruntime import OrtSession
-
-    session = ort.InferenceSession(str(model_path), sess_options=so,
-                                   providers=provider_list(usable, options.gpu))
-    return OrtSession(session, arena_shrinkage=options.arena_shrinkage and options.cpu_arena)
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """One request's outputs, sliced to its valid frames. Classifier fields are None for headless models."""
-
-    embedding: FloatArray  # [D]
-    frame_features: FloatArray  # [frames, D]
-    logits: FloatArray | None  # [labels]
-    probs: FloatArray | None  # [labels]
-    frame_probs: FloatArray | None  # [frames, labels]
-    batch_size: int  # requests in the batch this item ran in
-    started_monotonic: float  # when the batch started running (time.monotonic)
-    inference_s: float  # run time of the whole batch
-    provider: str  # execution provider that produced it
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -216,13 +70,8 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(marker in text for marker in _OOM_MARKERS)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """The batcher's ``out_of_memory`` predicate: the batch did not fit (``RunnerOutOfMemory``)."""
-    return isinstance(exc, RunnerOutOfMemory)
-
-
 class Runner:
-    """Runs padded batches on a pool of ONNX Runtime sessions (one per runner instance).
+    """Runs padded batches on a pool of engine sessions (one per runner instance; ONNX Runtime by default).
 
     Thread-safe: ``run`` may be called from several batcher worker threads at once; each takes its own
     session from the pool. Provider fallback replaces every session under ``_lock``.
@@ -252,7 +101,7 @@ class Runner:
         self._buckets = options.length_buckets
         self._output_names = tuple(name for name in _ORDER if name in manifest.output_names)
         self._output_list = list(self._output_names)
-        self._watchdog = _Watchdog()
+        self._watchdog = Watchdog()
         self._engine = options.engine
         self._precision = manifest.precision
         self._provider = self._load(options.providers)
@@ -284,7 +133,7 @@ class Runner:
         try:
             session = self._factory(self.manifest.onnx_path, providers, self.options)
         except Exception as exc:
-            rest = [p for p in providers if p not in _GPU_PROVIDERS]
+            rest = [p for p in providers if p not in GPU_PROVIDERS]
             if rest and len(rest) < len(providers):
                 log.warning("loading with %s failed (%s); falling back to %s", list(providers), exc, rest)
                 session = self._factory(self.manifest.onnx_path, rest, self.options)
@@ -369,7 +218,7 @@ class Runner:
         return self._padded(n_samples, self._provider)
 
     def _padded(self, n_samples: int, provider: str) -> int:
-        if self._buckets is None or provider not in _GPU_PROVIDERS:
+        if self._buckets is None or provider not in GPU_PROVIDERS:
             return n_samples
         return self._buckets.pad(n_samples)
 
@@ -381,7 +230,7 @@ class Runner:
     @property
     def active_length_buckets(self) -> LengthBuckets | None:
         """The length grid batches are padded to now: ``length_buckets`` while on a GPU, else None."""
-        return self._buckets if self._provider in _GPU_PROVIDERS else None
+        return self._buckets if self._provider in GPU_PROVIDERS else None
 
     def _timed_out(self, n: int, provider: str, elapsed_s: float) -> RunnerTimeout:
         log.error("a batch of %d on %s ran %.1f s, past the %.1f s run timeout: terminated",
@@ -411,7 +260,7 @@ class Runner:
         if _is_oom(exc):
             # Not the GPU's fault: the batcher splits the batch and retries the halves.
             raise RunnerOutOfMemory(f"out of memory running a batch of {len(batch)} on {provider}") from exc
-        if provider not in _GPU_PROVIDERS:
+        if provider not in GPU_PROVIDERS:
             raise RunnerError(f"model failed on {provider}: {exc}") from exc
         if generation == self._generation and self._probe(session, provider):
             # The device runs a known-good input: the failure belongs to this batch's input. Not a device
@@ -507,7 +356,7 @@ class Runner:
             log.warning("cannot load a %s session yet: %s", gpu_provider, exc)
             return False
         active = sessions[0].get_providers()[0] if sessions[0].get_providers() else CPU_PROVIDER
-        if active not in _GPU_PROVIDERS:
+        if active not in GPU_PROVIDERS:
             log.warning("a new session runs on %s, not a GPU: staying on %s", active, CPU_PROVIDER)
             return False
         if not self._probe(sessions[0], active):
@@ -553,68 +402,6 @@ class Runner:
         with self._lock:
             self._closed = True
             self._discard_pool_locked()
-
-
-class _Watchdog:
-    """One thread that calls ``terminate()`` on the run handle of every run still going at its deadline.
-
-    ``arm`` costs a lock and a heap push; the thread is only woken when a new deadline is earlier than the
-    one it sleeps towards (with one timeout for every run, only the first run after an idle spell).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int]] = []
-        self._armed: dict[int, tuple[float, RunHandle]] = {}  # token -> (deadline, handle) while running
-        self._fired: set[int] = set()
-        self._tokens = itertools.count()
-        self._wake_at = math.inf
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def arm(self, handle: RunHandle, timeout_s: float) -> int:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            token = next(self._tokens)
-            self._armed[token] = (deadline, handle)
-            heapq.heappush(self._heap, (deadline, token))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="run-watchdog", daemon=True)
-                self._thread.start()
-            elif deadline < self._wake_at:
-                self._cond.notify()
-        return token
-
-    def disarm(self, token: int) -> bool:
-        """Stop watching a run; True when the watchdog had terminated it."""
-        with self._cond:
-            self._armed.pop(token, None)
-            if len(self._heap) > 64 + 4 * len(self._armed):
-                # Finished runs leave their entries behind until their deadline; drop them now and then.
-                self._heap = [(deadline, t) for t, (deadline, _) in self._armed.items()]
-                heapq.heapify(self._heap)
-            if token in self._fired:
-                self._fired.discard(token)
-                return True
-            return False
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def _loop(self) -> None:
-        with self._cond:
-            while not self._closed:
-                now = time.monotonic()
-                while self._heap and (self._heap[0][0] <= now or self._heap[0][1] not in self._armed):
-                    _, token = heapq.heappop(self._heap)
-                    entry = self._armed.pop(token, None)
-                    if entry is not None:
-                        self._fired.add(token)
-                        entry[1].terminate()
-                self._wake_at = self._heap[0][0] if self._heap else math.inf
-                self._cond.wait(None if not self._heap else self._wake_at - now)
 
 
 _ORDER = ("logits", "probs", "frame_probs", "embedding", "frame_features", "frame_lengths")

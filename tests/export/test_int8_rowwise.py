@@ -16,8 +16,10 @@ from emotion2vec_serving.export.onnx_export import BATCH_EXACT_TOLERANCE, export
 from emotion2vec_serving.export.signals import speech_like
 from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.app import batching_caveat
+from emotion2vec_serving.server.runtime.contract import RunnerOptions
 from emotion2vec_serving.server.runtime.engines import equal_length_batches
-from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
 
 QUIET = {"progress": lambda _message: None}
 

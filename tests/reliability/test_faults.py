@@ -15,7 +15,7 @@ import grpc.aio
 import numpy as np
 from emotion.v1 import emotion_pb2 as pb
 
-from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, CUDA_PROVIDER
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER
 from tests.polling import wait_until_async
 from tests.reliability.conftest import Running, StartServer, raw_request, scores, tone
 from tests.server.faults import FaultyFactory, HangRuns, always, oom_above, poison_length

@@ -18,7 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emotion2vec_serving.server.audio.decode import AudioError, AudioLimits, decode_encoded, decode_pcm
+from emotion2vec_serving.server.audio.decode import decode_encoded
+from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
+from emotion2vec_serving.server.audio.pcm import decode_pcm
 from tests.reliability.fuzzing import (
     AUDIO_ERROR_REASONS,
     BOMB_SPECS,

@@ -22,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emotion2vec_serving.server.audio.decode import AudioError, AudioLimits, decode_encoded_any
+from emotion2vec_serving.server.audio.decode import decode_encoded_any
+from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
 from tests.reliability.conftest import BASE_SETTINGS, Running, StartServer, raw_request, scores, tone
 from tests.reliability.fuzzing import hostile_files, magic_then_noise, mutated, seed_files
 

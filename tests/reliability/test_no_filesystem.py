@@ -21,7 +21,8 @@ import grpc.aio
 import pytest
 from emotion.v1 import emotion_pb2 as pb
 
-from emotion2vec_serving.server.audio.decode import AudioError, AudioLimits, decode_encoded
+from emotion2vec_serving.server.audio.decode import decode_encoded
+from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
 from tests.polling import wait_until
 from tests.reliability.conftest import Running, StartServer
 

@@ -17,13 +17,9 @@ from typing import Any
 import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 
-from emotion2vec_serving.server.runtime.runner import (
-    CPU_PROVIDER,
-    CUDA_PROVIDER,
-    RunnerOptions,
-    SessionLike,
-    ort_session_factory,
-)
+from emotion2vec_serving.server.runtime.contract import RunnerOptions, SessionLike
+from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER
 
 #: Decides, from one batch's feeds, whether to raise (return the exception) or run normally (None).
 Fault = Callable[[dict[str, Any]], BaseException | None]

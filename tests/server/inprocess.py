@@ -18,7 +18,7 @@ from emotion.v1 import emotion_pb2_grpc
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer
 from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.runtime.runner import SessionFactory
+from emotion2vec_serving.server.runtime.contract import SessionFactory
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from emotion2vec_serving.server.audio.decode import AudioLimits, decode_encoded
+from emotion2vec_serving.server.audio.decode import decode_encoded
+from emotion2vec_serving.server.audio.errors import AudioLimits
 from tests.server.audio_fixtures import espeak_ng_wav
 
 Int16Array = npt.NDArray[np.int16]

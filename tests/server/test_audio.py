@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emotion2vec_serving.server.audio.decode import (
-    AudioError,
-    AudioLimits,
-    decode_encoded,
-    decode_pcm,
-    resample,
-    sniff_format,
-)
+from emotion2vec_serving.server.audio.decode import decode_encoded, sniff_format
+from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
+from emotion2vec_serving.server.audio.pcm import decode_pcm, resample
 from tests.server.audio_fixtures import (
     FORMATS,
     encode,

@@ -15,7 +15,8 @@ import pytest
 from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY, RETRY_PUSHBACK_KEY
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
-from emotion2vec_serving.server.audio.decode import AudioLimits, decode_pcm
+from emotion2vec_serving.server.audio.errors import AudioLimits
+from emotion2vec_serving.server.audio.pcm import decode_pcm
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, ErrorKind
 from emotion2vec_serving.server.calls.limits import CoreLimits
@@ -35,7 +36,9 @@ from emotion2vec_serving.server.calls.types import (
 from emotion2vec_serving.server.grpc.status import status_code, trailing_metadata
 from emotion2vec_serving.server.http.status import http_error
 from emotion2vec_serving.server.metrics import ServerMetrics
-from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions, split_on_error
+from emotion2vec_serving.server.runtime.contract import RunnerOptions, split_on_error
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
 from tests.server.audio_fixtures import encode, make_signal, pcm_bytes, tone_bursts
 
 RATE = 16000

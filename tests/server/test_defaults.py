@@ -18,12 +18,12 @@ import pytest
 from emotion2vec_serving.batching import DECISIONS, BatchPolicy, decide, decide_equal_shape, decide_fifo
 from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.app import BATCH_DECISIONS
-from emotion2vec_serving.server.audio.decode import AudioLimits
+from emotion2vec_serving.server.audio.errors import AudioLimits
 from emotion2vec_serving.server.audio.segmenter import EnergySegmenter, FixedSegmenter
 from emotion2vec_serving.server.calls.limits import CoreLimits, LongformSettings
 from emotion2vec_serving.server.calls.streams import SEGMENTATION_DEFAULTS
 from emotion2vec_serving.server.config import BATCH_POLICIES, Settings, SettingsError, parse_settings
-from emotion2vec_serving.server.runtime.runner import RunnerOptions
+from emotion2vec_serving.server.runtime.contract import RunnerOptions
 
 #: dataclass field -> Settings field, where the names differ.
 RENAMED: dict[type, dict[str, str]] = {

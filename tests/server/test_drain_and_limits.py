@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer
 from emotion2vec_serving.server.config import parse_settings
-from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, CUDA_PROVIDER
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER
 from tests.server.conftest import BASE_SETTINGS, Running, StartServer
 from tests.server.faults import FaultyFactory
 from tests.server.test_batching_and_faults import audio_of, until

@@ -18,15 +18,11 @@ from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.config import parse_settings
 from emotion2vec_serving.server.process import ServerProcess
+from emotion2vec_serving.server.runtime.contract import RunnerError, RunnerOptions, RunnerTimeout
 from emotion2vec_serving.server.runtime.engines import session_factory_for
 from emotion2vec_serving.server.runtime.engines.openvino import OpenVinoFactory, cpu_has_native_bf16
-from emotion2vec_serving.server.runtime.runner import (
-    CPU_PROVIDER,
-    Runner,
-    RunnerError,
-    RunnerOptions,
-    RunnerTimeout,
-)
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
 from tests.reliability.conftest import raw_request
 from tests.server.inprocess import metric_value
 

@@ -20,25 +20,23 @@ from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.config import parse_settings
 from emotion2vec_serving.server.runtime.buckets import LengthBuckets, parse_length_buckets
-from emotion2vec_serving.server.runtime.gpu import (
-    GpuOptions,
-    cuda_provider_options,
-    from_settings,
-    provider_list,
-    resolve_gpu_mem_limit,
-    tensorrt_provider_options,
-)
-from emotion2vec_serving.server.runtime.runner import (
-    CPU_PROVIDER,
-    CUDA_PROVIDER,
-    Runner,
+from emotion2vec_serving.server.runtime.contract import (
     RunnerError,
     RunnerOptions,
     SessionLike,
     is_out_of_memory,
-    ort_session_factory,
     split_on_error,
 )
+from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
+from emotion2vec_serving.server.runtime.gpu import (
+    GpuOptions,
+    cuda_provider_options,
+    provider_list,
+    resolve_gpu_mem_limit,
+    tensorrt_provider_options,
+)
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
 from tests.polling import wait_until, wait_until_async
 from tests.server.conftest import Running, StartServer
 
@@ -181,7 +179,7 @@ def test_cuda_options_heuristic_search_no_tf32_and_a_memory_limit() -> None:
 
 def test_settings_map_to_gpu_options_only_when_a_gpu_is_asked_for(tmp_path: Path) -> None:
     cpu = parse_settings(["--providers", "CPUExecutionProvider"], env={})
-    options, buckets = from_settings(cpu, "m")
+    options, buckets = cpu.gpu_options("m")
     assert options == GpuOptions() and buckets is None
     gpu = parse_settings(
         [
@@ -198,7 +196,7 @@ def test_settings_map_to_gpu_options_only_when_a_gpu_is_asked_for(tmp_path: Path
         ],
         env={},
     )
-    options, buckets = from_settings(gpu, "tiny-1-fp32")
+    options, buckets = gpu.gpu_options("tiny-1-fp32")
     assert buckets is not None and buckets.edges[-1] == int(gpu.max_duration_s * RATE)
     cuda = cuda_provider_options(options)
     assert cuda["gpu_mem_limit"] == str(4096 << 20) and cuda["cudnn_conv_algo_search"] == "EXHAUSTIVE"
@@ -219,7 +217,7 @@ def test_tensorrt_is_not_a_default_and_is_configured_when_listed(tmp_path: Path)
         ],
         env={},
     )
-    options, buckets = from_settings(trt_settings, "tiny-1-fp32")
+    options, buckets = trt_settings.gpu_options("tiny-1-fp32")
     assert buckets is not None
     trt = tensorrt_provider_options(options)
     assert trt["trt_engine_cache_enable"] == "1" and trt["trt_fp16_enable"] == "0"

@@ -13,14 +13,10 @@ import pytest
 
 from emotion2vec_serving.batching import BatchPolicy, DynamicBatcher
 from emotion2vec_serving.batching.errors import QueueFull
-from emotion2vec_serving.server.audio.decode import (
-    AudioError,
-    AudioLimits,
-    PcmStore,
-    decode_encoded,
-    decode_encoded_any,
-    decode_pcm_any,
-)
+from emotion2vec_serving.server.audio.decode import decode_encoded, decode_encoded_any
+from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
+from emotion2vec_serving.server.audio.pcm import decode_pcm_any
+from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.limits import LongformSettings
 from emotion2vec_serving.server.calls.longform import (
     Span,
@@ -30,7 +26,7 @@ from emotion2vec_serving.server.calls.longform import (
     plan_segments,
     run_segments,
 )
-from emotion2vec_serving.server.runtime.runner import ItemResult
+from emotion2vec_serving.server.runtime.contract import ItemResult
 from tests.polling import wait_until_async
 from tests.server.audio_fixtures import encode, make_signal, pcm_bytes
 from tests.server.longform_fixtures import RATE, recording

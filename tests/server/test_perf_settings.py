@@ -12,13 +12,11 @@ import pytest
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.config import SettingsError, parse_settings
-from emotion2vec_serving.server.runtime.runner import (
-    CPU_PROVIDER,
-    Runner,
-    RunnerOptions,
-    _Watchdog,
-    ort_session_factory,
-)
+from emotion2vec_serving.server.runtime.contract import RunnerOptions
+from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
+from emotion2vec_serving.server.runtime.watchdog import Watchdog
 from tests.server.conftest import Running, StartServer
 from tests.server.faults import FaultyFactory
 from tests.server.test_batching_and_faults import RATE, recognize, until
@@ -122,7 +120,7 @@ class _Flag:
 
 
 def test_watchdog_terminates_only_runs_past_their_deadline_and_forgets_finished_ones() -> None:
-    dog = _Watchdog()
+    dog = Watchdog()
     try:
         slow, fast = _Flag(), _Flag()
         t_slow = dog.arm(slow, 0.05)

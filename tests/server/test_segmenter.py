@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emotion2vec_serving.server.audio.decode import AudioError, PcmEncoding, decode_pcm
+from emotion2vec_serving.server.audio.errors import AudioError
+from emotion2vec_serving.server.audio.pcm import PcmEncoding, decode_pcm
 from emotion2vec_serving.server.audio.segmenter import (
     EnergySegmenter,
     FixedSegmenter,

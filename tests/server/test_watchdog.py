@@ -9,7 +9,9 @@ import pytest
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.config import parse_settings
-from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions, RunnerTimeout
+from emotion2vec_serving.server.runtime.contract import RunnerOptions, RunnerTimeout
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.runner import Runner
 
 RATE = 16000
 

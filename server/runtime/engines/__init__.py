@@ -1,4 +1,4 @@
-"""Inference engines below the runner: each is a session factory (see ``server/runtime/runner.py``).
+"""Inference engines below the runner: each is a session factory (contract: ``server/runtime/contract.py``).
 
 ``onnxruntime`` (default) runs every precision of a model repository (fp32, fp16, int8) through ONNX
 Runtime. ``openvino`` compiles the same ``model.onnx`` with OpenVINO's CPU plugin, in f32 or bf16
@@ -13,10 +13,10 @@ Both give the runner the same thing: ``session.run(output_names, feeds, run_hand
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence, Sized
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-if TYPE_CHECKING:
-    from emotion2vec_serving.server.runtime.runner import SessionFactory
+from emotion2vec_serving.server.runtime.contract import SessionFactory
+from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
 
 __all__ = ["ENGINES", "INFERENCE_PRECISIONS", "equal_length_batches", "session_factory_for"]
 
@@ -30,10 +30,9 @@ INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 def session_factory_for(engine: str) -> SessionFactory:
     """The session factory of ``engine``; OpenVINO is imported here, and only for ``openvino``."""
     if engine == "onnxruntime":
-        from emotion2vec_serving.server.runtime.runner import ort_session_factory
-
         return ort_session_factory
     if engine == "openvino":
+        # Optional engine (``pip install '.[openvino]'``): its module imports OpenVINO, so it loads only here.
         from emotion2vec_serving.server.runtime.engines.openvino import OpenVinoFactory
 
         return OpenVinoFactory()

@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from emotion2vec_serving.server.runtime.contract import RunnerOptions
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+
 __all__ = ["OpenVinoFactory", "OpenVinoRunHandle", "OpenVinoSession", "cpu_has_native_bf16",
            "resolve_inference_precision"]
 
 log = logging.getLogger(__name__)
 
-CPU_PROVIDER = "CPUExecutionProvider"  # the device the engine runs on, in the runner's provider names
 _REPORTED = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
@@ -136,7 +138,7 @@ class OpenVinoFactory:
         self._lock = threading.Lock()
         self._compiled: dict[Path, tuple[Any, str]] = {}
 
-    def __call__(self, model_path: Path, providers: Sequence[str], options: Any) -> OpenVinoSession:
+    def __call__(self, model_path: Path, providers: Sequence[str], options: RunnerOptions) -> OpenVinoSession:
         if CPU_PROVIDER not in providers:
             raise RuntimeError(f"the openvino engine runs on the CPU only; providers {list(providers)} "
                                f"do not include {CPU_PROVIDER}")
@@ -147,10 +149,9 @@ class OpenVinoFactory:
         return OpenVinoSession(compiled, effective)
 
     @staticmethod
-    def _compile(model_path: Path, options: Any) -> tuple[Any, str]:
+    def _compile(model_path: Path, options: RunnerOptions) -> tuple[Any, str]:
         core = ov.Core()
-        hint = resolve_inference_precision(getattr(options, "inference_precision", "auto"),
-                                           cpu_has_native_bf16(core))
+        hint = resolve_inference_precision(options.inference_precision, cpu_has_native_bf16(core))
         streams = max(1, int(options.instances))
         config = {
             "INFERENCE_PRECISION_HINT": hint,
