@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -469,12 +468,12 @@ def write_manifest(directory: str | Path, manifest: ModelManifest) -> ModelManif
     obj = JsonObject(json.loads(text), "", f"{path} (being written)")
     written = ModelManifest.from_json(obj, directory)
     _check(written, obj)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=directory)
+    # A plain file beside it (not mkstemp, whose 0600 would ignore the umask the repository is shared with).
+    tmp = directory / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return written
