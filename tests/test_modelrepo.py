@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,10 @@ def test_a_full_manifest_round_trips_field_for_field(tmp_path: Path) -> None:
     assert data["frame_rate_hz"] == 50 and isinstance(data["frame_rate_hz"], int)
     assert data["source"]["hub"]["files"]["model.pt"] == {"size": 1234, "sha256": "f" * 64}
     assert data["quantization"]["smoothing"] == {"alpha": 0.5, "calibration_clips": 3}
+    # Written atomically, yet readable as any file written under the umask (a shared model volume).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (repo / MANIFEST_FILE).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 # The manifest the exporter wrote for the tiny model before the manifest was typed (checkpoint config
