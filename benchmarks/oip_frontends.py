@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks.loadgen import load_average, make_clips
 from benchmarks.suite.null_model import build_null_model
 from benchmarks.suite.server_process import ServerProcess
+from emotion2vec_serving.modelrepo import load_manifest
 
 Call = Callable[[int], Awaitable[None]]
 
@@ -218,14 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_null:
         with tempfile.TemporaryDirectory(prefix="null-model-") as tmp:
             null_repo = build_null_model(tmp)
-            null_name = json.loads((null_repo / "manifest.json").read_text())["model_name"]
+            null_name = load_manifest(null_repo).model_name
             short = make_clips("fixed:1.0", 16, seed=0)
             rows += _section("null model", null_repo, null_name, short, [],
                              ("emotion.v1 gRPC", "OIP gRPC", "OIP REST"), args.concurrency, args.run_s,
                              rounds=args.rounds)
     if args.large_repo:
         repo = Path(args.large_repo)
-        name = json.loads((repo / "manifest.json").read_text())["model_name"]
+        name = load_manifest(repo).model_name
         clips = make_clips(args.large_mix, 12, seed=0)
         rows += _section("large model", repo, name, clips, ["--max-batch-size", "4"],
                          ("emotion.v1 gRPC", "OIP gRPC"), args.large_concurrency, args.large_run_s,

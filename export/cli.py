@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from emotion2vec_serving.modelrepo import MANIFEST_FILE
+from emotion2vec_serving.modelrepo import load_manifest
 
 __all__ = ["main"]
 
@@ -38,18 +38,18 @@ def _onnx(args: argparse.Namespace) -> int:
         from emotion2vec_serving.export.triton import write_triton_layout
 
         _say(f"Triton layout: {write_triton_layout(repo, args.triton_layout)}")
-    manifest = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = load_manifest(repo)
     sizes = {p.name: p.stat().st_size for p in sorted(repo.iterdir())}
     _say(f"done in {time.perf_counter() - started:.1f} s: {repo} " +
          ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
-    print(json.dumps({"repo": str(repo), "deviation_from_fp32": manifest["deviation_from_fp32"],
-                      "parity": manifest["parity"]}, indent=2))
+    record = manifest.to_json()
+    print(json.dumps({"repo": str(repo), "deviation_from_fp32": record["deviation_from_fp32"],
+                      "parity": record["parity"]}, indent=2))
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     from emotion2vec_serving.export.verify import ParityError, verify_repository
-    from emotion2vec_serving.modelrepo import load_manifest
 
     precision = load_manifest(args.repo).precision
     tolerance = args.tolerance if precision == "fp32" else None
@@ -58,7 +58,7 @@ def _verify(args: argparse.Namespace) -> int:
     except ParityError as exc:
         _say(f"PARITY FAILED: {exc}")
         return 1
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report.to_json(), indent=2))
     _say("parity OK" if tolerance is not None else f"{precision}: maxima reported (no tolerance applied)")
     return 0
 

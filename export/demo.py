@@ -10,12 +10,11 @@ intermediate checkpoint lives in a temporary directory and is deleted.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from emotion2vec_serving.modelrepo import MANIFEST_FILE, ONNX_FILE
+from emotion2vec_serving.modelrepo import ManifestError, load_manifest
 
 __all__ = ["DEMO_SEED", "DEMO_SIZE", "ensure_demo_repo"]
 
@@ -25,10 +24,9 @@ DEMO_SEED = 0
 
 def _is_complete(repo: Path) -> bool:
     try:
-        manifest = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return load_manifest(repo).untrained  # the model file is there too: load_manifest checks
+    except ManifestError:
         return False
-    return (repo / ONNX_FILE).is_file() and manifest.get("untrained") is True
 
 
 def ensure_demo_repo(out_dir: Path, progress: Callable[[str], None] | None = None) -> Path:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -26,9 +24,21 @@ from emotion2vec_serving.export.load import LoadedCheckpoint, load_checkpoint
 from emotion2vec_serving.export.model import Emotion2vecBatchExact, build_model
 from emotion2vec_serving.export.ort_run import OnnxModel, pad_batch
 from emotion2vec_serving.export.signals import DEVIATION_LENGTHS_S, speech_like, speech_like_set
-from emotion2vec_serving.modelrepo import INPUT_NAMES, MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, ONNX_FILE
+from emotion2vec_serving.modelrepo import (
+    INPUT_NAMES,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    Deviation,
+    DownloadRecord,
+    ModelManifest,
+    Parity,
+    Quantization,
+    Source,
+    labels_from_tokens,
+    write_manifest,
+)
 
-__all__ = ["OPSET", "PRECISIONS", "export_onnx", "export_repository", "label_entries"]
+__all__ = ["OPSET", "PRECISIONS", "export_onnx", "export_repository", "repository_manifest"]
 
 OPSET = 17
 #: ``int8``: batch-exact row-wise int8 (export/quantize.py); ``int8_dynamic``: ONNX Runtime's per-tensor
@@ -166,21 +176,6 @@ def _quantize_int8(fp32_path: Path, out_path: Path) -> None:
     )
 
 
-def label_entries(tokens: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Manifest label rows from ``tokens.txt`` lines (``生气/angry``, ``<unk>``, ``unuse_3``)."""
-    rows = []
-    for i, token in enumerate(tokens):
-        if "/" in token:
-            zh, en = token.split("/", 1)
-        elif token == "<unk>":
-            zh, en = "", "unknown"
-        else:
-            zh, en = "", token
-        rows.append({"index": i, "name": en, "name_zh": zh, "token": token,
-                     "enabled": not token.startswith("unuse")})
-    return rows
-
-
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -219,7 +214,7 @@ class RecordedReference:
 
 def measure_deviation(
     reference: Emotion2vecBatchExact | RecordedReference, onnx_path: Path, clips: list[np.ndarray]
-) -> dict[str, Any]:
+) -> Deviation:
     """Compare the ONNX model (clips run as one padded batch, and alone) with the fp32 torch model.
 
     ``max_abs_probs``/``min_cosine_embedding``: padded-batch ONNX vs fp32 reference, items alone.
@@ -258,69 +253,72 @@ def measure_deviation(
             agree += int(np.argmax(got["probs"]) == np.argmax(ref_out["probs"][0].numpy()))
         else:
             consistency = max(consistency, float(np.abs(got["embedding"] - alone["embedding"]).max()))
-    return {
-        "max_abs_probs": max_probs,
-        "min_cosine_embedding": min_cos,
-        "max_abs_embedding": max_emb,
-        "batch_consistency_max_abs": consistency,
-        "equal_length_consistency_max_abs": equal_length,
-        "top1_agreement": agree / len(clips) if "probs" in batched[0] else None,
-        "inputs": f"speech_like_set seeds 1234.., durations {list(DEVIATION_LENGTHS_S)} s, one padded batch",
-    }
+    return Deviation(
+        max_abs_probs=max_probs,
+        min_cosine_embedding=min_cos,
+        max_abs_embedding=max_emb,
+        batch_consistency_max_abs=consistency,
+        equal_length_consistency_max_abs=equal_length,
+        top1_agreement=agree / len(clips) if "probs" in batched[0] else None,
+        inputs=f"speech_like_set seeds 1234.., durations {list(DEVIATION_LENGTHS_S)} s, one padded batch",
+    )
 
 
-def write_manifest(
+def _within(measured: float | None) -> bool:
+    return measured is not None and measured <= BATCH_EXACT_TOLERANCE
+
+
+def repository_manifest(
     repo: Path,
     ck: LoadedCheckpoint,
     precision: str,
     output_names: tuple[str, ...],
-    deviation: dict[str, Any],
-    parity: dict[str, Any] | None,
+    deviation: Deviation,
+    parity: Parity | None,
     export_s: float,
-    quantization: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "model_name": ck.model_name,
-        "model_version": ck.sha256[:12],
-        "untrained": ck.untrained,
-        "precision": "int8" if precision.startswith("int8") else precision,
+    quantization: Quantization | None = None,
+) -> ModelManifest:
+    """The manifest of a repository exported from ``ck`` (written by ``modelrepo.write_manifest``)."""
+    return ModelManifest(
+        directory=repo,
+        model_name=ck.model_name,
+        model_version=ck.sha256[:12],
+        untrained=ck.untrained,
+        precision="int8" if precision.startswith("int8") else precision,
         # Measured, not assumed: an item alone equals the item in a padded batch within 1e-5 (probs).
-        "batch_exact": deviation["batch_consistency_max_abs"] <= BATCH_EXACT_TOLERANCE,
+        batch_exact=_within(deviation.batch_consistency_max_abs),
         # Exact when batch mates have the same length (no padding): the server batches equal lengths only.
-        "batch_exact_equal_length": deviation["equal_length_consistency_max_abs"] <= BATCH_EXACT_TOLERANCE,
-        "quantization": quantization,
-        "onnx_file": ONNX_FILE,
-        "opset": OPSET,
-        "sample_rate_hz": 16000,
-        "frame_rate_hz": 50,
-        "frame_hop_samples": 320,
-        "receptive_field_samples": 400,
-        "min_samples": MIN_SAMPLES,
-        "embedding_dim": ck.embed_dim,
-        "labels": label_entries(ck.tokens),
-        "io": {"inputs": list(INPUT_NAMES), "outputs": list(output_names)},
-        "source": {
-            "checkpoint_sha256": ck.sha256,
-            "path": str(ck.directory.resolve()),
-            "weights_file": ck.weights_file.name,
+        batch_exact_equal_length=_within(deviation.equal_length_consistency_max_abs),
+        quantization=quantization,
+        onnx_file=ONNX_FILE,
+        opset=OPSET,
+        sample_rate_hz=16000,
+        frame_rate_hz=50,
+        frame_hop_samples=320,
+        receptive_field_samples=400,
+        min_samples=MIN_SAMPLES,
+        embedding_dim=ck.embed_dim,
+        labels=labels_from_tokens(ck.tokens),
+        input_names=INPUT_NAMES,
+        output_names=output_names,
+        source=Source(
+            checkpoint_sha256=ck.sha256,
+            path=str(ck.directory.resolve()),
+            weights_file=ck.weights_file.name,
             # Downloaded model ids: hub, repository, the pinned (or --revision) revision, file digests.
-            "hub": ck.hub,
-            "config": ck.config["model_conf"] | {"modalities": ck.config["model_conf"]["modalities"]},
-        },
-        "exporter": _versions(),
-        "export_seconds": round(export_s, 2),
-        "deviation_from_fp32": deviation,
-        "parity": parity,
-        "notes": {
+            hub=DownloadRecord.from_record(ck.hub) if ck.hub is not None else None,
+            config=ck.config["model_conf"] | {"modalities": ck.config["model_conf"]["modalities"]},
+        ),
+        exporter=_versions(),
+        export_seconds=round(export_s, 2),
+        deviation_from_fp32=deviation,
+        parity=parity,
+        notes={
             "frame_probs": "head applied to each frame: this project's addition, not a FunASR output",
             "short_inputs": "items shorter than min_samples are zero-padded to 400 samples inside the graph",
             "batch_exact": "each item of a right-padded batch equals the item alone (1e-4 abs, fp32)",
         },
-    }
-    (repo / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                        encoding="utf-8")
-    return manifest
+    )
 
 
 def export_repository(
@@ -359,7 +357,7 @@ def export_repository(
     repo.mkdir(parents=True, exist_ok=True)
     progress(f"[2/4] exporting {ck.model_name} ({sum(v.numel() for v in ck.state_dict.values()) / 1e6:.1f}M "
              f"parameters) to ONNX opset {OPSET}, {precision}")
-    quantization: dict[str, Any] | None = None
+    quantization: Quantization | None = None
     if precision == "int8":
         from emotion2vec_serving.export.quantize import quantize_rowwise_int8
 
@@ -374,9 +372,10 @@ def export_repository(
             fp32_path = export_onnx(model, Path(tmp) / ONNX_FILE)
             progress("      quantising MatMul weights to int8 (per-tensor dynamic: NOT batch-exact)")
             _quantize_int8(fp32_path, repo / ONNX_FILE)
-            quantization = {"method": "int8_dynamic", "weights": "int8 per tensor, 7-bit range",
-                            "activations": "uint8 dynamic, one scale per tensor (per batch): NOT batch-exact",
-                            "ops": "MatMul (ONNX Runtime quantize_dynamic)"}
+            quantization = Quantization(
+                method="int8_dynamic", weights="int8 per tensor, 7-bit range",
+                activations="uint8 dynamic, one scale per tensor (per batch): NOT batch-exact",
+                ops="MatMul (ONNX Runtime quantize_dynamic)")
     elif precision == "fp16":
         half = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix, assign=True)
         export_onnx(half.to_compute_dtype(torch.float16), repo / ONNX_FILE)
@@ -390,17 +389,19 @@ def export_repository(
     gc.collect()
     progress(f"[3/4] measuring deviation from fp32 on {len(DEVIATION_LENGTHS_S)} speech-like clips")
     deviation = measure_deviation(reference, repo / ONNX_FILE, reference.clips)
-    progress(f"      max |Δprobs| {deviation['max_abs_probs']:.2e}, "
-             f"min cos(embedding) {deviation['min_cosine_embedding']:.6f}, "
-             f"alone vs batched {deviation['batch_consistency_max_abs']:.2e}")
-    write_manifest(repo, ck, precision, reference.output_names, deviation, None, export_s, quantization)
+    progress(f"      max |Δprobs| {deviation.max_abs_probs:.2e}, "
+             f"min cos(embedding) {deviation.min_cosine_embedding:.6f}, "
+             f"alone vs batched {deviation.batch_consistency_max_abs:.2e}")
+    manifest = repository_manifest(repo, ck, precision, reference.output_names, deviation, None, export_s,
+                                   quantization)
+    write_manifest(repo, manifest)
     if verify:
         from emotion2vec_serving.export.verify import verify_repository
 
         progress("[4/4] verifying against FunASR (single clips and random padded batches)")
         report = verify_repository(ck.directory, repo, progress=progress,
                                    tolerance=1e-4 if precision == "fp32" else None)
-        write_manifest(repo, ck, precision, reference.output_names, deviation, report, export_s, quantization)
+        write_manifest(repo, dataclasses.replace(manifest, parity=report))
     else:
         progress("[4/4] parity check skipped (--no-verify)")
     return repo

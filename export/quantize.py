@@ -34,22 +34,24 @@ fp32 model on generated speech, each clip alone) moves that range into the weigh
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from emotion2vec_serving.modelrepo import Quantization, Smoothing
+
 __all__ = ["QUANTIZATION", "quantize_rowwise_int8"]
 
-#: What the manifest records for a model built here.
-QUANTIZATION = {
-    "method": "int8_rowwise",
-    "weights": "int8 symmetric per output channel (8-bit)",
-    "activations": "uint8 dynamic, 0..127, one scale and offset per row (per frame of each item)",
-    "ops": "MatMul with a 2-D weight initializer (attention score MatMuls and the head stay fp32)",
-}
+#: What the manifest records for a model built here (``quantize_rowwise_int8`` adds the measured numbers).
+QUANTIZATION = Quantization(
+    method="int8_rowwise",
+    weights="int8 symmetric per output channel (8-bit)",
+    activations="uint8 dynamic, 0..127, one scale and offset per row (per frame of each item)",
+    ops="MatMul with a 2-D weight initializer (attention score MatMuls and the head stay fp32)",
+)
 
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
 _node = helper.make_node
@@ -99,7 +101,7 @@ def activation_maxima(fp32_path: Path, clips: list[np.ndarray],
 
 def quantize_rowwise_int8(fp32_path: Path, out_path: Path, *, weight_bits: int = 8, min_output_dim: int = 16,
                           calibration: list[np.ndarray] | None = None, smooth_alpha: float = 0.5,
-                          asymmetric: bool = True, activation_levels: int = 127) -> dict[str, Any]:
+                          asymmetric: bool = True, activation_levels: int = 127) -> Quantization:
     """Write the row-wise int8 model of ``fp32_path`` to ``out_path``; return what was quantised.
 
     ``min_output_dim``: MatMuls with fewer output columns (the classifier head) stay fp32.
@@ -209,8 +211,8 @@ def quantize_rowwise_int8(fp32_path: Path, out_path: Path, *, weight_bits: int =
                         location=data.name, size_threshold=1024)
     else:
         onnx.save_model(model, str(out_path))
-    return {**QUANTIZATION, "weight_bits": weight_bits, "activation_levels": activation_levels,
-            "asymmetric": asymmetric, "matmuls_quantised": quantised,
-            "smoothing": {"alpha": smooth_alpha, "calibration_clips": len(calibration)} if calibration
-            else None,
-            "weight_bytes_fp32": weights_in, "weight_bytes_int8": weights_out}
+    return dataclasses.replace(
+        QUANTIZATION, weight_bits=weight_bits, activation_levels=activation_levels, asymmetric=asymmetric,
+        matmuls_quantised=quantised,
+        smoothing=Smoothing(alpha=smooth_alpha, calibration_clips=len(calibration)) if calibration else None,
+        weight_bytes_fp32=weights_in, weight_bytes_int8=weights_out)

@@ -16,14 +16,13 @@ whose shapes are equal, so clients of Triton send padded ``waveform`` rows with 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import onnx
 
-from emotion2vec_serving.modelrepo import MANIFEST_FILE, ONNX_FILE
+from emotion2vec_serving.modelrepo import ONNX_FILE, load_manifest
 
 __all__ = ["config_pbtxt", "write_triton_layout"]
 
@@ -88,10 +87,9 @@ def write_triton_layout(
 ) -> Path:
     """Write ``out/<name>/`` (config.pbtxt, labels.txt, 1/model.onnx[.data]) from the model repository
     ``repo``; returns ``out/<name>``."""
-    repo = Path(repo)
-    manifest = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
-    name = name or str(manifest["model_name"])
-    onnx_file = repo / str(manifest.get("onnx_file", ONNX_FILE))
+    manifest = load_manifest(repo)
+    name = name or manifest.model_name
+    onnx_file = manifest.onnx_path
     model = onnx.load(str(onnx_file), load_external_data=False)  # the graph only: no weights in memory
     target = Path(out) / name
     version = target / "1"
@@ -100,7 +98,7 @@ def write_triton_layout(
     data = onnx_file.with_name(onnx_file.name + ".data")
     if data.is_file():
         _place(data, version / data.name)
-    labels = [str(row["name"]) for row in manifest.get("labels", [])]
+    labels = [label.name for label in manifest.labels]
     if labels:
         (target / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
     (target / "config.pbtxt").write_text(

@@ -18,6 +18,7 @@ import numpy as np
 
 from emotion2vec_serving.export.ort_run import OnnxModel
 from emotion2vec_serving.export.signals import speech_like
+from emotion2vec_serving.modelrepo import Parity, load_manifest
 
 __all__ = ["PARITY_LENGTHS", "ParityError", "funasr_reference", "verify_repository"]
 
@@ -69,13 +70,11 @@ def verify_repository(
     tolerance: float | None = DEFAULT_TOLERANCE,
     progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
     automodel: Any = None,
-) -> dict[str, Any]:
+) -> Parity:
     """Compare ``repo_dir/model.onnx`` with FunASR on ``checkpoint_dir``; return the maxima.
 
     Raises ParityError when a maximum exceeds ``tolerance`` (``None``: report only, for fp16/int8).
     """
-    from emotion2vec_serving.modelrepo import load_manifest
-
     manifest = load_manifest(repo_dir)
     automodel = automodel if automodel is not None else _load_funasr(Path(checkpoint_dir))
     onnx_model = OnnxModel(manifest.onnx_path)
@@ -100,17 +99,16 @@ def verify_repository(
         progress(f"      padded batch {b + 1}/{batches}: {[len(clips[i]) for i in idx]} samples")
         for i, item in zip(idx, onnx_model.run_clips([clips[i] for i in idx]), strict=True):
             record(_compare(item, refs[i], enabled), "batch")
-    report: dict[str, Any] = {
-        "reference": "funasr.AutoModel, one clip at a time",
-        "lengths_samples": list(lengths),
-        "batches": batches,
-        "batch_size": batch_size,
-        "tolerance": tolerance,
-        "max_abs": maxima,
-    }
     worst = max(maxima, key=lambda k: maxima[k])
     progress("      parity maxima: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(maxima.items())))
     if tolerance is not None and maxima[worst] > tolerance:
         raise ParityError(f"{worst} differs from FunASR by {maxima[worst]:.3e} > {tolerance:g}")
-    report["passed"] = tolerance is not None
-    return report
+    return Parity(
+        reference="funasr.AutoModel, one clip at a time",
+        lengths_samples=tuple(lengths),
+        batches=batches,
+        batch_size=batch_size,
+        tolerance=tolerance,
+        max_abs=maxima,
+        passed=tolerance is not None,
+    )

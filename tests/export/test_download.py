@@ -30,6 +30,7 @@ from emotion2vec_serving.export.download import (
     fetch_file,
 )
 from emotion2vec_serving.export.load import CheckpointError, load_checkpoint
+from emotion2vec_serving.modelrepo import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOB = bytes(range(256)) * 4096  # 1 MiB, so a stall or a drop lands mid-file
@@ -287,8 +288,8 @@ def test_cli_export_of_a_model_id_records_the_revision_in_the_manifest(hub: Hub,
         capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
-    hub_record = manifest["source"]["hub"]
-    assert hub_record["revision"] == "v9.9.9" and hub_record["repo_id"] == "iic/emotion2vec_plus_large"
-    assert hub_record["files"]["model.pt"]["sha256"] == manifest["source"]["checkpoint_sha256"]
+    source = load_manifest(tmp_path / "repo").source
+    assert source is not None and source.hub is not None
+    assert source.hub.revision == "v9.9.9" and source.hub.repo_id == "iic/emotion2vec_plus_large"
+    assert {f.path: f.sha256 for f in source.hub.files}["model.pt"] == source.checkpoint_sha256
     assert "downloading" in done.stderr

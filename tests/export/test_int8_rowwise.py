@@ -63,20 +63,21 @@ def _alone_vs_equal_length_mates(repo: Path) -> float:
 def test_int8_manifest_records_batch_exact_and_measured_deviation(int8_repo: Path) -> None:
     manifest = load_manifest(int8_repo)
     assert manifest.precision == "int8" and manifest.batch_exact_equal_length
-    raw = manifest.raw
-    assert raw["batch_exact_equal_length"] is True and raw["quantization"]["method"] == "int8_rowwise"
-    assert raw["quantization"]["smoothing"]["calibration_clips"] == 3
-    dev = raw["deviation_from_fp32"]
-    assert dev["equal_length_consistency_max_abs"] <= BATCH_EXACT_TOLERANCE
-    assert 0 < dev["max_abs_probs"] <= 0.02 and dev["min_cosine_embedding"] >= 0.99
-    assert dev["top1_agreement"] == 1.0
+    quant, dev = manifest.quantization, manifest.deviation_from_fp32
+    assert quant is not None and quant.method == "int8_rowwise" and quant.rowwise
+    assert quant.smoothing is not None and quant.smoothing.calibration_clips == 3
+    assert dev is not None and dev.equal_length_consistency_max_abs is not None
+    assert dev.equal_length_consistency_max_abs <= BATCH_EXACT_TOLERANCE
+    assert 0 < dev.max_abs_probs <= 0.02 and dev.min_cosine_embedding >= 0.99
+    assert dev.top1_agreement == 1.0
 
 
 def test_int8_graph_quantises_every_weight_matmul(int8_repo: Path) -> None:
     graph = onnx.load(str(int8_repo / "model.onnx")).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    quant = load_manifest(int8_repo).raw["quantization"]
-    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == quant["matmuls_quantised"] > 0
+    quant = load_manifest(int8_repo).quantization
+    assert quant is not None and quant.matmuls_quantised is not None
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == quant.matmuls_quantised > 0
     for node in graph.node:
         if node.op_type == "MatMulInteger":
             w = inits[node.input[1]]
@@ -131,6 +132,7 @@ def test_int8_is_close_to_fp32_through_the_runner(int8_repo: Path, tiny_repo: Pa
 def test_only_the_not_batch_exact_int8_carries_the_batching_caveat(int8_repo: Path,
                                                                      int8_dynamic_repo: Path) -> None:
     exact, dynamic = load_manifest(int8_repo), load_manifest(int8_dynamic_repo)
-    assert not dynamic.batch_exact and dynamic.raw["quantization"]["method"] == "int8_dynamic"
+    assert not dynamic.batch_exact and dynamic.quantization is not None
+    assert dynamic.quantization.method == "int8_dynamic" and not dynamic.quantization.rowwise
     assert batching_caveat(dynamic.precision, 8, batch_exact=dynamic.batch_exact) is not None
     assert batching_caveat(exact.precision, 8, batch_exact=exact.batch_exact) is None

@@ -26,11 +26,11 @@ def test_fp32_export_matches_funasr_within_1e4(
     tiny_checkpoint: Path, tiny_repo: Path, automodel: Any
 ) -> None:
     report = verify_repository(tiny_checkpoint, tiny_repo, automodel=automodel, **QUIET)
-    maxima = report["max_abs"]
+    maxima = report.max_abs
     assert set(maxima) == {f"{w}_{k}" for w in ("single", "batch") for k in ("probs", "embedding",
                                                                               "frame_features")}
     assert max(maxima.values()) <= 1e-4, maxima
-    assert report["passed"] and max(report["lengths_samples"]) == 30 * 16000
+    assert report.passed and max(report.lengths_samples) == 30 * 16000
 
 
 def test_export_without_the_padding_fix_fails_parity(
@@ -65,4 +65,5 @@ def test_headless_checkpoint_exports_embeddings_only(tmp_path: Path) -> None:
     manifest = load_manifest(repo)
     assert manifest.labels == () and manifest.output_names == HEADLESS_OUTPUT_NAMES
     assert manifest.model_name == "emotion2vec_base_tiny_random"
-    assert max(manifest.raw["parity"]["max_abs"].values()) <= 1e-4
+    assert manifest.parity is not None and manifest.parity.passed
+    assert max(manifest.parity.max_abs.values()) <= 1e-4

@@ -33,9 +33,10 @@ def test_manifest_is_readable_by_the_server(tiny_repo: Path, tiny_checkpoint: Pa
     import hashlib
 
     sha = hashlib.sha256((tiny_checkpoint / "model.pt").read_bytes()).hexdigest()
-    assert manifest.raw["source"]["checkpoint_sha256"] == sha and manifest.model_version == sha[:12]
-    assert {"torch", "onnx", "onnxruntime", "funasr"} <= set(manifest.raw["exporter"])
-    assert manifest.raw["deviation_from_fp32"]["max_abs_probs"] < 1e-5
+    assert manifest.source is not None and manifest.deviation_from_fp32 is not None
+    assert manifest.source.checkpoint_sha256 == sha and manifest.model_version == sha[:12]
+    assert {"torch", "onnx", "onnxruntime", "funasr"} <= set(manifest.exporter)
+    assert manifest.deviation_from_fp32.max_abs_probs < 1e-5
 
 
 def test_graph_has_dynamic_axes_and_no_baked_length(tiny_repo: Path) -> None:
@@ -62,9 +63,9 @@ def test_lower_precisions_record_their_deviation(
         tiny_checkpoint, tmp_path / precision, precision=precision, verify=False, **QUIET
     )
     manifest = load_manifest(repo)
-    dev = manifest.raw["deviation_from_fp32"]
-    assert manifest.precision == precision
-    assert 0 < dev["max_abs_probs"] < max_probs and 1 > dev["min_cosine_embedding"] > min_cos
+    dev = manifest.deviation_from_fp32
+    assert manifest.precision == precision and dev is not None
+    assert 0 < dev.max_abs_probs < max_probs and 1 > dev.min_cosine_embedding > min_cos
     # Inputs and outputs stay float32 at the boundary whatever the precision.
     session = OnnxModel(repo / "model.onnx").session
     assert {i.type for i in session.get_inputs()} == {"tensor(float)", "tensor(int64)"}

@@ -3,7 +3,9 @@ it), agrees with the ONNX graph, and ONNX Runtime runs the model from the versio
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from emotion2vec_serving.export.onnx_export import export_repository
 from emotion2vec_serving.export.ort_run import pad_batch
 from emotion2vec_serving.export.signals import speech_like_set
 from emotion2vec_serving.export.triton import write_triton_layout
-from emotion2vec_serving.modelrepo import load_manifest
+from emotion2vec_serving.modelrepo import MANIFEST_FILE, ManifestError, load_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,3 +105,24 @@ def test_cli_writes_the_layout_beside_the_export_and_large_models_keep_external_
     for a, b in zip(one.run(None, {"waveform": waveform, "lengths": lengths}),
                     two.run(None, {"waveform": waveform, "lengths": lengths}), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_layout_reads_the_repository_through_the_typed_manifest(tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy2(tiny_repo / "model.onnx", repo / "emotion.onnx")
+    manifest = load_manifest(tiny_repo)
+    renamed = dataclasses.replace(manifest, onnx_file="emotion.onnx",
+                                  labels=tuple(dataclasses.replace(lb, name=lb.name.upper())
+                                               for lb in manifest.labels))
+    write_manifest(repo, renamed)
+    target = write_triton_layout(repo, tmp_path / "triton")
+    assert (target / "1" / "model.onnx").read_bytes() == (tiny_repo / "model.onnx").read_bytes()
+    assert (target / "labels.txt").read_text(encoding="utf-8").splitlines()[0] == "ANGRY"
+    # A manifest the server would refuse makes no layout either, and the refusal names the field.
+    data = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
+    data["labels"][0]["name"] = 5
+    (repo / MANIFEST_FILE).write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"field 'labels\[0\]\.name' must be a string"):
+        write_triton_layout(repo, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
