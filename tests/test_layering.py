@@ -32,8 +32,9 @@ NAMESPACE = "emotion2vec_serving"
 def _top(module: str) -> str:
     """The package of a module: ``emotion2vec_serving.server.app`` -> ``server``, ``grpc.aio`` -> ``grpc``."""
     parts = module.split(".")
-    if parts[:3] == [NAMESPACE, "clients", "wire"]:
-        return "clients.wire"  # the wire constants shared with the light client (standard library only)
+    if parts[:3] in ([NAMESPACE, "clients", "wire"], [NAMESPACE, "clients", "schema"]):
+        # the wire constants and the result JSON schema shared with the light client (standard library only)
+        return ".".join(parts[1:3])
     if parts[0] == NAMESPACE and len(parts) > 1:
         return parts[1]
     return parts[0]

@@ -24,6 +24,7 @@ from emotion.oip import model_config_pb2
 from google.protobuf import json_format
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_GRPC
+from emotion2vec_serving.server.auth import OIP_PROBES
 from emotion2vec_serving.server.calls import tensors as oip
 from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, ModelCard
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest, ModelNotFound
@@ -34,8 +35,9 @@ __all__ = ["PROTOCOL", "PUBLIC_METHODS", "SERVICE_NAME", "OipGrpcService", "add_
 #: The ``protocol`` metrics label of this front end.
 PROTOCOL = PROTOCOL_OIP_GRPC
 SERVICE_NAME = "inference.GRPCInferenceService"
-#: Probes that need no bearer token (like the gRPC health service): liveness and readiness.
-PUBLIC_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
+#: Probes that need no bearer token (like the gRPC health service) and are outside the concurrency cap:
+#: liveness and readiness (``server.auth`` owns the list, for the REST probes too).
+PUBLIC_METHODS = OIP_PROBES
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 

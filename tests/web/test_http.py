@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from emotion2vec_serving.clients import EmotionClient
-from emotion2vec_serving.clients.results import recognition_to_json
+from emotion2vec_serving.clients.schema import recognition_json
 from emotion2vec_serving.server.process import ServerProcess, free_port
 from tests.polling import wait_until_async
 from tests.server.inprocess import metric_value
@@ -67,7 +67,7 @@ def test_recognize_equals_emotion_v1_for_raw_and_multipart_uploads(
     with EmotionClient(open_server.target) as client:
         for name, data in upload_files.items():
             expected = client.recognize(data, granularity="frame", embedding=True)
-            expected_json = recognition_to_json(expected, input_name=name)
+            expected_json = recognition_json(expected, input_name=name)
             body, ctype = multipart({"granularity": "frame", "embedding": "true"}, name, data)
             reply = http("POST", open_server.url("/v1/recognize"), body, {"Content-Type": ctype})
             assert reply.status == 200, (name, reply.body[:300])
@@ -82,12 +82,12 @@ def test_recognize_equals_emotion_v1_for_raw_and_multipart_uploads(
         raw = http("POST", open_server.url("/v1/recognize?name=tones.wav"), data,
                    {"Content-Type": "audio/wav"})
         assert raw.status == 200
-        same_result(raw.json(), recognition_to_json(plain, input_name="tones.wav"))
+        same_result(raw.json(), recognition_json(plain, input_name="tones.wav"))
         # Query options work on a raw body too; smoothing changes the frames like the gRPC option does.
         smoothed = client.recognize(data, granularity="frame", smoothing_frames=5)
         reply = http("POST", open_server.url("/v1/recognize?granularity=frame&smoothing=5"), data)
         assert reply.status == 200
-        same_result(reply.json(), recognition_to_json(smoothed))
+        same_result(reply.json(), recognition_json(smoothed))
 
 
 def test_long_recording_segments_equal_emotion_v1(open_server: WebServer) -> None:
@@ -107,7 +107,7 @@ def test_long_recording_segments_equal_emotion_v1(open_server: WebServer) -> Non
         assert set(seg) <= set(schema["properties"]["segments"]["items"]["properties"])
     for got in answer["segments"]:
         got.pop("timing")
-    wanted = recognition_to_json(expected, input_name="long.flac")
+    wanted = recognition_json(expected, input_name="long.flac")
     for seg in wanted["segments"]:
         seg.pop("timing")
     same_result(answer, wanted)
