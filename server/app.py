@@ -39,7 +39,7 @@ from grpc_reflection.v1alpha import reflection
 
 from emotion2vec_serving.batching import DECISIONS, BatchPolicy, DecideFn, DynamicBatcher
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
-from emotion2vec_serving.server.auth import BearerAuth, TokenStore
+from emotion2vec_serving.server.auth import OIP_PROBES, BearerAuth, TokenStore
 from emotion2vec_serving.server.calls.core import CoreLimits, EmotionCore
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.grpc import listeners
@@ -231,7 +231,7 @@ class EmotionServer:
         # work). Health checks and the OIP probes are outside the cap: probes answer whatever the load.
         core = self.core
         self.admission = RpcAdmission(
-            s.max_concurrent_rpcs, exempt=oip_grpc.PUBLIC_METHODS,
+            s.max_concurrent_rpcs, exempt=OIP_PROBES,
             retry_after_ms=lambda: int(1000 * max(0.05, core.estimated_drain_s())),
             on_reject=self._count_cap_refusal,
         )

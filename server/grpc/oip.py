@@ -24,20 +24,14 @@ from emotion.oip import model_config_pb2
 from google.protobuf import json_format
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_GRPC
-from emotion2vec_serving.server.auth import OIP_PROBES
 from emotion2vec_serving.server.calls import tensors as oip
 from emotion2vec_serving.server.calls.core import CallContext, EmotionCore, ModelCard
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest, ModelNotFound
 from emotion2vec_serving.server.grpc.status import abort
 
-__all__ = ["PROTOCOL", "PUBLIC_METHODS", "SERVICE_NAME", "OipGrpcService", "add_to_server"]
+__all__ = ["SERVICE_NAME", "OipGrpcService", "add_to_server"]
 
-#: The ``protocol`` metrics label of this front end.
-PROTOCOL = PROTOCOL_OIP_GRPC
 SERVICE_NAME = "inference.GRPCInferenceService"
-#: Probes that need no bearer token (like the gRPC health service) and are outside the concurrency cap:
-#: liveness and readiness (``server.auth`` owns the list, for the REST probes too).
-PUBLIC_METHODS = OIP_PROBES
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -94,7 +88,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
         grpc_deadline = None if remaining is None else time.monotonic() + max(0.0, float(remaining))
         if deadline is None or (grpc_deadline is not None and grpc_deadline < deadline):
             deadline = grpc_deadline
-        return CallContext(protocol=PROTOCOL, rpc=rpc, deadline=deadline, priority=priority)
+        return CallContext(protocol=PROTOCOL_OIP_GRPC, rpc=rpc, deadline=deadline, priority=priority)
 
     async def _model(self, name: str, version: str, context: Context, rpc: str) -> ModelCard:
         card = self._core.model_card()

@@ -45,10 +45,8 @@ from emotion2vec_serving.server.calls.errors import (
 from emotion2vec_serving.server.http.auth import HttpAuth
 from emotion2vec_serving.server.http.status import http_error
 
-__all__ = ["HEADER_LENGTH", "PROTOCOL", "add_routes"]
+__all__ = ["HEADER_LENGTH", "add_routes"]
 
-#: The ``protocol`` metrics label of this front end.
-PROTOCOL = PROTOCOL_OIP_HTTP
 #: The binary tensor extension's header: length of the JSON part of the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: handler name -> the method name in metrics (that of the same call over OIP gRPC).
@@ -198,7 +196,7 @@ class _OipRest:
         if not (path == "/v2" or path.startswith("/v2/")):
             return await handler(request)
         handler_name = getattr(request.match_info.handler, "__name__", "")
-        refused = self._auth.check(request, protocol=PROTOCOL, rpc=_RPC_NAMES.get(handler_name))
+        refused = self._auth.check(request, protocol=PROTOCOL_OIP_HTTP, rpc=_RPC_NAMES.get(handler_name))
         if refused is not None:
             return _failure(refused)
         try:
@@ -211,7 +209,7 @@ class _OipRest:
     # ------------------------------------------------------------------ helpers
 
     def _call(self, rpc: str, deadline: float | None = None, priority: int = 0) -> CallContext:
-        return CallContext(protocol=PROTOCOL, rpc=rpc, deadline=deadline, priority=priority)
+        return CallContext(protocol=PROTOCOL_OIP_HTTP, rpc=rpc, deadline=deadline, priority=priority)
 
     def _model(self, request: web.Request) -> ModelCard:
         card = self._core.model_card()
