@@ -30,8 +30,9 @@ from .audio import find_audio_files
 from .channel import ChannelSettings, TLSConfig
 from .client import SERVICE_NAME, EmotionClient
 from .errors import EmotionClientError
-from .results import Recognition, Segment, StreamSummary, recognition_to_json
+from .results import Recognition, Segment, StreamSummary
 from .retry import RetryPolicy
+from .schema import recognition_json
 
 __all__ = ["main", "make_output_dir"]
 
@@ -212,7 +213,7 @@ def make_output_dir(root: Path, now: datetime | None = None) -> Path:
 
 def _write_outputs(root: Path, source: Path, result: Recognition) -> Path:
     folder = make_output_dir(root)
-    payload = recognition_to_json(result, input_name=str(source))
+    payload = recognition_json(result, input_name=str(source))
     (folder / "result.json").write_text(
         json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
@@ -313,9 +314,7 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
                 bar.write(f"error: {path}: {exc}", file=sys.stderr)
             else:
                 if args.json:
-                    payload = recognition_to_json(result, input_name=str(path))
-                    if result.embedding is not None:
-                        payload["embedding"] = result.embedding.tolist()
+                    payload = recognition_json(result, input_name=str(path), embedding=True)
                     bar.clear()
                     _print_json(payload)
                 else:

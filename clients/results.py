@@ -1,6 +1,7 @@
 """Typed results returned by the clients. Protobuf messages stop here: callers get dataclasses and numpy.
 
-``from_*`` functions convert the generated messages; they are the only place that reads proto fields.
+``from_*`` functions convert the generated messages; they are the only place that reads proto fields. Their
+JSON (``result.json``) is written by ``clients/schema.py``, which the server's HTTP API shares.
 """
 
 from __future__ import annotations
@@ -319,57 +320,3 @@ def model_info_from_proto(msg: emotion_pb2.ModelInfo) -> ModelInfo:
         max_audio_s=msg.max_audio_s,
         max_segment_s=msg.max_segment_s,
     )
-
-
-def recognition_to_json(result: Recognition, input_name: str | None = None) -> dict[str, Any]:
-    """The ``result.json`` schema (emotion2vec WebUI style): emotion, confidence, scores, granularity, ..."""
-    out: dict[str, Any] = {
-        "emotion": result.label,
-        "emotion_zh": result.label_zh,
-        "confidence": result.confidence,
-        "scores": dict(result.scores),
-        "granularity": result.granularity,
-    }
-    if input_name is not None:
-        out["input"] = input_name
-    out["duration_s"] = result.duration_s
-    out["timing"] = result.timing.to_dict()
-    out["model"] = result.model.to_dict()
-    if result.granularity == "frame":
-        out["frames"] = [
-            {
-                "start_s": f.start_s,
-                "end_s": f.end_s,
-                "emotion": f.label,
-                "confidence": f.confidence,
-                "scores": f.scores,
-            }
-            for f in result.frames
-        ]
-    if result.segments:
-        # Long recordings: the fields above are an aggregate over these segments (old fields unchanged).
-        out["voiced_s"] = result.voiced_s
-        out["segments"] = []
-        first = 0  # segment frames are consecutive runs of the top-level "frames", in order
-        for seg in result.segments:
-            out["segments"].append(_segment_to_json(seg, first, frames=result.granularity == "frame"))
-            first += len(seg.frames)
-    return out
-
-
-def _segment_to_json(seg: Segment, first_frame: int, *, frames: bool) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "segment_id": seg.segment_id,
-        "start_s": seg.start_s,
-        "end_s": seg.end_s,
-        "emotion": seg.label,
-        "emotion_zh": seg.label_zh,
-        "confidence": seg.confidence,
-        "scores": dict(seg.scores),
-        "timing": seg.timing.to_dict(),
-    }
-    if frames:
-        # Indices into the top-level "frames" list (which holds every frame, absolute times).
-        item["first_frame"] = first_frame
-        item["frame_count"] = len(seg.frames)
-    return item

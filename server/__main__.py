@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emotion2vec_serving.server.app import (
         run_server,  # after model resolution: keeps --help and errors fast
     )
-    from emotion2vec_serving.server.auth import SecurityConfigError
+    from emotion2vec_serving.server.tls import SecurityConfigError
 
     try:
         return asyncio.run(run_server(settings, manifest))

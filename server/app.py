@@ -39,13 +39,15 @@ from grpc_reflection.v1alpha import reflection
 
 from emotion2vec_serving.batching import DECISIONS, DecideFn, DynamicBatcher
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
-from emotion2vec_serving.server.auth import TokenAuthInterceptor, TokenStore, server_credentials
+from emotion2vec_serving.server.auth import OIP_PROBES, BearerAuth, TokenStore
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.limits import CoreLimits
 from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.grpc import listeners
 from emotion2vec_serving.server.grpc import oip as oip_grpc
 from emotion2vec_serving.server.grpc.admission import RpcAdmission
+from emotion2vec_serving.server.grpc.auth import TokenAuthInterceptor
+from emotion2vec_serving.server.grpc.credentials import server_credentials
 from emotion2vec_serving.server.grpc.emotion_v1 import EmotionService
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME, Health
 from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
@@ -208,10 +210,11 @@ class EmotionServer:
                              ("grpc.max_connection_age_grace_ms", int(grace_s * 1000))]
         tokens = TokenStore.from_settings(s.auth_token_file or None)
         interceptors: list[Any] = []
+        auth = None
         if tokens is not None:
-            interceptors.append(TokenAuthInterceptor(tokens, exempt_reflection=s.auth_exempt_reflection,
-                                                     exempt_methods=oip_grpc.PUBLIC_METHODS,
-                                                     on_reject=self.metrics.reject))
+            # Health, the OIP live/ready probes (gRPC and REST) and, when asked, reflection need no token.
+            auth = BearerAuth(tokens, self.metrics, exempt_reflection=s.auth_exempt_reflection)
+            interceptors.append(TokenAuthInterceptor(auth))
             log.info("bearer-token authentication enabled (health checks exempt)")
         credentials = server_credentials(s.tls_cert_file or None, s.tls_key_file or None,
                                          s.tls_client_ca_file or None)
@@ -220,7 +223,7 @@ class EmotionServer:
         # work). Health checks and the OIP probes are outside the cap: probes answer whatever the load.
         core = self.core
         self.admission = RpcAdmission(
-            s.max_concurrent_rpcs, exempt=oip_grpc.PUBLIC_METHODS,
+            s.max_concurrent_rpcs, exempt=OIP_PROBES,
             retry_after_ms=lambda: int(1000 * max(0.05, core.estimated_drain_s())),
             on_reject=self._count_cap_refusal,
         )
@@ -251,7 +254,7 @@ class EmotionServer:
         if s.http_port >= 0:
             from emotion2vec_serving.server.http.app import HttpFrontEnd
 
-            self.http = HttpFrontEnd(self.core, s, tokens=tokens)
+            self.http = HttpFrontEnd(self.core, s, auth=auth)
             self.http_port = await self.http.start()
         if s.warmup:
             await self.warmup()

@@ -27,18 +27,26 @@ import grpc
 import grpc.aio
 
 from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1, PROTOCOL_OIP_GRPC
+from emotion2vec_serving.server.auth import HEALTH_METHOD_PREFIX
 from emotion2vec_serving.server.calls.errors import ErrorKind, Failure
 from emotion2vec_serving.server.grpc.status import trailing_metadata
 
-__all__ = ["EXEMPT_PREFIXES", "RpcAdmission"]
+__all__ = ["EXEMPT_PREFIXES", "RpcAdmission", "protocol_and_rpc"]
 
 #: Never counted or refused: probes must answer whatever the load.
-EXEMPT_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/",)
+EXEMPT_PREFIXES: tuple[str, ...] = (HEALTH_METHOD_PREFIX,)
 #: ``emotion_rejections_total`` reason of a call refused by the cap.
 REASON = "rpc_limit"
 #: gRPC service -> the ``protocol`` label of ``emotion_requests_total``.
 _PROTOCOLS = {"emotion.v1.EmotionRecognizer": PROTOCOL_EMOTION_V1,
               "inference.GRPCInferenceService": PROTOCOL_OIP_GRPC}
+
+
+def protocol_and_rpc(method: str) -> tuple[str, str]:
+    """``/emotion.v1.EmotionRecognizer/Recognize`` -> (``emotion_v1``, ``Recognize``): the metrics labels of
+    a gRPC method (protocol ``""`` for a service that is neither emotion.v1 nor the OIP)."""
+    service, _, rpc = method.lstrip("/").rpartition("/")
+    return _PROTOCOLS.get(service, ""), rpc
 
 
 class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
@@ -96,8 +104,7 @@ class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc sh
     # ------------------------------------------------------------------ handlers
 
     def _refusal(self, method: str, real: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        service, _, rpc = method.lstrip("/").rpartition("/")
-        protocol = _PROTOCOLS.get(service, "")
+        protocol, rpc = protocol_and_rpc(method)
         if self._on_reject is not None:
             self._on_reject(rpc, protocol)
         retry = self._retry_after_ms() if self._retry_after_ms is not None else None

@@ -23,7 +23,6 @@ from emotion2vec_serving.server.calls.types import (
 )
 
 __all__ = [
-    "PROTOCOL",
     "audio_input",
     "call_context",
     "embedding_segment_pb",
@@ -34,9 +33,6 @@ __all__ = [
     "timing_pb",
     "utterance_pb",
 ]
-
-#: The ``protocol`` metrics label of this front end.
-PROTOCOL = PROTOCOL_EMOTION_V1
 
 _PCM_ENCODINGS = {
     emotion_pb2.PCM_ENCODING_S16LE: "s16le",
@@ -49,7 +45,7 @@ def call_context(rpc: str, context: grpc.aio.ServicerContext[Any, Any], priority
     """The core's view of a call: its gRPC deadline (absolute, monotonic) or None."""
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + max(0.0, float(remaining))
-    return CallContext(protocol=PROTOCOL, rpc=rpc, deadline=deadline, priority=int(priority))
+    return CallContext(protocol=PROTOCOL_EMOTION_V1, rpc=rpc, deadline=deadline, priority=int(priority))
 
 
 def audio_input(audio: emotion_pb2.Audio) -> AudioInput:

@@ -30,13 +30,9 @@ from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest, 
 from emotion2vec_serving.server.calls.types import CallContext, ModelCard
 from emotion2vec_serving.server.grpc.status import abort
 
-__all__ = ["PROTOCOL", "PUBLIC_METHODS", "SERVICE_NAME", "OipGrpcService", "add_to_server"]
+__all__ = ["SERVICE_NAME", "OipGrpcService", "add_to_server"]
 
-#: The ``protocol`` metrics label of this front end.
-PROTOCOL = PROTOCOL_OIP_GRPC
 SERVICE_NAME = "inference.GRPCInferenceService"
-#: Probes that need no bearer token (like the gRPC health service): liveness and readiness.
-PUBLIC_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -93,7 +89,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
         grpc_deadline = None if remaining is None else time.monotonic() + max(0.0, float(remaining))
         if deadline is None or (grpc_deadline is not None and grpc_deadline < deadline):
             deadline = grpc_deadline
-        return CallContext(protocol=PROTOCOL, rpc=rpc, deadline=deadline, priority=priority)
+        return CallContext(protocol=PROTOCOL_OIP_GRPC, rpc=rpc, deadline=deadline, priority=priority)
 
     async def _model(self, name: str, version: str, context: Context, rpc: str) -> ModelCard:
         card = self._core.model_card()

@@ -1,9 +1,11 @@
 """The HTTP listener (``--http-port``): one aiohttp application in the server's own event loop.
 
-It carries the Open Inference Protocol REST front end (``/v2``, :mod:`oip_rest`) and, when present, the web
-page and its ``/v1`` API (:mod:`web`), with the gRPC port's TLS settings (and client certificates for
-mutual TLS) and bearer tokens. :func:`build_http_app` is the one place routes are registered;
-:class:`HttpFrontEnd` starts and stops the listener for ``EmotionServer``.
+It carries the Open Inference Protocol REST front end (``/v2``, ``http/oip.py``) and the web front end: the
+page (``http/page.py``), its ``/v1`` API (``http/v1.py``), WebSocket stream (``http/websocket.py``) and
+OpenAPI description (``http/openapi.py``), with the gRPC port's TLS settings (``server/tls.py``: client
+certificates for mutual TLS) and bearer-token check (``server/auth.py`` through ``http/auth.py``).
+:func:`build_http_app` is the one place routes are registered; :class:`HttpFrontEnd` starts and stops the
+listener for ``EmotionServer``.
 
 Shutdown (``EmotionServer.stop``): readiness answers 503 from the start of the drain; when gRPC sends GOAWAY
 the listener closes (no new connections) while the connections already open finish their calls; they are
@@ -12,15 +14,17 @@ closed once the core is idle.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import ssl
 
 from aiohttp import web
 
-from emotion2vec_serving.server.auth import SecurityConfigError, TokenStore, read_pem
+from emotion2vec_serving.server.auth import BearerAuth
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.config import Settings
+from emotion2vec_serving.server.http import oip, openapi, page, v1, websocket
+from emotion2vec_serving.server.http.auth import HttpAuth
+from emotion2vec_serving.server.tls import server_ssl_context
 
 __all__ = ["HttpFrontEnd", "build_http_app", "ssl_context"]
 
@@ -31,52 +35,36 @@ _ENVELOPE_BYTES = 64 * 1024
 
 
 def build_http_app(
-    core: EmotionCore, settings: Settings, *, tokens: TokenStore | None = None
+    core: EmotionCore, settings: Settings, *, auth: BearerAuth | None = None
 ) -> web.Application:
-    """The application: ``/v2`` (Open Inference Protocol REST), then the web page's routes when installed.
+    """The application: ``/v2`` (Open Inference Protocol REST), then the web page and its ``/v1`` API.
 
-    ``tokens``: accepted bearer tokens (``None``: no authentication), the same store the gRPC port uses.
-    The web module's ``add_routes`` runs here, before the application starts, so it may add middlewares.
+    ``auth``: the server's bearer-token check (``None``: no authentication), the same one the gRPC port uses.
+    Routes and middlewares are added here, before the application starts.
     """
-    from emotion2vec_serving.server.http import oip as oip_rest
-
     app = web.Application(client_max_size=settings.max_message_bytes + _ENVELOPE_BYTES)
-    oip_rest.add_routes(app, core, tokens=tokens)
-    if importlib.util.find_spec("emotion2vec_serving.server.http.web") is not None:
-        from emotion2vec_serving.server.http import web as web_page
-
-        web_page.add_routes(app, core, settings, tokens=tokens)
+    http_auth = HttpAuth(auth)
+    oip.add_routes(app, core, http_auth)
+    page.add_routes(app, settings)
+    openapi.add_routes(app, settings)
+    websocket.add_routes(app, core, settings, http_auth)
+    v1.add_routes(app, core, settings, http_auth)  # last: it ends with the catch-all 404 under /v1
     return app
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """TLS for the HTTP port from the gRPC port's PEM files (client certificates required when a client CA
-    is set); ``None`` for plaintext."""
-    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-    if not cert and not key:
-        if ca:
-            raise SecurityConfigError("a client CA (mutual TLS) needs a server certificate and key as well")
-        return None
-    if not cert or not key:
-        raise SecurityConfigError("TLS needs both a certificate and a private key")
-    for path, what in ((cert, "TLS certificate"), (key, "TLS private key")):
-        read_pem(path, what)  # the same checks and messages as the gRPC port
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    if ca:
-        read_pem(ca, "client CA")
-        context.load_verify_locations(cafile=ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    """TLS for the HTTP port from the gRPC port's PEM files; ``None`` for plaintext."""
+    return server_ssl_context(settings.tls_cert_file or None, settings.tls_key_file or None,
+                              settings.tls_client_ca_file or None)
 
 
 class HttpFrontEnd:
     """Runs :func:`build_http_app` on ``settings.http_port`` (0: a free port) in the running loop."""
 
-    def __init__(self, core: EmotionCore, settings: Settings, *, tokens: TokenStore | None = None) -> None:
+    def __init__(self, core: EmotionCore, settings: Settings, *, auth: BearerAuth | None = None) -> None:
         self._core = core
         self._settings = settings
-        self._tokens = tokens
+        self._auth = auth
         self._runner: web.AppRunner | None = None
         self._draining = False
         self.port: int | None = None
@@ -84,7 +72,7 @@ class HttpFrontEnd:
     async def start(self) -> int:
         s = self._settings
         context = ssl_context(s)
-        app = build_http_app(self._core, s, tokens=self._tokens)
+        app = build_http_app(self._core, s, auth=self._auth)
         app.on_response_prepare.append(self._close_when_draining)
         # Closing waits for the requests in progress up to the drain grace, then cancels them.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.drain_grace_s)

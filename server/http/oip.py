@@ -18,7 +18,8 @@ input carries ``"parameters": {"binary_data_size": n}``. Outputs are binary when
 ``"content_type": "base64"`` (how to send an audio file in plain JSON).
 
 Authentication: with tokens configured, every ``/v2`` call but the health and readiness probes needs
-``Authorization: Bearer <token>``, like the gRPC port (whose health service is exempt too).
+``Authorization: Bearer <token>``, like the gRPC port (whose health service is exempt too): the one check
+of ``http/auth.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import numpy as np
 from aiohttp import web
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_HTTP
-from emotion2vec_serving.server.auth import TokenStore
 from emotion2vec_serving.server.calls import tensors as oip
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import (
@@ -41,20 +41,19 @@ from emotion2vec_serving.server.calls.errors import (
     Failure,
     InvalidRequest,
     ModelNotFound,
-    Unauthenticated,
-    classify,
 )
 from emotion2vec_serving.server.calls.types import CallContext, ModelCard
+from emotion2vec_serving.server.http.auth import HttpAuth
 from emotion2vec_serving.server.http.status import http_error
 
-__all__ = ["HEADER_LENGTH", "PROTOCOL", "add_routes"]
+__all__ = ["HEADER_LENGTH", "add_routes"]
 
-#: The ``protocol`` metrics label of this front end.
-PROTOCOL = PROTOCOL_OIP_HTTP
 #: The binary tensor extension's header: length of the JSON part of the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
-#: Paths that need no token (probes, like the gRPC health service).
-_PUBLIC_SUFFIXES = ("/ready", "/live")
+#: handler name -> the method name in metrics (that of the same call over OIP gRPC).
+_RPC_NAMES = {"live": "ServerLive", "ready": "ServerReady", "server_metadata": "ServerMetadata",
+              "model_metadata": "ModelMetadata", "model_ready": "ModelReady", "model_config": "ModelConfig",
+              "infer": "ModelInfer", "repository_index": "RepositoryIndex"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -183,9 +182,9 @@ def _output_json(t: oip.OutTensor) -> list[Any]:
 
 
 class _OipRest:
-    def __init__(self, core: EmotionCore, tokens: TokenStore | None) -> None:
+    def __init__(self, core: EmotionCore, auth: HttpAuth) -> None:
         self._core = core
-        self._tokens = tokens
+        self._auth = auth
         self._version = oip.server_version()
 
     # ------------------------------------------------------------------ auth
@@ -197,10 +196,10 @@ class _OipRest:
         path = request.path
         if not (path == "/v2" or path.startswith("/v2/")):
             return await handler(request)
-        if self._tokens is not None and not (request.method == "GET" and path.endswith(_PUBLIC_SUFFIXES)):
-            refused = self._check_token(request)
-            if refused is not None:
-                return refused
+        handler_name = getattr(request.match_info.handler, "__name__", "")
+        refused = self._auth.check(request, protocol=PROTOCOL_OIP_HTTP, rpc=_RPC_NAMES.get(handler_name))
+        if refused is not None:
+            return _failure(refused)
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -208,27 +207,10 @@ class _OipRest:
                 raise
             return _json({"error": f"{exc.reason}: {request.method} {path}"}, exc.status)
 
-    def _check_token(self, request: web.Request) -> web.Response | None:
-        assert self._tokens is not None
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        if not header:
-            message = "missing credentials: send the header 'Authorization: Bearer <token>'"
-        elif scheme.lower() != "bearer" or not token.strip():
-            message = "invalid credentials: the Authorization header must be 'Bearer <token>'"
-        elif not self._tokens.check(token.strip()):
-            message = "invalid credentials: the bearer token is not accepted"
-        else:
-            return None
-        failure = classify(Unauthenticated(message))
-        if failure.reason is not None:
-            self._core.metrics.reject(failure.reason)
-        return _failure(failure)
-
     # ------------------------------------------------------------------ helpers
 
     def _call(self, rpc: str, deadline: float | None = None, priority: int = 0) -> CallContext:
-        return CallContext(protocol=PROTOCOL, rpc=rpc, deadline=deadline, priority=priority)
+        return CallContext(protocol=PROTOCOL_OIP_HTTP, rpc=rpc, deadline=deadline, priority=priority)
 
     def _model(self, request: web.Request) -> ModelCard:
         card = self._core.model_card()
@@ -330,9 +312,9 @@ class _OipRest:
                             headers={HEADER_LENGTH: str(len(header))})
 
 
-def add_routes(app: web.Application, core: EmotionCore, *, tokens: TokenStore | None = None) -> None:
+def add_routes(app: web.Application, core: EmotionCore, auth: HttpAuth) -> None:
     """Put the ``/v2`` endpoints (and their bearer-token check) on ``app`` before it starts."""
-    rest = _OipRest(core, tokens)
+    rest = _OipRest(core, auth)
     app.middlewares.append(rest.middleware)
     r = app.router
     r.add_get("/v2/health/live", rest.live)

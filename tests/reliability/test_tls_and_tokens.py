@@ -1,8 +1,9 @@
-"""server/auth.py against a real grpc.aio server on port 0: TLS, mutual TLS and bearer tokens.
+"""server/auth.py and server/tls.py (through their gRPC adapters, server/grpc/auth.py and credentials.py)
+against a real grpc.aio server on port 0: TLS, mutual TLS and bearer tokens.
 
 The server here is a small echo service (all four call cardinalities) plus the real grpc health and
-reflection services, so these tests depend on nothing but server/auth.py; the tests against the real
-emotion server live in test_server_security.py.
+reflection services, so these tests depend on nothing but the auth and TLS modules and a real ServerMetrics
+(where refusals are counted); the tests against the real emotion server live in test_server_security.py.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from emotion2vec_serving.server.auth import (
-    SecurityConfigError,
-    TokenAuthInterceptor,
-    TokenStore,
-    load_tokens,
-    server_credentials,
-)
+from emotion2vec_serving.server.auth import BearerAuth, TokenStore, load_tokens
+from emotion2vec_serving.server.grpc.auth import TokenAuthInterceptor
+from emotion2vec_serving.server.grpc.credentials import server_credentials
+from emotion2vec_serving.server.metrics import ServerMetrics
+from emotion2vec_serving.server.tls import SecurityConfigError
 from tests.reliability.certs import CertSet, make_cert_set
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -90,7 +89,13 @@ class Running:
     server: grpc.aio.Server
     port: int
     calls: Calls
-    rejections: list[str]
+    metrics: ServerMetrics
+
+    def rejections(self) -> float:
+        """``emotion_rejections_total{reason="unauthenticated"}`` of this server."""
+        registry = self.metrics.registry
+        value = registry.get_sample_value("emotion_rejections_total", {"reason": "unauthenticated"})
+        return value or 0.0
 
 
 async def _start(
@@ -100,12 +105,10 @@ async def _start(
     tokens: TokenStore | None = None,
 ) -> Running:
     calls = Calls()
-    rejections: list[str] = []
+    metrics = ServerMetrics()
     interceptors = []
     if tokens is not None:
-        interceptors.append(
-            TokenAuthInterceptor(tokens, on_reject=rejections.append, **(interceptor_kwargs or {}))
-        )
+        interceptors.append(TokenAuthInterceptor(BearerAuth(tokens, metrics, **(interceptor_kwargs or {}))))
     server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers((_echo_handler(calls),))
     health_servicer = health.aio.HealthServicer()
@@ -117,7 +120,7 @@ async def _start(
     addr = "127.0.0.1:0"
     port = server.add_secure_port(addr, credentials) if credentials else server.add_insecure_port(addr)
     await server.start()
-    return Running(server, port, calls, rejections)
+    return Running(server, port, calls, metrics)
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +265,7 @@ async def test_a_valid_token_reaches_every_kind_of_method() -> None:
                 assert await _call_all(ch, (("authorization", f"Bearer {token}"),)) == EXPECTED_ECHO
             # The scheme is case-insensitive (RFC 7235).
             assert await _methods(ch)["uu"](b"x", metadata=(("authorization", f"bearer {TOKEN}"),)) == b"uu:x"
-        assert run.rejections == []
+        assert run.rejections() == 0
     finally:
         await run.server.stop(None)
 
@@ -305,7 +308,7 @@ async def test_missing_or_wrong_tokens_get_unauthenticated_on_every_kind_of_meth
             missing = await _expect_error(m["uu"](b"x", timeout=10))
             assert "authorization: Bearer <token>" in (missing.details() or "")
         assert run.calls.total == 0, "a refused call reached its handler"
-        assert run.rejections == ["unauthenticated"] * (len(BAD_METADATA) * 4 + 1)
+        assert run.rejections() == len(BAD_METADATA) * 4 + 1
     finally:
         await run.server.stop(None)
 

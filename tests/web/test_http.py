@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from emotion2vec_serving.clients import EmotionClient
-from emotion2vec_serving.clients.results import recognition_to_json
+from emotion2vec_serving.clients.schema import recognition_json
 from emotion2vec_serving.server.process import ServerProcess, free_port
 from tests.polling import wait_until_async
 from tests.server.inprocess import metric_value
@@ -67,7 +67,7 @@ def test_recognize_equals_emotion_v1_for_raw_and_multipart_uploads(
     with EmotionClient(open_server.target) as client:
         for name, data in upload_files.items():
             expected = client.recognize(data, granularity="frame", embedding=True)
-            expected_json = recognition_to_json(expected, input_name=name)
+            expected_json = recognition_json(expected, input_name=name)
             body, ctype = multipart({"granularity": "frame", "embedding": "true"}, name, data)
             reply = http("POST", open_server.url("/v1/recognize"), body, {"Content-Type": ctype})
             assert reply.status == 200, (name, reply.body[:300])
@@ -82,12 +82,12 @@ def test_recognize_equals_emotion_v1_for_raw_and_multipart_uploads(
         raw = http("POST", open_server.url("/v1/recognize?name=tones.wav"), data,
                    {"Content-Type": "audio/wav"})
         assert raw.status == 200
-        same_result(raw.json(), recognition_to_json(plain, input_name="tones.wav"))
+        same_result(raw.json(), recognition_json(plain, input_name="tones.wav"))
         # Query options work on a raw body too; smoothing changes the frames like the gRPC option does.
         smoothed = client.recognize(data, granularity="frame", smoothing_frames=5)
         reply = http("POST", open_server.url("/v1/recognize?granularity=frame&smoothing=5"), data)
         assert reply.status == 200
-        same_result(reply.json(), recognition_to_json(smoothed))
+        same_result(reply.json(), recognition_json(smoothed))
 
 
 def test_long_recording_segments_equal_emotion_v1(open_server: WebServer) -> None:
@@ -107,7 +107,7 @@ def test_long_recording_segments_equal_emotion_v1(open_server: WebServer) -> Non
         assert set(seg) <= set(schema["properties"]["segments"]["items"]["properties"])
     for got in answer["segments"]:
         got.pop("timing")
-    wanted = recognition_to_json(expected, input_name="long.flac")
+    wanted = recognition_json(expected, input_name="long.flac")
     for seg in wanted["segments"]:
         seg.pop("timing")
     same_result(answer, wanted)
@@ -430,16 +430,23 @@ async def test_sigterm_lets_an_open_stream_finish_then_the_listener_closes(tiny_
 
 
 def test_the_web_front_end_speaks_no_grpc() -> None:
-    """The web API is a front end over the core: no gRPC, no protobuf stubs, no client package."""
+    """The HTTP front ends are adapters over the core: no gRPC, no protobuf stubs, and of the client package
+    only the wire constants and the result JSON schema (both standard library only)."""
     import ast
 
-    source = (Path(__file__).resolve().parents[2] / "server" / "http" / "web.py").read_text(encoding="utf-8")
-    imported = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-    bad = {m for m in imported if m.split(".")[0] in {"grpc", "google", "emotion"}
-           or m.startswith("emotion2vec_serving.clients")}
-    assert not bad, bad
+    folder = Path(__file__).resolve().parents[2] / "server" / "http"
+    modules = sorted(folder.glob("*.py"))
+    assert {"page.py", "v1.py", "websocket.py", "multipart.py", "openapi.py", "auth.py"} <= {
+        p.name for p in modules}
+    shared = {"emotion2vec_serving.clients.wire", "emotion2vec_serving.clients.schema"}
+    for path in modules:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+        bad = {m for m in imported if m.split(".")[0] in {"grpc", "google", "emotion"}
+               or (m.startswith("emotion2vec_serving.clients") and m not in shared)
+               or m.startswith("emotion2vec_serving.server.grpc")}
+        assert not bad, (path.name, bad)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from emotion2vec_serving.clients import EmotionClient
-from emotion2vec_serving.clients.results import recognition_to_json
+from emotion2vec_serving.clients.schema import recognition_json
 from tests.web.conftest import MAX_AUDIO_S, MAX_QUEUE_AUDIO_S, WebServer, same_result, tone_file
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
@@ -178,7 +178,7 @@ def test_frame_curve_hover_and_downloads_match_the_api(
         card.locator(".dl-json").click()
     saved = json.loads(Path(result_download.value.path()).read_text(encoding="utf-8"))
     assert result_download.value.suggested_filename == "result.json"
-    same_result(saved, recognition_to_json(expected, input_name="example.ogg"))
+    same_result(saved, recognition_json(expected, input_name="example.ogg"))
     with page.expect_download() as npy_download:
         card.locator(".dl-npy").click()
     assert npy_download.value.suggested_filename == "embedding.npy"
