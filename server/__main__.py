@@ -22,6 +22,7 @@ from pathlib import Path
 
 from emotion2vec_serving.modelrepo.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
 from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
+from emotion2vec_serving.server.tls import SecurityConfigError
 
 __all__ = ["ModelResolutionError", "main", "resolve_model"]
 
@@ -121,7 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emotion2vec_serving.server.app import (
         run_server,  # after model resolution: keeps --help and errors fast
     )
-    from emotion2vec_serving.server.tls import SecurityConfigError
 
     try:
         return asyncio.run(run_server(settings, manifest))

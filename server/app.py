@@ -30,7 +30,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -50,6 +50,7 @@ from emotion2vec_serving.server.grpc.auth import TokenAuthInterceptor
 from emotion2vec_serving.server.grpc.credentials import server_credentials
 from emotion2vec_serving.server.grpc.emotion_v1 import EmotionService
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME, Health
+from emotion2vec_serving.server.http.app import HttpFrontEnd
 from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
 from emotion2vec_serving.server.runtime.contract import (
     RunnerOptions,
@@ -60,9 +61,6 @@ from emotion2vec_serving.server.runtime.contract import (
 from emotion2vec_serving.server.runtime.engines import equal_length_batches, session_factory_for
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
 from emotion2vec_serving.server.runtime.runner import Runner
-
-if TYPE_CHECKING:
-    from emotion2vec_serving.server.http.app import HttpFrontEnd
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
 
@@ -252,8 +250,6 @@ class EmotionServer:
         log.info("listening on %s:%d (model %s %s, provider %s)", s.host, self.port, m.model_name,
                  m.model_version, self.runner.provider)
         if s.http_port >= 0:
-            from emotion2vec_serving.server.http.app import HttpFrontEnd
-
             self.http = HttpFrontEnd(self.core, s, auth=auth)
             self.http_port = await self.http.start()
         if s.warmup:

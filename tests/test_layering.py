@@ -54,12 +54,13 @@ SHARED_CLIENT_MODULES = ("clients.wire", "clients.schema")
 #: but itself: grpc/ and http/ never import each other, nor audio/ and runtime/).
 LEVEL = {
     "defaults": 0, "batching": 0, "modelrepo": 0, "clients.wire": 0, "clients.schema": 0,
-    "audio": 1, "runtime": 1, "metrics": 1, "auth": 1, "tls": 1,
-    "config": 2,
-    "calls": 3,
-    "grpc": 4, "http": 4,
-    "app": 5,
-    "main": 6,
+    "audio": 1, "runtime": 1, "metrics": 1, "tls": 1,
+    "auth": 2,
+    "config": 3,
+    "calls": 4,
+    "grpc": 5, "http": 5,
+    "app": 6,
+    "main": 7,
 }
 
 _BASE = frozenset({"defaults", "batching", "modelrepo", "clients.wire"})
@@ -72,7 +73,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "audio": _BASE,
     "runtime": _BASE,
     "metrics": _BASE,
-    "auth": _BASE,
+    "auth": _BASE | {"metrics", "tls"},  # counts each refusal once; refuses a half-configured token file
     "tls": _BASE,
     "config": _BASE | {"audio", "runtime", "metrics", "auth", "tls"},
     "calls": _BELOW_CALLS,
@@ -289,12 +290,25 @@ def test_the_core_loads_without_protocol_libraries() -> None:
     assert out.stdout.strip() == "", f"the core pulled in: {out.stdout.strip()}"
 
 
+#: Server modules that may be imported inside a function, each for a reason that is not an import circle
+#: (the circle test counts these imports all the same).
+LAZY_SERVER_MODULES = {
+    # The optional engine: that module imports OpenVINO at its top, so a default server never loads it.
+    ("emotion2vec_serving.server.runtime.engines", "emotion2vec_serving.server.runtime.engines.openvino"),
+    # The entry point tells a light-client install that the server extra is missing before it imports the
+    # server's dependencies (onnxruntime, aiohttp, ...), and keeps --help fast.
+    ("emotion2vec_serving.server.__main__", "emotion2vec_serving.server.app"),
+}
+
+
 @pytest.mark.parametrize("module", server_modules())
 def test_function_level_imports_are_optional_libraries_only(module: str) -> None:
     """Function-level imports hide import circles; they are kept for optional or heavy third-party libraries
-    (an engine chosen by a flag, a decoder, aiohttp, prometheus_client, grpc internals)."""
+    (an engine chosen by a flag, a decoder, aiohttp, prometheus_client, grpc internals) and the few server
+    modules of ``LAZY_SERVER_MODULES``."""
     bad = [f"{imp.where()}: only {sorted(FUNCTION_LEVEL_OK)} may be imported inside a function"
-           for imp in imports_of(module) if imp.in_function and unit(imp.target) not in FUNCTION_LEVEL_OK]
+           for imp in imports_of(module) if imp.in_function and unit(imp.target) not in FUNCTION_LEVEL_OK
+           and (module, imp.target) not in LAZY_SERVER_MODULES]
     assert not bad, "\n".join(bad)
 
 

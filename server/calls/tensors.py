@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -168,8 +169,6 @@ def model_metadata(card: ModelCard) -> dict[str, Any]:
 
 def server_version() -> str:
     """This package's version (``"0"`` in a checkout that was never installed)."""
-    from importlib import metadata
-
     try:
         return metadata.version("emotion2vec-serving")
     except metadata.PackageNotFoundError:
