@@ -39,8 +39,8 @@ import grpc
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
 from emotion2vec_serving.server.process import ServerProcess
-from tests.server.inprocess import metric_value
-from tests.server.longform_fixtures import recording, speech_clip, wav_bytes
+from tests.support.longform import recording, speech_clip, wav_bytes
+from tests.support.metrics import metric_value
 
 MiB = 1 << 20
 

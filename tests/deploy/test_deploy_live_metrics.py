@@ -20,7 +20,12 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from deploy_support import (
+from emotion.v1 import emotion_pb2, emotion_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from emotion2vec_serving.modelrepo.manifest import load_manifest
+from emotion2vec_serving.server.process import ServerProcess, ServerStartError, free_port
+from tests.support.deploy import (
     EXTERNAL_METRIC_PREFIXES,
     EXTERNAL_METRICS,
     GPU_DASHBOARD,
@@ -36,11 +41,6 @@ from deploy_support import (
     render_adapter_query,
     tool,
 )
-from emotion.v1 import emotion_pb2, emotion_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
-
-from emotion2vec_serving.modelrepo.manifest import load_manifest
-from emotion2vec_serving.server.process import ServerProcess, ServerStartError, free_port
 
 # The labels the Prometheus Operator puts on every series scraped through the ServiceMonitor.
 NAMESPACE = "emotion"

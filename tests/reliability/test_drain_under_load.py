@@ -21,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from emotion2vec_serving.server.app import _DOUBLE_SIGNAL_S
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from emotion2vec_serving.server.process import ServerProcess
-from tests.polling import wait_until_async
-from tests.reliability.conftest import answered_by_server, raw_request, tone
+from tests.support.calls import raw_request, tone
+from tests.support.metrics import answered_by_server
+from tests.support.polling import wait_until_async
 
 
 def _start(model_dir: Path, *extra: str) -> ServerProcess:

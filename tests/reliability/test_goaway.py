@@ -31,8 +31,9 @@ from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 
 from emotion2vec_serving.server.process import ServerProcess
-from tests.polling import wait_until_async
-from tests.reliability.conftest import answered_by_server, metric_value, raw_request, tone
+from tests.support.calls import raw_request, tone
+from tests.support.metrics import answered_by_server, metric_value
+from tests.support.polling import wait_until_async
 
 ARGS = ("--intra-op-threads", "1", "--no-warmup", "--max-duration-s", "10")
 

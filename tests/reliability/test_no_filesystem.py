@@ -22,8 +22,8 @@ import pytest
 from emotion.v1 import emotion_pb2 as pb
 
 from emotion2vec_serving.server.audio.decode import AudioError, AudioLimits, decode_encoded
-from tests.polling import wait_until
-from tests.reliability.conftest import Running, StartServer
+from tests.support.polling import wait_until
+from tests.support.servers import Running, StartServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
 

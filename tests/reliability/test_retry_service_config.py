@@ -23,8 +23,9 @@ from emotion.v1 import emotion_pb2_grpc
 
 from emotion2vec_serving.clients import NO_RETRY, AsyncEmotionClient, Overloaded
 from emotion2vec_serving.clients.channel import published_service_config
-from tests.reliability.conftest import Running, StartServer, raw_request, tone
-from tests.server.faults import FaultyFactory
+from tests.support.calls import raw_request, tone
+from tests.support.faults import FaultyFactory
+from tests.support.servers import Running, StartServer
 
 SERVICE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "grpc" / "service_config.json"
 

@@ -27,7 +27,7 @@ from emotion2vec_serving.server.auth import (
     load_tokens,
     server_credentials,
 )
-from tests.reliability.certs import CertSet, make_cert_set
+from tests.support.certs import CertSet, make_cert_set
 
 TOKEN = "s3cret-token-0123456789abcdef"
 OTHER_TOKEN = "another-token-abcdef0123456789"

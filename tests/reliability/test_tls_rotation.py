@@ -21,8 +21,8 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emotion2vec_serving.server.auth import CertificateFiles, SecurityConfigError
-from tests.reliability.certs import CertSet, Pem, make_cert_set
-from tests.reliability.conftest import Running, StartServer
+from tests.support.certs import CertSet, Pem, make_cert_set
+from tests.support.servers import Running, StartServer
 
 
 def _install(live: Path, pem: Pem, *, key: bool = True) -> None:

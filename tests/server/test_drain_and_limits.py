@@ -24,9 +24,10 @@ from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer
 from emotion2vec_serving.server.config import parse_settings
 from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, CUDA_PROVIDER
-from tests.server.conftest import BASE_SETTINGS, Running, StartServer
-from tests.server.faults import FaultyFactory
-from tests.server.test_batching_and_faults import audio_of, until
+from tests.support.calls import audio_of
+from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until_async as until
+from tests.support.servers import SERVER_SETTINGS, Running, StartServer
 
 RATE = 16000
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +154,7 @@ async def test_the_cpu_deployment_counts_no_provider_fallback(manifest: ModelMan
     assert found is not None, "the CPU overlay no longer sets EMOTION_PROVIDERS"
     providers = parse_settings([], env={"EMOTION_PROVIDERS": found.group(1)}).providers
     assert providers == (CPU_PROVIDER,)
-    server = EmotionServer(dataclasses.replace(BASE_SETTINGS, providers=providers), manifest)
+    server = EmotionServer(dataclasses.replace(SERVER_SETTINGS, providers=providers), manifest)
     await server.start()
     try:
         sample = server.metrics.registry.get_sample_value

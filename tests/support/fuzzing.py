@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import strategies as st
 
-from tests.server.audio_fixtures import encode, make_signal
+from tests.support.audio import encode, make_signal
 
 # Every reason server.audio.AudioError may carry (its docstring); anything else is a new, untested path.
 AUDIO_ERROR_REASONS = frozenset(
@@ -37,7 +37,14 @@ AUDIO_ERROR_REASONS = frozenset(
     }
 )
 
-# Formats of tests/server/audio_fixtures.FORMATS, i.e. every container and codec the server accepts.
+# Requests tests/reliability/test_fuzz_grpc.py sends through the real server (tests/reliability/
+# test_fuzz_decoding.py checks that with its in-process examples they add up to at least 10,000).
+ENCODED_CASES = 240
+RAW_CASES = 60
+STREAM_CASES = 24  # hand-written malformed streams (test_fuzz_grpc.MALFORMED_STREAMS), each sent once
+GRPC_FUZZ_CASES = ENCODED_CASES + RAW_CASES + STREAM_CASES
+
+# Formats of tests/support/audio.FORMATS, i.e. every container and codec the server accepts.
 SEED_FORMATS = ("wav", "wav_f32", "mp3", "m4a", "aac", "flac", "ogg_vorbis", "ogg_opus")
 
 # Magic prefixes the sniffer keys on: random bodies behind them reach every demuxer.

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from emotion2vec_serving.server.audio.decode import AudioLimits, decode_encoded
-from tests.server.audio_fixtures import espeak_ng_wav
+from tests.support.audio import espeak_ng_wav
 
 Int16Array = npt.NDArray[np.int16]
 

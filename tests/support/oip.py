@@ -16,15 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
-from emotion2vec_serving.server.config import Settings
-
 PROBE = Path(__file__).with_name("triton_grpc_probe.py")
-#: Settings of the in-process servers (``start_server``): free ports, no warm-up, no drain delay.
-IN_PROCESS = Settings(
-    host="127.0.0.1", port=0, metrics_port=0, http_port=0, providers=("CPUExecutionProvider",),
-    intra_op_threads=1, max_duration_s=5.0, min_duration_s=0.1, warmup=False, drain_grace_s=10.0,
-    drain_readiness_delay_s=0.0, max_queue_delay_ms=2.0,
-)  # fmt: skip
 TOLERANCE = 1e-5
 
 

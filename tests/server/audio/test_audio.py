@@ -18,7 +18,7 @@ from emotion2vec_serving.server.audio.decode import (
     resample,
     sniff_format,
 )
-from tests.server.audio_fixtures import (
+from tests.support.audio import (
     FORMATS,
     encode,
     encoded_signal,

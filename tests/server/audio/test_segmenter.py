@@ -15,7 +15,7 @@ from emotion2vec_serving.server.audio.segmenter import (
     Segmenter,
     StreamDecoder,
 )
-from tests.server.audio_fixtures import make_signal, pcm_bytes, tone_bursts
+from tests.support.audio import make_signal, pcm_bytes, tone_bursts
 
 RATE = 16000
 FRAME = 320

@@ -15,29 +15,13 @@ import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2 as pb
 
-from tests.polling import wait_until_async as until  # re-exported: other server tests import it here
-from tests.server.audio_fixtures import make_signal
-from tests.server.conftest import Running, StartServer
-from tests.server.faults import FaultyFactory, always, oom_above, poison_length
+from tests.support.calls import RATE, audio_of, recognize
+from tests.support.faults import FaultyFactory, always, oom_above, poison_length
+from tests.support.polling import wait_until_async as until
+from tests.support.servers import Running, StartServer
 
-RATE = 16000
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def audio_of(n_samples: int, seed: int = 0) -> pb.Audio:
-    sig = make_signal(n_samples / RATE, rate=RATE, seed=seed)[:n_samples, 0]
-    assert sig.shape[0] == n_samples
-    return pb.Audio(raw=pb.RawAudio(data=sig.astype("<f4").tobytes(), encoding=pb.PCM_ENCODING_F32LE,
-                                    sample_rate_hz=RATE, channels=1))
-
-
-def recognize(
-    running: Running, n_samples: int, seed: int = 0, **kwargs: float
-) -> Awaitable[pb.RecognizeResponse]:
-    call: Awaitable[pb.RecognizeResponse] = running.stub.Recognize(
-        pb.RecognizeRequest(audio=audio_of(n_samples, seed), return_embedding=True), **kwargs)
-    return call
 
 
 def scores(response: pb.RecognizeResponse) -> np.ndarray:

@@ -37,7 +37,7 @@ from emotion2vec_serving.server.grpc.status import status_code, trailing_metadat
 from emotion2vec_serving.server.http.status import http_error
 from emotion2vec_serving.server.metrics import ServerMetrics
 from emotion2vec_serving.server.runtime.runner import CPU_PROVIDER, Runner, RunnerOptions, split_on_error
-from tests.server.audio_fixtures import encode, make_signal, pcm_bytes, tone_bursts
+from tests.support.audio import encode, make_signal, pcm_bytes, tone_bursts
 
 RATE = 16000
 LIMITS = CoreLimits(audio=AudioLimits(max_duration_s=5.0, min_duration_s=0.1), default_timeout_s=30.0,

@@ -15,10 +15,8 @@ import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2
 
-from tests.polling import wait_until_async
-from tests.server.audio_fixtures import encode
-from tests.server.conftest import StartServer
-from tests.server.longform_fixtures import (
+from tests.support.audio import encode
+from tests.support.longform import (
     RATE,
     Recording,
     concat_with_sox,
@@ -27,6 +25,8 @@ from tests.server.longform_fixtures import (
     two_clips,
     wav_bytes,
 )
+from tests.support.polling import wait_until_async
+from tests.support.servers import StartServer
 
 pytestmark = pytest.mark.asyncio
 

@@ -15,8 +15,8 @@ from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
 from emotion2vec_serving.clients.cli import main as client_main
 from emotion2vec_serving.server.process import ServerProcess
-from tests.server.inprocess import metric_value
-from tests.server.longform_fixtures import RATE, Recording, recording
+from tests.support.longform import RATE, Recording, recording
+from tests.support.metrics import metric_value
 
 MiB = 1 << 20
 

@@ -31,9 +31,9 @@ from emotion2vec_serving.server.calls.longform import (
     run_segments,
 )
 from emotion2vec_serving.server.runtime.runner import ItemResult
-from tests.polling import wait_until_async
-from tests.server.audio_fixtures import encode, make_signal, pcm_bytes
-from tests.server.longform_fixtures import RATE, recording
+from tests.support.audio import encode, make_signal, pcm_bytes
+from tests.support.longform import RATE, recording
+from tests.support.polling import wait_until_async
 
 # ------------------------------------------------------------------------------------------ the store
 

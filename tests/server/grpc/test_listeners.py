@@ -14,7 +14,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emotion2vec_serving.server.grpc import listeners
-from tests.polling import wait_until_async
+from tests.support.polling import wait_until_async
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="closes listeners through /proc")
 

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pytest
 
 from emotion2vec_serving.server.process import ServerProcess
-from tests.oip.oip_support import (
+from tests.support.oip import (
     TOLERANCE,
     bytes_array,
     decode_array,

@@ -11,8 +11,8 @@ from emotion.v1 import emotion_pb2 as pb
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.calls.core import smooth_frames
-from tests.server.audio_fixtures import FORMATS, encoded_signal, espeak_ng_wav, make_signal, pcm_bytes
-from tests.server.conftest import Running
+from tests.support.audio import FORMATS, encoded_signal, espeak_ng_wav, make_signal, pcm_bytes
+from tests.support.servers import Running
 
 RATE = 16000
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from emotion.v1 import emotion_pb2 as pb
 
-from tests.polling import wait_until_async
-from tests.server.audio_fixtures import make_signal, pcm_bytes, tone_bursts
-from tests.server.conftest import Running, StartServer
+from tests.support.audio import make_signal, pcm_bytes, tone_bursts
+from tests.support.polling import wait_until_async
+from tests.support.servers import Running, StartServer
 
 RATE = 16000
 

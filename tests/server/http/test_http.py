@@ -16,9 +16,9 @@ import pytest
 from emotion2vec_serving.clients import EmotionClient
 from emotion2vec_serving.clients.results import recognition_to_json
 from emotion2vec_serving.server.process import ServerProcess, free_port
-from tests.polling import wait_until_async
-from tests.server.inprocess import metric_value
-from tests.web.conftest import (
+from tests.support.metrics import metric_value
+from tests.support.polling import wait_until_async
+from tests.support.web import (
     ALLOWED_ORIGIN,
     MAX_AUDIO_S,
     MAX_QUEUE_AUDIO_S,
@@ -364,10 +364,9 @@ async def test_503_once_the_core_drains(tiny_repo: Path) -> None:
     import dataclasses
 
     from emotion2vec_serving.modelrepo.manifest import load_manifest
-    from tests.server.conftest import BASE_SETTINGS
-    from tests.server.inprocess import serving
+    from tests.support.servers import SERVER_SETTINGS, serving
 
-    async with serving(load_manifest(tiny_repo), dataclasses.replace(BASE_SETTINGS, http_port=0)) as start:
+    async with serving(load_manifest(tiny_repo), dataclasses.replace(SERVER_SETTINGS, http_port=0)) as start:
         running = await start()
         base = f"http://127.0.0.1:{running.server.http_port}"
         data = tone_file("wav", 1.0)

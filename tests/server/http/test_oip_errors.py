@@ -26,13 +26,20 @@ import pytest
 from emotion.oip import grpc_service_pb2 as pb
 from emotion.oip import grpc_service_pb2_grpc as pb_grpc
 
-from tests.oip.oip_support import IN_PROCESS
-from tests.polling import wait_until_async
-from tests.server.audio_fixtures import encoded_signal, make_signal
-from tests.server.faults import FaultyFactory
-from tests.server.inprocess import Running, StartServer, metric_value
+from emotion2vec_serving.server.config import Settings
+from tests.support.audio import encoded_signal, make_signal
+from tests.support.faults import FaultyFactory
+from tests.support.metrics import metric_value
+from tests.support.polling import wait_until_async
+from tests.support.servers import OIP_SETTINGS, Running, StartServer
 
 Tensor = tuple[str, str, list[int], bytes]  # name, datatype, shape, raw little-endian contents
+
+
+@pytest.fixture
+def server_settings() -> Settings:
+    """This module's in-process servers run the Open Inference Protocol test settings."""
+    return OIP_SETTINGS
 
 
 def _wave(seconds: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -304,7 +311,7 @@ async def test_tokens_guard_the_http_port_except_probes(
 
 
 async def test_tls_applies_to_the_http_port(start_server: StartServer, tmp_path: Path) -> None:
-    from tests.reliability.certs import make_cert_set
+    from tests.support.certs import make_cert_set
 
     certs = make_cert_set(tmp_path / "certs")
     running: Running = await start_server(tls_cert_file=str(certs.path("server.pem")),
@@ -326,7 +333,7 @@ def test_settings_validate_the_http_port() -> None:
     assert parse_settings([], {"EMOTION_HTTP_PORT": "8123"}).http_port == 8123
     assert parse_settings([], {}).http_port == 8000
     with pytest.raises(SettingsError, match="http port"):
-        dataclasses.replace(IN_PROCESS, http_port=70000)
+        dataclasses.replace(OIP_SETTINGS, http_port=70000)
 
 
 async def test_typed_contents_equal_raw_contents(start_server: StartServer) -> None:

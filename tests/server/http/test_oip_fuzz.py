@@ -11,14 +11,22 @@ import aiohttp
 import grpc
 import grpc.aio
 import numpy as np
+import pytest
 from emotion.oip import grpc_service_pb2 as pb
 from emotion.oip import grpc_service_pb2_grpc as pb_grpc
 
-from tests.server.inprocess import Running, StartServer
+from emotion2vec_serving.server.config import Settings
+from tests.support.servers import OIP_SETTINGS, Running, StartServer
 
 DATATYPES = ["FP32", "FP64", "FP16", "INT32", "INT64", "UINT8", "BOOL", "BYTES", "BF16", "", "NOPE"]
 NAMES = ["WAVEFORM", "AUDIO", "SAMPLE_RATE", "PIXELS", ""]
 CASES = 120
+
+
+@pytest.fixture
+def server_settings() -> Settings:
+    """This module's in-process servers run the Open Inference Protocol test settings."""
+    return OIP_SETTINGS
 
 
 def _random_tensor(rng: np.random.Generator) -> tuple[str, str, list[int], bytes]:

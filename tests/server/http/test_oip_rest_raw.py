@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from emotion2vec_serving.server.process import ServerProcess
-from tests.oip.oip_support import TOLERANCE, v1_encoded, v1_waveform
+from tests.support.oip import TOLERANCE, v1_encoded, v1_waveform
 
 
 def _call(url: str, body: bytes | None = None,

@@ -13,7 +13,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from emotion2vec_serving.server.process import ServerProcess
-from tests.oip.oip_support import TOLERANCE, bytes_array, v1_encoded, v1_waveform
+from tests.support.oip import TOLERANCE, bytes_array, v1_encoded, v1_waveform
 
 
 @pytest.fixture(scope="module")

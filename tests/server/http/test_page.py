@@ -19,7 +19,7 @@ import pytest
 
 from emotion2vec_serving.clients import EmotionClient
 from emotion2vec_serving.clients.results import recognition_to_json
-from tests.web.conftest import MAX_AUDIO_S, MAX_QUEUE_AUDIO_S, WebServer, same_result, tone_file
+from tests.support.web import MAX_AUDIO_S, MAX_QUEUE_AUDIO_S, WebServer, same_result, tone_file
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

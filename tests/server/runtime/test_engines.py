@@ -27,8 +27,8 @@ from emotion2vec_serving.server.runtime.runner import (
     RunnerOptions,
     RunnerTimeout,
 )
-from tests.reliability.conftest import raw_request
-from tests.server.inprocess import metric_value
+from tests.support.calls import raw_request
+from tests.support.metrics import metric_value
 
 RATE = 16000
 

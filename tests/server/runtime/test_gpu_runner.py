@@ -39,8 +39,8 @@ from emotion2vec_serving.server.runtime.runner import (
     ort_session_factory,
     split_on_error,
 )
-from tests.polling import wait_until, wait_until_async
-from tests.server.conftest import Running, StartServer
+from tests.support.polling import wait_until, wait_until_async
+from tests.support.servers import Running, StartServer
 
 RATE = 16000
 pytestmark = pytest.mark.timeout(120)

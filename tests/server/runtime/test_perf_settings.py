@@ -19,9 +19,10 @@ from emotion2vec_serving.server.runtime.runner import (
     _Watchdog,
     ort_session_factory,
 )
-from tests.server.conftest import Running, StartServer
-from tests.server.faults import FaultyFactory
-from tests.server.test_batching_and_faults import RATE, recognize, until
+from tests.support.calls import RATE, recognize
+from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until_async as until
+from tests.support.servers import Running, StartServer
 
 pytestmark = pytest.mark.timeout(120)
 
