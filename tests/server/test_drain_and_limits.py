@@ -98,16 +98,15 @@ async def test_calls_during_the_drain_are_served_until_the_goaway(start_server: 
                     for _ in range(3)]
     await until(lambda: batcher.queued_requests == 3)
     # After the delay: GOAWAY and the listener closes (a fresh connection cannot even ask for health).
-    deadline = time.monotonic() + 10.0
-    while True:
-        assert time.monotonic() < deadline, "the server never stopped accepting calls"
+    async def refused() -> bool:
         async with grpc.aio.insecure_channel(running.address) as probe:
             try:
                 await health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=1)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    break
-        await asyncio.sleep(0.05)
+                return exc.code() == grpc.StatusCode.UNAVAILABLE
+        return False
+
+    await until(refused, 10.0, 0.05, "the server never stopped accepting calls")
     # New calls on the old channel fail to connect: the server itself never refuses one.
     code, details = await outcome(running.stub.Recognize(request(0.2), timeout=5))
     assert code == "UNAVAILABLE" and "shutting down" not in details, (code, details)
@@ -197,10 +196,11 @@ async def test_the_http_front_end_drains_too(start_server: StartServer) -> None:
     stopping = asyncio.ensure_future(running.server.stop())
     await until(lambda: not running.server.health.serving)
     assert (await loop.run_in_executor(None, _http, base + "/v2/health/ready"))[0] == 503
-    deadline = time.monotonic() + 10.0
-    while (await loop.run_in_executor(None, _http, base + "/v2/health/live"))[0] != "refused":
-        assert time.monotonic() < deadline, "the HTTP listener never closed"
-        await asyncio.sleep(0.05)
+
+    async def closed() -> bool:
+        return (await loop.run_in_executor(None, _http, base + "/v2/health/live"))[0] == "refused"
+
+    await until(closed, 10.0, 0.05, "the HTTP listener never closed")
     assert not in_flight.done()
     gate.set()
     status, answer = await in_flight

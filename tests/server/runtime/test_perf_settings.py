@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from emotion2vec_serving.server.runtime.runner import (
 )
 from tests.support.calls import RATE, recognize
 from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until
 from tests.support.polling import wait_until_async as until
 from tests.support.servers import Running, StartServer
 
@@ -128,10 +128,8 @@ def test_watchdog_terminates_only_runs_past_their_deadline_and_forgets_finished_
         slow, fast = _Flag(), _Flag()
         t_slow = dog.arm(slow, 0.05)
         t_fast = dog.arm(fast, 30.0)
-        end = time.monotonic() + 5
-        while not slow.terminated and time.monotonic() < end:
-            time.sleep(0.005)
-        assert slow.terminated and not fast.terminated
+        wait_until(lambda: slow.terminated, 5.0, 0.005, "the run past its deadline was not terminated")
+        assert not fast.terminated
         assert dog.disarm(t_slow) is True  # the runner learns the run was cut off by the watchdog
         assert dog.disarm(t_fast) is False
         # Thousands of finished runs (the steady state) leave no pile of entries behind.
@@ -142,9 +140,6 @@ def test_watchdog_terminates_only_runs_past_their_deadline_and_forgets_finished_
         late = _Flag()
         dog.arm(_Flag(), 120.0)
         dog.arm(late, 0.05)
-        end = time.monotonic() + 5
-        while not late.terminated and time.monotonic() < end:
-            time.sleep(0.005)
-        assert late.terminated
+        wait_until(lambda: late.terminated, 5.0, 0.005, "a later, shorter deadline did not wake the watchdog")
     finally:
         dog.close()
