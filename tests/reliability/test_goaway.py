@@ -34,12 +34,13 @@ from emotion2vec_serving.server.process import ServerProcess
 from tests.support.calls import raw_request, tone
 from tests.support.metrics import answered_by_server, metric_value
 from tests.support.polling import wait_until_async
+from tests.support.servers import server_process
 
-ARGS = ("--intra-op-threads", "1", "--no-warmup", "--max-duration-s", "10")
+ARGS = ("--max-duration-s", "10")  # after tests/support/servers.py PROCESS_FLAGS
 
 
 def _start(model: Path, procs: list[ServerProcess], *extra: str) -> ServerProcess:
-    server = ServerProcess(model, [*ARGS, *extra], startup_timeout_s=60.0).start()
+    server = server_process(model, *ARGS, *extra, startup_timeout_s=60.0).start()
     procs.append(server)
     return server
 

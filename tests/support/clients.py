@@ -17,6 +17,7 @@ from emotion.v1 import emotion_pb2_grpc
 
 from emotion2vec_serving.server.process import ServerProcess
 from emotion2vec_serving.server.process import free_port as free_port  # re-exported for the tests
+from tests.support.servers import server_process
 
 SERVICE = "emotion.v1.EmotionRecognizer"
 SR = 16000
@@ -57,8 +58,9 @@ def running_server(
     model_repo: Path, log_path: Path, *extra: str, metrics: bool = True
 ) -> Iterator[ServerProcess]:
     """Run ``python -m server`` on free ports for the block (SIGTERM at the end)."""
-    args = ("--intra-op-threads", "1", "--drain-grace-s", "2", *extra)
-    with ServerProcess(model_repo, args, metrics=metrics, startup_timeout_s=90.0, log_path=log_path) as srv:
+    # With warm-up (base without --no-warmup), as a deployed server starts.
+    with server_process(model_repo, "--drain-grace-s", "2", *extra, base=("--intra-op-threads", "1"),
+                        metrics=metrics, startup_timeout_s=90.0, log_path=log_path) as srv:
         yield srv
 
 

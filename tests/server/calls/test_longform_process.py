@@ -17,6 +17,7 @@ from emotion2vec_serving.clients.cli import main as client_main
 from emotion2vec_serving.server.process import ServerProcess
 from tests.support.longform import RATE, Recording, recording
 from tests.support.metrics import metric_value
+from tests.support.servers import server_process
 
 MiB = 1 << 20
 
@@ -56,7 +57,7 @@ def test_ten_minutes_and_the_command_line_client(
     wav = tmp_path / "ten_minutes.wav"
     wav.write_bytes(rec.wav())
     assert wav.stat().st_size < 32 * MiB  # fits the default message size as 16 kHz int16 WAV
-    with ServerProcess(tiny_repo, ["--no-warmup", "--intra-op-threads", "1"]) as srv:
+    with server_process(tiny_repo) as srv:
         response = _recognize(srv.target, wav.read_bytes(), frames=True)
         _check(response, rec, 30.0)
         assert len(response.frames) == pytest.approx(50 * response.voiced_s, rel=0.02)  # 50 Hz of speech

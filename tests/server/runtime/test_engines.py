@@ -17,7 +17,6 @@ from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.config import parse_settings
-from emotion2vec_serving.server.process import ServerProcess
 from emotion2vec_serving.server.runtime.engines import session_factory_for
 from emotion2vec_serving.server.runtime.engines.openvino import OpenVinoFactory, cpu_has_native_bf16
 from emotion2vec_serving.server.runtime.runner import (
@@ -29,6 +28,7 @@ from emotion2vec_serving.server.runtime.runner import (
 )
 from tests.support.calls import raw_request
 from tests.support.metrics import metric_value
+from tests.support.servers import server_process
 
 RATE = 16000
 
@@ -176,8 +176,7 @@ def test_a_server_process_serves_with_openvino_and_only_then_loads_it(
     signal = _batch(2)[1]
     (reference,) = _ort(manifest).run([signal])
     assert reference.probs is not None
-    base = ["--no-warmup", "--intra-op-threads", "1"]
-    with ServerProcess(model_dir, [*base, "--engine", "openvino", "--inference-precision", "f32"]) as srv:
+    with server_process(model_dir, "--engine", "openvino", "--inference-precision", "f32") as srv:
         with grpc.insecure_channel(srv.target) as channel:
             stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
             response = stub.Recognize(raw_request(signal), timeout=30)
@@ -188,7 +187,7 @@ def test_a_server_process_serves_with_openvino_and_only_then_loads_it(
         np.testing.assert_allclose(probs, reference.probs, atol=1e-4)
         assert metric_value(srv.scrape(), "emotion_model_info", precision="fp32") == 1.0
         assert "libopenvino" in _loaded_libraries(srv.pid)
-    with ServerProcess(model_dir, base) as srv:
+    with server_process(model_dir) as srv:
         with grpc.insecure_channel(srv.target) as channel:
             stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
             stub.Recognize(raw_request(signal), timeout=30)
