@@ -2,7 +2,7 @@
 short requests' latency while a long recording runs (issue 13).
 
 For each duration a fresh ``python -m emotion2vec_serving.server`` serves the model (``--server-args``
-added). The recording is generated speech (tests/server/longform_fixtures.py: espeak-ng sentences with
+added). The recording is generated speech (tests/support/longform.py: espeak-ng sentences with
 pauses). It is sent as a 16 kHz WAV when that fits the 32 MiB message limit, else as Opus at 24 kbit/s
 (a 2-hour recording is ~22 MB). Measured per run:
 

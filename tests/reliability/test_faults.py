@@ -1,6 +1,6 @@
 """Runner faults injected under concurrent load: a poison request, out-of-memory, GPU loss, hung runs.
 
-Faults come from the runner's session factory (tests/server/faults.py): the real ONNX Runtime session
+Faults come from the runner's session factory (tests/support/faults.py): the real ONNX Runtime session
 wrapped to fail or block, so every successful run is still the real model.
 """
 

@@ -2,7 +2,7 @@
 Inference Protocol's live/ready probes) out, yet still refuses calls beyond it before their handlers run.
 
 Against the real in-process server on port 0 with the real tiny model, slowed or held at a gate by the
-session wrappers of tests/server/faults.py.
+session wrappers of tests/support/faults.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Overload, deadlines and cancellation against the real server on loopback.
 
-The model is the real tiny ONNX model, slowed by a fixed sleep per batch (tests/server/faults.py wraps the
+The model is the real tiny ONNX model, slowed by a fixed sleep per batch (tests/support/faults.py wraps the
 real session), so the server's capacity is known: ``max_batch_size / BATCH_S`` requests per second.
 """
 

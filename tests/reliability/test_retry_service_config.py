@@ -3,7 +3,7 @@ retry code of its own gets a call the real server shed (RESOURCE_EXHAUSTED, queu
 The attempts are counted by the server's own metrics. This project's clients use the same config by default.
 
 The server is the real in-process server on port 0 with the real tiny model, its runs held at a gate
-(tests/server/faults.py) so the one-request queue is provably full when the call arrives.
+(tests/support/faults.py) so the one-request queue is provably full when the call arrives.
 """
 
 from __future__ import annotations

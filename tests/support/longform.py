@@ -1,6 +1,6 @@
 """Long generated speech for the long-recording tests and benchmarks: espeak-ng sentences laid end to end.
 
-Each sentence is synthesised with espeak-ng (tests/server/audio_fixtures.py), decoded to 16 kHz, trimmed
+Each sentence is synthesised with espeak-ng (tests/support/audio.py), decoded to 16 kHz, trimmed
 to its voiced part on the 20 ms grid the server's energy end-pointing uses (first and last 20 ms frames at
 least -30 dBFS, well above the -40 dBFS threshold) and rounded to 16 bits. A recording is those clips at
 known, grid-aligned positions with digital silence between them, so the test knows where the speech is

@@ -118,7 +118,7 @@ def same_result(answer: dict[str, Any], expected: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------ audio
 
-#: Upload formats the page accepts, as (file name, audio_fixtures format).
+#: Upload formats the page accepts, as (file name, tests/support/audio.py format).
 FORMATS = [("tones.wav", "wav"), ("tones.mp3", "mp3"), ("tones.m4a", "m4a"), ("tones.flac", "flac"),
            ("tones.ogg", "ogg_vorbis"), ("tones.opus", "ogg_opus")]
 

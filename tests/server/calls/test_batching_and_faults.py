@@ -1,6 +1,6 @@
 """Batching through the real server: batch-exact results, overload, cancellation, deadlines, injected faults.
 
-Runner faults are injected through the runner's session factory (tests/server/faults.py): the real
+Runner faults are injected through the runner's session factory (tests/support/faults.py): the real
 ONNX Runtime session is wrapped so that it fails, blocks or pretends to be a GPU session.
 """
 

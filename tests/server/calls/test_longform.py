@@ -1,7 +1,7 @@
 """Long recordings through a real server: Recognize and Embed beyond one model pass (issue 13).
 
 The in-process server (real grpc.aio, real tiny ONNX model, real batcher) runs with a short single-pass
-limit so that a minute of speech is already a long recording; tests/server/test_longform_process.py runs
+limit so that a minute of speech is already a long recording; tests/server/calls/test_longform_process.py runs
 the 10-minute recording (and the slow 1-hour one) through a server process with the default limits.
 """
 
