@@ -432,7 +432,7 @@ def test_the_web_front_end_speaks_no_grpc() -> None:
     """The web API is a front end over the core: no gRPC, no protobuf stubs, no client package."""
     import ast
 
-    source = (Path(__file__).resolve().parents[2] / "server" / "http" / "web.py").read_text(encoding="utf-8")
+    source = (Path(__file__).resolve().parents[3] / "server" / "http" / "web.py").read_text(encoding="utf-8")
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):

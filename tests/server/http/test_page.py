@@ -25,7 +25,7 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="the dev extr
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOT = ROOT / "docs" / "web.png"
 expect = playwright_api.expect
 TIMEOUT_MS = 30_000
