@@ -2,7 +2,7 @@
 short requests' latency while a long recording runs (issue 13).
 
 For each duration a fresh ``python -m emotion2vec_serving.server`` serves the model (``--server-args``
-added). The recording is generated speech (tests/server/longform_fixtures.py: espeak-ng sentences with
+added). The recording is generated speech (tests/support/longform.py: espeak-ng sentences with
 pauses). It is sent as a 16 kHz WAV when that fits the 32 MiB message limit, else as Opus at 24 kbit/s
 (a 2-hour recording is ~22 MB). Measured per run:
 
@@ -39,8 +39,8 @@ import grpc
 from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
 from emotion2vec_serving.server.process import ServerProcess
-from tests.server.inprocess import metric_value
-from tests.server.longform_fixtures import recording, speech_clip, wav_bytes
+from tests.support.longform import recording, speech_clip, wav_bytes
+from tests.support.metrics import metric_value
 
 MiB = 1 << 20
 

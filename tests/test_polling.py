@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.polling import wait_until, wait_until_async
+from tests.support.polling import wait_until, wait_until_async
 
 
 def test_wait_until_returns_once_a_thread_sets_the_condition() -> None:

@@ -18,7 +18,7 @@ from emotion2vec_serving.batching import (
     LatencyModel,
     QueueFull,
 )
-from tests.polling import wait_until_async
+from tests.support.polling import wait_until_async
 
 SR = 16000
 pytestmark = pytest.mark.timeout(30)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from client_helpers import SR, AudioSet, running_server, speech_like
 
 from emotion2vec_serving.server.process import ServerProcess
+from tests.support.clients import SR, AudioSet, running_server, speech_like
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_helpers import AudioSet, free_port
 from PIL import Image
 
 from emotion2vec_serving.clients.cli import main, make_output_dir
+from tests.support.clients import AudioSet, free_port
 
 FOLDER = re.compile(r"^outputs_\d{8}_\d{6}(_\d+)?$")
 

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from client_helpers import SR, AudioSet, free_port
 
 from emotion2vec_serving.clients import (
     NO_RETRY,
@@ -22,6 +21,7 @@ from emotion2vec_serving.clients import (
     StreamSummary,
     Unavailable,
 )
+from tests.support.clients import SR, AudioSet, free_port
 
 
 @pytest.fixture(scope="module")

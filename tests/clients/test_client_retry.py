@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from client_helpers import AudioSet, SheddingProxy, running_server
 from emotion.v1 import emotion_pb2_grpc
 
 from emotion2vec_serving.clients import (
@@ -31,6 +30,7 @@ from emotion2vec_serving.clients import (
     Unavailable,
 )
 from emotion2vec_serving.clients.errors import retry_after_s
+from tests.support.clients import AudioSet, SheddingProxy, running_server
 
 
 @pytest.fixture(scope="module")

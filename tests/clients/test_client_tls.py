@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from client_helpers import AudioSet, SheddingProxy
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from emotion.v1 import emotion_pb2_grpc
 
 from emotion2vec_serving.clients import NO_RETRY, AsyncEmotionClient, EmotionClient, TLSConfig, Unavailable
+from tests.support.clients import AudioSet, SheddingProxy
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import venv
 from pathlib import Path
 
 import pytest
-from client_helpers import AudioSet
+
+from tests.support.clients import AudioSet
 
 if sys.version_info >= (3, 11):
     import tomllib

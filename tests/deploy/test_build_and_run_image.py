@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, K8S, ROOT, find, kustomize
+
+from tests.support.deploy import DEPLOY, K8S, ROOT, find, kustomize
 
 SCRIPT = DEPLOY / "build_and_run_image.sh"
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import dockerfile
 import pytest
-from deploy_support import DEPLOY, ROOT
+
+from tests.support.deploy import DEPLOY, ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -8,7 +8,6 @@ import json
 import math
 import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,12 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from deploy_support import (
+from emotion.v1 import emotion_pb2, emotion_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from emotion2vec_serving.modelrepo.manifest import load_manifest
+from emotion2vec_serving.server.process import ServerProcess, ServerStartError, free_port
+from tests.support.deploy import (
     EXTERNAL_METRIC_PREFIXES,
     EXTERNAL_METRICS,
     GPU_DASHBOARD,
@@ -36,11 +40,7 @@ from deploy_support import (
     render_adapter_query,
     tool,
 )
-from emotion.v1 import emotion_pb2, emotion_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
-
-from emotion2vec_serving.modelrepo.manifest import load_manifest
-from emotion2vec_serving.server.process import ServerProcess, ServerStartError, free_port
+from tests.support.polling import wait_until
 
 # The labels the Prometheus Operator puts on every series scraped through the ServiceMonitor.
 NAMESPACE = "emotion"
@@ -178,20 +178,21 @@ def prometheus(server: RunningServer,
         )
     try:
         prom = RunningPrometheus(url)
-        deadline = time.monotonic() + 60
+
         # Rates need two samples of each counter in their window; wait for a few scrapes after the traffic.
-        while True:
+        def scraped() -> bool:
             if proc.poll() is not None:
                 pytest.fail(f"prometheus exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 seen = prom.query('count_over_time(emotion_predictions_total[1m])')
-                if seen and min(float(s["value"][1]) for s in seen) >= 4:
-                    break
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prometheus has not scraped the server for 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+                return False
+            return bool(seen) and min(float(s["value"][1]) for s in seen) >= 4
+
+        try:
+            wait_until(scraped, 60, 0.5, "prometheus has not scraped the server")
+        except AssertionError as exc:
+            pytest.fail(f"{exc}:\n{log.read_text()[-3000:]}")
         yield prom
     finally:
         _stop(proc, "prometheus")
@@ -271,13 +272,15 @@ def test_adapter_rule_gives_the_hpa_a_value_per_pod(prometheus: RunningPrometheu
 
 
 def test_alert_rules_evaluate_and_stay_quiet_on_a_healthy_server(prometheus: RunningPrometheus) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
-        if rules and all(r["lastEvaluation"] > "2000" for r in rules):
-            break
-        assert time.monotonic() < deadline, "rules not evaluated within 20 s"
-        time.sleep(0.5)
+    def listed() -> list[dict[str, Any]]:
+        return [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
+
+    def evaluated() -> bool:
+        rules = listed()
+        return bool(rules) and all(r["lastEvaluation"] > "2000" for r in rules)
+
+    wait_until(evaluated, 20, 0.5, "rules not evaluated")
+    rules = listed()
     assert {r["name"] for r in rules} == set(alert_exprs())
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"

@@ -11,18 +11,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from deploy_support import (
-    DASHBOARD,
-    K8S,
-    OVERLAYS,
-    adapter_rules,
-    find,
-    kustomize,
-    tool,
-)
 
 from emotion2vec_serving.server.config import ENV_PREFIX, Settings
 from emotion2vec_serving.server.grpc.listeners import age_goaway_wait_s
+from tests.support.deploy import DASHBOARD, K8S, OVERLAYS, adapter_rules, find, kustomize, tool
 
 # Oldest release with everything used here (gRPC probes GA in 1.27) and the newest schemas shipped.
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")

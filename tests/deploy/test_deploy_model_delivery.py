@@ -15,10 +15,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from deploy_support import DEPLOY, K8S, OVERLAYS, ROOT, find, kustomize
 
 from emotion2vec_serving.modelrepo import MANIFEST_FILE, load_manifest
 from emotion2vec_serving.server.process import ServerProcess
+from tests.support.deploy import DEPLOY, K8S, OVERLAYS, ROOT, find, kustomize
 
 RESULTS = ROOT / "benchmarks" / "RESULTS_export.md"
 GIB = 1 << 30

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import (
+
+from tests.support.deploy import (
     ALERT_TESTS,
     adapter_rules,
     alert_rules_spec,

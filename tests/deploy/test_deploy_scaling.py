@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import (
+
+from emotion2vec_serving.server.config import Settings
+from tests.support.deploy import (
     DASHBOARD,
     GPU_DASHBOARD,
     K8S,
@@ -22,8 +24,6 @@ from deploy_support import (
     kustomize,
     promql_metric_names,
 )
-
-from emotion2vec_serving.server.config import Settings
 
 BUSY = "emotion_runner_busy_ratio"
 QUEUE = "emotion_queue_drain_seconds"

@@ -16,8 +16,9 @@ from emotion.oip import grpc_service_pb2_grpc as oip_grpc
 from emotion.v1 import emotion_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.reliability.conftest import Running, StartServer, raw_request, tone
-from tests.server.audio_fixtures import encoded_signal
+from tests.support.audio import encoded_signal
+from tests.support.calls import raw_request, tone
+from tests.support.servers import Running, StartServer
 
 TOKEN = "s3cret-token-for-every-protocol-0123"
 WRONG = "wrong-token-for-every-protocol-0123"

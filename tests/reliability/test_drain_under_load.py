@@ -21,16 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from emotion2vec_serving.server.app import _DOUBLE_SIGNAL_S
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from emotion2vec_serving.server.process import ServerProcess
-from tests.polling import wait_until_async
-from tests.reliability.conftest import answered_by_server, raw_request, tone
+from tests.support.calls import raw_request, tone
+from tests.support.metrics import answered_by_server
+from tests.support.polling import wait_until_async
+from tests.support.servers import server_process
 
 
 def _start(model_dir: Path, *extra: str) -> ServerProcess:
-    args = [
-        "--intra-op-threads", "1", "--max-duration-s", "10", "--no-warmup",
-        "--max-queue-requests", "512", *extra,
-    ]  # fmt: skip
-    return ServerProcess(model_dir, args, metrics=False, startup_timeout_s=60.0).start()
+    flags = ("--max-duration-s", "10", "--max-queue-requests", "512", *extra)
+    return server_process(model_dir, *flags, metrics=False, startup_timeout_s=60.0).start()
 
 
 def _refused_before_acceptance(code: str, details: str) -> bool:

@@ -1,6 +1,6 @@
 """Runner faults injected under concurrent load: a poison request, out-of-memory, GPU loss, hung runs.
 
-Faults come from the runner's session factory (tests/server/faults.py): the real ONNX Runtime session
+Faults come from the runner's session factory (tests/support/faults.py): the real ONNX Runtime session
 wrapped to fail or block, so every successful run is still the real model.
 """
 
@@ -16,9 +16,10 @@ import numpy as np
 from emotion.v1 import emotion_pb2 as pb
 
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER
-from tests.polling import wait_until_async
-from tests.reliability.conftest import Running, StartServer, raw_request, scores, tone
-from tests.server.faults import FaultyFactory, HangRuns, always, oom_above, poison_length
+from tests.support.calls import raw_request, scores, tone
+from tests.support.faults import FaultyFactory, HangRuns, always, oom_above, poison_length
+from tests.support.polling import wait_until_async
+from tests.support.servers import Running, StartServer
 
 
 async def _outcome(call: Any) -> tuple[str, str, Any]:

@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from emotion2vec_serving.server.audio.decode import decode_encoded
 from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
 from emotion2vec_serving.server.audio.pcm import decode_pcm
-from tests.reliability.fuzzing import (
+from tests.support.fuzzing import (
     AUDIO_ERROR_REASONS,
     BOMB_SPECS,
+    GRPC_FUZZ_CASES,
     bombs,
     hostile_files,
     magic_then_noise,
@@ -34,7 +35,7 @@ from tests.reliability.fuzzing import (
 LIMITS = AudioLimits(max_duration_s=5.0, min_duration_s=0.025, max_encoded_bytes=8 << 20)
 TARGET_HZ = LIMITS.target_sample_rate_hz
 
-# Examples per in-process fuzz test; with test_fuzz_grpc.GRPC_FUZZ_CASES they add up to >= 10,000.
+# Examples per in-process fuzz test; with the GRPC_FUZZ_CASES test_fuzz_grpc sends they add up to >= 10,000.
 IN_PROCESS_EXAMPLES = {
     "random_bytes": 1500,
     "magic_then_noise": 1500,
@@ -235,6 +236,4 @@ def test_oversized_encoded_input_is_refused_before_decoding() -> None:
 
 
 def test_the_suite_sends_at_least_ten_thousand_malformed_inputs() -> None:
-    from tests.reliability.test_fuzz_grpc import GRPC_FUZZ_CASES
-
     assert sum(IN_PROCESS_EXAMPLES.values()) + GRPC_FUZZ_CASES >= 10_000

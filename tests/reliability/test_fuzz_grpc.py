@@ -24,13 +24,18 @@ from hypothesis import strategies as st
 
 from emotion2vec_serving.server.audio.decode import decode_encoded_any
 from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
-from tests.reliability.conftest import BASE_SETTINGS, Running, StartServer, raw_request, scores, tone
-from tests.reliability.fuzzing import hostile_files, magic_then_noise, mutated, seed_files
+from tests.support.calls import raw_request, scores, tone
+from tests.support.fuzzing import (
+    ENCODED_CASES,
+    RAW_CASES,
+    STREAM_CASES,
+    hostile_files,
+    magic_then_noise,
+    mutated,
+    seed_files,
+)
+from tests.support.servers import RELIABILITY_SETTINGS, Running, StartServer
 
-ENCODED_CASES = 240
-RAW_CASES = 60
-STREAM_CASES = 24  # hand-written malformed streams below, each sent once
-GRPC_FUZZ_CASES = ENCODED_CASES + RAW_CASES + STREAM_CASES
 CONCURRENCY = 12
 GOOD_EVERY = 6  # one good request per this many malformed ones, interleaved
 
@@ -56,7 +61,7 @@ def generate(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
 
 def server_limits() -> AudioLimits:
     # Exactly what server/app.py builds from the settings.
-    s = BASE_SETTINGS
+    s = RELIABILITY_SETTINGS
     return AudioLimits(
         max_duration_s=s.max_duration_s,
         min_duration_s=s.min_duration_s,
@@ -69,7 +74,7 @@ def expected_for_encoded(data: bytes) -> str | None:
     """None when the bytes decode; otherwise the exact message the server must return (audio beyond one
     pass is a long recording, accepted up to --max-audio-s)."""
     try:
-        decode_encoded_any(data, server_limits(), max_audio_s=BASE_SETTINGS.max_audio_s)
+        decode_encoded_any(data, server_limits(), max_audio_s=RELIABILITY_SETTINGS.max_audio_s)
     except AudioError as exc:
         return str(exc)
     return None
@@ -192,7 +197,7 @@ async def _assert_still_serving(running: Running) -> None:
 async def test_oversized_and_empty_messages(start_server: StartServer) -> None:
     running: Running = await start_server()
     stub = running.stub
-    limit = BASE_SETTINGS.max_message_bytes
+    limit = RELIABILITY_SETTINGS.max_message_bytes
     cases = {
         "over the gRPC limit": (pb.Audio(encoded=b"RIFF" + bytes(limit + 128 * 1024)), "RESOURCE_EXHAUSTED"),
         "over the decoder limit": (pb.Audio(encoded=b"RIFF" + bytes(limit + 1024)), "INVALID_ARGUMENT"),
@@ -293,7 +298,8 @@ MALFORMED_STREAMS: dict[str, tuple[list[pb.StreamRecognizeRequest], str, str]] =
         "finite",
     ),
     "chunk over the message limit": (
-        [_config(), pb.StreamRecognizeRequest(audio=bytes(BASE_SETTINGS.max_message_bytes + 128 * 1024))],
+        [_config(),
+         pb.StreamRecognizeRequest(audio=bytes(RELIABILITY_SETTINGS.max_message_bytes + 128 * 1024))],
         "RESOURCE_EXHAUSTED",
         "",
     ),

@@ -31,14 +31,16 @@ from emotion.v1 import emotion_pb2 as pb
 from emotion.v1 import emotion_pb2_grpc
 
 from emotion2vec_serving.server.process import ServerProcess
-from tests.polling import wait_until_async
-from tests.reliability.conftest import answered_by_server, metric_value, raw_request, tone
+from tests.support.calls import raw_request, tone
+from tests.support.metrics import answered_by_server, metric_value
+from tests.support.polling import wait_until_async
+from tests.support.servers import server_process
 
-ARGS = ("--intra-op-threads", "1", "--no-warmup", "--max-duration-s", "10")
+ARGS = ("--max-duration-s", "10")  # after tests/support/servers.py PROCESS_FLAGS
 
 
 def _start(model: Path, procs: list[ServerProcess], *extra: str) -> ServerProcess:
-    server = ServerProcess(model, [*ARGS, *extra], startup_timeout_s=60.0).start()
+    server = server_process(model, *ARGS, *extra, startup_timeout_s=60.0).start()
     procs.append(server)
     return server
 

@@ -2,7 +2,7 @@
 Inference Protocol's live/ready probes) out, yet still refuses calls beyond it before their handlers run.
 
 Against the real in-process server on port 0 with the real tiny model, slowed or held at a gate by the
-session wrappers of tests/server/faults.py.
+session wrappers of tests/support/faults.py.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from emotion.oip import grpc_service_pb2_grpc as oip_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME
-from tests.polling import wait_until_async
-from tests.reliability.conftest import Running, StartServer, raw_request, tone
-from tests.server.faults import FaultyFactory
+from tests.support.calls import raw_request, tone
+from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until_async
+from tests.support.servers import Running, StartServer
 
 CAP = 4
 SERVING = health_pb2.HealthCheckResponse.SERVING

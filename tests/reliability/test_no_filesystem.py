@@ -23,8 +23,8 @@ from emotion.v1 import emotion_pb2 as pb
 
 from emotion2vec_serving.server.audio.decode import decode_encoded
 from emotion2vec_serving.server.audio.errors import AudioError, AudioLimits
-from tests.polling import wait_until
-from tests.reliability.conftest import Running, StartServer
+from tests.support.polling import wait_until
+from tests.support.servers import Running, StartServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
 

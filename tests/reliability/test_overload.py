@@ -1,6 +1,6 @@
 """Overload, deadlines and cancellation against the real server on loopback.
 
-The model is the real tiny ONNX model, slowed by a fixed sleep per batch (tests/server/faults.py wraps the
+The model is the real tiny ONNX model, slowed by a fixed sleep per batch (tests/support/faults.py wraps the
 real session), so the server's capacity is known: ``max_batch_size / BATCH_S`` requests per second.
 """
 
@@ -18,9 +18,10 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emotion2vec_serving.clients.wire import RETRY_AFTER_MS_KEY
-from tests.polling import wait_until_async
-from tests.reliability.conftest import Running, StartServer, raw_request, tone
-from tests.server.faults import FaultyFactory
+from tests.support.calls import raw_request, tone
+from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until_async
+from tests.support.servers import Running, StartServer
 
 BATCH_S = 0.1
 MAX_BATCH = 2

@@ -3,7 +3,7 @@ retry code of its own gets a call the real server shed (RESOURCE_EXHAUSTED, queu
 The attempts are counted by the server's own metrics. This project's clients use the same config by default.
 
 The server is the real in-process server on port 0 with the real tiny model, its runs held at a gate
-(tests/server/faults.py) so the one-request queue is provably full when the call arrives.
+(tests/support/faults.py) so the one-request queue is provably full when the call arrives.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,12 @@ from emotion.v1 import emotion_pb2_grpc
 
 from emotion2vec_serving.clients import NO_RETRY, AsyncEmotionClient, Overloaded
 from emotion2vec_serving.clients.channel import published_service_config
-from tests.reliability.conftest import Running, StartServer, raw_request, tone
-from tests.server.faults import FaultyFactory
+from tests.support.calls import raw_request, tone
+from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until_async
+from tests.support.servers import Running, StartServer
 
 SERVICE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "grpc" / "service_config.json"
-
-
-async def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"not reached within {timeout_s} s: {what}"
-        await asyncio.sleep(0.005)
 
 
 def _shed(running: Running) -> float:
@@ -53,12 +47,15 @@ async def _with_full_queue(running: Running, factory: FaultyFactory, gate: threa
 
     # One after the other: sent together, the second could find the first still queued (queue full).
     held = [hold(0)]
-    await _until(lambda: len(factory.entered) == before + 1, "the first call reached the model")
+    await wait_until_async(lambda: len(factory.entered) == before + 1, interval_s=0.005,
+                           message="the first call reached the model")
     held.append(hold(1))
-    await _until(lambda: batcher.queued_requests == 1, "the second call is queued")
+    await wait_until_async(lambda: batcher.queued_requests == 1, interval_s=0.005,
+                           message="the second call is queued")
     shed_before = _shed(running)
     outcome = asyncio.ensure_future(call())
-    await _until(lambda: _shed(running) > shed_before or outcome.done(), "the call was shed")
+    await wait_until_async(lambda: _shed(running) > shed_before or outcome.done(), interval_s=0.005,
+                           message="the call was shed")
     gate.set()
     try:
         result = await outcome

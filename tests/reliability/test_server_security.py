@@ -19,8 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME
-from tests.reliability.certs import CertSet, make_cert_set
-from tests.reliability.conftest import BASE_SETTINGS, metric_value, raw_request, tone
+from tests.support.calls import raw_request, tone
+from tests.support.certs import CertSet, make_cert_set
+from tests.support.metrics import metric_value
+from tests.support.servers import RELIABILITY_SETTINGS
 
 TOKEN = "reliability-token-0123456789abcdef"
 
@@ -38,7 +40,7 @@ async def secure_server(
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# test\n{TOKEN}\n", encoding="utf-8")
     settings = dataclasses.replace(
-        BASE_SETTINGS,
+        RELIABILITY_SETTINGS,
         tls_cert_file=str(certs.path("server.pem")),
         tls_key_file=str(certs.path("server.key")),
         tls_client_ca_file=str(certs.path("ca.pem")),

@@ -26,7 +26,7 @@ from emotion2vec_serving.server.grpc.auth import TokenAuthInterceptor
 from emotion2vec_serving.server.grpc.credentials import server_credentials
 from emotion2vec_serving.server.metrics import ServerMetrics
 from emotion2vec_serving.server.tls import SecurityConfigError
-from tests.reliability.certs import CertSet, make_cert_set
+from tests.support.certs import CertSet, make_cert_set
 
 TOKEN = "s3cret-token-0123456789abcdef"
 OTHER_TOKEN = "another-token-abcdef0123456789"

@@ -8,10 +8,8 @@ Kubernetes Secret update does it (new files, then an atomic rename over the old 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
-import time
 from pathlib import Path
 
 import grpc
@@ -21,8 +19,9 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emotion2vec_serving.server.tls import CertificateFiles, SecurityConfigError
-from tests.reliability.certs import CertSet, Pem, make_cert_set
-from tests.reliability.conftest import Running, StartServer
+from tests.support.certs import CertSet, Pem, make_cert_set
+from tests.support.polling import wait_until_async
+from tests.support.servers import Running, StartServer
 
 
 def _install(live: Path, pem: Pem, *, key: bool = True) -> None:
@@ -98,10 +97,9 @@ async def test_a_rotated_certificate_reaches_new_connections_without_a_restart(
         assert await _new_connection_trusting(port, old.ca) == grpc.StatusCode.OK
 
         _install(live, new.server)
-        deadline = time.monotonic() + 10
-        while _served_certificate(port) != _cert(new.server):  # the first handshake after the swap reloads
-            assert time.monotonic() < deadline, "the server still shows the old certificate"
-            await asyncio.sleep(0.05)
+        # The first handshake after the swap reloads.
+        await wait_until_async(lambda: _served_certificate(port) == _cert(new.server), 10, 0.05,
+                               "the server still shows the old certificate")
         assert await _new_connection_trusting(port, new.ca) == grpc.StatusCode.OK
         assert await _new_connection_trusting(port, old.ca) == grpc.StatusCode.UNAVAILABLE
         # The connection opened before the rotation is not cut.

@@ -24,9 +24,10 @@ from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer
 from emotion2vec_serving.server.config import parse_settings
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER
-from tests.server.conftest import BASE_SETTINGS, Running, StartServer
-from tests.server.faults import FaultyFactory
-from tests.server.test_batching_and_faults import audio_of, until
+from tests.support.calls import audio_of
+from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until_async as until
+from tests.support.servers import SERVER_SETTINGS, Running, StartServer
 
 RATE = 16000
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,16 +98,15 @@ async def test_calls_during_the_drain_are_served_until_the_goaway(start_server: 
                     for _ in range(3)]
     await until(lambda: batcher.queued_requests == 3)
     # After the delay: GOAWAY and the listener closes (a fresh connection cannot even ask for health).
-    deadline = time.monotonic() + 10.0
-    while True:
-        assert time.monotonic() < deadline, "the server never stopped accepting calls"
+    async def refused() -> bool:
         async with grpc.aio.insecure_channel(running.address) as probe:
             try:
                 await health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=1)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    break
-        await asyncio.sleep(0.05)
+                return exc.code() == grpc.StatusCode.UNAVAILABLE
+        return False
+
+    await until(refused, 10.0, 0.05, "the server never stopped accepting calls")
     # New calls on the old channel fail to connect: the server itself never refuses one.
     code, details = await outcome(running.stub.Recognize(request(0.2), timeout=5))
     assert code == "UNAVAILABLE" and "shutting down" not in details, (code, details)
@@ -153,7 +153,7 @@ async def test_the_cpu_deployment_counts_no_provider_fallback(manifest: ModelMan
     assert found is not None, "the CPU overlay no longer sets EMOTION_PROVIDERS"
     providers = parse_settings([], env={"EMOTION_PROVIDERS": found.group(1)}).providers
     assert providers == (CPU_PROVIDER,)
-    server = EmotionServer(dataclasses.replace(BASE_SETTINGS, providers=providers), manifest)
+    server = EmotionServer(dataclasses.replace(SERVER_SETTINGS, providers=providers), manifest)
     await server.start()
     try:
         sample = server.metrics.registry.get_sample_value
@@ -196,10 +196,11 @@ async def test_the_http_front_end_drains_too(start_server: StartServer) -> None:
     stopping = asyncio.ensure_future(running.server.stop())
     await until(lambda: not running.server.health.serving)
     assert (await loop.run_in_executor(None, _http, base + "/v2/health/ready"))[0] == 503
-    deadline = time.monotonic() + 10.0
-    while (await loop.run_in_executor(None, _http, base + "/v2/health/live"))[0] != "refused":
-        assert time.monotonic() < deadline, "the HTTP listener never closed"
-        await asyncio.sleep(0.05)
+
+    async def closed() -> bool:
+        return (await loop.run_in_executor(None, _http, base + "/v2/health/live"))[0] == "refused"
+
+    await until(closed, 10.0, 0.05, "the HTTP listener never closed")
     assert not in_flight.done()
     gate.set()
     status, answer = await in_flight

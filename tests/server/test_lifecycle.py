@@ -24,10 +24,11 @@ from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.app import EmotionServer, warmup_durations
 from emotion2vec_serving.server.config import Settings, SettingsError, build_parser, parse_settings
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME
-from tests.server.audio_fixtures import encoded_signal, make_signal
-from tests.server.conftest import BASE_SETTINGS, Running, StartServer
-from tests.server.faults import FaultyFactory
-from tests.server.test_batching_and_faults import audio_of, recognize, until
+from tests.support.audio import encoded_signal, make_signal
+from tests.support.calls import audio_of, recognize
+from tests.support.faults import FaultyFactory
+from tests.support.polling import wait_until_async as until
+from tests.support.servers import SERVER_SETTINGS, Running, StartServer
 
 RATE = 16000
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ async def test_warmup_then_serving_then_drain(start_server: StartServer) -> None
 async def test_not_serving_until_warmup_ends(manifest: ModelManifest) -> None:
     gate = threading.Event()
     factory = FaultyFactory(gate=gate)
-    server = EmotionServer(dataclasses.replace(BASE_SETTINGS, warmup=True, max_duration_s=2.0), manifest,
+    server = EmotionServer(dataclasses.replace(SERVER_SETTINGS, warmup=True, max_duration_s=2.0), manifest,
                            session_factory=factory)
     starting = asyncio.ensure_future(server.start())
     try:

@@ -11,6 +11,7 @@ from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME
 from emotion2vec_serving.server.process import HEALTH_SERVICE, ServerProcess, ServerStartError
+from tests.support.servers import server_process
 
 
 def test_health_name_is_the_servers() -> None:
@@ -18,7 +19,7 @@ def test_health_name_is_the_servers() -> None:
 
 
 def test_serves_scrapes_and_drains_cleanly(tiny_repo: Path) -> None:
-    with ServerProcess(tiny_repo, ["--no-warmup", "--intra-op-threads", "1"]) as srv:
+    with server_process(tiny_repo) as srv:
         with grpc.insecure_channel(srv.target) as channel:
             info = emotion_pb2_grpc.EmotionRecognizerStub(channel).GetModelInfo(
                 emotion_pb2.GetModelInfoRequest(), timeout=10
