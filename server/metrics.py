@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1, PROTOCOLS
 
-__all__ = ["PROTOCOLS", "GatedObserver", "ServerMetrics"]
+__all__ = ["GatedObserver", "ServerMetrics"]
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
