@@ -25,6 +25,7 @@ from emotion2vec_serving.export.model import Emotion2vecBatchExact, build_model
 from emotion2vec_serving.export.ort_run import OnnxModel, pad_batch
 from emotion2vec_serving.export.signals import DEVIATION_LENGTHS_S, speech_like, speech_like_set
 from emotion2vec_serving.modelrepo import (
+    EMOTION2VEC_FRAMING,
     INPUT_NAMES,
     MANIFEST_FILE,
     ONNX_FILE,
@@ -48,7 +49,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "int8_dynamic")
 BATCH_EXACT_TOLERANCE = 1e-5
 #: Above this size the weights go to ``model.onnx.data`` (protobuf files cannot exceed 2 GB).
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
-MIN_SAMPLES = 400
+MIN_SAMPLES = EMOTION2VEC_FRAMING["min_samples"]
 
 Progress = Callable[[str], None]
 
@@ -292,11 +293,7 @@ def repository_manifest(
         quantization=quantization,
         onnx_file=ONNX_FILE,
         opset=OPSET,
-        sample_rate_hz=16000,
-        frame_rate_hz=50,
-        frame_hop_samples=320,
-        receptive_field_samples=400,
-        min_samples=MIN_SAMPLES,
+        **EMOTION2VEC_FRAMING,
         embedding_dim=ck.embed_dim,
         labels=labels_from_tokens(ck.tokens),
         input_names=INPUT_NAMES,

@@ -3,6 +3,7 @@
 
 from emotion2vec_serving.modelrepo.fields import ManifestError
 from emotion2vec_serving.modelrepo.manifest import (
+    EMOTION2VEC_FRAMING,
     HEADLESS_OUTPUT_NAMES,
     INPUT_NAMES,
     MANIFEST_FILE,
@@ -13,6 +14,7 @@ from emotion2vec_serving.modelrepo.manifest import (
     Deviation,
     DownloadRecord,
     FileDigest,
+    Framing,
     Label,
     ModelManifest,
     Parity,
@@ -25,6 +27,7 @@ from emotion2vec_serving.modelrepo.manifest import (
 )
 
 __all__ = [
+    "EMOTION2VEC_FRAMING",
     "HEADLESS_OUTPUT_NAMES",
     "INPUT_NAMES",
     "MANIFEST_FILE",
@@ -35,6 +38,7 @@ __all__ = [
     "Deviation",
     "DownloadRecord",
     "FileDigest",
+    "Framing",
     "Label",
     "ManifestError",
     "ModelManifest",

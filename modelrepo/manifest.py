@@ -21,11 +21,12 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from emotion2vec_serving.modelrepo.fields import JsonObject, ManifestError
 
 __all__ = [
+    "EMOTION2VEC_FRAMING",
     "HEADLESS_OUTPUT_NAMES",
     "INPUT_NAMES",
     "MANIFEST_FILE",
@@ -36,6 +37,7 @@ __all__ = [
     "Deviation",
     "DownloadRecord",
     "FileDigest",
+    "Framing",
     "Label",
     "ManifestError",
     "ModelManifest",
@@ -60,6 +62,23 @@ INPUT_NAMES = ("waveform", "lengths")
 #: Graph outputs. Models without a classifier head (emotion2vec_base) have only the last three.
 OUTPUT_NAMES = ("logits", "probs", "frame_probs", "embedding", "frame_features", "frame_lengths")
 HEADLESS_OUTPUT_NAMES = ("embedding", "frame_features", "frame_lengths")
+
+
+class Framing(TypedDict):
+    """The time geometry a repository states (``ModelManifest(**EMOTION2VEC_FRAMING, ...)``)."""
+
+    sample_rate_hz: int
+    frame_rate_hz: int
+    frame_hop_samples: int
+    receptive_field_samples: int
+    min_samples: int
+
+
+#: The emotion2vec family's framing, the same for every size and precision: 16 kHz in, one frame per 20 ms
+#: (320 samples), a 25-ms receptive field, and items shorter than that zero-padded to it inside the graph.
+#: Every writer (the exporter, the benchmarks' null model) takes it from here.
+EMOTION2VEC_FRAMING = Framing(sample_rate_hz=16000, frame_rate_hz=50, frame_hop_samples=320,
+                              receptive_field_samples=400, min_samples=400)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1, PROTOCOLS
+from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1
 
 __all__ = ["GatedObserver", "ServerMetrics"]
 

@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 
 from emotion2vec_serving.modelrepo import (
+    EMOTION2VEC_FRAMING,
     INPUT_NAMES,
     ONNX_FILE,
     OUTPUT_NAMES,
@@ -111,11 +112,7 @@ def build_null_model(out_dir: str | Path) -> Path:
         batch_exact_equal_length=True,
         onnx_file=ONNX_FILE,
         opset=17,
-        sample_rate_hz=16000,
-        frame_rate_hz=50,
-        frame_hop_samples=320,
-        receptive_field_samples=400,
-        min_samples=400,
+        **EMOTION2VEC_FRAMING,
         embedding_dim=dim,
         labels=labels_from_tokens(f"{zh}/{en}" if zh else "<unk>" for en, zh in LABELS),
         input_names=INPUT_NAMES,
