@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-__all__ = ["SIZES", "TOKENS", "CheckpointSize", "make_config", "make_state_dict", "write_checkpoint"]
+__all__ = ["SIZES", "TOKENS", "TOKENS_FIVE_LABELS", "CheckpointSize", "make_config", "make_state_dict", "write_checkpoint"]
 
 #: ``tokens.txt`` of the emotion2vec+ models: head row order. The file has no trailing newline.
 TOKENS: tuple[str, ...] = (
@@ -39,6 +40,20 @@ TOKENS: tuple[str, ...] = (
     "其他/other",
     "难过/sad",
     "吃惊/surprised",
+    "<unk>",
+)
+#: A ``tokens.txt`` with four ``unuse_*`` placeholders: the shape of the early hub snapshots that enable
+#: only five of the nine emotions (which four were placeholders there is not known here; the count is what
+#: the label check sees). For tests of that check.
+TOKENS_FIVE_LABELS: tuple[str, ...] = (
+    "生气/angry",
+    "unuse_1",
+    "unuse_2",
+    "开心/happy",
+    "中立/neutral",
+    "unuse_5",
+    "难过/sad",
+    "unuse_7",
     "<unk>",
 )
 
@@ -310,11 +325,13 @@ def _configuration_json(headless: bool, weights_file: str, model_name: str) -> d
 
 
 def write_checkpoint(
-    out_dir: str | Path, size: str = "tiny", seed: int = 0, headless: bool = False
+    out_dir: str | Path, size: str = "tiny", seed: int = 0, headless: bool = False,
+    tokens: Sequence[str] = TOKENS,
 ) -> Path:
     """Write a checkpoint directory with random weights; return its path.
 
     ``headless=True`` writes the ``emotion2vec_base`` layout (``emotion2vec_base.pt``, no tokens, no head).
+    ``tokens``: the lines of ``tokens.txt`` (head rows), e.g. ``TOKENS_FIVE_LABELS``.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
@@ -323,7 +340,7 @@ def write_checkpoint(
     config = make_config(SIZES[size], headless=headless)
     weights_file = "emotion2vec_base.pt" if headless else "model.pt"
     model_name = "emotion2vec_base" if headless else f"emotion2vec_plus_{size}"
-    state = make_state_dict(config, 0 if headless else len(TOKENS), seed)
+    state = make_state_dict(config, 0 if headless else len(tokens), seed)
     # Write to a temporary name first so an interrupted run never leaves a plausible but truncated file.
     tmp = out / (weights_file + ".partial")
     torch.save(state, tmp)
@@ -335,7 +352,7 @@ def write_checkpoint(
     conf = _configuration_json(headless, weights_file, model_name)
     (out / "configuration.json").write_text(json.dumps(conf, indent=4) + "\n", encoding="utf-8")
     if not headless:
-        (out / "tokens.txt").write_text("\n".join(TOKENS), encoding="utf-8")
+        (out / "tokens.txt").write_text("\n".join(tokens), encoding="utf-8")
     # Real model directories carry a README too; ours says the weights are random, and the exporter
     # reads the marker line to flag the model as untrained in its manifest.
     (out / "README.md").write_text(
