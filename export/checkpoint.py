@@ -28,7 +28,8 @@ from typing import Any
 import torch
 import yaml
 
-__all__ = ["SIZES", "TOKENS", "TOKENS_FIVE_LABELS", "CheckpointSize", "make_config", "make_state_dict", "write_checkpoint"]
+__all__ = ["SIZES", "TOKENS", "TOKENS_FIVE_LABELS", "CheckpointSize", "make_config", "make_state_dict",
+           "write_checkpoint"]
 
 #: ``tokens.txt`` of the emotion2vec+ models: head row order. The file has no trailing newline.
 TOKENS: tuple[str, ...] = (
