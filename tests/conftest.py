@@ -22,6 +22,9 @@ from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.config import Settings
 from tests.support.servers import SERVER_SETTINGS, StartServer, serving
 
+#: Under CI=true a skipped test fails (tests/support/ci_skips.py).
+pytest_plugins = ["tests.support.ci_skips"]
+
 TINY_SEED = 0
 
 

@@ -64,6 +64,7 @@ def test_container_runs_with_the_pods_security_settings() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the script's own limit is 1,200 s; pytest's global one 600 s
 @pytest.mark.skipif(not (shutil.which("podman") and shutil.which("runc") and os.geteuid() == 0),
                     reason="needs podman, runc and root (apt-get install podman runc debootstrap)")
 def test_the_image_builds_and_serves_as_the_pod_would() -> None:

@@ -86,6 +86,7 @@ def test_ten_minutes_and_the_command_line_client(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2100)  # the call's own deadline is 1,800 s; pytest's global one 600 s
 def test_one_hour(tiny_repo: Path, tmp_path: Path) -> None:
     """One hour as a 16 kHz WAV (115 MB: the server and client allow 160 MiB messages here; the default
     32 MiB takes an hour as compressed audio)."""
