@@ -8,8 +8,8 @@ file. Standard library only, so the serving path never imports torch or the expo
 
 Reading is strict about types and lenient about provenance: the fields the server serves with are required
 (as they always were); the records that describe where a model came from (``source``, ``exporter``,
-``deviation_from_fp32``, ``parity``, ``quantization``, ``notes``, ``warnings``) may be absent (older or hand-written
-repositories), but a field that is present must have its type. Every refusal names the field
+``deviation_from_fp32``, ``parity``, ``quantization``, ``notes``) and its ``warnings`` may be absent (older
+or hand-written repositories), but a field that is present must have its type. Every refusal names the field
 (``deviation_from_fp32.max_abs_probs``, ``labels[3].name``).
 """
 
