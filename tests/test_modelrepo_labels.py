@@ -1,5 +1,6 @@
-"""modelrepo/labels.py: counting a head's enabled labels, the warning for an emotion2vec+ model with fewer than
-nine, ``--require-labels`` refusals, and what a server serves with (the manifest's warnings plus its own)."""
+"""modelrepo/labels.py: counting a head's enabled labels, the warning for an emotion2vec+ model with fewer
+than nine, ``--require-labels`` refusals, and what a server serves with (the manifest's warnings plus its
+own)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from emotion2vec_serving.modelrepo.manifest import (
     labels_from_tokens,
 )
 
-NINE = ("生气/angry", "厌恶/disgusted", "恐惧/fearful", "开心/happy", "中立/neutral", "其他/other", "难过/sad",
-        "吃惊/surprised", "<unk>")
-FIVE = ("生气/angry", "unuse_1", "unuse_2", "开心/happy", "中立/neutral", "unuse_5", "难过/sad", "unuse_7", "<unk>")
+NINE = ("生气/angry", "厌恶/disgusted", "恐惧/fearful", "开心/happy", "中立/neutral", "其他/other",
+        "难过/sad", "吃惊/surprised", "<unk>")
+FIVE = ("生气/angry", "unuse_1", "unuse_2", "开心/happy", "中立/neutral", "unuse_5", "难过/sad", "unuse_7",
+        "<unk>")
 COMMIT = "6c303ba987b86b93193de93e34bb2b077a6bedc4"
 
 

@@ -61,7 +61,8 @@ def test_require_labels_9_refuses_it_before_writing_the_repository(
 def test_a_nine_label_model_has_no_warning_and_meets_require_labels_9(tmp_path: Path) -> None:
     snapshot = hub_snapshot(tmp_path / "snapshot", TOKENS, NINE_LABEL_COMMIT)
     said: list[str] = []
-    repo = export_repository(snapshot, tmp_path / "repo", verify=False, progress=said.append, require_labels=9)
+    repo = export_repository(snapshot, tmp_path / "repo", verify=False, progress=said.append,
+                             require_labels=9)
     manifest = load_manifest(repo)
     assert manifest.model_name == "emotion2vec_plus_tiny" and manifest.warnings == ()
     assert manifest.source is not None and manifest.source.hub is not None

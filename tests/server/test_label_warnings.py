@@ -31,8 +31,8 @@ from tests.support.web import WebServer, http, wait_for_http
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"progress": lambda _message: None}
 WARNING_START = f"emotion2vec_plus_tiny at revision {FIVE_LABEL_COMMIT} enables only 5 of the 9 emotions"
-REFUSAL = f"emotion2vec_plus_tiny at revision {FIVE_LABEL_COMMIT} enables 5 labels; --require-labels asks for " \
-          "at least 9"
+REFUSAL = (f"emotion2vec_plus_tiny at revision {FIVE_LABEL_COMMIT} enables 5 labels; --require-labels asks "
+           "for at least 9")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ def hub_snapshot(out: Path, tokens: Sequence[str], commit: str, revision: str = 
     from emotion2vec_serving.export.download import DOWNLOAD_RECORD
 
     write_checkpoint(out, size="tiny", seed=0, tokens=tokens)
-    (out / "README.md").write_text("# emotion2vec_plus_tiny\n\nRandom weights, hub layout.\n", encoding="utf-8")
+    readme = "# emotion2vec_plus_tiny\n\nRandom weights in the hub layout.\n"
+    (out / "README.md").write_text(readme, encoding="utf-8")
     record = DownloadRecord(hub="modelscope", repo_id="iic/emotion2vec_plus_tiny", revision=revision,
                             endpoint="http://127.0.0.1:9", pinned_default=True, commit=commit)
     (out / DOWNLOAD_RECORD).write_text(json.dumps(record.to_json(), indent=2) + "\n", encoding="utf-8")
