@@ -482,8 +482,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             "max_duration_s": info.max_duration_s,
             "max_segment_s": info.max_segment_s,
             "max_audio_s": info.max_audio_s,
+            "warnings": list(info.warnings),
         }
     )
+    for warning in info.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -180,6 +180,9 @@ class ModelInfo:
     min_duration_s: float
     max_audio_s: float = 0.0  # longest Recognize/Embed audio (segmented beyond max_segment_s); 0 = no limit
     max_segment_s: float = 0.0  # longest single model pass (0 from servers that predate long recordings)
+    #: What to know before trusting the answers (e.g. a model enabling fewer than its nine emotions); empty
+    #: when there is nothing to say, and from servers that predate the field.
+    warnings: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -319,4 +322,5 @@ def model_info_from_proto(msg: emotion_pb2.ModelInfo) -> ModelInfo:
         min_duration_s=msg.min_duration_s,
         max_audio_s=msg.max_audio_s,
         max_segment_s=msg.max_segment_s,
+        warnings=tuple(msg.warnings),
     )

@@ -38,6 +38,7 @@ from emotion2vec_serving.modelrepo import (
     labels_from_tokens,
     write_manifest,
 )
+from emotion2vec_serving.modelrepo.labels import check_labels
 
 __all__ = ["OPSET", "PRECISIONS", "export_onnx", "export_repository", "repository_manifest"]
 
@@ -278,6 +279,7 @@ def repository_manifest(
     parity: Parity | None,
     export_s: float,
     quantization: Quantization | None = None,
+    warnings: tuple[str, ...] = (),
 ) -> ModelManifest:
     """The manifest of a repository exported from ``ck`` (written by ``modelrepo.write_manifest``)."""
     return ModelManifest(
@@ -315,6 +317,7 @@ def repository_manifest(
             "short_inputs": "items shorter than min_samples are zero-padded to 400 samples inside the graph",
             "batch_exact": "each item of a right-padded batch equals the item alone (1e-4 abs, fp32)",
         },
+        warnings=warnings,
     )
 
 
@@ -327,6 +330,7 @@ def export_repository(
     padding_fix: bool = True,
     revision: str | None = None,
     hub: str | None = None,
+    require_labels: int | None = None,
 ) -> Path:
     """Export ``source`` (checkpoint dir or model id) into the model repository ``out_dir``.
 
@@ -337,12 +341,23 @@ def export_repository(
 
     With ``verify`` the repository is checked against FunASR (fp32 must match within 1e-4; other
     precisions report their maxima) and the measured maxima are stored in the manifest.
+
+    The head's enabled labels are counted (``modelrepo.labels.check_labels``): an emotion2vec+ model with
+    fewer than nine is exported with a warning (printed through ``progress`` and kept in the manifest's
+    ``warnings``); with ``require_labels`` N, a model enabling fewer than N raises ``LabelCountError``
+    before anything is written to ``out_dir``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
     started = time.perf_counter()
     progress(f"[1/4] loading checkpoint {source}")
     ck = load_checkpoint(source, revision=revision, hub=hub, progress=progress, mmap=True)
+    record = DownloadRecord.from_record(ck.hub) if ck.hub is not None else None
+    warning = check_labels(ck.model_name, labels_from_tokens(ck.tokens),
+                           revision=record.resolved_revision if record is not None else None,
+                           require=require_labels)
+    if warning is not None:
+        progress(f"      WARNING: {warning}")
     model = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix, assign=True)
     # The fp32 torch outputs the export is compared with, computed now so that the torch model can go
     # before ONNX Runtime loads the exported copy of the weights.
@@ -390,7 +405,7 @@ def export_repository(
              f"min cos(embedding) {deviation.min_cosine_embedding:.6f}, "
              f"alone vs batched {deviation.batch_consistency_max_abs:.2e}")
     manifest = repository_manifest(repo, ck, precision, reference.output_names, deviation, None, export_s,
-                                   quantization)
+                                   quantization, warnings=(warning,) if warning is not None else ())
     write_manifest(repo, manifest)
     if verify:
         from emotion2vec_serving.export.verify import verify_repository

@@ -116,6 +116,10 @@ class JsonObject:
     def texts(self, key: str) -> list[str]:
         return self._items(self._get(key, list, True), key, str)
 
+    def texts_or_none(self, key: str) -> list[str] | None:
+        values = self._get(key, list, False)
+        return None if values is None else self._items(values, key, str)
+
     def integers_or_none(self, key: str) -> list[int] | None:
         values = self._get(key, list, False)
         return None if values is None else self._items(values, key, int)

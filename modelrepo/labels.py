@@ -14,13 +14,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from emotion2vec_serving.modelrepo.manifest import ModelManifest
+
 __all__ = [
     "EMOTION2VEC_PLUS_LABELS",
     "LabelCountError",
     "check_labels",
     "enabled_count",
     "label_warning",
+    "manifest_revision",
     "promised_labels",
+    "served_warnings",
 ]
 
 #: The emotions an emotion2vec+ model's head enables in its complete ``tokens.txt``.
@@ -70,3 +74,22 @@ def check_labels(model_name: str, labels: Iterable[_HasEnabled], *, revision: st
             raise LabelCountError(f"{model_name}{where} enables {enabled} labels; --require-labels asks for "
                                   f"at least {require}")
     return label_warning(model_name, labels, revision)
+
+
+def manifest_revision(manifest: ModelManifest) -> str | None:
+    """The revision a repository was exported from (its download record's commit, else the requested
+    revision); None for a local checkpoint."""
+    hub = manifest.source.hub if manifest.source is not None else None
+    return hub.resolved_revision if hub is not None else None
+
+
+def served_warnings(manifest: ModelManifest, require: int | None = None) -> tuple[str, ...]:
+    """What a server serving ``manifest`` warns about: the manifest's ``warnings`` (written by the export),
+    then this check's own on the manifest's labels (a repository exported before the check, or written by
+    hand, has none), each text once. Raises :class:`LabelCountError` below ``require``."""
+    own = check_labels(manifest.model_name, manifest.labels, revision=manifest_revision(manifest),
+                       require=require)
+    warnings = list(manifest.warnings)
+    if own is not None and own not in warnings:
+        warnings.append(own)
+    return tuple(warnings)

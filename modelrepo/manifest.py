@@ -8,8 +8,8 @@ file. Standard library only, so the serving path never imports torch or the expo
 
 Reading is strict about types and lenient about provenance: the fields the server serves with are required
 (as they always were); the records that describe where a model came from (``source``, ``exporter``,
-``deviation_from_fp32``, ``parity``, ``quantization``, ``notes``) may be absent (older or hand-written
-repositories), but a field that is present must have its type. Every refusal names the field
+``deviation_from_fp32``, ``parity``, ``quantization``, ``notes``) and its ``warnings`` may be absent (older
+or hand-written repositories), but a field that is present must have its type. Every refusal names the field
 (``deviation_from_fp32.max_abs_probs``, ``labels[3].name``).
 """
 
@@ -241,6 +241,11 @@ class DownloadRecord:
     commit: str | None = None  # the commit the hub resolved the revision to, where it says
     files: tuple[FileDigest, ...] = ()
 
+    @property
+    def resolved_revision(self) -> str:
+        """What a message names: the commit the hub resolved, else the requested revision."""
+        return self.commit or self.revision
+
     @classmethod
     def from_json(cls, obj: JsonObject) -> DownloadRecord:
         files = obj.obj_or_none("files")
@@ -355,6 +360,9 @@ class ModelManifest:
     deviation_from_fp32: Deviation | None = None
     parity: Parity | None = None
     notes: Mapping[str, str] = field(default_factory=dict)
+    #: What a user must know before trusting the model (e.g. an emotion2vec+ model that enables fewer than
+    #: nine emotions, modelrepo/labels.py); absent in a manifest: none.
+    warnings: tuple[str, ...] = ()
 
     @property
     def has_head(self) -> bool:
@@ -404,14 +412,16 @@ class ModelManifest:
             deviation_from_fp32=Deviation.from_json(deviation) if deviation is not None else None,
             parity=Parity.from_json(parity) if parity is not None else None,
             notes={} if notes is None else {key: notes.text(key) for key in notes.names()},
+            warnings=tuple(obj.texts_or_none("warnings") or ()),
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of ``manifest.json`` (key order as the exporter has always written it)."""
+        """The JSON object of ``manifest.json`` (key order as the exporter has always written it; ``warnings``
+        only when there are some, so a manifest without them reads and rewrites unchanged)."""
         frame_rate: float | int = self.frame_rate_hz
         if isinstance(frame_rate, float) and frame_rate.is_integer():
             frame_rate = int(frame_rate)  # 50, as written before the manifest was typed
-        return {
+        data: dict[str, Any] = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "model_name": self.model_name,
             "model_version": self.model_version,
@@ -438,6 +448,9 @@ class ModelManifest:
             "parity": self.parity.to_json() if self.parity is not None else None,
             "notes": dict(self.notes),
         }
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
+        return data
 
 
 def _check(manifest: ModelManifest, obj: JsonObject) -> None:

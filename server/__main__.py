@@ -6,6 +6,11 @@
 - a model repository directory (it has ``manifest.json``): served as is.
 - a checkpoint directory or a model id: exported once into the cache by ``python -m export.cli onnx``
   in a subprocess (needs the ``export`` extra), then served.
+
+Whichever it is, the model's enabled labels are then counted (``modelrepo.labels``): an emotion2vec+ model
+with fewer than nine is served with a WARNING naming its revision (also in ``GetModelInfo``, ``/v1/model``
+and the page), and ``--require-labels N`` refuses one with fewer than N (exit 2); the export subprocess gets
+the same ``--require-labels``, so such a model is not even exported into the cache.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from emotion2vec_serving.modelrepo.labels import LabelCountError, served_warnings
 from emotion2vec_serving.modelrepo.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
 from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
 from emotion2vec_serving.server.tls import SecurityConfigError
 
-__all__ = ["ModelResolutionError", "main", "resolve_model"]
+__all__ = ["ModelResolutionError", "check_model_labels", "main", "resolve_model"]
 
 log = logging.getLogger("server")
 
@@ -76,11 +82,24 @@ def resolve_model(settings: Settings) -> ModelManifest:
     out = cache / "exports" / f"{slug[-60:]}-{key}"
     if not (out / MANIFEST_FILE).is_file():
         _require_export_extra(model)
-        _run_export(["onnx", "--source", model, "--out", str(out)], f"exporting {model}")
+        require = ["--require-labels", str(settings.require_labels)] if settings.require_labels > 0 else []
+        _run_export(["onnx", "--source", model, "--out", str(out), *require], f"exporting {model}")
     manifest = load_manifest(out)
     if manifest.untrained:
         log.warning("the model %s is UNTRAINED: its scores are meaningless", manifest.model_name)
     return manifest
+
+
+def check_model_labels(manifest: ModelManifest, settings: Settings) -> tuple[str, ...]:
+    """Count the model's enabled labels: log each warning (the manifest's and this check's), refuse a model
+    enabling fewer than ``--require-labels`` with ``ModelResolutionError``; returns the warnings."""
+    try:
+        warnings = served_warnings(manifest, settings.require_labels)
+    except LabelCountError as exc:
+        raise ModelResolutionError(f"refusing the model in {manifest.directory}: {exc}") from exc
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 #: Modules of the ``server`` extra (the plain install is the light client and has none of them).
@@ -116,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         manifest = resolve_model(settings)
+        check_model_labels(manifest, settings)
     except (ModelResolutionError, ManifestError) as exc:
         log.error("%s", exc)
         return 2

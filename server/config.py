@@ -108,6 +108,11 @@ class Settings:
         default_factory=_default_cache_dir,
         metadata={"help": "where built and exported model repositories are cached"},
     )
+    require_labels: int = _opt(
+        0, "refuse to start (exit 2) when the model enables fewer labels than this (the deploy Job sets 9: "
+        "early emotion2vec+ snapshots enable only 5 of the 9 emotions); 0 = no requirement, an emotion2vec+ "
+        "model with fewer than 9 is served with a warning"
+    )
     providers: tuple[str, ...] = _opt(
         defaults.PROVIDERS,
         "ONNX Runtime execution providers in order of preference, comma-separated",
@@ -284,6 +289,8 @@ class Settings:
                 problems.append(f"{name} must be at least 1")
         if self.intra_op_threads < 0:
             problems.append("intra_op_threads must be >= 0")
+        if self.require_labels < 0:
+            problems.append("require_labels must be >= 0 (0 = no requirement)")
         for name in ("max_batch_audio_s", "max_queue_audio_s", "max_duration_s", "min_duration_s",
                      "max_stream_duration_s", "default_timeout_s", "warmup_max_s"):
             if getattr(self, name) <= 0:

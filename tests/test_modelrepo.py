@@ -91,6 +91,7 @@ def _full(directory: Path) -> ModelManifest:
             lengths_samples=(400, 16000), batches=3, batch_size=4, tolerance=1e-4, passed=True,
         ),
         notes={"frame_probs": "head applied to each frame"},
+        warnings=("emotion2vec_plus_large at revision abc123 enables only 5 of the 9 emotions", "second"),
     )
 
 
@@ -130,6 +131,7 @@ def test_a_full_manifest_round_trips_field_for_field(tmp_path: Path) -> None:
     assert data["frame_rate_hz"] == 50 and isinstance(data["frame_rate_hz"], int)
     assert data["source"]["hub"]["files"]["model.pt"] == {"size": 1234, "sha256": "f" * 64}
     assert data["quantization"]["smoothing"] == {"alpha": 0.5, "calibration_clips": 3}
+    assert data["warnings"] == list(manifest.warnings)
     # Written atomically, yet readable as any file written under the umask (a shared model volume).
     umask = os.umask(0o022)
     os.umask(umask)
@@ -188,7 +190,7 @@ def test_an_old_manifest_without_the_batch_fields_and_provenance_still_loads(tmp
     repo = _repository(tmp_path)
     data = _full(repo).to_json()
     for key in ("batch_exact", "batch_exact_equal_length", "quantization", "source", "exporter",
-                "export_seconds", "deviation_from_fp32", "parity", "notes", "untrained"):
+                "export_seconds", "deviation_from_fp32", "parity", "notes", "untrained", "warnings"):
         del data[key]
     (repo / MANIFEST_FILE).write_text(json.dumps(data), encoding="utf-8")
     manifest = load_manifest(repo)
@@ -196,7 +198,7 @@ def test_an_old_manifest_without_the_batch_fields_and_provenance_still_loads(tmp
     assert manifest.precision == "int8"
     assert (manifest.batch_exact, manifest.batch_exact_equal_length) == (False, False)
     assert manifest.source is None and manifest.deviation_from_fp32 is None and manifest.exporter == {}
-    assert not manifest.untrained
+    assert not manifest.untrained and manifest.warnings == ()
     data["precision"] = "fp16"
     (repo / MANIFEST_FILE).write_text(json.dumps(data), encoding="utf-8")
     assert load_manifest(repo).batch_exact_equal_length
@@ -244,6 +246,8 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
         ("parity.lengths_samples[1]", 1.5, "field 'parity.lengths_samples[1]' must be an integer, not float"),
         ("exporter.torch", 2, "field 'exporter.torch' must be a string, not int"),
         ("notes", "none", "field 'notes' must be an object, not str"),
+        ("warnings", "five labels", "field 'warnings' must be a list, not str"),
+        ("warnings[1]", {"text": "x"}, "field 'warnings[1]' must be a string, not object"),
     ],
 )
 def test_a_malformed_manifest_is_refused_naming_the_field(

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 import numpy as np
 import numpy.typing as npt
 
+from emotion2vec_serving.modelrepo.labels import served_warnings
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.admission import Admission
@@ -64,6 +65,7 @@ class EmotionCore:
         # The precision really run (e.g. OpenVINO's f32 for a bf16 request on a CPU without bf16); the
         # manifest's when the caller does not know better.
         self._precision = precision or manifest.precision
+        self._warnings = served_warnings(manifest)
         self._admission = Admission(batcher, metrics, limits.max_concurrent_streams)
         self._pipeline = Pipeline(manifest, batcher, metrics, limits, decode_executor, cost_of)
         self._long = LongCalls(self._pipeline, self._admission.backlog)
@@ -103,6 +105,7 @@ class EmotionCore:
             has_head=m.has_head,
             max_audio_s=longform.max_audio_s if longform else 0.0,
             max_segment_s=longform.max_segment_s if longform else 0.0,
+            warnings=self._warnings,
         )
 
     # ------------------------------------------------------------------ admission and lifecycle

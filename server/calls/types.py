@@ -167,6 +167,9 @@ class ModelCard:
     has_head: bool
     max_audio_s: float = 0.0  # longest Recognize/Embed audio (0: no limit but the message size)
     max_segment_s: float = 0.0  # longest segment of a long recording (= max_duration_s; 0: not segmented)
+    #: What a user must know before trusting the answers (e.g. an emotion2vec+ model enabling fewer than nine
+    #: emotions): the manifest's warnings and the server's own label check (``modelrepo.labels``).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
             max_audio_s=card.max_audio_s,
             max_segment_s=card.max_segment_s,
             engine=card.engine,
+            warnings=list(card.warnings),
         )
 
     async def StreamRecognize(

@@ -160,7 +160,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "min_duration_s": number,
                     "max_audio_s": {**number, "description": "longest recording (0: only the upload limit)"},
                     "max_segment_s": {**number, "description": "longest segment of a long recording"},
-                    "max_upload_bytes": {"type": "integer"}}},
+                    "max_upload_bytes": {"type": "integer"},
+                    "warnings": {"type": "array", "items": {"type": "string"},
+                                 "description": "what to know before trusting the answers, e.g. a model "
+                                                "enabling fewer than its nine emotions; empty: none"}}},
             },
         },
     }

@@ -6,7 +6,8 @@
   or from form fields. The answer is the ``result.json`` of ``emotion-client recognize`` (the same
   ``clients/schema.py`` writes both), plus ``embedding`` (a list) when asked for.
 - ``POST /v1/embed``: the same upload; ``frames`` (bool) adds frame embeddings.
-- ``GET /v1/model``: the model card (``emotion-client info`` fields, plus engine and limits).
+- ``GET /v1/model``: the model card (``emotion-client info`` fields, plus engine and limits; ``warnings``:
+  what to know before trusting the answers, e.g. fewer than nine enabled emotions).
 
 Every call goes through :class:`~emotion2vec_serving.server.calls.core.EmotionCore` (limits, deadlines,
 admission, drain and metrics with protocol ``http``); failures are mapped by ``http/status.py``. With bearer
@@ -56,6 +57,7 @@ def model_json(card: Any, settings: Settings) -> dict[str, Any]:
         "max_audio_s": float(getattr(card, "max_audio_s", card.max_duration_s)),
         "max_segment_s": float(getattr(card, "max_segment_s", card.max_duration_s)),
         "max_upload_bytes": settings.max_message_bytes,
+        "warnings": list(getattr(card, "warnings", ())),
     }
 
 

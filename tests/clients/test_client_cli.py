@@ -159,6 +159,7 @@ def test_health_and_info(target: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert run(target, "info") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["sample_rate_hz"] == 16000 and info["embedding_dim"] > 0 and info["labels"]
+    assert info["warnings"] == []
     assert run(f"127.0.0.1:{free_port()}", "--retries", "0", "health") == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
 

@@ -295,7 +295,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "labels", "sample_rate_hz", "frame_rate_hz", "embedding_dim", "execution_provider", "max_duration_s", "min_duration_s", "max_audio_s", "max_segment_s", "engine")
+    __slots__ = ("model", "labels", "sample_rate_hz", "frame_rate_hz", "embedding_dim", "execution_provider", "max_duration_s", "min_duration_s", "max_audio_s", "max_segment_s", "engine", "warnings")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +307,7 @@ class ModelInfo(_message.Message):
     MAX_AUDIO_S_FIELD_NUMBER: _ClassVar[int]
     MAX_SEGMENT_S_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     labels: _containers.RepeatedCompositeFieldContainer[EmotionScore]
     sample_rate_hz: int
@@ -318,4 +319,5 @@ class ModelInfo(_message.Message):
     max_audio_s: float
     max_segment_s: float
     engine: str
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[EmotionScore, _Mapping]]] = ..., sample_rate_hz: _Optional[int] = ..., frame_rate_hz: _Optional[float] = ..., embedding_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_duration_s: _Optional[float] = ..., min_duration_s: _Optional[float] = ..., max_audio_s: _Optional[float] = ..., max_segment_s: _Optional[float] = ..., engine: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[EmotionScore, _Mapping]]] = ..., sample_rate_hz: _Optional[int] = ..., frame_rate_hz: _Optional[float] = ..., embedding_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_duration_s: _Optional[float] = ..., min_duration_s: _Optional[float] = ..., max_audio_s: _Optional[float] = ..., max_segment_s: _Optional[float] = ..., engine: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -140,6 +140,14 @@
     node.dataset.provider = card.execution_provider;
     node.dataset.untrained = String(m.untrained);
     $("#demo-banner").hidden = !m.untrained;
+    // What the server says to know before trusting the answers (e.g. a model enabling only 5 of its 9
+    // emotions): one line each, shown above everything else.
+    const warnings = Array.isArray(card.warnings) ? card.warnings : [];
+    const box = $("#model-warnings");
+    box.replaceChildren(...warnings.map(
+      (text) => el("p", { class: "model-warning", text: `Model warning: ${text}` })));
+    box.hidden = warnings.length === 0;
+    node.dataset.warnings = String(warnings.length);
   }
 
   // ------------------------------------------------------------------------------------ files

@@ -130,6 +130,7 @@ async def test_get_model_info(running: Running, manifest: ModelManifest) -> None
     assert info.embedding_dim == manifest.embedding_dim
     assert info.execution_provider == "CPUExecutionProvider"
     assert (info.min_duration_s, info.max_duration_s) == (0.1, 20.0)
+    assert list(info.warnings) == []  # a generated model promises no nine emotions (see test_label_warnings)
 
 
 BAD_INPUTS = [

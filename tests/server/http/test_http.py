@@ -149,6 +149,7 @@ def test_embed_and_model_equal_emotion_v1(open_server: WebServer, upload_files: 
         [(lb.index, lb.name, lb.name_zh) for lb in info.labels]
     assert card["execution_provider"] == info.execution_provider
     assert card["embedding_dim"] == info.embedding_dim
+    assert card["warnings"] == list(info.warnings) == []
 
 
 def test_openapi_describes_the_served_endpoints(open_server: WebServer) -> None:
