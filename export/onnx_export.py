@@ -327,6 +327,7 @@ def export_repository(
     padding_fix: bool = True,
     revision: str | None = None,
     hub: str | None = None,
+    require_labels: int | None = None,
 ) -> Path:
     """Export ``source`` (checkpoint dir or model id) into the model repository ``out_dir``.
 
