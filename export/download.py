@@ -195,20 +195,34 @@ def _hf_download(repo_id: str, revision: str, settings: DownloadSettings, offlin
     from huggingface_hub import HfApi, constants, snapshot_download
 
     constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.timeout_s  # type: ignore[assignment]  # read per request
+    # The library reads HF_ENDPOINT and HF_HOME/HF_HUB_CACHE once, at import; read here per download, so a
+    # long-lived process (and the tests) follow the environment. The token (HF_TOKEN) it reads per request.
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
+    cache = _hf_cache()
     if offline:
         directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
-                                           local_files_only=True))
+                                           cache_dir=cache, endpoint=endpoint, local_files_only=True))
         return _Snapshot(directory, directory.name, ())
-    api = HfApi()  # endpoint (HF_ENDPOINT) and token (HF_TOKEN) as the library reads them
+    api = HfApi(endpoint=endpoint)
     commit = revision if _COMMIT.fullmatch(revision) else api.repo_info(repo_id, revision=revision).sha
     listed = _hf_listing(api, repo_id, str(commit))
     _continue_leftovers(api, repo_id, str(commit), listed, progress)
     directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
-                                       etag_timeout=settings.timeout_s))
+                                       cache_dir=cache, endpoint=endpoint, etag_timeout=settings.timeout_s))
     if directory.name != commit:  # the branch moved between the listing and the download
         commit = directory.name
         listed = _hf_listing(api, repo_id, commit)
     return _Snapshot(directory, str(commit), listed)
+
+
+def _hf_cache() -> str:
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return str(constants.HF_HUB_CACHE)
 
 
 def _hf_listing(api: Any, repo_id: str, commit: str) -> tuple[_Listed, ...]:
@@ -234,11 +248,11 @@ def _continue_leftovers(api: Any, repo_id: str, commit: str, listed: tuple[_List
     looks first: ``snapshot_download`` then finds the blob and only links it.
     """
     from filelock import FileLock
-    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub import hf_hub_url
     from huggingface_hub.file_download import http_get, repo_folder_name
     from huggingface_hub.utils._headers import build_hf_headers
 
-    storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    storage = Path(_hf_cache()) / repo_folder_name(repo_id=repo_id, repo_type="model")
     blobs = storage / "blobs"
     if not blobs.is_dir():
         return
@@ -289,14 +303,21 @@ def _ms_download(repo_id: str, revision: str, settings: DownloadSettings, offlin
                  progress: Progress | None) -> _Snapshot:
     _modelscope_limits(settings.timeout_s)
     from modelscope import snapshot_download  # type: ignore[import-untyped]
-    from modelscope.hub.api import HubApi  # type: ignore[import-untyped]
+    from modelscope_hub import HubApi, set_default_config
+
+    # The client keeps one configuration per process (endpoint from MODELSCOPE_ENDPOINT/MODELSCOPE_DOMAIN,
+    # MODELSCOPE_CACHE, MODELSCOPE_API_TOKEN), made at first use; dropped here so that each download follows
+    # the environment of its time, as on Hugging Face above.
+    set_default_config(None)
 
     if offline:
         directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
                                            local_files_only=True))
         return _Snapshot(directory, None, ())
-    # The listing the client downloads from: the commit comes per file (Files[].Revision), with Sha256.
-    files = HubApi().get_model_files(repo_id, revision=revision, recursive=True)
+    # The listing the client downloads from, raw: the commit comes per file (Files[].Revision), with Sha256
+    # (the typed list_repo_files and the compat get_model_files drop Revision).
+    files = HubApi().legacy.list_repo_files(repo_id=repo_id, repo_type="model", revision=revision,
+                                            recursive=True)
     listed = []
     commits = set()
     for entry in files:
