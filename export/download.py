@@ -195,8 +195,9 @@ def _hf_download(repo_id: str, revision: str, settings: DownloadSettings, offlin
     from huggingface_hub import HfApi, constants, snapshot_download
 
     constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.timeout_s  # type: ignore[assignment]  # read per request
-    # The library reads HF_ENDPOINT and HF_HOME/HF_HUB_CACHE once, at import; read here per download, so a
-    # long-lived process (and the tests) follow the environment. The token (HF_TOKEN) it reads per request.
+    # The library reads HF_ENDPOINT, HF_HOME/HF_HUB_CACHE and HF_HUB_OFFLINE once, at import; here they are
+    # read per download, so a long-lived process follows the environment. HF_TOKEN it reads per request.
+    constants.HF_HUB_OFFLINE = offline
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
     cache = _hf_cache()
     if offline:

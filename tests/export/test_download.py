@@ -52,7 +52,8 @@ QUICK = DownloadSettings(timeout_s=1.0, retries=3, backoff_s=0.05)
 
 def _padded(directory: Path) -> dict[str, bytes]:
     state = torch.load(directory / "model.pt", weights_only=True)
-    state["modality_encoders.AUDIO.decoder.pad"] = torch.randn(PAD_FLOATS, generator=torch.Generator().manual_seed(1))
+    pad = torch.randn(PAD_FLOATS, generator=torch.Generator().manual_seed(1))
+    state["modality_encoders.AUDIO.decoder.pad"] = pad
     torch.save(state, directory / "model.pt")
     return read_tree(directory)
 
@@ -137,7 +138,8 @@ def test_download_export_and_serve_the_pinned_nine_label_model(hub: FakeHub, tmp
     assert source is not None and source.hub is not None
     assert source.hub.commit == commit and source.hub.repo_id == REPOS[0]
     assert {f.path: f.sha256 for f in source.hub.files}["model.pt"] == source.checkpoint_sha256
-    with ServerProcess(repo, startup_timeout_s=180) as server, grpc.insecure_channel(server.target) as channel:
+    with (ServerProcess(repo, startup_timeout_s=180) as server,
+          grpc.insecure_channel(server.target) as channel):
         info = emotion_pb2_grpc.EmotionRecognizerStub(channel).GetModelInfo(
             emotion_pb2.GetModelInfoRequest(), timeout=30)
     assert len(info.labels) == 9
@@ -157,8 +159,9 @@ def test_the_default_revision_is_resolved_and_its_commit_recorded(hub: FakeHub, 
     record = _record(directory)
     assert record["commit"] == _nine_commit(hub) and record["pinned_default"] is True
     assert record["revision"] == (PINS[MODEL].revision if hub_name == "hf" else "master")
-    assert set(record["files"]) == {"config.yaml", "configuration.json", "model.pt", "tokens.txt",  # type: ignore[arg-type]
-                                    "README.md"}
+    files = record["files"]
+    assert isinstance(files, dict)
+    assert set(files) == {"config.yaml", "configuration.json", "model.pt", "tokens.txt", "README.md"}
     ck = load_checkpoint(MODEL, hub=hub_name, timeout_s=1.0)  # from the cache, through the loader
     assert ck.hub == record and len(ck.tokens) == 9
 
@@ -263,8 +266,8 @@ def test_a_corrupted_file_is_refused_naming_it(hub: FakeHub, hub_name: str, path
 def test_every_request_goes_through_the_proxy(hub: FakeHub, hub_name: str, tmp_path: Path) -> None:
     with CountingProxy() as proxy:
         env = _subprocess_env(hub, tmp_path, HTTP_PROXY=proxy.url, HTTPS_PROXY=proxy.url)
-        done = _cli(["download", MODEL, "--hub", hub_name, "--revision", "master" if hub_name == "ms" else "main"],
-                    env, timeout=120)
+        branch = "master" if hub_name == "ms" else "main"
+        done = _cli(["download", MODEL, "--hub", hub_name, "--revision", branch], env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert hub.file_requests("model.pt") and len(proxy.requests) == len(hub.requests)
     assert all(target.startswith(hub.url + "/") for _, target in proxy.requests), proxy.requests[:3]
@@ -287,7 +290,7 @@ def test_the_token_is_sent(hub: FakeHub, hub_name: str, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("hub_name", HUBS)
 def test_offline_mode_serves_the_cache(hub: FakeHub, hub_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DownloadError, match="offline|cache|Cannot find"):
+    with pytest.raises(DownloadError, match=r"offline|cache|Cannot find"):
         download_model(MODEL, hub=hub_name, settings=QUICK)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     online = download_model(MODEL, hub=hub_name, settings=QUICK)
@@ -297,7 +300,7 @@ def test_offline_mode_serves_the_cache(hub: FakeHub, hub_name: str, monkeypatch:
     assert offline == online and len(hub.requests) == seen  # not one request
     assert _record(offline)["commit"] == _nine_commit(hub)
     (offline / "config.yaml").resolve().write_text("tampered\n", encoding="utf-8")  # offline, still checked
-    with pytest.raises(DownloadError, match="config.yaml"):
+    with pytest.raises(DownloadError, match=r"config\.yaml"):
         download_model(MODEL, hub=hub_name, settings=QUICK)
 
 

@@ -69,7 +69,8 @@ class CountingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
                 try:
-                    conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""), body, headers)
+                    target = url.path + (f"?{url.query}" if url.query else "")
+                    conn.request(self.command, target, body, headers)
                     resp = conn.getresponse()
                     self.send_response(resp.status, resp.reason)
                     for key, value in resp.getheaders():
