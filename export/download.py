@@ -424,7 +424,8 @@ def _resolve(model_id: str, revision: str | None, hub: str | None) -> tuple[str,
     if "/" not in text and pin is None:
         raise DownloadError(f"unknown model id {model_id!r}: use one of {', '.join(MODEL_NAMES)}, or a "
                             "repository id owner/name with --hub and --revision")
-    chosen = hub_name(hub) if hub else (pin.hub if pin else "modelscope")
+    owner_hub = next((h for ids in REPO_IDS.values() for h, rid in ids.items() if rid == text), None)
+    chosen = hub_name(hub) if hub else (owner_hub or (pin.hub if pin else "modelscope"))
     repo_id = text if "/" in text else REPO_IDS[name][chosen]
     if revision:
         return name, chosen, repo_id, revision, False
