@@ -33,7 +33,8 @@ def _onnx(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     repo = export_repository(args.source, args.out, precision=args.precision, verify=not args.no_verify,
-                             progress=_say, revision=args.revision, hub=args.hub)
+                             progress=_say, revision=args.revision, hub=args.hub,
+                             require_labels=args.require_labels)
     if args.triton_layout is not None:
         from emotion2vec_serving.export.triton import write_triton_layout
 
@@ -46,6 +47,29 @@ def _onnx(args: argparse.Namespace) -> int:
     print(json.dumps({"repo": str(repo), "deviation_from_fp32": record["deviation_from_fp32"],
                       "parity": record["parity"]}, indent=2))
     return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from emotion2vec_serving.export.download import DownloadError, DownloadSettings, download_model
+
+    started = time.perf_counter()
+    try:
+        directory = download_model(args.model_id, revision=args.revision, hub=args.hub, out=args.out,
+                                   settings=DownloadSettings(timeout_s=args.timeout_s), progress=_say,
+                                   require_labels=args.require_labels)
+    except DownloadError as exc:
+        _say(f"error: {exc}")
+        return 1
+    _say(f"done in {time.perf_counter() - started:.1f} s")
+    print(directory)
+    return 0
+
+
+def _require(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -100,11 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against FunASR")
     p.add_argument("--revision", default=None,
                    help="hub revision of a model id (default: the pinned one, export/download.py)")
-    p.add_argument("--hub", choices=["modelscope", "huggingface"], default=None,
-                   help="hub of a model id (default: ModelScope, then Hugging Face if a revision is known)")
+    p.add_argument("--hub", choices=["hf", "ms", "huggingface", "modelscope"], default=None,
+                   help="hub of a model id (default: the pinned one, export/download.py)")
+    p.add_argument("--require-labels", type=_require, default=None, metavar="N",
+                   help="refuse a model that enables fewer than N labels (9: every emotion2vec+ emotion)")
     p.add_argument("--triton-layout", type=Path, default=None, metavar="DIR",
                    help="also write a Triton model directory DIR/<name>/1/model.onnx + config.pbtxt")
     p.set_defaults(func=_onnx)
+
+    p = sub.add_parser("download", help="download a model id (verified, resumable) and print its directory")
+    p.add_argument("model_id", help="emotion2vec_plus_large|base|seed, emotion2vec_base, or owner/name")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also place the files in DIR (no cache links: copy DIR to an offline machine and "
+                   "pass it as --source or --model); default: print the cache directory")
+    p.add_argument("--hub", choices=["hf", "ms", "huggingface", "modelscope"], default=None,
+                   help="hf (Hugging Face) or ms (ModelScope); default: the pinned hub of the model id")
+    p.add_argument("--revision", default=None,
+                   help="branch, tag or commit (default: the pinned one, export/download.py)")
+    p.add_argument("--require-labels", type=_require, default=None, metavar="N",
+                   help="refuse a model that enables fewer than N labels (9: every emotion2vec+ emotion)")
+    p.add_argument("--timeout-s", type=float, default=60.0,
+                   help="stall timeout: no byte for this long abandons a connection (then resumed); "
+                   "nothing bounds a download that keeps moving")
+    p.set_defaults(func=_download)
 
     p = sub.add_parser("triton", help="write a Triton model directory from an exported model repository")
     p.add_argument("--repo", required=True, type=Path, help="model repository (manifest.json, model.onnx)")

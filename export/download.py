@@ -1,340 +1,144 @@
-"""Download a published emotion2vec checkpoint from a model hub: pinned revision, resumable, stall-bounded.
+"""Download a published emotion2vec checkpoint through the hubs' own clients, at a revision with 9 emotions.
 
-A multi-GB checkpoint on a real network takes minutes, so nothing here bounds the *whole* download. What is
-bounded is silence: a connection that does not open within ``timeout_s``, or that delivers no byte for
-``timeout_s``, is abandoned and the file is resumed where it stopped (HTTP ``Range``) on a new connection.
-Only attempts that make no progress at all count against ``max_stalls``. Partial files (``*.partial``) from
-an interrupted run are continued the same way, so re-running the export after a crash or a pod restart
-continues the download instead of starting over.
+Transfers go through ``huggingface_hub.snapshot_download`` and ``modelscope.snapshot_download`` (with
+``allow_patterns``), so what those clients do for every other model they do here too: proxies
+(``HTTPS_PROXY``/``NO_PROXY``: httpx and requests honour them), tokens (``HF_TOKEN``,
+``MODELSCOPE_API_TOKEN``), mirrors (``HF_ENDPOINT``, ``MODELSCOPE_ENDPOINT``/``MODELSCOPE_DOMAIN``), their
+retries and in-process resume after a stalled or dropped connection, and their default caches
+(``HF_HOME``/``HF_HUB_CACHE``, ``MODELSCOPE_CACHE``), which FunASR reads as well. Offline mode
+(``HF_HUB_OFFLINE=1`` or ``EMOTION_EXPORT_OFFLINE=1``) serves a snapshot from those caches.
 
-Revisions are pinned: each known model id has a default revision per hub (``PINNED_REVISIONS``), which
-``--revision`` overrides. The hub, repository, revision (and the commit the hub resolved it to, where it
-says) and every file's size and SHA-256 are written to ``.emotion-download.json`` in the snapshot directory;
-the exporter copies that record into the model repository's ``manifest.json``.
+What the clients lack is kept here (docs/DESIGN.md, "Model downloads", says why each part exists):
 
-Hubs are plain HTTP APIs, so tests (and mirrors) point them elsewhere: ``MODELSCOPE_ENDPOINT`` (or
-``MODELSCOPE_DOMAIN``) and ``HF_ENDPOINT``, as the hubs' own clients read them.
+* a SHA-256 check of every file against the hub's listing (Hugging Face: ``lfs.sha256`` of LFS files and
+  the git blob id of the others; ModelScope: ``Sha256`` per file); a mismatch is refused naming the file
+  and the cached copy is removed, so a rerun fetches it again;
+* resume across process restarts on Hugging Face: ``huggingface_hub`` downloads into a per-process
+  ``<etag>.<random>.incomplete`` file that a killed process leaves behind and no later run reads; such a
+  leftover is continued here (HTTP ``Range``, the library's own ``http_get``) before the snapshot runs.
+  ModelScope keeps ``<file>.incomplete`` and continues it itself;
+* a stall timeout (no byte for ``timeout_s``) handed to both clients, and ModelScope's per-file deadline
+  (``MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT``, 1 h) lifted: nothing bounds a download that keeps moving;
+* a bounded retry with backoff around a whole snapshot for 429/5xx answers and lost connections where the
+  client gives up (``huggingface_hub`` retries a file's GET only on 408/429; its listing not at all);
+* the download record ``.emotion-download.json`` in the snapshot directory (hub, repository, requested
+  revision, resolved commit, every file's size and SHA-256), which the exporter copies into manifest.json;
+* the label check: after every download the enabled labels of ``tokens.txt`` are counted
+  (``modelrepo.labels.check_labels``); fewer than nine for an emotion2vec+ model is a warning naming the
+  commit, and ``require_labels`` turns it into an error.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
+import logging
 import os
-import ssl
+import re
+import shutil
 import time
-import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from emotion2vec_serving.modelrepo import labels_from_tokens
+from emotion2vec_serving.modelrepo.labels import check_labels
 
 __all__ = [
     "DOWNLOAD_RECORD",
     "HUBS",
-    "PINNED_REVISIONS",
+    "HUB_ALIASES",
+    "PINS",
+    "REPO_IDS",
     "DownloadError",
     "DownloadSettings",
+    "Pin",
     "download_model",
-    "fetch_file",
+    "hub_name",
+    "offline_mode",
     "read_download_record",
 ]
 
-HUBS = ("modelscope", "huggingface")
+log = logging.getLogger(__name__)
+
+HUBS = ("huggingface", "modelscope")
+HUB_ALIASES = {"hf": "huggingface", "huggingface": "huggingface", "ms": "modelscope",
+               "modelscope": "modelscope"}
+MODEL_NAMES = ("emotion2vec_plus_large", "emotion2vec_plus_base", "emotion2vec_plus_seed", "emotion2vec_base")
 #: Repository ids of the published models per hub.
 REPO_IDS: dict[str, dict[str, str]] = {
-    name: {"modelscope": f"iic/{name}", "huggingface": f"emotion2vec/{name}"}
-    for name in (
-        "emotion2vec_plus_large", "emotion2vec_plus_base", "emotion2vec_plus_seed", "emotion2vec_base"
-    )
+    name: {"modelscope": f"iic/{name}", "huggingface": f"emotion2vec/{name}"} for name in MODEL_NAMES
 }
-#: The revision each model id is downloaded at unless ``--revision`` says otherwise: ModelScope release
-#: tags (what FunASR's users pin: ``model_revision="v2.0.5"`` for the emotion2vec+ models of May 2024,
-#: ``v2.0.4`` for emotion2vec_base). The Hugging Face mirrors publish no tags, so they are used only with an
-#: explicit ``--revision`` (a commit id), never at an unpinned ``main``.
-PINNED_REVISIONS: dict[str, dict[str, str]] = {
-    "emotion2vec_plus_large": {"modelscope": "v2.0.5"},
-    "emotion2vec_plus_base": {"modelscope": "v2.0.5"},
-    "emotion2vec_plus_seed": {"modelscope": "v2.0.5"},
-    "emotion2vec_base": {"modelscope": "v2.0.4"},
+#: The branch a hub resolves when no verified pin exists (resolved at download time, the commit recorded).
+DEFAULT_BRANCH = {"huggingface": "main", "modelscope": "master"}
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The default hub and revision of a known model id, and where that revision comes from."""
+
+    hub: str
+    revision: str
+    source: str
+
+
+#: Revisions whose tokens.txt enables the nine emotions the README promises.
+PINS: dict[str, Pin] = {
+    # Hugging Face mirror emotion2vec/emotion2vec_plus_large, commit 6c303ba9…: the commit that brought the
+    # 9-class tokens.txt (the May-2024 snapshots enabled 5 of 9, with unuse_* placeholders; issue 23).
+    "emotion2vec_plus_large": Pin("huggingface", "6c303ba987b86b93193de93e34bb2b077a6bedc4",
+                                  "Hugging Face commit with the 9-class tokens.txt (issue 23)"),
+    # No commit of these repositories has been verified to carry the 9-class tokens.txt, and the ModelScope
+    # tag v2.0.5 that used to be pinned is unconfirmed (FunASR itself asks for master). So: ModelScope
+    # master, resolved at download time; the resolved commit is recorded and the label check reports what
+    # it enables.
+    "emotion2vec_plus_base": Pin("modelscope", "master", "ModelScope master, resolved at download time"),
+    "emotion2vec_plus_seed": Pin("modelscope", "master", "ModelScope master, resolved at download time"),
+    "emotion2vec_base": Pin("modelscope", "master", "ModelScope master, resolved at download time (no head)"),
 }
-#: Written into the snapshot directory once every file is complete; the loader reads it back.
+#: Written into the snapshot directory once every file is verified; the loader and the exporter read it.
 DOWNLOAD_RECORD = ".emotion-download.json"
-#: Only what a checkpoint directory needs (config, weights, labels, model card); examples and images stay.
-WANTED_SUFFIXES = (".yaml", ".json", ".pt", ".txt", ".md")
-CHUNK_BYTES = 1 << 20
-MAX_REDIRECTS = 5
+#: What a checkpoint directory needs (config, weights, labels, model card); examples and images stay.
+ALLOW_PATTERNS = ["*.yaml", "*.json", "*.pt", "*.txt", "*.md"]
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 Progress = Callable[[str], None]
 
 
 class DownloadError(RuntimeError):
-    """The hub could not be reached, stopped sending, or sent something else than it listed."""
+    """The hub could not be reached, refused, or sent something else than it listed."""
 
 
 @dataclass(frozen=True)
 class DownloadSettings:
-    """How patient a download is: with the connection, not with the size of the file."""
+    """How patient a download is: with silence, not with the size of the file."""
 
-    timeout_s: float = 60.0  # no connection, or no byte received, for this long: abandon the attempt
-    max_stalls: int = 4  # consecutive attempts that brought no new byte before giving up on a file
-    retry_pause_s: float = 1.0  # pause before resuming after a stall or a dropped connection
-    progress_every_s: float = 10.0
-    cache_dir: Path | None = None  # default: $EMOTION_EXPORT_CACHE or ~/.cache/emotion2vec-serving/hub
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def cache(self) -> Path:
-        if self.cache_dir is not None:
-            return Path(self.cache_dir)
-        if os.environ.get("EMOTION_EXPORT_CACHE"):
-            return Path(os.environ["EMOTION_EXPORT_CACHE"])
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return base / "emotion2vec-serving" / "hub"
+    timeout_s: float = 60.0  # no byte for this long: the client abandons the connection and resumes
+    retries: int = 4  # whole-snapshot retries after a 429/5xx or a lost connection the client gave up on
+    backoff_s: float = 2.0  # first pause between those retries; doubles, at most 60 s
+    offline: bool | None = None  # None: HF_HUB_OFFLINE or EMOTION_EXPORT_OFFLINE
 
 
-def _endpoint(hub: str) -> str:
-    if hub == "huggingface":
-        return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    if os.environ.get("MODELSCOPE_ENDPOINT"):
-        return os.environ["MODELSCOPE_ENDPOINT"].rstrip("/")
-    domain = os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn")
-    return (domain if domain.startswith(("http://", "https://")) else f"https://{domain}").rstrip("/")
+def offline_mode() -> bool:
+    """Whether the environment asks for no hub traffic (served from the caches only)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "EMOTION_EXPORT_OFFLINE"))
 
 
-class _Response:
-    """An open HTTP response whose socket times out after ``timeout_s`` of silence."""
-
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
-        self.conn = conn
-        self.resp = resp
-        self.status = resp.status
-        self.headers = resp.headers
-
-    def read(self, n: int) -> bytes:
-        return self.resp.read(n)
-
-    def read_some(self, n: int) -> bytes:
-        """What one socket read brings (at most ``n`` bytes): progress is seen, and kept, as it arrives."""
-        return self.resp.read1(n)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _open(url: str, settings: DownloadSettings, headers: dict[str, str] | None = None) -> _Response:
-    """GET ``url`` following redirects; connect and every read are bounded by ``settings.timeout_s``."""
-    for _ in range(MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DownloadError(f"{url}: not an http(s) URL")
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=settings.timeout_s,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=settings.timeout_s)
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        try:
-            conn.request("GET", path, headers={"User-Agent": "emotion2vec-serving", **settings.headers,
-                                               **(headers or {})})
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            raise
-        if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
-            url = urllib.parse.urljoin(url, resp.headers["Location"])
-            conn.close()
-            continue
-        return _Response(conn, resp)
-    raise DownloadError(f"{url}: more than {MAX_REDIRECTS} redirects")
-
-
-def _get_json(url: str, settings: DownloadSettings) -> Any:
-    response = _open(url, settings)
+def hub_name(hub: str) -> str:
+    """``hf``/``ms`` (or the full names) to ``huggingface``/``modelscope``; ValueError otherwise."""
     try:
-        body = response.read(64 << 20)
-        if response.status != 200:
-            raise DownloadError(f"{url}: HTTP {response.status}: {body[:200]!r}")
-    finally:
-        response.close()
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise DownloadError(f"{url}: not JSON ({exc})") from exc
+        return HUB_ALIASES[hub.lower()]
+    except KeyError:
+        raise ValueError(f"unknown hub {hub!r}: choose hf (Hugging Face) or ms (ModelScope)") from None
 
 
-@dataclass(frozen=True)
-class _RemoteFile:
-    path: str
-    url: str
-    size: int | None
-    sha256: str | None
-
-
-def _wanted(path: str) -> bool:
-    return "/" not in path and path.endswith(WANTED_SUFFIXES)
-
-
-Listing = tuple[str | None, list[_RemoteFile]]  # (the commit the hub resolved the revision to, files)
-
-
-def _list_modelscope(repo_id: str, revision: str, settings: DownloadSettings) -> Listing:
-    base = _endpoint("modelscope")
-    query = urllib.parse.urlencode({"Revision": revision, "Recursive": "true"})
-    body = _get_json(f"{base}/api/v1/models/{repo_id}/repo/files?{query}", settings)
-    data = body.get("Data") if isinstance(body, dict) else None
-    if not isinstance(data, dict) or not isinstance(data.get("Files"), list):
-        raise DownloadError(f"modelscope {repo_id}@{revision}: unexpected file listing {str(body)[:200]}")
-    files = []
-    for entry in data["Files"]:
-        path = str(entry.get("Path") or entry.get("Name") or "")
-        if entry.get("Type", "blob") != "blob" or not _wanted(path):
-            continue
-        url_query = urllib.parse.urlencode({"Revision": revision, "FilePath": path})
-        size = entry.get("Size")
-        files.append(_RemoteFile(path, f"{base}/api/v1/models/{repo_id}/repo?{url_query}",
-                                 int(size) if size is not None else None, entry.get("Sha256") or None))
-    commit = data.get("Revision") or data.get("CommitId") or None
-    return (str(commit) if commit else None), files
-
-
-def _list_huggingface(repo_id: str, revision: str, settings: DownloadSettings) -> Listing:
-    base = _endpoint("huggingface")
-    rev = urllib.parse.quote(revision, safe="")
-    body = _get_json(f"{base}/api/models/{repo_id}/revision/{rev}?blobs=true", settings)
-    if not isinstance(body, dict) or not isinstance(body.get("siblings"), list):
-        raise DownloadError(f"huggingface {repo_id}@{revision}: unexpected listing {str(body)[:200]}")
-    commit = body.get("sha")
-    # Files at the resolved commit, so a branch moving mid-download cannot mix two revisions.
-    at = urllib.parse.quote(str(commit or revision), safe="")
-    files = []
-    for entry in body["siblings"]:
-        path = str(entry.get("rfilename", ""))
-        if not _wanted(path):
-            continue
-        lfs = entry.get("lfs") or {}
-        size = lfs.get("size", entry.get("size"))
-        files.append(_RemoteFile(path, f"{base}/{repo_id}/resolve/{at}/{urllib.parse.quote(path)}",
-                                 int(size) if size is not None else None, lfs.get("sha256") or None))
-    return (str(commit) if commit else None), files
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _total_from(response: _Response, offset: int) -> int | None:
-    """The full file size a (partial) response implies, if it says."""
-    content_range = response.headers.get("Content-Range", "")
-    if "/" in content_range and not content_range.endswith("/*"):
-        return int(content_range.rsplit("/", 1)[1])
-    length = response.headers.get("Content-Length")
-    if length is not None:
-        return offset + int(length)
-    return None
-
-
-def fetch_file(
-    url: str,
-    dest: Path,
-    settings: DownloadSettings,
-    size: int | None = None,
-    sha256: str | None = None,
-    progress: Progress | None = None,
-) -> Path:
-    """Download ``url`` to ``dest``, continuing ``dest.partial`` if present; resume after stalls and drops.
-
-    Raises DownloadError after ``settings.max_stalls`` consecutive attempts that brought no byte, or when
-    the finished file has another size or SHA-256 than listed (the partial file is then deleted).
-    """
-    say = progress or (lambda _m: None)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".partial")
-    stalls = 0
-    total = size
-    last_report = time.monotonic()
-    started = time.monotonic()
-    start_bytes = part.stat().st_size if part.exists() else 0
-    if start_bytes:
-        say(f"{dest.name}: continuing a partial download at {start_bytes / 1e6:.1f} MB")
-    while True:
-        offset = part.stat().st_size if part.exists() else 0
-        if total is not None and offset == total:
-            break
-        if total is not None and offset > total:
-            part.unlink()  # longer than the listed file: not a prefix of it
-            offset = 0
-        before = offset
-        finished = False
-        error = ""
-        try:
-            response = _open(url, settings, {"Range": f"bytes={offset}-"} if offset else None)
-            try:
-                if response.status == 416 and total is not None and offset == total:
-                    finished = True
-                elif response.status not in (200, 206):
-                    raise DownloadError(f"{url}: HTTP {response.status}")
-                else:
-                    if response.status == 200 and offset:
-                        offset = 0  # the server ignored the range: start over
-                    implied = _total_from(response, offset)
-                    if total is None:
-                        total = implied
-                    elif implied is not None and implied != total:
-                        raise DownloadError(f"{url}: the hub listed {total} bytes but serves {implied}")
-                    with part.open("r+b" if offset else "wb") as fh:
-                        fh.seek(offset)
-                        fh.truncate()
-                        while True:
-                            chunk = response.read_some(CHUNK_BYTES)
-                            if not chunk:
-                                break
-                            fh.write(chunk)
-                            offset += len(chunk)
-                            now = time.monotonic()
-                            if now - last_report >= settings.progress_every_s:
-                                last_report = now
-                                rate = (offset - start_bytes) / max(now - started, 1e-9) / 1e6
-                                share = f" ({100 * offset / total:.0f} %)" if total else ""
-                                say(f"{dest.name}: {offset / 1e6:.1f}"
-                                    f"{f'/{total / 1e6:.1f}' if total else ''} MB{share}, {rate:.1f} MB/s")
-                    finished = total is None or offset >= total
-                    if not finished:
-                        error = f"connection closed at {offset} of {total} bytes"
-            finally:
-                response.close()
-        except TimeoutError:
-            error = f"no data for {settings.timeout_s:g} s"
-        except (OSError, http.client.HTTPException) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        if finished:
-            break
-        got = (part.stat().st_size if part.exists() else 0) - before
-        stalls = 0 if got > 0 else stalls + 1
-        if stalls >= settings.max_stalls:
-            raise DownloadError(f"{dest.name}: {error}; giving up after {stalls} attempts without progress "
-                                f"({(part.stat().st_size if part.exists() else 0) / 1e6:.1f} MB kept in "
-                                f"{part.name}: running again continues it)")
-        say(f"{dest.name}: {error}; resuming at {(before + got) / 1e6:.1f} MB")
-        time.sleep(settings.retry_pause_s)
-    if not part.exists():
-        part.touch()  # an empty file
-    if total is not None and part.stat().st_size != total:
-        raise DownloadError(f"{dest.name}: {part.stat().st_size} bytes, the hub listed {total}")
-    if sha256:
-        got_sha = _sha256(part)
-        if got_sha != sha256.lower():
-            part.unlink()
-            raise DownloadError(f"{dest.name}: SHA-256 {got_sha} differs from the hub's {sha256}; deleted")
-    part.replace(dest)
-    return dest
+def _say(progress: Progress | None, message: str) -> None:
+    log.info("%s", message)
+    if progress is not None:
+        progress(message)
 
 
 def read_download_record(directory: Path) -> dict[str, Any] | None:
@@ -346,9 +150,340 @@ def read_download_record(directory: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _snapshot_dir(settings: DownloadSettings, hub: str, repo_id: str, revision: str) -> Path:
-    safe = lambda text: "".join(c if c.isalnum() or c in "._-" else "_" for c in text)  # noqa: E731
-    return settings.cache() / hub / safe(repo_id.replace("/", "--")) / safe(revision)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git_blob_id(path: Path) -> str:
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """A file as the hub lists it: what the downloaded copy must match."""
+
+    path: str
+    size: int | None
+    sha256: str | None  # LFS files on Hugging Face, every file on ModelScope
+    git_oid: str | None = None  # plain (non-LFS) files on Hugging Face
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    directory: Path
+    commit: str | None
+    listed: tuple[_Listed, ...]  # empty offline: the record written at download time is the reference
+
+
+def _wanted(path: str) -> bool:
+    return "/" not in path and any(path.endswith(p[1:]) for p in ALLOW_PATTERNS)
+
+
+# -- Hugging Face -------------------------------------------------------------------------------------
+
+
+def _hf_download(repo_id: str, revision: str, settings: DownloadSettings, offline: bool,
+                 progress: Progress | None) -> _Snapshot:
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.timeout_s  # type: ignore[assignment]  # read per request
+    # The library reads HF_ENDPOINT, HF_HOME/HF_HUB_CACHE and HF_HUB_OFFLINE once, at import; here they are
+    # read per download, so a long-lived process follows the environment. HF_TOKEN it reads per request.
+    constants.HF_HUB_OFFLINE = offline
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
+    cache = _hf_cache()
+    if offline:
+        directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                           cache_dir=cache, endpoint=endpoint, local_files_only=True))
+        return _Snapshot(directory, directory.name, ())
+    api = HfApi(endpoint=endpoint)
+    commit = revision if _COMMIT.fullmatch(revision) else api.repo_info(repo_id, revision=revision).sha
+    listed = _hf_listing(api, repo_id, str(commit))
+    _continue_leftovers(api, repo_id, str(commit), listed, progress)
+    directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                       cache_dir=cache, endpoint=endpoint, etag_timeout=settings.timeout_s))
+    if directory.name != commit:  # the branch moved between the listing and the download
+        commit = directory.name
+        listed = _hf_listing(api, repo_id, commit)
+    return _Snapshot(directory, str(commit), listed)
+
+
+def _hf_cache() -> str:
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hf_listing(api: Any, repo_id: str, commit: str) -> tuple[_Listed, ...]:
+    from huggingface_hub.hf_api import RepoFile
+
+    out = []
+    for entry in api.list_repo_tree(repo_id, revision=commit, recursive=True):
+        if isinstance(entry, RepoFile) and _wanted(entry.path):
+            lfs = entry.lfs
+            out.append(_Listed(entry.path, entry.size, lfs.sha256 if lfs is not None else None,
+                               None if lfs is not None else entry.blob_id))
+    return tuple(out)
+
+
+def _continue_leftovers(api: Any, repo_id: str, commit: str, listed: tuple[_Listed, ...],
+                        progress: Progress | None) -> None:
+    """Continue the ``<etag>.<random>.incomplete`` files a killed ``huggingface_hub`` process left.
+
+    The library names each attempt's file after the process (see ``_download_to_tmp_and_move``) and deletes
+    it only when the process lives to see the failure, so after a ``kill -9`` (an OOM kill, a pod eviction)
+    the bytes sit in the cache and the next run starts from zero. Here the longest leftover of each blob is
+    continued with a ``Range`` request (the library's ``http_get``), checked, and moved to where the library
+    looks first: ``snapshot_download`` then finds the blob and only links it.
+    """
+    from filelock import FileLock
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    storage = Path(_hf_cache()) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    blobs = storage / "blobs"
+    if not blobs.is_dir():
+        return
+    by_etag = {str(f.sha256 or f.git_oid): f for f in listed if f.sha256 or f.git_oid}
+    for etag, file in by_etag.items():
+        leftovers = sorted(blobs.glob(f"{etag}.*.incomplete"), key=lambda p: p.stat().st_size, reverse=True)
+        if not leftovers or (blobs / etag).exists() or file.size is None:
+            continue
+        keep, stale = leftovers[0], leftovers[1:]
+        lock = storage.parent / ".locks" / storage.name / f"{etag}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):
+            for path in stale:
+                path.unlink(missing_ok=True)
+            have = keep.stat().st_size
+            if have > file.size:
+                keep.unlink()
+                continue
+            _say(progress, f"{file.path}: continuing the {have / 1e6:.1f} MB an interrupted run left "
+                           f"({keep.name})")
+            url = hf_hub_url(repo_id, file.path, revision=commit, endpoint=api.endpoint)
+            with keep.open("ab") as fh:
+                http_get(url, fh, resume_size=have, headers=build_hf_headers(token=api.token),
+                         expected_size=file.size, displayed_filename=file.path)
+            os.replace(keep, blobs / etag)  # the digest is checked with every other file afterwards
+
+
+# -- ModelScope --------------------------------------------------------------------------------------
+
+
+def _modelscope_limits(timeout_s: float) -> None:
+    """The stall timeout for ModelScope, and no per-file deadline (the client reads both at import)."""
+    stall = str(max(1, round(timeout_s)))
+    os.environ["MODELSCOPE_DOWNLOAD_TIMEOUT"] = stall
+    os.environ.setdefault("MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT", str(10**9))
+    import sys
+
+    for module, name, value in (("modelscope_hub._legacy_api", "DOWNLOAD_TIMEOUT", int(stall)),
+                                ("modelscope_hub._download", "DOWNLOAD_TOTAL_TIMEOUT",
+                                 int(os.environ["MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT"])),
+                                ("modelscope_hub._resilient_download", "DOWNLOAD_TOTAL_TIMEOUT",
+                                 int(os.environ["MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT"]))):
+        if module in sys.modules:  # imported before these settings: same values, set where they are read
+            setattr(sys.modules[module], name, value)
+
+
+def _ms_download(repo_id: str, revision: str, settings: DownloadSettings, offline: bool,
+                 progress: Progress | None) -> _Snapshot:
+    _modelscope_limits(settings.timeout_s)
+    from modelscope import snapshot_download  # type: ignore[import-untyped]
+    from modelscope_hub import HubApi, set_default_config
+
+    # The client keeps one configuration per process (endpoint from MODELSCOPE_ENDPOINT/MODELSCOPE_DOMAIN,
+    # MODELSCOPE_CACHE, MODELSCOPE_API_TOKEN), made at first use; dropped here so that each download follows
+    # the environment of its time, as on Hugging Face above.
+    set_default_config(None)
+
+    if offline:
+        directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                           local_files_only=True))
+        return _Snapshot(directory, None, ())
+    # The listing the client downloads from, raw: the commit comes per file (Files[].Revision), with Sha256
+    # (the typed list_repo_files and the compat get_model_files drop Revision).
+    files = HubApi().legacy.list_repo_files(repo_id=repo_id, repo_type="model", revision=revision,
+                                            recursive=True)
+    listed = []
+    commits = set()
+    for entry in files:
+        path = str(entry.get("Path") or entry.get("Name") or "")
+        if entry.get("Type", "blob") != "blob" or not _wanted(path):
+            continue
+        size = entry.get("Size")
+        listed.append(_Listed(path, int(size) if size is not None else None, entry.get("Sha256") or None))
+        if entry.get("Revision"):
+            commits.add(str(entry["Revision"]))
+    directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
+    commit = commits.pop() if len(commits) == 1 else None
+    return _Snapshot(directory, commit, tuple(listed))
+
+
+# -- the common part ---------------------------------------------------------------------------------
+
+
+def _status_of(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return status
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A 429/5xx answer, or a connection the client lost and gave up on: worth another try later."""
+    for cause in _causes(exc):
+        status = _status_of(cause)
+        if status is not None:
+            return status in RETRYABLE_STATUS
+        text = str(cause)
+        if re.search(r"\b(429|50[0-4])\b", text) and ("HTTP" in text or "Server" in text or "status" in text):
+            return True
+        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__name__ in (
+            "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError", "NetworkError",
+            "RequestTimeoutError", "ChunkedEncodingError", "ReadError",
+        ):
+            return True
+    return False
+
+
+def _verify(snapshot: _Snapshot, hub: str) -> dict[str, dict[str, Any]]:
+    """Every listed file present, of the listed size and digest; returns ``{path: {size, sha256}}``.
+
+    A mismatching file is removed from the cache (through the snapshot link, the blob itself) so that the
+    next run downloads it again instead of trusting it.
+    """
+    directory = snapshot.directory
+    if not snapshot.listed:
+        record = read_download_record(directory)
+        if record is None:
+            raise DownloadError(f"{directory}: a cached snapshot without {DOWNLOAD_RECORD} (downloaded by "
+                                "another tool): download once online, or pass the directory as --source")
+        reference = [_Listed(p, d.get("size"), d.get("sha256")) for p, d in record.get("files", {}).items()]
+    else:
+        reference = list(snapshot.listed)
+    if not reference:
+        raise DownloadError(f"{hub} lists no checkpoint files ({', '.join(ALLOW_PATTERNS)}) at this revision")
+    digests: dict[str, dict[str, Any]] = {}
+    for file in reference:
+        path = directory / file.path
+        if not path.is_file():
+            raise DownloadError(f"{file.path}: listed by {hub} but missing from {directory}")
+        size = path.stat().st_size
+        sha = _sha256(path)
+        problem = None
+        if file.size is not None and size != file.size:
+            problem = f"{size} bytes, the hub lists {file.size}"
+        elif file.sha256 and sha != file.sha256.lower():
+            problem = f"SHA-256 {sha} differs from the hub's {file.sha256}"
+        elif file.git_oid and _git_blob_id(path) != file.git_oid.lower():
+            problem = f"git blob id {_git_blob_id(path)} differs from the hub's {file.git_oid}"
+        if problem:
+            target = path.resolve()
+            path.unlink(missing_ok=True)
+            if target != path:
+                target.unlink(missing_ok=True)
+            raise DownloadError(f"{file.path}: {problem}: refused and removed from the cache ({hub}, "
+                                f"{directory}); running again downloads it anew")
+        digests[file.path] = {"size": size, "sha256": sha}
+    return digests
+
+
+def _resolve(model_id: str, revision: str | None, hub: str | None) -> tuple[str, str, str, str, bool]:
+    """(model name, hub, repository id, revision, whether the revision is the pinned default)."""
+    text = model_id.strip().strip("/")
+    if not text:
+        raise DownloadError("empty model id")
+    name = text.split("/")[-1]
+    pin = PINS.get(name)
+    if "/" not in text and pin is None:
+        raise DownloadError(f"unknown model id {model_id!r}: use one of {', '.join(MODEL_NAMES)}, or a "
+                            "repository id owner/name with --hub and --revision")
+    owner_hub = next((h for ids in REPO_IDS.values() for h, rid in ids.items() if rid == text), None)
+    chosen = hub_name(hub) if hub else (owner_hub or (pin.hub if pin else "modelscope"))
+    repo_id = text if "/" in text else REPO_IDS[name][chosen]
+    if revision:
+        return name, chosen, repo_id, revision, False
+    if pin is not None and pin.hub == chosen and repo_id == REPO_IDS[name][chosen]:
+        return name, chosen, repo_id, pin.revision, True
+    return name, chosen, repo_id, DEFAULT_BRANCH[chosen], True
+
+
+def _tokens(directory: Path) -> list[str] | None:
+    path = directory / "tokens.txt"
+    conf = directory / "configuration.json"
+    try:
+        metas = {}
+        if conf.is_file():
+            metas = json.loads(conf.read_text(encoding="utf-8")).get("file_path_metas", {})
+        named = (metas.get("tokenizer_conf") or {}).get("token_list")
+        if named:
+            path = directory / str(named)
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not path.is_file():
+        return None
+    return [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+
+
+def _check_labels(name: str, directory: Path, commit: str | None, revision: str, require: int | None,
+                  progress: Progress | None) -> None:
+    tokens = _tokens(directory)
+    if tokens is None:
+        if require:
+            from emotion2vec_serving.modelrepo.labels import LabelCountError
+
+            raise LabelCountError(f"{name}: no tokens.txt (no classifier head); --require-labels asks for "
+                                  f"{require}")
+        return
+    warning = check_labels(name, labels_from_tokens(tokens), revision=commit or revision, require=require)
+    if warning:
+        log.warning("%s", warning)
+        if progress is not None:
+            progress(f"WARNING: {warning}")
+
+
+def _materialise(directory: Path, out: Path) -> Path:
+    """Real files (no cache links) in ``out``: a directory to copy to an offline machine as it is."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.endswith(".incomplete"):
+            continue
+        target = out / path.name
+        source = path.resolve()
+        tmp = target.with_name(target.name + ".copying")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    return out
 
 
 def download_model(
@@ -357,57 +492,66 @@ def download_model(
     hub: str | None = None,
     settings: DownloadSettings | None = None,
     progress: Progress | None = None,
+    out: Path | None = None,
+    require_labels: int | None = None,
 ) -> Path:
-    """Download ``model_id`` (a known name, or ``owner/name`` on a hub) into the cache; return its directory.
+    """Download ``model_id`` (a known name, or ``owner/name``) into the hub's cache; return its directory.
 
-    ``revision`` None means the pinned revision of each hub; hubs without one are skipped (a model id with
-    no pin at all needs ``--revision``). ``hub`` None tries ModelScope, then Hugging Face. A complete
-    snapshot already in the cache is reused without touching the network.
+    ``revision`` None: the pin of a known model (:data:`PINS`), else the hub's default branch, resolved now
+    and recorded. ``hub`` None: the pinned hub of a known model, else ModelScope. ``out``: also place the
+    files (hard links or copies, no cache links) in ``out`` and return that. Raises DownloadError (and
+    ``LabelCountError`` when fewer labels than ``require_labels`` are enabled).
     """
     settings = settings or DownloadSettings()
-    say = progress or (lambda _m: None)
-    name = model_id.split("/")[-1]
-    hubs = [hub] if hub else list(HUBS)
-    errors = []
-    for h in hubs:
-        if h not in HUBS:
-            raise DownloadError(f"unknown hub {h!r}: choose one of {HUBS}")
-        repo_id = REPO_IDS.get(name, {}).get(h) or model_id
-        rev = revision or PINNED_REVISIONS.get(name, {}).get(h)
-        if rev is None:
-            errors.append(f"{h}: no pinned revision for {model_id!r} (pass --revision)")
-            continue
-        directory = _snapshot_dir(settings, h, repo_id, rev)
-        record = read_download_record(directory)
-        if record and all((directory / f).is_file() for f in record.get("files", {})):
-            say(f"using the downloaded {h} {repo_id}@{rev} in {directory}")
-            return directory
+    name, chosen, repo_id, rev, pinned = _resolve(model_id, revision, hub)
+    offline = offline_mode() if settings.offline is None else settings.offline
+    fetch = _hf_download if chosen == "huggingface" else _ms_download
+    endpoint = _endpoint(chosen)
+    _say(progress, f"{'offline, from the cache:' if offline else 'downloading'} {chosen} {repo_id}@{rev} "
+                   f"({endpoint})")
+    attempt = 0
+    while True:
         try:
-            say(f"listing {h} {repo_id}@{rev} ({_endpoint(h)})")
-            lister = _list_modelscope if h == "modelscope" else _list_huggingface
-            commit, files = lister(repo_id, rev, settings)
-            if not files:
-                raise DownloadError(f"{repo_id}@{rev} lists no checkpoint files")
-            total = sum(f.size or 0 for f in files)
-            say(f"downloading {len(files)} files, {total / 1e6:.1f} MB, into {directory}")
-            for remote in files:
-                fetch_file(remote.url, directory / remote.path, settings, remote.size, remote.sha256, say)
-        except (DownloadError, OSError, http.client.HTTPException) as exc:
-            errors.append(f"{h}: {exc}")
-            say(f"{h}: {exc}")
-            continue
-        record = {
-            "hub": h,
-            "endpoint": _endpoint(h),
-            "repo_id": repo_id,
-            "revision": rev,
-            "pinned_default": revision is None,
-            "commit": commit,
-            "files": {
-                f.path: {"size": (directory / f.path).stat().st_size, "sha256": _sha256(directory / f.path)}
-                for f in files
-            },
-        }
+            snapshot = fetch(repo_id, rev, settings, offline, progress)
+            digests = _verify(snapshot, chosen)
+            break
+        except DownloadError:
+            raise
+        except Exception as exc:  # the clients raise their own types (and OSError, ValueError)
+            if offline or attempt >= settings.retries or not _retryable(exc):
+                hint = ("" if offline else " Running again continues what was downloaded.")
+                raise DownloadError(f"{chosen} {repo_id}@{rev}: {type(exc).__name__}: {str(exc)[:500]}.{hint}"
+                                    ) from exc
+            pause = min(settings.backoff_s * 2**attempt, 60.0)
+            attempt += 1
+            _say(progress, f"{chosen} {repo_id}@{rev}: {type(exc).__name__}: {str(exc)[:200]}; retry "
+                           f"{attempt}/{settings.retries} in {pause:g} s")
+            time.sleep(pause)
+    directory = snapshot.directory
+    previous = read_download_record(directory) or {}
+    commit = snapshot.commit or previous.get("commit")
+    record = {
+        "hub": chosen,
+        "endpoint": previous.get("endpoint") if offline else endpoint,
+        "repo_id": repo_id,
+        "revision": rev,
+        "pinned_default": pinned,
+        "commit": commit,
+        "files": digests,
+    }
+    if not offline or not previous:
         (directory / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        return directory
-    raise DownloadError("; ".join(errors))
+    _say(progress, f"{len(digests)} files verified ({sum(d['size'] for d in digests.values()) / 1e6:.1f} MB) "
+                   f"in {directory}, commit {commit or 'unknown'}")
+    _check_labels(name, directory, commit, rev, require_labels, progress)
+    return _materialise(directory, Path(out)) if out is not None else directory
+
+
+def _endpoint(hub: str) -> str:
+    if hub == "huggingface":
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    if os.environ.get("MODELSCOPE_ENDPOINT"):
+        return os.environ["MODELSCOPE_ENDPOINT"].rstrip("/")
+    domain = os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn")
+    return (domain if domain.startswith(("http://", "https://")) else f"https://{domain}").rstrip("/")
+

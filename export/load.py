@@ -69,39 +69,44 @@ def _sha256(path: Path) -> str:
 
 def _hub_download(model_id: str, timeout_s: float, revision: str | None, hub: str | None,
                   progress: Callable[[str], None] | None) -> Path:
-    """Download ``model_id`` at its pinned revision (or ``revision``) into the cache, resumably."""
-    from emotion2vec_serving.export.download import REPO_IDS, DownloadError, DownloadSettings, download_model
+    """Download ``model_id`` through its hub's own client (export/download.py): pinned, verified."""
+    from emotion2vec_serving.export.download import (
+        REPO_IDS,
+        DownloadError,
+        DownloadSettings,
+        download_model,
+    )
 
-    ids = REPO_IDS.get(model_id, {"modelscope": model_id, "huggingface": model_id})
+    name = model_id.split("/")[-1]
+    ids = REPO_IDS.get(name, {"modelscope": model_id, "huggingface": model_id})
     try:
         return download_model(model_id, revision=revision, hub=hub,
                               settings=DownloadSettings(timeout_s=timeout_s), progress=progress)
-    except DownloadError as exc:
+    except (DownloadError, ValueError) as exc:
         raise CheckpointError(
-            f"cannot download {model_id!r}: {str(exc)[:600]}. Running the export again continues partial "
-            "files. Or download the model directory elsewhere (e.g. `modelscope download --model "
-            f"{ids['modelscope']} --local_dir DIR` or `huggingface-cli download {ids['huggingface']} "
-            "--local-dir DIR`), copy it here and pass --source DIR."
+            f"cannot download {model_id!r}: {str(exc)[:800]}. Or download it elsewhere (`emotion-export "
+            f"download {name} --out DIR`, or `hf download {ids['huggingface']} --local-dir DIR`, or "
+            f"`modelscope download --model {ids['modelscope']} --local_dir DIR`), copy DIR here and pass "
+            "--source DIR."
         ) from exc
 
 
 def resolve_source(source: str | Path, timeout_s: float = HUB_TIMEOUT_S, revision: str | None = None,
                    hub: str | None = None, progress: Callable[[str], None] | None = None) -> Path:
-    """A local checkpoint directory for ``source`` (a directory, or a model id to download)."""
+    """A local checkpoint directory for ``source`` (a directory, or a model id to download).
+
+    Offline (``HF_HUB_OFFLINE=1`` or ``EMOTION_EXPORT_OFFLINE=1``) a model id is served from the hubs'
+    caches, verified against the record of its download.
+    """
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     text = str(source)
     if path.exists():
         raise CheckpointError(f"{path}: not a directory (pass the checkpoint directory, not a file)")
-    if os.sep in text.strip("/") and not text.startswith(("iic/", "emotion2vec/")):
-        raise CheckpointError(f"{path}: no such directory")
-    if os.environ.get("EMOTION_EXPORT_OFFLINE"):
-        raise CheckpointError(
-            f"cannot download {text!r}: EMOTION_EXPORT_OFFLINE is set; pass a local checkpoint directory"
-        )
-    name = text.split("/")[-1] if text.startswith(("iic/", "emotion2vec/")) else text
-    return _hub_download(name, timeout_s, revision, hub, progress)
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text):
+        raise CheckpointError(f"{path}: no such directory (a model id is a name or owner/name)")
+    return _hub_download(text, timeout_s, revision, hub, progress)
 
 
 def _read_config(directory: Path) -> tuple[dict[str, Any], Path, Path | None]:

@@ -99,8 +99,12 @@ def test_default_exports_once_onto_the_volume_the_pods_mount_read_only(overlay: 
     peak = _measured_peak_gb("verify (FunASR parity check)")
     assert _memory_bytes(export["resources"]["limits"]["memory"]) > peak * 1e9 * 1.1
     env = {e["name"]: e["value"] for e in export["env"]}
-    assert env["EMOTION_CHECKPOINT"] == "iic/emotion2vec_plus_large" and env["EMOTION_REVISION"] == ""
-    assert env["EMOTION_EXPORT_CACHE"].startswith("/models/")  # downloads resume across Job restarts
+    assert env["EMOTION_CHECKPOINT"] == "emotion2vec_plus_large" and env["EMOTION_REVISION"] == ""
+    # The hubs' caches are on the volume: downloads resume across Job restarts.
+    assert env["HF_HOME"].startswith("/models/") and env["MODELSCOPE_CACHE"].startswith("/models/")
+    # Its own step, and nine emotions required of both the download and the export.
+    assert re.search(r"emotion-export download .*--require-labels 9", script)
+    assert re.search(r"emotion-export onnx .*--require-labels 9", script)
 
 
 def _shim(directory: Path) -> Path:

@@ -104,10 +104,16 @@ def test_nan_weights_are_refused(source: Path) -> None:
         load_checkpoint(source)
 
 
-def test_unknown_model_id_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_id_offline_and_not_cached_fails_at_once(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    # Offline, a model id is served from the hubs' caches (tests/export/test_download.py); empty caches here.
     monkeypatch.setenv("EMOTION_EXPORT_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="pass a local checkpoint directory"):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"cached snapshot.*copy DIR here and pass --source DIR"):
         load_checkpoint("emotion2vec_plus_large")
+    assert time.monotonic() - started < 10.0
 
 
 def test_unreachable_hub_never_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
