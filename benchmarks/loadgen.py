@@ -449,7 +449,8 @@ def summarize(
         padded = _delta(before, after, "emotion_padded_audio_seconds_total")
         useful = _delta(before, after, "emotion_useful_audio_seconds_total")
         if padded > 0:
-            result.padding_waste = 1.0 - useful / padded
+            # Both counters sum float seconds in different orders: no padding can come out as -2e-16.
+            result.padding_waste = max(0.0, 1.0 - useful / padded)
         count = _delta(before, after, "emotion_batch_size_count")
         if count > 0:
             result.extra["server_batches"] = count
