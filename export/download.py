@@ -141,7 +141,7 @@ class _StallMeter:
         self.timeout_s = timeout_s
         self.in_a_row = 0
         self.stalls = 0  # every stall so far (an attempt checks whether its stall was counted already)
-        self.received = 0  # bytes of every answer so far
+        self.received = 0  # file bytes received so far (Hugging Face)
         self._lock = threading.Lock()
 
     def moved(self, nbytes: int = 0) -> None:
@@ -259,13 +259,13 @@ def _hf_metered(meter: _StallMeter) -> Iterator[None]:
     timeout = meter.timeout_s
 
     class Body(httpx2.SyncByteStream):
-        def __init__(self, inner: Any, url: str) -> None:
-            self.inner, self.url = inner, url
+        def __init__(self, inner: Any, url: str, data: bool) -> None:
+            self.inner, self.url, self.data = inner, url, data
 
         def __iter__(self) -> Iterator[bytes]:
             try:
                 for chunk in self.inner:
-                    meter.moved(len(chunk))
+                    meter.moved(len(chunk) if self.data else 0)
                     yield chunk
             except httpx2.TimeoutException as exc:
                 meter.stalled(f"reading {self.url}", exc)
@@ -287,7 +287,10 @@ def _hf_metered(meter: _StallMeter) -> Iterator[None]:
                 meter.stalled(url, exc)
                 raise
             meter.moved()  # an answer, whatever its status: the hub is not silent
-            response.stream = Body(response.stream, url)
+            # File bytes (``/resolve/``, 2xx) are progress; a listing fetched again on every attempt, or the
+            # body of an error answer, is not.
+            data = "/resolve/" in request.url.path and 200 <= response.status_code < 300
+            response.stream = Body(response.stream, url, data)
             return response
 
         def close(self) -> None:
@@ -509,12 +512,18 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes, and the per-file failures a ModelScope snapshot collects (``failed_files``)."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
+    pending: list[BaseException] = [exc]
+    while pending:
+        current: BaseException | None = pending.pop(0)
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            failed = getattr(current, "failed_files", None)
+            if isinstance(failed, dict):
+                pending.extend(e for e in failed.values() if isinstance(e, BaseException))
+            current = current.__cause__ or current.__context__
 
 
 def _retryable(exc: BaseException) -> bool:
