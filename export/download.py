@@ -17,10 +17,14 @@ What the clients lack is kept here (docs/DESIGN.md, "Model downloads", says why 
   ``<etag>.<random>.incomplete`` file that a killed process leaves behind and no later run reads; such a
   leftover is continued here (HTTP ``Range``, the library's own ``http_get``) before the snapshot runs.
   ModelScope keeps ``<file>.incomplete`` and continues it itself;
-* a stall timeout (no byte for ``timeout_s``) handed to both clients, and ModelScope's per-file deadline
-  (``MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT``, 1 h) lifted: nothing bounds a download that keeps moving;
+* a stall timeout (no byte for ``timeout_s``) on every network wait of both clients (ModelScope's listing,
+  API and download timeouts; every ``huggingface_hub`` request, whose API calls otherwise wait forever), and
+  ModelScope's per-file deadline (``MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT``, 1 h) lifted: nothing bounds a
+  download that keeps moving, while silence is bounded: ``retries + 1`` stalled attempts in a row (no byte
+  in between), counted together for the clients' inner retries and ours (:class:`_StallMeter`), fail it;
 * a bounded retry with backoff around a whole snapshot for 429/5xx answers and lost connections where the
-  client gives up (``huggingface_hub`` retries a file's GET only on 408/429; its listing not at all);
+  client gives up (``huggingface_hub`` retries a file's GET only on 408/429; its listing not at all); an
+  attempt that moved bytes before it failed is not counted;
 * the download record ``.emotion-download.json`` in the snapshot directory (hub, repository, requested
   revision, resolved commit, every file's size and SHA-256), which the exporter copies into manifest.json;
 * the label check: after every download the enabled labels of ``tokens.txt`` are counted
@@ -31,13 +35,18 @@ What the clients lack is kept here (docs/DESIGN.md, "Model downloads", says why 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,12 +120,55 @@ class DownloadError(RuntimeError):
     """The hub could not be reached, refused, or sent something else than it listed."""
 
 
+class HubStalled(RuntimeError):
+    """Too many stalled attempts in a row: the hub took the requests and sent nothing back.
+
+    Not a timeout type of either client, so neither retries it: it ends the download at once.
+    """
+
+
+class _StallMeter:
+    """Stalled attempts in a row (no byte for ``timeout_s``), whoever retries: the client or us.
+
+    ``huggingface_hub`` requests report here through :func:`_hf_metered` (each timed-out request, each byte);
+    ModelScope's inner retries are lowered to one attempt, so :func:`download_model` reports each of its
+    attempts that timed out without a byte. Any byte resets the count; ``budget`` stalls in a row raise
+    :class:`HubStalled`.
+    """
+
+    def __init__(self, budget: int, timeout_s: float) -> None:
+        self.budget = max(1, budget)
+        self.timeout_s = timeout_s
+        self.in_a_row = 0
+        self.stalls = 0  # every stall so far (an attempt checks whether its stall was counted already)
+        self.received = 0  # file bytes received so far (Hugging Face)
+        self._lock = threading.Lock()
+
+    def moved(self, nbytes: int = 0) -> None:
+        with self._lock:
+            self.in_a_row = 0
+            self.received += nbytes
+
+    def stalled(self, what: str, cause: BaseException | None = None) -> None:
+        with self._lock:
+            self.in_a_row += 1
+            self.stalls += 1
+            n = self.in_a_row
+        log.info("stalled (no byte for %g s): %s (%d of %d in a row)", self.timeout_s, what, n, self.budget)
+        if n >= self.budget:
+            raise HubStalled(f"the hub stalled: no byte for {self.timeout_s:g} s, {n} attempts in a row "
+                             f"(last: {what})") from cause
+
+
 @dataclass(frozen=True)
 class DownloadSettings:
     """How patient a download is: with silence, not with the size of the file."""
 
     timeout_s: float = 60.0  # no byte for this long: the client abandons the connection and resumes
-    retries: int = 4  # whole-snapshot retries after a 429/5xx or a lost connection the client gave up on
+    # Whole-snapshot retries after a 429/5xx or a lost connection the client gave up on (an attempt that
+    # moved bytes is not counted); and retries + 1 stalled attempts in a row, the clients' and ours
+    # together, give up on a silent hub.
+    retries: int = 4
     backoff_s: float = 2.0  # first pause between those retries; doubles, at most 60 s
     offline: bool | None = None  # None: HF_HUB_OFFLINE or EMOTION_EXPORT_OFFLINE
 
@@ -190,11 +242,91 @@ def _wanted(path: str) -> bool:
 # -- Hugging Face -------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _hf_metered(meter: _StallMeter) -> Iterator[None]:
+    """Every ``huggingface_hub`` request of the block waits at most ``timeout_s`` and reports to ``meter``.
+
+    The library's API calls (``repo_info``, ``list_repo_tree``) pass ``timeout=None``, which httpx reads as
+    "wait forever", and its ``http_backoff``/``http_get`` retry a timed-out request five times each. So the
+    shared client's transports are wrapped (through the library's own ``set_client_factory``): each request's
+    connect/read/write/pool timeouts become ``timeout_s``, a request or a body read that times out before a
+    byte counts as a stall, and every byte read resets the count.
+    """
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    timeout = meter.timeout_s
+
+    class Body(httpx2.SyncByteStream):
+        def __init__(self, inner: Any, url: str, data: bool) -> None:
+            self.inner, self.url, self.data = inner, url, data
+
+        def __iter__(self) -> Iterator[bytes]:
+            try:
+                for chunk in self.inner:
+                    meter.moved(len(chunk) if self.data else 0)
+                    yield chunk
+            except httpx2.TimeoutException as exc:
+                meter.stalled(f"reading {self.url}", exc)
+                raise
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class Metered(httpx2.BaseTransport):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: Any) -> Any:
+            request.extensions["timeout"] = dict.fromkeys(("connect", "read", "write", "pool"), timeout)
+            url = f"{request.method} {request.url}"
+            try:
+                response = self.inner.handle_request(request)
+            except httpx2.TimeoutException as exc:
+                meter.stalled(url, exc)
+                raise
+            meter.moved()  # an answer, whatever its status: the hub is not silent
+            # File bytes (``/resolve/``, 2xx) are progress; a listing fetched again on every attempt, or the
+            # body of an error answer, is not.
+            data = "/resolve/" in request.url.path and 200 <= response.status_code < 300
+            response.stream = Body(response.stream, url, data)
+            return response
+
+        def close(self) -> None:
+            self.inner.close()
+
+    previous = _http._GLOBAL_CLIENT_FACTORY
+
+    def factory() -> Any:
+        client = previous()
+        # Also the proxy transports httpx mounts from HTTPS_PROXY/ALL_PROXY, which serve those URLs instead.
+        client._transport = Metered(client._transport)
+        client._mounts = {pattern: None if t is None else Metered(t) for pattern, t in client._mounts.items()}
+        return client
+
+    set_client_factory(factory)  # closes the shared client: the next request builds a metered one
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
 def _hf_download(repo_id: str, revision: str, settings: DownloadSettings, offline: bool,
+                 progress: Progress | None, meter: _StallMeter) -> _Snapshot:
+    if offline:
+        return _hf_snapshot(repo_id, revision, settings, offline, progress)
+    with _hf_metered(meter):
+        return _hf_snapshot(repo_id, revision, settings, offline, progress)
+
+
+def _hf_snapshot(repo_id: str, revision: str, settings: DownloadSettings, offline: bool,
                  progress: Progress | None) -> _Snapshot:
     from huggingface_hub import HfApi, constants, snapshot_download
 
-    constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.timeout_s  # type: ignore[assignment]  # read per request
+    # Read per request (the metered transport enforces timeout_s on every request in any case).
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.timeout_s  # type: ignore[assignment]
+    constants.HF_HUB_ETAG_TIMEOUT = settings.timeout_s  # type: ignore[assignment]
     # The library reads HF_ENDPOINT, HF_HOME/HF_HUB_CACHE and HF_HUB_OFFLINE once, at import; here they are
     # read per download, so a long-lived process follows the environment. HF_TOKEN it reads per request.
     constants.HF_HUB_OFFLINE = offline
@@ -205,7 +337,8 @@ def _hf_download(repo_id: str, revision: str, settings: DownloadSettings, offlin
                                            cache_dir=cache, endpoint=endpoint, local_files_only=True))
         return _Snapshot(directory, directory.name, ())
     api = HfApi(endpoint=endpoint)
-    commit = revision if _COMMIT.fullmatch(revision) else api.repo_info(repo_id, revision=revision).sha
+    commit = (revision if _COMMIT.fullmatch(revision)
+              else api.repo_info(repo_id, revision=revision, timeout=settings.timeout_s).sha)
     listed = _hf_listing(api, repo_id, str(commit))
     _continue_leftovers(api, repo_id, str(commit), listed, progress)
     directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
@@ -284,24 +417,56 @@ def _continue_leftovers(api: Any, repo_id: str, commit: str, listed: tuple[_List
 # -- ModelScope --------------------------------------------------------------------------------------
 
 
-def _modelscope_limits(timeout_s: float) -> None:
-    """The stall timeout for ModelScope, and no per-file deadline (the client reads both at import)."""
-    stall = str(max(1, round(timeout_s)))
-    os.environ["MODELSCOPE_DOWNLOAD_TIMEOUT"] = stall
-    os.environ.setdefault("MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT", str(10**9))
-    import sys
+#: ModelScope's network waits (seconds; whole numbers): each follows the stall timeout.
+_MS_TIMEOUTS = {"API_TIMEOUT": "MODELSCOPE_API_TIMEOUT",
+                "API_CONNECT_TIMEOUT": "MODELSCOPE_API_CONNECT_TIMEOUT",
+                "DOWNLOAD_TIMEOUT": "MODELSCOPE_DOWNLOAD_TIMEOUT",
+                "REPO_TREE_PAGE_TIMEOUT_SECONDS": "MODELSCOPE_REPO_TREE_PAGE_TIMEOUT_SECONDS"}
+#: ModelScope's own retry layers, lowered to a single attempt: ours retries (and counts the stalls).
+_MS_ATTEMPTS = {"REPO_TREE_PAGE_MAX_ATTEMPTS": ("MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS", 1),
+                "DOWNLOAD_RETRY_TIMES": ("MODELSCOPE_DOWNLOAD_MAX_RETRIES", 0),
+                "API_MAX_RETRIES": (None, 0)}  # its variable takes no 0; the constant does
 
-    for module, name, value in (("modelscope_hub._legacy_api", "DOWNLOAD_TIMEOUT", int(stall)),
-                                ("modelscope_hub._download", "DOWNLOAD_TOTAL_TIMEOUT",
-                                 int(os.environ["MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT"])),
-                                ("modelscope_hub._resilient_download", "DOWNLOAD_TOTAL_TIMEOUT",
-                                 int(os.environ["MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT"]))):
-        if module in sys.modules:  # imported before these settings: same values, set where they are read
-            setattr(sys.modules[module], name, value)
+
+def _modelscope_limits(timeout_s: float) -> None:
+    """The stall timeout on every ModelScope wait, one attempt per request, and no per-file deadline.
+
+    ``modelscope_hub`` reads its MODELSCOPE_* variables into module constants at import, and other modules
+    copy them (``from .constants import ...``), some into function defaults (``LegacyClient(timeout=,
+    max_retries=)``). So both are set: the variables, for a first import, and every copy in the modules
+    already imported, whatever imported them first.
+    """
+    stall = max(1, math.ceil(timeout_s))
+    total = int(os.environ.setdefault("MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT", str(10**9)))
+    values: dict[str, int] = {"DOWNLOAD_TOTAL_TIMEOUT": total}
+    for name, variable in _MS_TIMEOUTS.items():
+        os.environ[variable] = str(stall)
+        values[name] = stall
+    for name, (attempts_variable, count) in _MS_ATTEMPTS.items():
+        if attempts_variable:
+            os.environ[attempts_variable] = str(count)
+        values[name] = count
+    import modelscope_hub._legacy_api  # noqa: F401  # the modules that copy the constants, imported now
+
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not module_name.startswith(("modelscope_hub", "modelscope.hub")):
+            continue
+        for name, value in values.items():
+            if isinstance(getattr(module, name, None), int):
+                setattr(module, name, value)
+    from modelscope_hub._legacy_api import LegacyClient
+
+    init = LegacyClient.__init__  # its defaults were bound at import: timeout=API_TIMEOUT, max_retries=...
+    names = [p.name for p in inspect.signature(init).parameters.values()
+             if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty]
+    old = init.__defaults__ or ()
+    if len(names) == len(old) and {"timeout", "max_retries"} <= set(names):
+        new = {"timeout": stall, "max_retries": 0}
+        init.__defaults__ = tuple(new.get(n, d) for n, d in zip(names, old, strict=True))
 
 
 def _ms_download(repo_id: str, revision: str, settings: DownloadSettings, offline: bool,
-                 progress: Progress | None) -> _Snapshot:
+                 progress: Progress | None, meter: _StallMeter) -> _Snapshot:
     _modelscope_limits(settings.timeout_s)
     from modelscope import snapshot_download  # type: ignore[import-untyped]
     from modelscope_hub import HubApi, set_default_config
@@ -347,12 +512,18 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes, and the per-file failures a ModelScope snapshot collects (``failed_files``)."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
+    pending: list[BaseException] = [exc]
+    while pending:
+        current: BaseException | None = pending.pop(0)
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            failed = getattr(current, "failed_files", None)
+            if isinstance(failed, dict):
+                pending.extend(e for e in failed.values() if isinstance(e, BaseException))
+            current = current.__cause__ or current.__context__
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -370,6 +541,32 @@ def _retryable(exc: BaseException) -> bool:
         ):
             return True
     return False
+
+
+_TIMEOUT_TYPES = ("ReadTimeout", "ConnectTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException",
+                  "RequestTimeoutError", "_DownloadDeadlineError", "Timeout")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether the failure was a wait that ran out (no byte in time), not an answer or a reset."""
+    return any(isinstance(c, TimeoutError) or type(c).__name__ in _TIMEOUT_TYPES for c in _causes(exc))
+
+
+def _moved_so_far(hub: str, meter: _StallMeter) -> int:
+    """Bytes received so far: counted by the metered transport (Hugging Face), or found in the cache.
+
+    ModelScope writes what it receives into ``<file>.incomplete`` in its cache (kept for resuming), so the
+    size of the cache tells whether an attempt received bytes before it failed.
+    """
+    if hub == "huggingface":
+        return meter.received
+    root = Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope")
+    total = 0
+    for base, _dirs, files in os.walk(root):
+        for name in files:
+            with suppress(OSError):
+                total += os.stat(os.path.join(base, name)).st_size
+    return total
 
 
 def _verify(snapshot: _Snapshot, hub: str) -> dict[str, dict[str, Any]]:
@@ -509,23 +706,46 @@ def download_model(
     endpoint = _endpoint(chosen)
     _say(progress, f"{'offline, from the cache:' if offline else 'downloading'} {chosen} {repo_id}@{rev} "
                    f"({endpoint})")
-    attempt = 0
+    meter = _StallMeter(settings.retries + 1, settings.timeout_s)
+    attempt = failures = 0  # retries used (429/5xx, resets); failures in a row (for the backoff)
     while True:
+        stalls, moved = meter.stalls, _moved_so_far(chosen, meter)
         try:
-            snapshot = fetch(repo_id, rev, settings, offline, progress)
+            snapshot = fetch(repo_id, rev, settings, offline, progress, meter)
             digests = _verify(snapshot, chosen)
             break
         except DownloadError:
             raise
         except Exception as exc:  # the clients raise their own types (and OSError, ValueError)
-            if offline or attempt >= settings.retries or not _retryable(exc):
+            stalled = next((c for c in _causes(exc) if isinstance(c, HubStalled)), None)
+            retry = stalled is None and not offline and _retryable(exc)
+            progressed = retry and _moved_so_far(chosen, meter) > moved
+            if progressed:  # a drop or a stall mid-file: continued, not counted
+                meter.moved()
+                failures = 0
+            elif retry and _timed_out(exc):
+                failures += 1
+                if meter.stalls == stalls:  # ModelScope's single attempt (the Hugging Face transport counts)
+                    try:
+                        meter.stalled(f"{type(exc).__name__}: {str(exc)[:200]}", exc)
+                    except HubStalled as counted:
+                        stalled = counted
+            elif retry:  # a 429/5xx or a reset with nothing received
+                failures += 1
+                attempt += 1
+                retry = attempt <= settings.retries
+            if stalled is not None:
+                raise DownloadError(f"{chosen} {repo_id}@{rev}: {stalled} ({_endpoint(chosen)}). Running "
+                                    "again continues what was downloaded.") from exc
+            if not retry:
                 hint = ("" if offline else " Running again continues what was downloaded.")
                 raise DownloadError(f"{chosen} {repo_id}@{rev}: {type(exc).__name__}: {str(exc)[:500]}.{hint}"
                                     ) from exc
-            pause = min(settings.backoff_s * 2**attempt, 60.0)
-            attempt += 1
-            _say(progress, f"{chosen} {repo_id}@{rev}: {type(exc).__name__}: {str(exc)[:200]}; retry "
-                           f"{attempt}/{settings.retries} in {pause:g} s")
+            pause = min(settings.backoff_s * 2 ** (failures - 1), 60.0) if failures else 0.0
+            _say(progress, f"{chosen} {repo_id}@{rev}: {type(exc).__name__}: {str(exc)[:200]}; "
+                           f"{'received bytes, continuing' if progressed else 'retrying'} in {pause:g} s "
+                           f"(retries {attempt}/{settings.retries}, stalls in a row {meter.in_a_row}/"
+                           f"{meter.budget})")
             time.sleep(pause)
     directory = snapshot.directory
     previous = read_download_record(directory) or {}

@@ -242,6 +242,17 @@ def test_a_503_is_retried(hub: FakeHub, hub_name: str) -> None:
         hub.commits[_nine_commit(hub)]["model.pt"])
 
 
+@pytest.mark.parametrize("hub_name", HUBS)
+def test_a_503_forever_gives_up_after_the_retries(hub: FakeHub, hub_name: str) -> None:
+    # The other files arrive in the first attempt (bytes moved: not counted); then each attempt only meets
+    # the 503, whose body and the listing fetched again are no progress.
+    fault = hub.fault("model.pt", "status", status=503, times=None)
+    settings = DownloadSettings(timeout_s=1.0, retries=2, backoff_s=0.05)
+    with pytest.raises(DownloadError, match="503"):
+        download_model(MODEL, hub=hub_name, settings=settings)
+    assert fault.hits <= settings.retries + 2
+
+
 # -- integrity ---------------------------------------------------------------------------------------
 
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from emotion2vec_serving.export.download import DownloadError, DownloadSettings, download_model
 from emotion2vec_serving.export.load import CheckpointError, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -117,18 +126,105 @@ def test_a_model_id_offline_and_not_cached_fails_at_once(monkeypatch: pytest.Mon
     assert time.monotonic() - started < 10.0
 
 
-def test_unreachable_hub_never_hangs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("EMOTION_EXPORT_OFFLINE", raising=False)
+#: A silent hub: every request times out, no byte arrives. retries + 1 stalled attempts in a row fail it.
+SILENT = DownloadSettings(timeout_s=1.0, retries=2, backoff_s=0.5)
+#: Each stalled attempt costs about timeout_s (x3: connect, read, slack), plus our pauses between attempts
+#: and huggingface_hub's own between its retries (1, 2, 4 ... s): about 13.5 s here. Before the stall count
+#: was shared, ModelScope took 4 tries x 15 s per listing per attempt of ours, and huggingface_hub's listing
+#: waited forever.
+SILENT_BOUND_S = ((SILENT.retries + 1) * 3 * SILENT.timeout_s
+                  + sum(min(SILENT.backoff_s * 2**i, 60.0) for i in range(SILENT.retries))
+                  + sum(min(2**i, 8) for i in range(SILENT.retries)))
+#: A known model per hub: emotion2vec_plus_seed is ModelScope master, emotion2vec_plus_large a pinned
+#: Hugging Face commit (so the first request is the listing, not the revision lookup).
+SILENT_MODELS = {"ms": "emotion2vec_plus_seed", "hf": "emotion2vec_plus_large"}
+#: The libraries' own defaults (modelscope_hub constants, huggingface_hub constants), as a process that
+#: imported them before any download has them.
+_MS_DEFAULTS = {"API_TIMEOUT": 60, "API_CONNECT_TIMEOUT": 10, "DOWNLOAD_TIMEOUT": 60, "API_MAX_RETRIES": 5,
+                "REPO_TREE_PAGE_TIMEOUT_SECONDS": 15,
+                "REPO_TREE_PAGE_MAX_ATTEMPTS": 4, "DOWNLOAD_RETRY_TIMES": 5}
+_MS_VARIABLES = {"MODELSCOPE_API_TIMEOUT": 60, "MODELSCOPE_API_CONNECT_TIMEOUT": 10,
+                 "MODELSCOPE_DOWNLOAD_TIMEOUT": 60, "MODELSCOPE_REPO_TREE_PAGE_TIMEOUT_SECONDS": 15,
+                 "MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": 4, "MODELSCOPE_DOWNLOAD_MAX_RETRIES": 5}
+_CHILD = """
+import json, sys, time
+from emotion2vec_serving.export.download import DownloadSettings, download_model
+settings = DownloadSettings(**json.loads(sys.argv[2]))
+started = time.monotonic()
+try:
+    download_model(sys.argv[1], settings=settings)
+    error = None
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"elapsed": time.monotonic() - started, "error": error}))
+"""
+
+
+@pytest.fixture
+def silent_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """Both hubs at a loopback listener that takes connections (the kernel completes the handshake) and
+    never answers; caches in tmp_path, online, no proxy."""
+    for name in ("EMOTION_EXPORT_OFFLINE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HTTP_PROXY", "HTTPS_PROXY",
+                 "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
-    # Point both hubs at a loopback listener that takes connections (the kernel completes the handshake)
-    # and never answers: the stall timeout must bound the wait.
+    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:
         endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        monkeypatch.setenv("HF_ENDPOINT", endpoint)
-        monkeypatch.setenv("MODELSCOPE_ENDPOINT", endpoint)
-        monkeypatch.setenv("MODELSCOPE_DOMAIN", endpoint)
+        for name in ("HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"):
+            monkeypatch.setenv(name, endpoint)
+        yield endpoint
+
+
+def _as_first_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both libraries imported, with their defaults, before any download ran in this process."""
+    import huggingface_hub.constants
+    import modelscope_hub._download
+    import modelscope_hub._legacy_api
+    from modelscope import snapshot_download  # noqa: F401
+
+    for name, value in _MS_VARIABLES.items():
+        monkeypatch.setenv(name, str(value))
+    for module_name, module in list(sys.modules.items()):
+        if module is not None and module_name.startswith("modelscope_hub"):
+            for name, value in _MS_DEFAULTS.items():
+                if isinstance(getattr(module, name, None), int):
+                    monkeypatch.setattr(module, name, value)
+    init = modelscope_hub._legacy_api.LegacyClient.__init__
+    monkeypatch.setattr(init, "__defaults__", (60, 5, None))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DOWNLOAD_TIMEOUT", 10)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ETAG_TIMEOUT", 10)
+
+
+@pytest.mark.parametrize("process", ["fresh", "imported"])
+@pytest.mark.parametrize("hub", sorted(SILENT_MODELS))
+def test_a_silent_hub_fails_naming_the_stall_within_the_stall_bound(
+    silent_hub: str, monkeypatch: pytest.MonkeyPatch, hub: str, process: str
+) -> None:
+    model = SILENT_MODELS[hub]
+    if process == "fresh":  # a new interpreter: the libraries read the variables at their first import
+        settings = {"timeout_s": SILENT.timeout_s, "retries": SILENT.retries, "backoff_s": SILENT.backoff_s}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        try:
+            done = subprocess.run([sys.executable, "-c", _CHILD, model, json.dumps(settings)], env=env,
+                                  cwd=ROOT, capture_output=True, text=True, timeout=SILENT_BOUND_S + 120,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{hub}: still waiting on a silent hub after {SILENT_BOUND_S + 120:g} s")
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        elapsed, error = float(result["elapsed"]), str(result["error"])
+    else:  # this process imported both libraries, with their defaults, before the download
+        _as_first_imported(monkeypatch)
         started = time.monotonic()
-        with pytest.raises(CheckpointError, match=r"--source DIR"):
-            load_checkpoint("emotion2vec_plus_seed", timeout_s=2.0)
-        assert time.monotonic() - started < 30.0
+        with pytest.raises(DownloadError) as raised:
+            download_model(model, settings=SILENT)
+        elapsed, error = time.monotonic() - started, str(raised.value)
+    assert process == "imported" or error.startswith("DownloadError: "), error
+    stall = rf"the hub stalled: no byte for 1 s, {SILENT.retries + 1} attempts in a row"
+    assert re.search(stall, error), error
+    assert silent_hub in error
+    assert elapsed < SILENT_BOUND_S, f"{hub} ({process}): {elapsed:.1f} s on a silent hub (bound " \
+                                     f"{SILENT_BOUND_S:g} s): {error}"
