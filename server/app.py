@@ -42,7 +42,7 @@ from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.auth import OIP_PROBES, BearerAuth, TokenStore
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.limits import CoreLimits
-from emotion2vec_serving.server.config import Settings
+from emotion2vec_serving.server.config import Settings, metrics_address
 from emotion2vec_serving.server.grpc import listeners
 from emotion2vec_serving.server.grpc import oip as oip_grpc
 from emotion2vec_serving.server.grpc.admission import RpcAdmission
@@ -138,8 +138,10 @@ class EmotionServer:
         s = self.settings
         m = self.manifest
         if s.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(s.metrics_port)
-            log.info("metrics on http://0.0.0.0:%d/metrics", self.metrics_port)
+            host = metrics_address(s)
+            self.metrics_port = self.metrics.serve(s.metrics_port, host)
+            log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host,
+                     self.metrics_port)
         gpu_options, buckets = s.gpu_options(f"{m.model_name}-{m.model_version}-{m.precision}")
         options = RunnerOptions(
             # OpenVINO runs on the CPU here; the ONNX Runtime provider list is for ONNX Runtime.

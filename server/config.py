@@ -67,6 +67,10 @@ class Settings:
     host: str = _opt("[::]", "address to listen on for gRPC")
     port: int = _opt(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = _opt(9090, "Prometheus /metrics HTTP port (0 picks a free port, -1 disables)")
+    metrics_host: str = _opt(
+        "", "address of the /metrics listener (default: --host's). It has no TLS or tokens and exposes "
+        "per-emotion prediction counts and the model's name and version: keep it on a trusted network"
+    )
     http_port: int = _opt(
         8000, "HTTP port: Open Inference Protocol REST (/v2) and the web page (0 picks a free port, "
         "-1 disables); same TLS and tokens as the gRPC port"
@@ -428,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
     parser.formatter_class = argparse.HelpFormatter  # defaults are already in the help text
     return parser
+
+
+def metrics_address(settings: Settings) -> str:
+    """Where /metrics listens: ``--metrics-host``, else ``--host``; a wildcard (``[::]``, ``0.0.0.0``, empty)
+    listens on every IPv4 address as before (an IPv6 wildcard fails in pods without IPv6)."""
+    host = (settings.metrics_host or settings.host).strip().strip("[]")
+    return "0.0.0.0" if host in ("", "::", "0.0.0.0") else host
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -114,8 +114,11 @@ class InferPlan:
 
 def check_model(card: ModelCard, name: str, version: str) -> None:
     """``ModelNotFound`` unless ``name``/``version`` address the served model (empty version: the latest)."""
+    # The refusal never names the served model: ModelReady is a probe that needs no token (auth.OIP_PROBES),
+    # so a caller without one learns nothing by guessing; authorised callers read the name from the
+    # metadata.
     if name != card.name:
-        raise ModelNotFound(f"unknown model {name!r}: this server serves {card.name!r}")
+        raise ModelNotFound(f"unknown model {name!r}")
     if version not in ("", MODEL_VERSION):
         raise ModelNotFound(f"unknown version {version!r} of model {name!r}: the only version is "
                             f"{MODEL_VERSION!r}")
