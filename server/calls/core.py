@@ -57,9 +57,6 @@ class EmotionCore:
         cost_of: Callable[[int], int] | None = None,
         precision: str | None = None,
     ) -> None:
-        self._manifest = manifest
-        self._metrics = metrics
-        self._limits = limits
         self._provider = provider
         self._engine = engine
         # The precision really run (e.g. OpenVINO's f32 for a bf16 request on a CPU without bf16); the
@@ -72,17 +69,18 @@ class EmotionCore:
 
     # ------------------------------------------------------------------ what is served
 
+    # The pipeline owns the manifest, metrics and limits; the core shows them to the front ends.
     @property
     def manifest(self) -> ModelManifest:
-        return self._manifest
+        return self._pipeline.manifest
 
     @property
     def metrics(self) -> ServerMetrics:
-        return self._metrics
+        return self._pipeline.metrics
 
     @property
     def limits(self) -> CoreLimits:
-        return self._limits
+        return self._pipeline.limits
 
     @property
     def decode_executor(self) -> Executor:
@@ -94,14 +92,14 @@ class EmotionCore:
         return self._pipeline.enabled_labels
 
     def model_card(self) -> ModelCard:
-        m = self._manifest
-        longform = self._limits.longform
+        m = self.manifest
+        longform = self.limits.longform
         return ModelCard(
             name=m.model_name, version=m.model_version, precision=self._precision, untrained=m.untrained,
             labels=m.labels, sample_rate_hz=m.sample_rate_hz, frame_rate_hz=m.frame_rate_hz,
             embedding_dim=m.embedding_dim, provider=self._provider(), engine=self._engine,
-            max_duration_s=self._limits.audio.max_duration_s,
-            min_duration_s=self._limits.audio.min_duration_s,
+            max_duration_s=self.limits.audio.max_duration_s,
+            min_duration_s=self.limits.audio.min_duration_s,
             has_head=m.has_head,
             max_audio_s=longform.max_audio_s if longform else 0.0,
             max_segment_s=longform.max_segment_s if longform else 0.0,
@@ -212,8 +210,8 @@ class EmotionCore:
     # ------------------------------------------------------------------ call bodies
 
     def _observe_recognition(self, call: CallContext, recognition: Recognition) -> None:
-        self._metrics.observe_audio(call.rpc, recognition.duration_s, call.protocol)
-        self._metrics.observe_prediction(recognition.utterance.label, recognition.utterance.confidence)
+        self.metrics.observe_audio(call.rpc, recognition.duration_s, call.protocol)
+        self.metrics.observe_prediction(recognition.utterance.label, recognition.utterance.confidence)
 
     async def _recognize(self, audio: AudioInput, options: RecognizeOptions, call: CallContext, start: float,
                          *, observe: bool = True) -> Recognition:
@@ -234,5 +232,5 @@ class EmotionCore:
             result = await self._long.embed(waveform, decode_s, options, call, start)
         else:
             result = await self._pipeline.embed(waveform, decode_s, options, call, start)
-        self._metrics.observe_audio(call.rpc, result.duration_s, call.protocol)
+        self.metrics.observe_audio(call.rpc, result.duration_s, call.protocol)
         return result
