@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from emotion2vec_serving.modelrepo import labels_from_tokens
-from emotion2vec_serving.modelrepo.labels import check_labels
+from emotion2vec_serving.modelrepo.labels import LabelCountError, check_labels
 
 __all__ = [
     "DOWNLOAD_RECORD",
@@ -653,8 +653,6 @@ def _check_labels(name: str, directory: Path, commit: str | None, revision: str,
     tokens = _tokens(directory)
     if tokens is None:
         if require:
-            from emotion2vec_serving.modelrepo.labels import LabelCountError
-
             raise LabelCountError(f"{name}: no tokens.txt (no classifier head); --require-labels asks for "
                                   f"{require}")
         return
