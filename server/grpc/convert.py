@@ -41,7 +41,7 @@ _PCM_ENCODINGS = {
 }
 _NAMES = frozenset(emotion_pb2.PcmEncoding.values())
 #: Granularity -> whether frames are returned (UNSPECIFIED means UTTERANCE).
-_FRAMES = {
+_FRAMES: dict[int, bool] = {
     emotion_pb2.GRANULARITY_UNSPECIFIED: False,
     emotion_pb2.GRANULARITY_UTTERANCE: False,
     emotion_pb2.GRANULARITY_FRAME: True,
