@@ -27,6 +27,7 @@ __all__ = [
     "call_context",
     "embedding_segment_pb",
     "frame_pb",
+    "frames_wanted",
     "model_ref",
     "scores_pb",
     "segment_pb",
@@ -39,6 +40,12 @@ _PCM_ENCODINGS = {
     emotion_pb2.PCM_ENCODING_F32LE: "f32le",
 }
 _NAMES = frozenset(emotion_pb2.PcmEncoding.values())
+#: Granularity -> whether frames are returned (UNSPECIFIED means UTTERANCE).
+_FRAMES: dict[int, bool] = {
+    emotion_pb2.GRANULARITY_UNSPECIFIED: False,
+    emotion_pb2.GRANULARITY_UTTERANCE: False,
+    emotion_pb2.GRANULARITY_FRAME: True,
+}
 
 
 def call_context(rpc: str, context: grpc.aio.ServicerContext[Any, Any], priority: int = 0) -> CallContext:
@@ -65,6 +72,16 @@ def audio_input(audio: emotion_pb2.Audio) -> AudioInput:
             raise InvalidRequest("raw audio needs sample_rate_hz (e.g. 16000)")
         return AudioInput.from_pcm(raw.data, encoding, int(raw.sample_rate_hz), int(raw.channels or 1))
     raise InvalidRequest("the request has no audio: set audio.encoded (file bytes) or audio.raw (PCM)")
+
+
+def frames_wanted(granularity: int) -> bool:
+    """``RecognizeRequest.granularity`` -> whether frames are returned; an unknown value (proto3 enums keep
+    any number, e.g. 99 from a newer or buggy client) is an InvalidRequest, never read as UTTERANCE."""
+    frames = _FRAMES.get(granularity)
+    if frames is None:
+        raise InvalidRequest(
+            f"unknown granularity {granularity}: use GRANULARITY_UTTERANCE (1) or GRANULARITY_FRAME (2)")
+    return frames
 
 
 def model_ref(core: EmotionCore) -> emotion_pb2.ModelRef:

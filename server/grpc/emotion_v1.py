@@ -22,6 +22,7 @@ from emotion2vec_serving.server.grpc.convert import (
     call_context,
     embedding_segment_pb,
     frame_pb,
+    frames_wanted,
     model_ref,
     segment_pb,
     timing_pb,
@@ -58,10 +59,10 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
         self, request: emotion_pb2.RecognizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> emotion_pb2.RecognizeResponse:
         call = call_context("Recognize", context, request.priority)
-        options = RecognizeOptions(frames=request.granularity == emotion_pb2.GRANULARITY_FRAME,
-                                   smoothing_frames=int(request.smoothing_frames),
-                                   embedding=request.return_embedding)
         try:
+            options = RecognizeOptions(frames=frames_wanted(request.granularity),
+                                       smoothing_frames=int(request.smoothing_frames),
+                                       embedding=request.return_embedding)
             audio = audio_input(request.audio)
         except InvalidRequest as exc:
             await abort(context, self._core.refuse(exc, call))

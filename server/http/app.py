@@ -22,7 +22,7 @@ from aiohttp import web
 from emotion2vec_serving.server.auth import BearerAuth
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.config import Settings
-from emotion2vec_serving.server.http import oip, openapi, page, v1, websocket
+from emotion2vec_serving.server.http import client_errors, oip, openapi, page, v1, websocket
 from emotion2vec_serving.server.http.auth import HttpAuth
 from emotion2vec_serving.server.tls import server_ssl_context
 
@@ -49,6 +49,7 @@ def build_http_app(
     openapi.add_routes(app, settings)
     websocket.add_routes(app, core, settings, http_auth)
     v1.add_routes(app, core, settings, http_auth)  # last: it ends with the catch-all 404 under /v1
+    client_errors.install(app)  # innermost middleware: a body aiohttp cannot read or decode -> 400
     return app
 
 

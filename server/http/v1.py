@@ -82,6 +82,10 @@ def _bool_option(request: web.Request, fields: Mapping[str, str], name: str) -> 
     raise InvalidRequest(f"{name} must be true or false, got {value[:40]!r}")
 
 
+#: The largest whole-number option: gRPC's uint32 fields (``smoothing_frames``) hold no more.
+_MAX_INT_OPTION = 2**32 - 1
+
+
 def _int_option(request: web.Request, fields: Mapping[str, str], *names: str) -> int:
     value = _option(request, fields, *names)
     if value is None or value.strip() == "":
@@ -92,6 +96,8 @@ def _int_option(request: web.Request, fields: Mapping[str, str], *names: str) ->
         raise InvalidRequest(f"{names[0]} must be a whole number, got {value[:40]!r}") from None
     if n < 0:
         raise InvalidRequest(f"{names[0]} must not be negative")
+    if n > _MAX_INT_OPTION:
+        raise InvalidRequest(f"{names[0]} must be at most {_MAX_INT_OPTION}, got {value[:40]!r}")
     return n
 
 
