@@ -62,6 +62,7 @@ from emotion2vec_serving.server.calls.types import (
     Timing,
 )
 from emotion2vec_serving.server.runtime.contract import ItemResult
+from emotion2vec_serving.server.tracing import CallTrace
 
 __all__ = [
     "LongCalls",
@@ -260,6 +261,19 @@ def _segment_timing(result: ItemResult, queue_s: float, start: float) -> Timing:
                   total_ms=(time.monotonic() - start) * 1000.0, batch_size=result.batch_size)
 
 
+def _traced(reduce: ReduceFn[T], trace: CallTrace) -> ReduceFn[T]:
+    """``reduce`` that first records the segment's spans: ``segment`` holding its ``queue`` and
+    ``inference`` (``server/tracing.py``)."""
+
+    def traced(span: Span, result: ItemResult, queue_s: float) -> T:
+        started = result.started_monotonic
+        trace.item(started - queue_s, started, result.inference_s, result.batch_id, result.batch_size,
+                   result.provider, {"id": span.index, "start_s": span.start_s, "end_s": span.end_s})
+        return reduce(span, result, queue_s)
+
+    return traced
+
+
 class LongCalls:
     """Recognize and Embed of one long recording as one call: plan, run, reduce, aggregate.
 
@@ -288,9 +302,16 @@ class LongCalls:
         assert longform is not None
         loop = asyncio.get_running_loop()
         min_samples = max(1, int(pipeline.limits.audio.min_duration_s * audio.sample_rate_hz))
-        spans = await loop.run_in_executor(
-            pipeline.decode_executor, lambda: plan_segments(audio, longform, min_samples=min_samples)
-        )
+        trace = call.trace
+
+        def plan() -> list[Span]:
+            return plan_segments(audio, longform, min_samples=min_samples)
+
+        if trace is None:
+            spans = await loop.run_in_executor(pipeline.decode_executor, plan)
+        else:
+            with trace.phase("plan_segments"):
+                spans = await loop.run_in_executor(pipeline.decode_executor, plan)
         if not spans:
             raise InvalidRequest("the recording holds no segment long enough for the model")
         pipeline.metrics.observe_segments(call.rpc, len(spans), call.protocol)
@@ -305,8 +326,10 @@ class LongCalls:
             left[0] -= 1
             backlog[1] -= int(wave.shape[0])
             left[1] -= int(wave.shape[0])
-            result, _ = await pipeline.infer(wave, deadline, call.priority)
-            return result
+            return await pipeline.submit(wave, deadline, call.priority, trace)
+
+        if trace is not None:
+            reduce = _traced(reduce, trace)
 
         rate = audio.sample_rate_hz
         try:
