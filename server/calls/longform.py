@@ -34,6 +34,8 @@ results (a few floats per segment; frames only when asked for).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import time
 from collections import deque
@@ -48,7 +50,7 @@ from emotion2vec_serving.server.audio.segmenter import EnergySegmenter
 from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.errors import InvalidRequest
 from emotion2vec_serving.server.calls.limits import LongformSettings
-from emotion2vec_serving.server.calls.pipeline import Pipeline
+from emotion2vec_serving.server.calls.pipeline import Pipeline, traced_reduce
 from emotion2vec_serving.server.calls.types import (
     CallContext,
     EmbeddingResult,
@@ -62,7 +64,6 @@ from emotion2vec_serving.server.calls.types import (
     Timing,
 )
 from emotion2vec_serving.server.runtime.contract import ItemResult
-from emotion2vec_serving.server.tracing import CallTrace
 
 __all__ = [
     "LongCalls",
@@ -261,19 +262,6 @@ def _segment_timing(result: ItemResult, queue_s: float, start: float) -> Timing:
                   total_ms=(time.monotonic() - start) * 1000.0, batch_size=result.batch_size)
 
 
-def _traced(reduce: ReduceFn[T], trace: CallTrace) -> ReduceFn[T]:
-    """``reduce`` that first records the segment's spans: ``segment`` holding its ``queue`` and
-    ``inference`` (``server/tracing.py``)."""
-
-    def traced(span: Span, result: ItemResult, queue_s: float) -> T:
-        started = result.started_monotonic
-        trace.item(started - queue_s, started, result.inference_s, result.batch_id, result.batch_size,
-                   result.provider, {"id": span.index, "start_s": span.start_s, "end_s": span.end_s})
-        return reduce(span, result, queue_s)
-
-    return traced
-
-
 class LongCalls:
     """Recognize and Embed of one long recording as one call: plan, run, reduce, aggregate.
 
@@ -303,15 +291,9 @@ class LongCalls:
         loop = asyncio.get_running_loop()
         min_samples = max(1, int(pipeline.limits.audio.min_duration_s * audio.sample_rate_hz))
         trace = call.trace
-
-        def plan() -> list[Span]:
-            return plan_segments(audio, longform, min_samples=min_samples)
-
-        if trace is None:
+        plan = functools.partial(plan_segments, audio, longform, min_samples=min_samples)
+        with contextlib.nullcontext() if trace is None else trace.phase("plan_segments"):
             spans = await loop.run_in_executor(pipeline.decode_executor, plan)
-        else:
-            with trace.phase("plan_segments"):
-                spans = await loop.run_in_executor(pipeline.decode_executor, plan)
         if not spans:
             raise InvalidRequest("the recording holds no segment long enough for the model")
         pipeline.metrics.observe_segments(call.rpc, len(spans), call.protocol)
@@ -329,7 +311,7 @@ class LongCalls:
             return await pipeline.submit(wave, deadline, call.priority, trace)
 
         if trace is not None:
-            reduce = _traced(reduce, trace)
+            reduce = traced_reduce(reduce, trace)  # each segment's spans (server/tracing.py)
 
         rate = audio.sample_rate_hz
         try:

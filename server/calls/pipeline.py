@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,10 +46,37 @@ from emotion2vec_serving.server.metrics import ServerMetrics
 from emotion2vec_serving.server.runtime.contract import ItemResult
 from emotion2vec_serving.server.tracing import CallTrace
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "traced_reduce"]
 
 #: Raw PCM up to this size at the model's rate is converted on the event loop (~tens of microseconds).
 _INLINE_PCM_BYTES = 256 * 1024
+
+
+class _SegmentLike(Protocol):
+    @property
+    def index(self) -> int: ...
+    @property
+    def start_s(self) -> float: ...
+    @property
+    def end_s(self) -> float: ...
+
+
+S = TypeVar("S", bound=_SegmentLike)
+T = TypeVar("T")
+
+
+def traced_reduce(reduce: Callable[[S, ItemResult, float], T],
+                  trace: CallTrace) -> Callable[[S, ItemResult, float], T]:
+    """A long recording's ``reduce(segment, result, queue_s)`` (``longform``) that first records the
+    segment's spans: ``segment`` holding its ``queue`` and ``inference`` (``server/tracing.py``)."""
+
+    def traced(segment: S, result: ItemResult, queue_s: float) -> T:
+        started = result.started_monotonic
+        trace.item(started - queue_s, started, result.inference_s, result.batch_id, result.batch_size,
+                   result.provider, {"id": segment.index, "start_s": segment.start_s, "end_s": segment.end_s})
+        return reduce(segment, result, queue_s)
+
+    return traced
 
 
 class Pipeline:
