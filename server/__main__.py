@@ -29,6 +29,7 @@ from emotion2vec_serving.modelrepo.labels import LabelCountError, served_warning
 from emotion2vec_serving.modelrepo.manifest import MANIFEST_FILE, ManifestError, ModelManifest, load_manifest
 from emotion2vec_serving.server.config import Settings, SettingsError, parse_settings
 from emotion2vec_serving.server.tls import SecurityConfigError
+from emotion2vec_serving.server.tracing import TracingConfigError
 
 __all__ = ["ModelResolutionError", "check_model_labels", "main", "resolve_model"]
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(run_server(settings, manifest))
-    except (SecurityConfigError, OSError) as exc:
+    except (SecurityConfigError, TracingConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
 

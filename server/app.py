@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 
 from emotion2vec_serving.batching import DECISIONS, DecideFn, DynamicBatcher
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
+from emotion2vec_serving.server import tracing
 from emotion2vec_serving.server.auth import OIP_PROBES, BearerAuth, TokenStore
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.limits import CoreLimits
@@ -134,6 +135,7 @@ class EmotionServer:
         self.http_port: int | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self.tracing: tracing.Tracing | None = None  # OpenTelemetry traces, when the OTEL_* variables ask
 
     async def start(self) -> None:
         s = self.settings
@@ -143,6 +145,8 @@ class EmotionServer:
             self.metrics_port = self.metrics.serve(s.metrics_port, host)
             log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host,
                      self.metrics_port)
+        self.tracing = tracing.from_env()  # None unless the OTEL_* variables ask (server/tracing.py)
+        tracing.install(self.tracing)
         gpu_options, buckets = s.gpu_options(f"{m.model_name}-{m.model_version}-{m.precision}")
         options = RunnerOptions(
             # OpenVINO runs on the CPU here; the ONNX Runtime provider list is for ONNX Runtime.
@@ -164,6 +168,7 @@ class EmotionServer:
             m, options, session_factory=self._session_factory or session_factory_for(s.engine),
             on_provider_change=self.metrics.set_provider,
             on_run_timeout=self.metrics.run_timeout,
+            on_batch=None if self.tracing is None else self.tracing.on_batch,
         ))
         # The precision really used: OpenVINO may compute an fp32 repository in bf16.
         self.metrics.set_model(m.model_name, m.model_version, self.runner.precision, m.untrained)
@@ -339,6 +344,10 @@ class EmotionServer:
             self.runner.close()
         self.metrics.close()
         self._decode_executor.shutdown(wait=False, cancel_futures=True)
+        if self.tracing is not None:
+            # Export the spans still buffered (bounded by the exporter's timeout), off the event loop.
+            tracing.install(None)
+            await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
         if self.core is not None:
             # One line a test or an operator can hold against the clients' view: every call that reached
             # the core, by outcome. A call a client saw fail that is not counted here never reached it.

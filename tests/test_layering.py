@@ -36,6 +36,7 @@ ROOM_OF_PATH = {
     "server/audio/": "audio",
     "server/runtime/": "runtime",
     "server/metrics.py": "metrics",
+    "server/tracing.py": "tracing",
     "server/auth.py": "auth",
     "server/tls.py": "tls",
     "server/config.py": "config",
@@ -54,7 +55,7 @@ SHARED_CLIENT_MODULES = ("clients.wire", "clients.schema")
 #: but itself: grpc/ and http/ never import each other, nor audio/ and runtime/).
 LEVEL = {
     "defaults": 0, "batching": 0, "modelrepo": 0, "clients.wire": 0, "clients.schema": 0,
-    "audio": 1, "runtime": 1, "metrics": 1, "tls": 1,
+    "audio": 1, "runtime": 1, "metrics": 1, "tracing": 1, "tls": 1,
     "auth": 2,
     "config": 3,
     "calls": 4,
@@ -64,7 +65,7 @@ LEVEL = {
 }
 
 _BASE = frozenset({"defaults", "batching", "modelrepo", "clients.wire"})
-_BELOW_CALLS = _BASE | {"audio", "runtime", "metrics", "config"}
+_BELOW_CALLS = _BASE | {"audio", "runtime", "metrics", "tracing", "config"}
 _FRONT_END = _BELOW_CALLS | {"calls", "auth", "tls", "clients.schema"}
 #: Room -> the rooms (and shared packages) it may import, besides itself.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -73,6 +74,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "audio": _BASE,
     "runtime": _BASE,
     "metrics": _BASE,
+    "tracing": _BASE,  # the core hands it opaque call traces; the runner gets its batch hook from app
     "auth": _BASE | {"metrics", "tls"},  # counts each refusal once; refuses a half-configured token file
     "tls": _BASE,
     "config": _BASE | {"audio", "runtime", "metrics", "auth", "tls"},
@@ -99,6 +101,7 @@ EXTERNAL: dict[str, frozenset[str] | None] = {
     "audio": frozenset({"numpy"}) | ENGINE_LIBS,
     "runtime": frozenset({"numpy"}) | ENGINE_LIBS,
     "metrics": frozenset({"prometheus_client"}),
+    "tracing": frozenset({"opentelemetry"}),  # optional (server extra), imported only when tracing is on
     "auth": frozenset(),  # tokens only: the gRPC interceptor is grpc/auth.py, so http/ loads no grpc
     "tls": frozenset(),
     "config": frozenset(),
@@ -111,7 +114,7 @@ EXTERNAL: dict[str, frozenset[str] | None] = {
 }
 #: Imports allowed inside a function: optional or heavy third-party libraries only (never a server module,
 #: which would hide an import circle, and nothing that could as well be imported at the top).
-FUNCTION_LEVEL_OK = ENGINE_LIBS | {"aiohttp", "prometheus_client"} | GRPC_LIBS
+FUNCTION_LEVEL_OK = ENGINE_LIBS | {"aiohttp", "prometheus_client", "opentelemetry"} | GRPC_LIBS
 
 
 # --------------------------------------------------------------------------------------- reading the code
@@ -288,6 +291,21 @@ def test_the_core_loads_without_protocol_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"the core pulled in: {out.stdout.strip()}"
+
+
+def test_a_server_without_otel_variables_loads_no_opentelemetry() -> None:
+    """Tracing is off by default and costs no import: the whole server (app, both front ends, the core)
+    loads without OpenTelemetry, and ``tracing.from_env`` with no ``OTEL_*`` variable turns nothing on."""
+    code = (
+        "import sys\n"
+        "import emotion2vec_serving.server.app\n"
+        "from emotion2vec_serving.server import tracing\n"
+        "assert tracing.from_env({}) is None\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'opentelemetry')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"a server with tracing off loaded: {out.stdout.strip()}"
 
 
 #: Server modules that may be imported inside a function, each for a reason that is not an import circle

@@ -136,6 +136,8 @@ class Admission:
 
     def _observe(self, call: CallContext, code: str, duration_s: float) -> None:
         self._outcomes[(call.protocol, call.rpc, code)] += 1
+        if call.trace is not None:  # the call span ends with the call's one count (server/tracing.py)
+            call.trace.finish(call.protocol, call.rpc, code)
         self._metrics.observe_request(call.rpc, code, duration_s, call.protocol)
 
     def _check_accepting(self) -> None:
@@ -170,6 +172,8 @@ class Admission:
     async def unary(self, call: CallContext, body: Callable[[float], Awaitable[T]]) -> T:
         """Run one unary call: admission, then ``body(start)``; every outcome counted once."""
         start = time.monotonic()
+        if call.trace is not None:
+            call.trace.begin(call.protocol, call.rpc)
         self._enter()
         try:
             self._check_accepting()
@@ -189,6 +193,8 @@ class Admission:
         """One stream slot for the block; the call is counted once at exit. Any exception raised inside
         the block is classified, counted and re-raised as :class:`CallFailed`."""
         start = time.monotonic()
+        if call.trace is not None:
+            call.trace.begin(call.protocol, call.rpc)
         try:
             self._check_accepting()
             if self._active_streams >= self._max_streams:

@@ -216,7 +216,7 @@ class EmotionCore:
     async def _recognize(self, audio: AudioInput, options: RecognizeOptions, call: CallContext, start: float,
                          *, observe: bool = True) -> Recognition:
         self._pipeline.require_head()
-        waveform, decode_s = await self._pipeline.decode(audio)
+        waveform, decode_s = await self._pipeline.decode(audio, call.trace)
         if isinstance(waveform, PcmStore):
             recognition = await self._long.recognize(waveform, decode_s, options, call, start)
         else:
@@ -227,7 +227,7 @@ class EmotionCore:
 
     async def _embed(self, audio: AudioInput, options: EmbedOptions, call: CallContext,
                      start: float) -> EmbeddingResult:
-        waveform, decode_s = await self._pipeline.decode(audio)
+        waveform, decode_s = await self._pipeline.decode(audio, call.trace)
         if isinstance(waveform, PcmStore):
             result = await self._long.embed(waveform, decode_s, options, call, start)
         else:

@@ -34,6 +34,8 @@ results (a few floats per segment; frames only when asked for).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import time
 from collections import deque
@@ -48,7 +50,7 @@ from emotion2vec_serving.server.audio.segmenter import EnergySegmenter
 from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.errors import InvalidRequest
 from emotion2vec_serving.server.calls.limits import LongformSettings
-from emotion2vec_serving.server.calls.pipeline import Pipeline
+from emotion2vec_serving.server.calls.pipeline import Pipeline, traced_reduce
 from emotion2vec_serving.server.calls.types import (
     CallContext,
     EmbeddingResult,
@@ -288,9 +290,10 @@ class LongCalls:
         assert longform is not None
         loop = asyncio.get_running_loop()
         min_samples = max(1, int(pipeline.limits.audio.min_duration_s * audio.sample_rate_hz))
-        spans = await loop.run_in_executor(
-            pipeline.decode_executor, lambda: plan_segments(audio, longform, min_samples=min_samples)
-        )
+        trace = call.trace
+        plan = functools.partial(plan_segments, audio, longform, min_samples=min_samples)
+        with contextlib.nullcontext() if trace is None else trace.phase("plan_segments"):
+            spans = await loop.run_in_executor(pipeline.decode_executor, plan)
         if not spans:
             raise InvalidRequest("the recording holds no segment long enough for the model")
         pipeline.metrics.observe_segments(call.rpc, len(spans), call.protocol)
@@ -305,8 +308,10 @@ class LongCalls:
             left[0] -= 1
             backlog[1] -= int(wave.shape[0])
             left[1] -= int(wave.shape[0])
-            result, _ = await pipeline.infer(wave, deadline, call.priority)
-            return result
+            return await pipeline.submit(wave, deadline, call.priority, trace)
+
+        if trace is not None:
+            reduce = traced_reduce(reduce, trace)  # each segment's spans (server/tracing.py)
 
         rate = audio.sample_rate_hz
         try:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,11 +44,39 @@ from emotion2vec_serving.server.calls.types import (
 )
 from emotion2vec_serving.server.metrics import ServerMetrics
 from emotion2vec_serving.server.runtime.contract import ItemResult
+from emotion2vec_serving.server.tracing import CallTrace
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "traced_reduce"]
 
 #: Raw PCM up to this size at the model's rate is converted on the event loop (~tens of microseconds).
 _INLINE_PCM_BYTES = 256 * 1024
+
+
+class _SegmentLike(Protocol):
+    @property
+    def index(self) -> int: ...
+    @property
+    def start_s(self) -> float: ...
+    @property
+    def end_s(self) -> float: ...
+
+
+S = TypeVar("S", bound=_SegmentLike)
+T = TypeVar("T")
+
+
+def traced_reduce(reduce: Callable[[S, ItemResult, float], T],
+                  trace: CallTrace) -> Callable[[S, ItemResult, float], T]:
+    """A long recording's ``reduce(segment, result, queue_s)`` (``longform``) that first records the
+    segment's spans: ``segment`` holding its ``queue`` and ``inference`` (``server/tracing.py``)."""
+
+    def traced(segment: S, result: ItemResult, queue_s: float) -> T:
+        started = result.started_monotonic
+        trace.item(started - queue_s, started, result.inference_s, result.batch_id, result.batch_size,
+                   result.provider, {"id": segment.index, "start_s": segment.start_s, "end_s": segment.end_s})
+        return reduce(segment, result, queue_s)
+
+    return traced
 
 
 class Pipeline:
@@ -106,10 +135,16 @@ class Pipeline:
             return call.deadline
         return time.monotonic() + self._limits.default_timeout_s
 
-    async def decode(self, audio: AudioInput) -> tuple[Decoded, float]:
+    async def decode(self, audio: AudioInput, trace: CallTrace | None = None) -> tuple[Decoded, float]:
         """Decode request audio (off the event loop but for short raw PCM); returns (audio, decode s): mono
         float32 at the model rate, or, for audio beyond one pass when long recordings are configured, a
-        16 kHz int16 ``PcmStore`` for ``longform``, decoded incrementally."""
+        16 kHz int16 ``PcmStore`` for ``longform``, decoded incrementally. Traced as ``decode``."""
+        if trace is None:
+            return await self._decode(audio)
+        with trace.phase("decode"):
+            return await self._decode(audio)
+
+    async def _decode(self, audio: AudioInput) -> tuple[Decoded, float]:
         limits = self._limits.audio
         longform = self._limits.longform
         started = time.monotonic()
@@ -173,15 +208,34 @@ class Pipeline:
                 )
         return waveform, time.monotonic() - started
 
-    async def infer(self, waveform: FloatArray, deadline: float, priority: int) -> tuple[ItemResult, float]:
-        """Submit one waveform to the batcher; returns (result, queue wait seconds)."""
+    async def infer(self, waveform: FloatArray, deadline: float, priority: int,
+                    trace: CallTrace | None = None,
+                    segment: Mapping[str, float] | None = None) -> tuple[ItemResult, float]:
+        """Submit one waveform to the batcher; returns (result, queue wait seconds). Traced as ``queue`` and
+        ``inference`` spans (under a ``segment`` span with these attributes when ``segment`` is given)."""
         submitted = time.monotonic()
+        result = await self.submit(waveform, deadline, priority, trace)
+        if trace is not None:
+            trace.item(submitted, result.started_monotonic, result.inference_s, result.batch_id,
+                       result.batch_size, result.provider, segment)
+        return result, max(0.0, result.started_monotonic - submitted)
+
+    async def submit(self, waveform: FloatArray, deadline: float, priority: int,
+                     trace: CallTrace | None = None) -> ItemResult:
+        """Submit one waveform to the batcher; the batch that runs it links to ``trace``'s call span."""
         n = int(waveform.shape[0])
         cost = n if self._cost_of is None else int(self._cost_of(n))
-        result: ItemResult = await self._batcher.submit(
-            waveform, cost=cost, deadline=deadline, priority=int(priority)
-        )
-        return result, max(0.0, result.started_monotonic - submitted)
+        if trace is None:
+            result: ItemResult = await self._batcher.submit(
+                waveform, cost=cost, deadline=deadline, priority=int(priority))
+            return result
+        trace.register(waveform)
+        try:
+            result = await self._batcher.submit(
+                waveform, cost=cost, deadline=deadline, priority=int(priority))
+        finally:
+            trace.unregister(waveform)
+        return result
 
     def utterance(self, probs: FloatArray) -> Utterance:
         """Top label (among enabled labels) and every score in model order."""
@@ -224,7 +278,7 @@ class Pipeline:
     async def recognize(self, waveform: FloatArray, decode_s: float, options: RecognizeOptions,
                         call: CallContext, start: float) -> Recognition:
         """Recognise one decoded waveform in one model pass (the core checked the head and counts it)."""
-        result, queue_s = await self.infer(waveform, self.deadline(call), call.priority)
+        result, queue_s = await self.infer(waveform, self.deadline(call), call.priority, call.trace)
         assert result.probs is not None and result.frame_probs is not None  # has_head checked by the caller
         duration_s = waveform.shape[0] / self._rate
         frames = (self.frames(result.frame_probs, int(options.smoothing_frames), duration_s)
@@ -239,7 +293,7 @@ class Pipeline:
     async def embed(self, waveform: FloatArray, decode_s: float, options: EmbedOptions, call: CallContext,
                     start: float) -> EmbeddingResult:
         """Embed one decoded waveform in one model pass."""
-        result, queue_s = await self.infer(waveform, self.deadline(call), call.priority)
+        result, queue_s = await self.infer(waveform, self.deadline(call), call.priority, call.trace)
         return EmbeddingResult(
             embedding=result.embedding, frame_features=result.frame_features if options.frames else None,
             duration_s=waveform.shape[0] / self._rate, timing=self.timing(result, queue_s, decode_s, start),

@@ -271,7 +271,10 @@ class StreamSession:
         deadline = deadline_fixed
         if deadline is None:
             deadline = time.monotonic() + self._pipeline.limits.default_timeout_s
-        task = asyncio.create_task(self._pipeline.infer(segment.samples, deadline, self._settings.priority))
+        segment_trace = None if self._call.trace is None else {
+            "id": segment.index, "start_s": segment.start_s, "end_s": segment.end_s}
+        task = asyncio.create_task(self._pipeline.infer(segment.samples, deadline, self._settings.priority,
+                                                        self._call.trace, segment_trace))
         self._outbox.put_nowait(_Pending(segment, task, time.monotonic()))
 
     # ------------------------------------------------------------------ events

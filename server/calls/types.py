@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from emotion2vec_serving.modelrepo.manifest import Label
 from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.tracing import CallTrace
 
 __all__ = [
     "AudioInput",
@@ -89,12 +90,14 @@ class AudioInput:
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who is calling: protocol (metrics label), method name, absolute deadline (``time.monotonic``)."""
+    """Who is calling: protocol (metrics label), method name, absolute deadline (``time.monotonic``), and
+    the call's trace (``server/tracing.py``; None while tracing is off)."""
 
     protocol: str
     rpc: str
     deadline: float | None = None
     priority: int = 0
+    trace: CallTrace | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import grpc
 from emotion.v1 import emotion_pb2
 
 from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1
+from emotion2vec_serving.server import tracing
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import InvalidRequest
 from emotion2vec_serving.server.calls.types import (
@@ -52,7 +53,8 @@ def call_context(rpc: str, context: grpc.aio.ServicerContext[Any, Any], priority
     """The core's view of a call: its gRPC deadline (absolute, monotonic) or None."""
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + max(0.0, float(remaining))
-    return CallContext(protocol=PROTOCOL_EMOTION_V1, rpc=rpc, deadline=deadline, priority=int(priority))
+    return CallContext(protocol=PROTOCOL_EMOTION_V1, rpc=rpc, deadline=deadline, priority=int(priority),
+                       trace=tracing.incoming(context.invocation_metadata))
 
 
 def audio_input(audio: emotion_pb2.Audio) -> AudioInput:

@@ -24,6 +24,7 @@ from emotion.oip import model_config_pb2
 from google.protobuf import json_format
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_GRPC
+from emotion2vec_serving.server import tracing
 from emotion2vec_serving.server.calls import tensors as oip
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest, ModelNotFound
@@ -89,7 +90,8 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
         grpc_deadline = None if remaining is None else time.monotonic() + max(0.0, float(remaining))
         if deadline is None or (grpc_deadline is not None and grpc_deadline < deadline):
             deadline = grpc_deadline
-        return CallContext(protocol=PROTOCOL_OIP_GRPC, rpc=rpc, deadline=deadline, priority=priority)
+        return CallContext(protocol=PROTOCOL_OIP_GRPC, rpc=rpc, deadline=deadline, priority=priority,
+                           trace=tracing.incoming(context.invocation_metadata))
 
     async def _model(self, name: str, version: str, context: Context, rpc: str) -> ModelCard:
         card = self._core.model_card()

@@ -34,6 +34,7 @@ import numpy as np
 from aiohttp import web
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_HTTP
+from emotion2vec_serving.server import tracing
 from emotion2vec_serving.server.calls import tensors as oip
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import (
@@ -209,8 +210,11 @@ class _OipRest:
 
     # ------------------------------------------------------------------ helpers
 
-    def _call(self, rpc: str, deadline: float | None = None, priority: int = 0) -> CallContext:
-        return CallContext(protocol=PROTOCOL_OIP_HTTP, rpc=rpc, deadline=deadline, priority=priority)
+    def _call(self, rpc: str, deadline: float | None = None, priority: int = 0,
+              request: web.Request | None = None) -> CallContext:
+        trace = None if request is None else tracing.incoming(lambda: request.headers)
+        return CallContext(protocol=PROTOCOL_OIP_HTTP, rpc=rpc, deadline=deadline, priority=priority,
+                           trace=trace)
 
     def _model(self, request: web.Request) -> ModelCard:
         card = self._core.model_card()
@@ -280,7 +284,7 @@ class _OipRest:
             plan = oip.parse_infer(_inputs(doc, binary), names, parameters, card)
         except (InvalidRequest, ModelNotFound) as exc:
             return self._refuse(exc, "ModelInfer")
-        call = self._call("ModelInfer", plan.deadline, plan.priority)
+        call = self._call("ModelInfer", plan.deadline, plan.priority, request)
         try:
             results = await self._core.recognize_many(plan.audios, plan.options, call)
         except CallFailed as failed:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from emotion2vec_serving.clients.schema import GRANULARITIES, embedding_json, model_ref_json, recognition_json
 from emotion2vec_serving.clients.wire import PROTOCOL_HTTP
+from emotion2vec_serving.server import tracing
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest
 from emotion2vec_serving.server.calls.types import AudioInput, CallContext, EmbedOptions, RecognizeOptions
@@ -141,7 +142,8 @@ class _V1:
         refused = self.auth.check(request, protocol=PROTOCOL_HTTP, rpc=rpc)
         if refused is not None:
             return failure_response(refused)
-        call = CallContext(protocol=PROTOCOL_HTTP, rpc=rpc)
+        trace = tracing.incoming(lambda: request.headers)
+        call = CallContext(protocol=PROTOCOL_HTTP, rpc=rpc, trace=trace)
         try:
             upload = await read_upload(request, self.limit)
         except TooLarge:
@@ -150,7 +152,7 @@ class _V1:
             return failure_response(self.core.refuse(exc, call))
         try:
             deadline = _deadline(request, upload.fields, self.settings.default_timeout_s)
-            call = CallContext(protocol=PROTOCOL_HTTP, rpc=rpc, deadline=deadline)
+            call = CallContext(protocol=PROTOCOL_HTTP, rpc=rpc, deadline=deadline, trace=trace)
             audio = AudioInput.from_encoded(upload.data)
             card = self.core.model_card()
             if rpc == "Recognize":

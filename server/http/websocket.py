@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 
 from emotion2vec_serving.clients.schema import model_ref_json, stream_segment_json, stream_summary_json
 from emotion2vec_serving.clients.wire import PROTOCOL_WS
+from emotion2vec_serving.server import tracing
 from emotion2vec_serving.server.auth import WS_BEARER_PREFIX, Credentials
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, Failure, InvalidRequest, classify
@@ -32,6 +33,7 @@ from emotion2vec_serving.server.config import Settings
 from emotion2vec_serving.server.http.auth import HttpAuth, credentials
 from emotion2vec_serving.server.http.responses import failure_response, json_response
 from emotion2vec_serving.server.http.status import http_error
+from emotion2vec_serving.server.tracing import CallTrace
 
 __all__ = ["WS_PROTOCOL", "add_routes"]
 
@@ -68,7 +70,8 @@ class _Streams:
                 {"error": "this endpoint is a WebSocket: connect with a WebSocket client"}, 400)
         await ws.prepare(request)
         try:
-            await self._stream_session(ws, authorised=authorised)
+            await self._stream_session(ws, authorised=authorised,
+                                       trace=tracing.incoming(lambda: request.headers))
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:  # never let one stream end without a word
@@ -89,7 +92,8 @@ class _Streams:
             # 4000 + the HTTP status: the close code carries the outcome for clients that only see it.
             await ws.close(code=4000 + status, message=failure.kind.value.encode())
 
-    async def _stream_session(self, ws: web.WebSocketResponse, *, authorised: bool) -> None:
+    async def _stream_session(self, ws: web.WebSocketResponse, *, authorised: bool,
+                              trace: CallTrace | None = None) -> None:
         refused_call = CallContext(protocol=PROTOCOL_WS, rpc=_RPC)
         try:
             first = await ws.receive(timeout=self.settings.default_timeout_s)
@@ -121,7 +125,7 @@ class _Streams:
             await self._ws_error(ws, self.core.refuse(exc, refused_call))
             return
         call = CallContext(protocol=PROTOCOL_WS, rpc=_RPC, deadline=None,
-                           priority=settings.priority)
+                           priority=settings.priority, trace=trace)
         card = self.core.model_card()
         client_gone = False
         work: asyncio.Future[None] | None = None

@@ -125,3 +125,4 @@ class ItemResult:
     started_monotonic: float  # when the batch started running (time.monotonic)
     inference_s: float  # run time of the whole batch
     provider: str  # execution provider that produced it
+    batch_id: int = 0  # the runner's number for the batch (traces: the inference span names its batch)

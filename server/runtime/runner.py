@@ -31,6 +31,7 @@ session and its factory must provide, and what the runner returns and raises: ``
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -65,6 +66,11 @@ _OOM_MARKERS = ("out of memory", "failed to allocate memory", "bfcarena", "cudnn
                 "cublas_status_alloc_failed", "std::bad_alloc")
 
 
+#: ``on_batch(batch, batch_id, started, run_s, provider, error)`` after every run (``error``: None, or what
+#: the run raised); ``started`` is ``time.monotonic``. The tracer's batch span (``server/tracing.py``).
+BatchHook = Callable[[Sequence[FloatArray], int, float, float, str, "BaseException | None"], None]
+
+
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or any(marker in text for marker in _OOM_MARKERS)
@@ -85,12 +91,16 @@ class Runner:
         session_factory: SessionFactory = ort_session_factory,
         on_provider_change: Callable[[str | None, str, str], None] | None = None,
         on_run_timeout: Callable[[], None] | None = None,
+        on_batch: BatchHook | None = None,
     ) -> None:
         self.manifest = manifest
         self.options = options
         self._factory = session_factory
         self._on_provider_change = on_provider_change
         self._on_run_timeout = on_run_timeout
+        #: Traces (``server/tracing.py``): told of every run, in the run's thread; None while tracing is off.
+        self.on_batch = on_batch
+        self._batch_ids = itertools.count(1)  # next() is atomic under the GIL: batcher threads share it
         self._lock = threading.Lock()
         self._pool: queue.SimpleQueue[tuple[int, SessionLike]] = queue.SimpleQueue()
         self._generation = 0  # bumped on fallback so that sessions of the old provider are discarded
@@ -183,6 +193,7 @@ class Runner:
         for i, w in enumerate(batch):
             waveform[i, : len(w)] = w
         feeds = {"waveform": waveform, "lengths": lengths}
+        batch_id = next(self._batch_ids)
         new_handle = getattr(session, "new_run_handle", None)
         handle = new_handle() if new_handle is not None else None
         timeout_s = self.options.run_timeout_s
@@ -194,6 +205,8 @@ class Runner:
             try:
                 outputs = session.run(self._output_list, feeds, handle)
             except Exception as exc:
+                if self.on_batch is not None:
+                    self.on_batch(batch, batch_id, started, time.monotonic() - started, provider, exc)
                 if token is not None and self._watchdog.disarm(token):
                     raise self._timed_out(len(batch), provider, time.monotonic() - started) from exc
                 return self._handle_failure(exc, generation, session, provider, batch)
@@ -201,13 +214,15 @@ class Runner:
                 if token is not None:
                     self._watchdog.disarm(token)
             run_s = time.monotonic() - started
+            if self.on_batch is not None:
+                self.on_batch(batch, batch_id, started, run_s, provider, None)
             if self._gpu_failures:
                 with self._lock:
                     self._gpu_failures = 0
         finally:
             self._release(generation, session)
         return self._slice(dict(zip(self._output_names, outputs, strict=True)), len(batch), started, run_s,
-                           provider)
+                           provider, batch_id)
 
     def cost(self, n_samples: int) -> int:
         """The batcher's cost of an input of ``n_samples``: the length it is really run at.
@@ -375,7 +390,7 @@ class Runner:
         return True
 
     def _slice(self, out: dict[str, Any], n: int, started: float, run_s: float,
-               provider: str) -> list[ItemResult]:
+               provider: str, batch_id: int) -> list[ItemResult]:
         frame_lengths = np.asarray(out["frame_lengths"]).astype(np.int64)
         results = []
         for i in range(n):
@@ -392,6 +407,7 @@ class Runner:
                 started_monotonic=started,
                 inference_s=run_s,
                 provider=provider,
+                batch_id=batch_id,
             ))
         return results
 
