@@ -183,14 +183,16 @@ class StreamClock:
         """``await awaitable`` (a wait for the client), or StreamTimeout once the nearer limit passes."""
         deadline, reason = ((self._idle_by, "idle_timeout") if self._idle_by < self._end_by
                             else (self._end_by, "duration_limit"))
-        limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
+        waiting = asyncio.ensure_future(awaitable)
         try:
-            async with limit:
-                return await awaitable
-        except TimeoutError:
-            if limit.expired():
-                raise self.expired(reason) from None
-            raise
+            done, _ = await asyncio.wait((waiting,), timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+        if not done:
+            await asyncio.gather(waiting, return_exceptions=True)  # let it finish cancelling
+            raise self.expired(reason)
+        return waiting.result()
 
 
 def ending_reason(exc: BaseException | None) -> str:

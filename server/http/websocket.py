@@ -116,9 +116,8 @@ class _Streams:
         refused_call = CallContext(protocol=PROTOCOL_WS, rpc=_RPC)
         try:
             # One deadline around the whole wait: ``receive(timeout=...)`` would start again at every ping.
-            async with asyncio.timeout(max(0.0, config_by - time.monotonic())):
-                first = await ws.receive()
-        except TimeoutError:
+            first = await asyncio.wait_for(ws.receive(), max(0.0, config_by - time.monotonic()))
+        except asyncio.TimeoutError:
             idle_s = self.settings.stream_idle_timeout_s
             self._ended("config_timeout")
             await self._ws_error(ws, self.core.refuse(StreamTimeout("config_timeout", (
