@@ -22,7 +22,8 @@ __all__ = ["STREAM_ENDINGS", "GatedObserver", "ServerMetrics"]
 #: the client cancelled or went away (or a shutdown cancelled the stream); idle_timeout: no audio for
 #: --stream-idle-timeout-s; duration_limit: open longer than --stream-max-open-s; config_timeout: a
 #: WebSocket sent no config within --stream-idle-timeout-s of its connect; error: any other failure (bad
-#: config or audio, the audio limit, inference).
+#: config or audio, the audio limit, inference). A refused stream (no valid token, too many streams,
+#: draining) never started: emotion_rejections_total counts it.
 STREAM_ENDINGS = ("completed", "client_closed", "idle_timeout", "duration_limit", "config_timeout", "error")
 
 
