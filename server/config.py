@@ -234,6 +234,18 @@ class Settings:
     max_stream_duration_s: float = _opt(
         defaults.MAX_STREAM_DURATION_S, "longest StreamRecognize audio, in seconds"
     )
+    stream_idle_timeout_s: float = _opt(
+        defaults.STREAM_IDLE_TIMEOUT_S,
+        "end a stream (gRPC StreamRecognize or the WebSocket /v1/stream) that receives no audio for this "
+        "many seconds, with DEADLINE_EXCEEDED (WebSocket close 4504 'idle_timeout'); a WebSocket's config "
+        "message must also arrive within this time of the connect, which pings do not extend"
+    )
+    stream_max_open_s: float = _opt(
+        defaults.STREAM_MAX_OPEN_S,
+        "wall-clock limit of one stream, in seconds from its start, however much audio it carries: "
+        "DEADLINE_EXCEEDED (WebSocket close 4504 'duration_limit') beyond it. The default is "
+        "--max-stream-duration-s sent in real time plus 25 %%; raise both together"
+    )
     # --- lifecycle
     warmup: bool = _opt(True, "run the model across the batch length ranges before reporting SERVING")
     warmup_max_s: float = _opt(
@@ -296,7 +308,8 @@ class Settings:
         if self.require_labels < 0:
             problems.append("require_labels must be >= 0 (0 = no requirement)")
         for name in ("max_batch_audio_s", "max_queue_audio_s", "max_duration_s", "min_duration_s",
-                     "max_stream_duration_s", "default_timeout_s", "warmup_max_s"):
+                     "max_stream_duration_s", "stream_idle_timeout_s", "stream_max_open_s",
+                     "default_timeout_s", "warmup_max_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         for name in ("max_queue_delay_ms", "drain_grace_s", "drain_readiness_delay_s", "max_connection_age_s",

@@ -39,3 +39,9 @@ FIXED_WINDOW_S = 2.0  # fixed segmentation: window length (the hop defaults to t
 DEFAULT_TIMEOUT_S = 30.0
 MAX_CONCURRENT_STREAMS = 64
 MAX_STREAM_DURATION_S = 3600.0
+#: A stream that receives no audio this long is ended (DEADLINE_EXCEEDED; WebSocket close 4504); a WebSocket's
+#: config must arrive this soon after the connect.
+STREAM_IDLE_TIMEOUT_S = 30.0
+#: Wall-clock limit of one stream from its start: MAX_STREAM_DURATION_S of audio sent in real time, plus 25 %
+#: for pauses (each shorter than the idle timeout) and network jitter.
+STREAM_MAX_OPEN_S = MAX_STREAM_DURATION_S * 1.25

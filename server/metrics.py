@@ -15,7 +15,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1
 
-__all__ = ["GatedObserver", "ServerMetrics"]
+__all__ = ["STREAM_ENDINGS", "GatedObserver", "ServerMetrics"]
+
+#: The ``reason`` label of ``emotion_stream_endings_total``: how a stream (gRPC StreamRecognize or the
+#: WebSocket /v1/stream) ended. completed: the client ended its audio and got the summary; client_closed:
+#: the client cancelled or went away (or a shutdown cancelled the stream); idle_timeout: no audio for
+#: --stream-idle-timeout-s; duration_limit: open longer than --stream-max-open-s; config_timeout: a
+#: WebSocket sent no config within --stream-idle-timeout-s of its connect; error: any other failure (bad
+#: config or audio, the audio limit, inference). A refused stream (no valid token, too many streams,
+#: draining) never started: emotion_rejections_total counts it.
+STREAM_ENDINGS = ("completed", "client_closed", "idle_timeout", "duration_limit", "config_timeout", "error")
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -78,6 +87,9 @@ class ServerMetrics:
                                     registry=r)
         self.batch_failures = Counter("emotion_batch_failures", "failed batch runs", ["retried"], registry=r)
         self.active_streams = Gauge("emotion_active_streams", "open StreamRecognize calls", registry=r)
+        self.stream_endings = Counter("emotion_stream_endings",
+                                      "streams ended, by protocol and how (STREAM_ENDINGS)",
+                                      ["protocol", "reason"], registry=r)
         self.model_info = Gauge("emotion_model_info", "the served model",
                                 ["model", "version", "precision", "untrained"], registry=r)
         self._lock = threading.Lock()
@@ -126,6 +138,12 @@ class ServerMetrics:
     def observe_segments(self, rpc: str, segments: int, protocol: str = PROTOCOL_EMOTION_V1) -> None:
         """A long recording was cut into ``segments`` model passes."""
         self._child(self.request_segments, rpc, protocol).observe(segments)
+
+    def observe_stream_end(self, protocol: str, reason: str) -> None:
+        """One stream ended; ``reason`` is one of ``STREAM_ENDINGS``."""
+        if reason not in STREAM_ENDINGS:
+            raise ValueError(f"unknown stream ending {reason!r}")
+        self._child(self.stream_endings, protocol, reason).inc()
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

@@ -203,9 +203,10 @@ class EmotionCore:
         async with self._admission.stream(call):
             self._pipeline.require_head()
             session = StreamSession(self._pipeline, call)
-            if settings is not None:
-                session.configure(settings)
-            yield session
+            with session.ending_counted():  # emotion_stream_endings_total, once per admitted stream
+                if settings is not None:
+                    session.configure(settings)
+                yield session
 
     # ------------------------------------------------------------------ call bodies
 

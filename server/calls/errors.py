@@ -25,6 +25,7 @@ __all__ = [
     "InvalidRequest",
     "ModelNotFound",
     "NoClassifierHead",
+    "StreamTimeout",
     "TooManyStreams",
     "Unauthenticated",
     "classify",
@@ -59,6 +60,22 @@ class Draining(RuntimeError):
 
 class TooManyStreams(RuntimeError):
     """More streaming calls are open than the server allows."""
+
+
+class StreamTimeout(Exception):
+    """A stream ran past one of its time limits (``calls.streams.StreamClock``): no audio for
+    ``--stream-idle-timeout-s``, open longer than ``--stream-max-open-s``, or (WebSocket) no config in time.
+    ``reason`` is the ``emotion_stream_endings_total`` reason: idle_timeout, duration_limit, config_timeout.
+
+    DEADLINE_EXCEEDED, not RESOURCE_EXHAUSTED: the server is not overloaded and the same stream retried
+    would run into the same limit (gRPC's retry policy retries RESOURCE_EXHAUSTED, and for a stream that
+    had no answer yet it would replay the config and wait idle again); the message names the limit, so the
+    client knows to open a new stream when it has audio again (idle) or to continue in a new one (the
+    wall-clock limit)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NoClassifierHead(RuntimeError):
@@ -116,6 +133,8 @@ def classify(exc: BaseException, retry_after_ms: int | None = None) -> Failure:
                        "the deadline passed before the request could be processed "
                        "(the server is busy or the deadline is too short)",
                        "deadline" if exc.rejected else None)
+    if isinstance(exc, StreamTimeout):
+        return Failure(ErrorKind.DEADLINE_EXCEEDED, str(exc), None)
     if isinstance(exc, Draining):
         return Failure(ErrorKind.UNAVAILABLE, str(exc), "draining", retry)
     if isinstance(exc, BatcherClosed):

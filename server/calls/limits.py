@@ -74,7 +74,9 @@ class CoreLimits:
     audio: AudioLimits
     default_timeout_s: float
     max_concurrent_streams: int
-    max_stream_duration_s: float
+    max_stream_duration_s: float  # audio seconds of one stream
+    stream_idle_timeout_s: float  # a stream that receives no audio this long is ended
+    stream_max_open_s: float  # wall-clock seconds one stream may stay open
     #: Long recordings (Recognize/Embed audio beyond ``audio.max_duration_s``, see ``longform``); None
     #: refuses such audio as too long.
     longform: LongformSettings | None = None
@@ -88,4 +90,6 @@ class CoreLimits:
         return cls(audio=audio, default_timeout_s=settings.default_timeout_s,
                    max_concurrent_streams=settings.max_concurrent_streams,
                    max_stream_duration_s=settings.max_stream_duration_s,
+                   stream_idle_timeout_s=settings.stream_idle_timeout_s,
+                   stream_max_open_s=settings.stream_max_open_s,
                    longform=LongformSettings.from_settings(settings))

@@ -7,6 +7,13 @@ waiting for their result: beyond that the reader stops reading, and the transpor
 the client down instead of the server buffering without bound. After the chunks end, the open segment is
 finished and a summary over the whole stream follows.
 
+Time bounds (:class:`StreamClock`): a stream that receives no audio for ``stream_idle_timeout_s`` (counted
+from its config, then from each non-empty chunk) or that is open longer than ``stream_max_open_s`` (from
+its start) ends with :class:`~.errors.StreamTimeout` (DEADLINE_EXCEEDED); the limits apply whenever the
+stream waits for the client (the gRPC config, each chunk), never while the server itself is busy with the
+stream's audio. Results of audio received before the limit are still delivered first. How each admitted
+stream ended is counted once in ``emotion_stream_endings_total`` (:meth:`StreamSession.ending_counted`).
+
 Sessions are made by ``EmotionCore.stream`` (admission, counting) over the core's pipeline (decoding
 limits, batcher submission, results); front ends convert their messages to :class:`StreamSettings` and
 ``bytes`` chunks, and the events back.
@@ -17,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -31,7 +38,7 @@ from emotion2vec_serving.server.audio.segmenter import (
     Segmenter,
     StreamDecoder,
 )
-from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.calls.errors import InvalidRequest, StreamTimeout
 from emotion2vec_serving.server.calls.pipeline import Pipeline
 from emotion2vec_serving.server.calls.types import CallContext, Score, Timing, Utterance
 from emotion2vec_serving.server.runtime.contract import ItemResult
@@ -41,11 +48,15 @@ __all__ = [
     "SEGMENTATION_DEFAULTS",
     "SegmentEvent",
     "SegmentationSettings",
+    "StreamClock",
     "StreamSession",
     "StreamSettings",
     "SummaryEvent",
     "build_segmenter",
+    "ending_reason",
 ]
+
+_T = TypeVar("_T")
 
 #: Segments of one stream submitted but not yet answered; the reader waits beyond this.
 MAX_PENDING_SEGMENTS = 8
@@ -143,6 +154,58 @@ def build_segmenter(settings: SegmentationSettings, max_segment_s: float) -> Seg
     raise InvalidRequest(f"unknown segmentation mode {mode!r}")
 
 
+class StreamClock:
+    """The time limits of one stream: ``idle_s`` without audio, ``max_open_s`` from its start.
+
+    :meth:`within` bounds one wait for the client by the nearer of the two; :meth:`heard` restarts the
+    idle time. The wall-clock limit is absolute: nothing the client sends extends it.
+    """
+
+    def __init__(self, idle_s: float, max_open_s: float) -> None:
+        self.idle_s = idle_s
+        self.max_open_s = max_open_s
+        now = time.monotonic()
+        self._end_by = now + max_open_s
+        self._idle_by = now + idle_s
+
+    def heard(self) -> None:
+        """The client sent something that counts (the config, audio): the idle time starts again."""
+        self._idle_by = time.monotonic() + self.idle_s
+
+    def expired(self, reason: str) -> StreamTimeout:
+        if reason == "idle_timeout":
+            return StreamTimeout(reason, f"no audio for {self.idle_s:g} s: the stream was idle "
+                                 "(--stream-idle-timeout-s); open a new stream when there is audio to send")
+        return StreamTimeout(reason, f"stream open longer than the limit of {self.max_open_s:g} s "
+                             "(--stream-max-open-s); continue in a new stream")
+
+    async def within(self, awaitable: Awaitable[_T]) -> _T:
+        """``await awaitable`` (a wait for the client), or StreamTimeout once the nearer limit passes."""
+        deadline, reason = ((self._idle_by, "idle_timeout") if self._idle_by < self._end_by
+                            else (self._end_by, "duration_limit"))
+        waiting = asyncio.ensure_future(awaitable)
+        try:
+            done, _ = await asyncio.wait((waiting,), timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+        if not done:
+            await asyncio.gather(waiting, return_exceptions=True)  # let it finish cancelling
+            raise self.expired(reason)
+        return waiting.result()
+
+
+def ending_reason(exc: BaseException | None) -> str:
+    """The ``emotion_stream_endings_total`` reason of a stream that ended with ``exc`` (None: normally)."""
+    if exc is None:
+        return "completed"
+    if isinstance(exc, StreamTimeout):
+        return exc.reason
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "client_closed"
+    return "error"
+
+
 @dataclass
 class _Pending:
     segment: Segment
@@ -164,6 +227,24 @@ class StreamSession:
         self._decoder: StreamDecoder | None = None
         self._segmenter: Segmenter | None = None
         self._settings: StreamSettings | None = None
+        limits = pipeline.limits
+        self.clock = StreamClock(limits.stream_idle_timeout_s, limits.stream_max_open_s)
+
+    @contextlib.contextmanager
+    def ending_counted(self) -> Iterator[None]:
+        """Count once, when the block (the whole stream) exits, how it ended."""
+        reason = ending_reason(None)
+        try:
+            yield
+        except BaseException as exc:
+            reason = ending_reason(exc)
+            raise
+        finally:
+            self._pipeline.metrics.observe_stream_end(self._call.protocol, reason)
+
+    async def receive(self, awaitable: Awaitable[_T]) -> _T:
+        """Wait for a message from the client that is not audio (the gRPC config) within the limits."""
+        return await self.clock.within(awaitable)
 
     @property
     def configured(self) -> bool:
@@ -183,6 +264,7 @@ class StreamSession:
                                       limits.audio)
         self._segmenter = build_segmenter(settings.segmentation, limits.audio.max_duration_s)
         self._settings = settings
+        self.clock.heard()  # the idle time counts from the config
 
     async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[SegmentEvent | SummaryEvent]:
         """Segment events in order while ``chunks`` arrive, then one summary."""
@@ -237,7 +319,14 @@ class StreamSession:
 
     async def _read(self, chunks: AsyncIterator[bytes], deadline_fixed: float | None) -> None:
         try:
-            async for chunk in chunks:
+            waiting = aiter(chunks)
+            while True:
+                try:
+                    chunk = await self.clock.within(anext(waiting))
+                except StopAsyncIteration:
+                    break
+                if chunk:
+                    self.clock.heard()
                 await self._process(chunk, deadline_fixed, last=False)
             await self._process(b"", deadline_fixed, last=True)
             await self._outbox.put(_END)

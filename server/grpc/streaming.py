@@ -3,6 +3,11 @@
 The first message carries the ``StreamConfig`` (format and segmentation); every later one a chunk of PCM.
 Segmentation, decoding, batching and back-pressure are the core's (``server.stream``); this module only
 converts and reports a ``CallFailed`` as the gRPC status of ``grpc_status``.
+
+Time limits are the core's too (``streams.StreamClock``): the config must come within
+``--stream-idle-timeout-s`` of the call's start, audio within that time of the config or the last chunk, and
+the stream ends after ``--stream-max-open-s`` in any case, each with DEADLINE_EXCEEDED and a message naming
+the limit (why not RESOURCE_EXHAUSTED: ``calls.errors.StreamTimeout``).
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ async def stream_recognize(
     call = call_context("StreamRecognize", context)
     try:
         async with core.stream(None, call) as session:
-            session.configure(settings_from_config(await _first_config(requests)))
+            session.configure(settings_from_config(await session.receive(_first_config(requests))))
             async for event in session.run(_chunks(requests)):
                 yield _response(event, model)
     except CallFailed as failed:

@@ -100,7 +100,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "then {\"end\": true}. The server answers {\"type\": \"started\"}, then one "
                     "{\"type\": \"segment\", ...} per recognised segment and a final {\"type\": \"summary\", "
                     "...}; or {\"type\": \"error\", \"status\", \"code\", \"error\"} and closes with code "
-                    "4000 + status. Browsers cannot set an Authorization header: offer the subprotocol "
+                    "4000 + status; the time limits (no config within --stream-idle-timeout-s of the "
+                    "connect, no audio for that long, open longer than --stream-max-open-s) close with 4504 "
+                    "and the reason config_timeout, idle_timeout or duration_limit. Browsers cannot set an "
+                    "Authorization header: offer the subprotocol "
                     "'bearer.<token>' beside 'emotion.v1', or put \"token\" in the config message."),
                 "responses": {"101": {"description": "switching to the WebSocket protocol"},
                               "400": error, "401": error},

@@ -1,7 +1,14 @@
 """The web API's live stream (``GET /v1/stream``, a WebSocket): first a JSON config message, then binary PCM
 chunks, then ``{"end": true}``; the server sends ``{"type": "started"}``, a JSON ``segment`` message per
 recognised segment and one ``summary`` at the end (``clients/schema.py`` writes both), or one ``error``
-message and closes with code 4000 + the HTTP status.
+message and closes with code 4000 + the HTTP status (4400 a bad config or message, 4401 no valid token,
+4429 too many streams, 4503 draining...).
+
+Time limits (the same as gRPC's, ``calls.streams.StreamClock``): the config must arrive within
+``--stream-idle-timeout-s`` of the connect (an absolute deadline: pings do not extend it); then a stream
+that receives no audio for that long, or that is open longer than ``--stream-max-open-s``, ends. These
+close with 4504 (DEADLINE_EXCEEDED) and the reason text ``config_timeout``, ``idle_timeout`` or
+``duration_limit``, which the error message also carries as ``"reason"``.
 
 Every stream goes through :meth:`~emotion2vec_serving.server.calls.core.EmotionCore.stream` (protocol
 ``ws``). Browsers cannot set headers on a WebSocket, so with bearer tokens configured the token may come as
@@ -16,6 +23,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -26,7 +34,13 @@ from emotion2vec_serving.clients.wire import PROTOCOL_WS
 from emotion2vec_serving.server import tracing
 from emotion2vec_serving.server.auth import WS_BEARER_PREFIX, Credentials
 from emotion2vec_serving.server.calls.core import EmotionCore
-from emotion2vec_serving.server.calls.errors import CallFailed, Failure, InvalidRequest, classify
+from emotion2vec_serving.server.calls.errors import (
+    CallFailed,
+    Failure,
+    InvalidRequest,
+    StreamTimeout,
+    classify,
+)
 from emotion2vec_serving.server.calls.streams import SegmentationSettings, StreamSettings
 from emotion2vec_serving.server.calls.types import CallContext
 from emotion2vec_serving.server.config import Settings
@@ -63,6 +77,7 @@ class _Streams:
             if refused is not None:
                 return failure_response(refused)
             authorised = True
+        config_by = time.monotonic() + self.settings.stream_idle_timeout_s  # from the connect, absolute
         ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), max_msg_size=_WS_MAX_MSG_BYTES,
                                    autoping=True, heartbeat=None)
         if not ws.can_prepare(request).ok:
@@ -70,7 +85,7 @@ class _Streams:
                 {"error": "this endpoint is a WebSocket: connect with a WebSocket client"}, 400)
         await ws.prepare(request)
         try:
-            await self._stream_session(ws, authorised=authorised,
+            await self._stream_session(ws, authorised=authorised, config_by=config_by,
                                        trace=tracing.incoming(lambda: request.headers))
         except (ConnectionResetError, asyncio.CancelledError):
             raise
@@ -82,26 +97,39 @@ class _Streams:
                 await ws.close()
         return ws
 
-    async def _ws_error(self, ws: web.WebSocketResponse, failure: Failure) -> None:
+    async def _ws_error(self, ws: web.WebSocketResponse, failure: Failure, reason: str | None = None) -> None:
+        """One error message, then the close: 4000 + the HTTP status, with the kind as the reason text (or
+        ``reason``, the stream ending, for a time limit)."""
         status, body, _headers = http_error(failure)
         message = {"type": "error", "code": failure.kind.value, "status": status, **body}
+        if reason is not None:
+            message["reason"] = reason
         if failure.retry_after_ms is not None:
             message["retry_after_ms"] = failure.retry_after_ms
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await ws.send_json(message)
             # 4000 + the HTTP status: the close code carries the outcome for clients that only see it.
-            await ws.close(code=4000 + status, message=failure.kind.value.encode())
+            await ws.close(code=4000 + status, message=(reason or failure.kind.value).encode())
 
-    async def _stream_session(self, ws: web.WebSocketResponse, *, authorised: bool,
+    def _ended(self, reason: str) -> None:
+        """Count a stream that ended before the core admitted it (the core counts the others)."""
+        self.core.metrics.observe_stream_end(PROTOCOL_WS, reason)
+
+    async def _stream_session(self, ws: web.WebSocketResponse, *, authorised: bool, config_by: float,
                               trace: CallTrace | None = None) -> None:
         refused_call = CallContext(protocol=PROTOCOL_WS, rpc=_RPC)
         try:
-            first = await ws.receive(timeout=self.settings.default_timeout_s)
+            # One deadline around the whole wait: ``receive(timeout=...)`` would start again at every ping.
+            first = await asyncio.wait_for(ws.receive(), max(0.0, config_by - time.monotonic()))
         except asyncio.TimeoutError:
-            await self._ws_error(ws, self.core.refuse(InvalidRequest(
-                f"no config message within {self.settings.default_timeout_s:g} s"), refused_call))
+            idle_s = self.settings.stream_idle_timeout_s
+            self._ended("config_timeout")
+            await self._ws_error(ws, self.core.refuse(StreamTimeout("config_timeout", (
+                f"no config message within {idle_s:g} s of the connect (--stream-idle-timeout-s)")),
+                refused_call), reason="config_timeout")
             return
         if first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            self._ended("client_closed")
             return
         try:
             if first.type != WSMsgType.TEXT:
@@ -110,6 +138,7 @@ class _Streams:
             config = _parse_json_object(first.data, "config")
             token = config.pop("token", None)
         except InvalidRequest as exc:
+            self._ended("error")
             await self._ws_error(ws, self.core.refuse(exc, refused_call))
             return
         if not authorised:
@@ -122,6 +151,7 @@ class _Streams:
         try:
             settings = _stream_settings(config)
         except InvalidRequest as exc:
+            self._ended("error")
             await self._ws_error(ws, self.core.refuse(exc, refused_call))
             return
         call = CallContext(protocol=PROTOCOL_WS, rpc=_RPC, deadline=None,
@@ -169,7 +199,9 @@ class _Streams:
         try:
             await work
         except CallFailed as failed:
-            await self._ws_error(ws, failed.failure)
+            limit = failed.__cause__  # the admission raises CallFailed from the domain error
+            await self._ws_error(ws, failed.failure,
+                                 reason=limit.reason if isinstance(limit, StreamTimeout) else None)
             return
         except asyncio.CancelledError:
             if not (client_gone or work.cancelled()) or not work.done():
@@ -183,6 +215,8 @@ def _parse_json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError:
         raise InvalidRequest(f"the {what} message is not valid JSON") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise InvalidRequest(f"the {what} message is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"the {what} message must be a JSON object")
     return value

@@ -43,7 +43,8 @@ from tests.support.audio import encode, make_signal, pcm_bytes, tone_bursts
 
 RATE = 16000
 LIMITS = CoreLimits(audio=AudioLimits(max_duration_s=5.0, min_duration_s=0.1), default_timeout_s=30.0,
-                    max_concurrent_streams=1, max_stream_duration_s=60.0)
+                    max_concurrent_streams=1, max_stream_duration_s=60.0, stream_idle_timeout_s=30.0,
+                    stream_max_open_s=120.0)
 #: Stream segments up to 4 s (within this core's 5 s limit).
 SEG = SegmentationSettings(mode="energy", max_segment_s=4.0)
 
