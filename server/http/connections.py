@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -79,10 +80,8 @@ def default_max_connections(soft_limit: int | None = None) -> int:
     threads, the gRPC port and the metrics port), at least 16 and at most 1024."""
     if soft_limit is None:
         try:
-            import resource  # Unix only
-
             soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (ImportError, OSError, ValueError):
+        except (OSError, ValueError):
             return _MAX_CONNECTIONS_CEILING
     if soft_limit < 0:  # RLIM_INFINITY
         return _MAX_CONNECTIONS_CEILING
