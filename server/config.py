@@ -89,6 +89,20 @@ class Settings:
         256, "gRPC calls in progress at once, health checks not counted (bounds memory under overload); "
         "more get RESOURCE_EXHAUSTED before their request is read (0 = unlimited)"
     )
+    # --- slow clients on the HTTP port (see server/http/connections.py)
+    http_header_timeout_s: float = _opt(
+        10.0, "an HTTP request line and headers must arrive within this many seconds of the connection "
+        "opening (or of a keep-alive request's first byte), the TLS handshake too; else 408 and close"
+    )
+    http_body_timeout_s: float = _opt(
+        60.0, "an HTTP request body must arrive whole within this many seconds of its headers (the "
+        "largest body, --max-message-bytes, at 60 s needs ~4.5 Mbit/s); else 408 and close"
+    )
+    max_http_connections: int = _opt(
+        0, "open HTTP connections at once (0 = a quarter of the file-descriptor limit, at most 1024); past "
+        "it 8 more are kept for health probes (/v2/health/*, /v2/models/*/ready), beyond those a raw 503 "
+        "with Retry-After and the connection closed"
+    )
     # --- security (see server/auth.py)
     tls_cert_file: str = _opt("", "PEM server certificate; with --tls-key-file enables TLS")
     tls_key_file: str = _opt("", "PEM private key of the server certificate")
@@ -312,6 +326,11 @@ class Settings:
                      "default_timeout_s", "warmup_max_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        for name in ("http_header_timeout_s", "http_body_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.max_http_connections < 0:
+            problems.append("max_http_connections must not be negative (0 = from the descriptor limit)")
         for name in ("max_queue_delay_ms", "drain_grace_s", "drain_readiness_delay_s", "max_connection_age_s",
                      "run_timeout_s",
                      "max_concurrent_rpcs"):

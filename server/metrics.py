@@ -90,6 +90,13 @@ class ServerMetrics:
         self.stream_endings = Counter("emotion_stream_endings",
                                       "streams ended, by protocol and how (STREAM_ENDINGS)",
                                       ["protocol", "reason"], registry=r)
+        # The HTTP port's slow-client guard (server/http/connections.py).
+        self.http_connections = Gauge("emotion_http_connections", "open HTTP connections", registry=r)
+        self.http_connections_cut = Counter(
+            "emotion_http_connections_cut", "HTTP connections closed or refused by the server's guards",
+            ["reason"], registry=r)  # header_timeout, body_timeout, connection_limit
+        self.accept_errors = Counter("emotion_accept_errors",
+                                     "failed accept() on the HTTP port (out of file descriptors)", registry=r)
         self.model_info = Gauge("emotion_model_info", "the served model",
                                 ["model", "version", "precision", "untrained"], registry=r)
         self._lock = threading.Lock()
@@ -147,6 +154,13 @@ class ServerMetrics:
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
+
+    def http_connection_cut(self, reason: str) -> None:
+        """An HTTP connection closed by a deadline or refused by the connection cap."""
+        self._child(self.http_connections_cut, reason).inc()
+
+    def accept_error(self) -> None:
+        self.accept_errors.inc()
 
     def run_timeout(self) -> None:
         """The runner's watchdog terminated a run; thread-safe (called from a batcher worker thread)."""

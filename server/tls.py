@@ -7,7 +7,8 @@ Standard library only; the gRPC credentials built from these files are in ``serv
   server certificate) rather than silently serving plaintext.
 - :class:`CertificateFiles` holds the certificate, key and client CA and re-reads them when they change (a
   cert-manager renewal, a re-mounted Secret), so new connections get the new certificate without a restart.
-- :func:`server_ssl_context` is the HTTP listener's ``ssl.SSLContext`` from the same files.
+- :func:`server_ssl_context` is the HTTP listener's ``ssl.SSLContext`` from the same files, rotated the same
+  way (:class:`RotatingServerContext`).
 
 Nothing here ever uses a value sent by a client as a path: file paths come from the operator's settings only.
 """
@@ -18,12 +19,13 @@ import logging
 import os
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
     "CertificateFiles",
     "CertificateSet",
+    "RotatingServerContext",
     "SecurityConfigError",
     "check_pair",
     "read_pem",
@@ -82,6 +84,9 @@ class CertificateSet:
     cert: bytes
     key: bytes
     client_ca: bytes | None
+    #: The same set as a server-side ``ssl.SSLContext`` (client certificates required with a client CA):
+    #: the one the files were checked with, so it holds exactly these bytes.
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
 
 class CertificateFiles:
@@ -131,10 +136,21 @@ class CertificateFiles:
         except (ssl.SSLError, OSError) as exc:
             return (f"the TLS certificate {str(self._paths[0])!r} and key {str(self._paths[1])!r} do not "
                     f"belong together or cannot be loaded: {exc}")
+        client_ca = pems[2] if len(pems) > 2 else None
+        if client_ca is not None:
+            try:
+                context.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+            except (ssl.SSLError, ValueError) as exc:
+                return f"the client CA file {str(self._paths[2])!r} holds no usable certificate: {exc}"
+            context.verify_mode = ssl.CERT_REQUIRED
         cert, key = pems[0], pems[1]
-        if [read_pem(p, "TLS file") for p in self._paths[:2]] != [cert, key]:
+        try:
+            reread = [read_pem(p, "TLS file") for p in self._paths[:2]]
+        except SecurityConfigError as exc:
+            return str(exc)
+        if reread != [cert, key]:
             return "the TLS files changed while they were being read"
-        return CertificateSet(cert, key, pems[2] if len(pems) > 2 else None)
+        return CertificateSet(cert, key, client_ca, context)
 
     def fetch(self) -> CertificateSet | None:
         """A new certificate set when the files changed and are usable, or None to keep the current one."""
@@ -154,19 +170,44 @@ class CertificateFiles:
         return loaded
 
 
+class RotatingServerContext:
+    """A listener's ``ssl.SSLContext`` whose certificate, key and client CA follow the files.
+
+    :attr:`context` is what the listener is given; its SNI callback, which OpenSSL runs on every ClientHello
+    (with or without a server name), asks :meth:`CertificateFiles.fetch` whether the files changed (the same
+    check gRPC runs before each handshake) and moves the handshake onto the newest context. OpenSSL then
+    takes that context's certificate and its client-CA store for the handshake: a new connection sees the
+    new certificate and is verified against the new client CA; connections already open keep theirs.
+    An unusable set of files (mid-rotation) keeps the previous context.
+    """
+
+    def __init__(self, files: CertificateFiles) -> None:
+        self.files = files
+        initial = files.initial.context
+        assert initial is not None
+        self.current: ssl.SSLContext = initial
+        self.context = initial  # the listener's; the first set's own
+        self.context.sni_callback = self._on_client_hello
+
+    def _on_client_hello(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                         context: ssl.SSLContext) -> int | None:
+        try:
+            certs = self.files.fetch()
+            if certs is not None and certs.context is not None:
+                self.current = certs.context
+            if self.current is not context:
+                connection.context = self.current
+        except Exception:  # never fail a handshake over a reload: keep what it has
+            log.exception("TLS certificate reload failed; keeping the current certificate")
+        return None
+
+
 def server_ssl_context(cert_file: PathLike | None, key_file: PathLike | None,
                        client_ca_file: PathLike | None = None) -> ssl.SSLContext | None:
     """TLS for the HTTP port from the gRPC port's PEM files (client certificates required when a client CA
-    is set); ``None`` for plaintext. The same checks and messages as the gRPC port."""
+    is set), re-read when they change (:class:`RotatingServerContext`); ``None`` for plaintext. The same
+    checks and messages as the gRPC port."""
     if not check_pair(cert_file, key_file, client_ca_file):
         return None
     assert cert_file and key_file
-    read_pem(cert_file, "TLS certificate")
-    read_pem(key_file, "TLS private key")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    if client_ca_file:
-        read_pem(client_ca_file, "client CA")
-        context.load_verify_locations(cafile=client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return RotatingServerContext(CertificateFiles(cert_file, key_file, client_ca_file or None)).context
