@@ -78,6 +78,11 @@ class Probes:
         self._thread.join(15)
         self._channel.close()
 
+    def completed_after(self, t: float) -> bool:
+        """Whether a probe that started at or after ``t`` has finished (so every probe overlapping a
+        request that ended at ``t`` is in ``samples``)."""
+        return any(start >= t for start, _, _ in list(self.samples)[-4:])
+
     def worst_between(self, t0: float, t1: float) -> float:
         """The slowest probe that started or was running in [t0, t1] (seconds)."""
         worst = [lat for start, lat, _ in list(self.samples) if start <= t1 and start + lat >= t0]
@@ -167,7 +172,8 @@ def cases(server: ServerProcess, model: str) -> list[tuple[str, Callable[[], tup
     for shape in ([4294967296, 4294967296], [2**62 + 1, 4], [10**30, 1]):
         out.append((f"rest shape {shape}", lambda s=shape: rest_infer(server, model, rest_shape(s))))
         if max(shape) < 2**63:  # the proto's dims are int64
-            out.append((f"grpc shape {shape}", lambda s=shape: grpc_infer(server, model, grpc_shape(model, s))))
+            out.append((f"grpc shape {shape}",
+                        lambda s=shape: grpc_infer(server, model, grpc_shape(model, s))))
     deep = b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     out.append(("rest json 5000 deep", lambda: rest_infer(server, model, deep)))
     return out
@@ -185,7 +191,8 @@ def measure(server: ServerProcess, model: str, repeats: int = 1) -> list[dict[st
                 t0 = time.monotonic()
                 status, text = send()
                 t1 = time.monotonic()
-                time.sleep(0.05)  # let a probe sent during the request finish
+                while not probes.completed_after(t1):  # every probe sent during the request has finished
+                    time.sleep(0.005)
                 rows.append({"case": name, "status": status, "message": text[:160],
                              "request_s": round(t1 - t0, 3),
                              "worst_probe_ms": round(1000 * probes.worst_between(t0, t1), 1),
@@ -207,11 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from emotion.oip import grpc_service_pb2_grpc as pb_grpc
 
         with grpc.insecure_channel(server.target) as ch:
-            name = pb_grpc.GRPCInferenceServiceStub(ch).RepositoryIndex(pb.RepositoryIndexRequest()).models[0].name
+            index = pb_grpc.GRPCInferenceServiceStub(ch).RepositoryIndex(pb.RepositoryIndexRequest())
+            name = index.models[0].name
         rows = measure(server, name, args.repeats)
     for row in rows:
-        print(f"{row['case']:<42} {str(row.get('status')):<18} worst probe {row.get('worst_probe_ms', '')!s:>8} ms"
-              f"  rss {row.get('rss_mb', '')!s:>7} MB  {row.get('message', '')[:90]}")
+        print(f"{row['case']:<42} {row.get('status')!s:<18} "
+              f"worst probe {row.get('worst_probe_ms', '')!s:>8} ms  rss {row.get('rss_mb', '')!s:>7} MB  "
+              f"{row.get('message', '')[:90]}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

@@ -233,6 +233,16 @@ def serialize_bytes(values: Sequence[bytes]) -> bytes:
     return b"".join(len(v).to_bytes(4, "little") + v for v in values)
 
 
+def _check_rank(name: str, dims: tuple[int, ...]) -> None:
+    """The model's inputs' ranks (so that the first dimension is the batch, as the cap assumes)."""
+    if name == "WAVEFORM" and len(dims) != 2:
+        raise InvalidRequest(f"input WAVEFORM must have shape [batch, samples], got {list(dims)}")
+    if name == "AUDIO" and (len(dims) not in (1, 2) or (len(dims) == 2 and dims[1] != 1)):
+        raise InvalidRequest(f"input AUDIO must have shape [batch] (or [batch, 1]), got {list(dims)}")
+    if name == "SAMPLE_RATE" and not dims:
+        raise InvalidRequest("input SAMPLE_RATE needs a batch dimension (shape [batch]), got a scalar")
+
+
 def check_shape(name: str, shape: Sequence[int], max_items: int | None = None) -> tuple[tuple[int, ...], int]:
     """(the shape as ints, its element count), before any data is converted: ``InvalidRequest`` for a
     negative dimension, or a batch (the first dimension) of more than ``max_items``.
@@ -243,6 +253,7 @@ def check_shape(name: str, shape: Sequence[int], max_items: int | None = None) -
     dims = tuple(int(d) for d in shape)
     if any(d < 0 for d in dims):
         raise InvalidRequest(f"input {name}: negative dimension in shape {list(dims)}")
+    _check_rank(name, dims)
     if max_items is not None and dims and dims[0] > max_items:
         raise InvalidRequest(
             f"input {name}: a batch of {dims[0]} items is more than this server takes in one request "

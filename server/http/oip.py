@@ -78,7 +78,10 @@ def _flatten(data: Any, shape: tuple[int, ...], count: int, name: str) -> list[A
     """
     if not isinstance(data, list):
         data = [data]
-    if len(data) == count and not any(isinstance(v, list) for v in data):
+    if not any(isinstance(v, list) for v in data):
+        if len(data) != count:
+            raise InvalidRequest(f"input {name}: shape {list(shape)} holds {count} element(s), "
+                                 f"the data {len(data)}")
         return data
     level: list[Any] = [data]
     for dim in shape:
