@@ -76,14 +76,13 @@ def _flatten(data: Any, shape: tuple[int, ...], count: int, name: str) -> list[A
     data actually sent (a declared shape of 10**30 elements costs nothing) and no nesting depth can
     overflow the stack.
     """
-    if not isinstance(data, list):
-        data = [data]
-    if not any(isinstance(v, list) for v in data):
-        if len(data) != count:
+    flat: list[Any] = data if isinstance(data, list) else [data]
+    if not any(isinstance(v, list) for v in flat):
+        if len(flat) != count:
             raise InvalidRequest(f"input {name}: shape {list(shape)} holds {count} element(s), "
-                                 f"the data {len(data)}")
-        return data
-    level: list[Any] = [data]
+                                 f"the data {len(flat)}")
+        return flat
+    level: list[Any] = [flat]
     for dim in shape:
         deeper: list[Any] = []
         for v in level:
