@@ -1,13 +1,25 @@
-"""Soak: a bounded run at steady load against a real server process; memory and latency over time.
+"""Soak: mixed traffic against a real server process for N minutes; the server's RSS every 10 s (issue 22, 6).
 
-Starts ``python -m emotion2vec_serving.server`` (the real CLI) on a free port, waits for SERVING, drives
-Recognize calls in an open loop (fixed arrival rate, latency measured from each request's scheduled
-time) and samples the server's RSS from /proc every second. Writes a CSV (one row per second) and prints
-a summary that says whether memory or latency grew.
+Starts ``python -m emotion2vec_serving.server`` (``ServerProcess``, the real CLI) on free ports and keeps a
+mix of calls going from one client process (``--concurrency`` in flight):
 
-    python -m benchmarks.soak --model demo --duration 180 --rate 20 --csv soak.csv
+- emotion.v1 Recognize over gRPC: good clips of mixed lengths (0.5-8 s) as raw f32le PCM;
+- ``POST /v1/recognize`` over REST: the same clips as WAV files;
+- OIP: ModelInfer over gRPC (WAVEFORM raw contents) and ``/v2/.../infer`` over REST (JSON data);
+- bad requests of issue 22's defects 1-2: an OIP batch of 40,000 empty items (REST and gRPC), WAVEFORM
+  ``[100000, 1]`` in JSON, shapes whose product overflows int64, JSON nested 5,000 deep, SAMPLE_RATE
+  2**40, a gRPC message that is not protobuf; each must be refused (4xx / INVALID_ARGUMENT);
+- a StreamRecognize of a few seconds now and then.
 
-``--model`` is anything ``emotion-server --model`` accepts (``demo`` builds the tiny untrained model once).
+The server's RSS (``/proc/<pid>/status``) is sampled every ``--sample-s`` (10) seconds. Written under
+``--out`` (``benchmarks/results/soak/``): ``soak-<stamp>.csv`` (one row per sample), ``soak-<stamp>.json``
+(samples, counts, summary, machine) and ``soak-<stamp>.md`` (the command, CPU and flags, load average,
+counts, and RSS growth after the warm-up: the goal is below 5 %)::
+
+    python -m benchmarks.soak --model demo --minutes 30 [--concurrency 4] [--warmup-minutes 3] [-- flags]
+
+Exit status 1 when RSS grew by 5 % or more after the warm-up, or a good call failed, or a bad one was
+accepted.
 """
 
 from __future__ import annotations
@@ -15,16 +27,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
+import json
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+import wave
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from emotion2vec_serving.server.process import ServerProcess
+
+GOAL_GROWTH = 0.05  # RSS growth after the warm-up, as a fraction of the RSS at the end of the warm-up
 
 # ------------------------------------------------------------------------------------ server process
 
@@ -74,159 +92,346 @@ def slope_per_min(ts: list[float], ys: list[float]) -> float:
     return float(np.polyfit(t, y, 1)[0] * 60.0)
 
 
+def cpu_flags(wanted: tuple[str, ...] = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                                         "amx_tile", "amx_bf16", "amx_int8", "f16c")) -> list[str]:
+    """The CPU's instruction-set flags that matter to ONNX Runtime's kernels (from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in wanted if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+# ------------------------------------------------------------------------------------------- traffic
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def clip(audio_s: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(audio_s * 16000)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * np.arange(n) / 16000)
+    return (0.2 * envelope * rng.standard_normal(n)).astype("<f4")
+
+
+@dataclass
+class Counts:
+    good_ok: int = 0
+    good_failed: int = 0
+    bad_refused: int = 0
+    bad_accepted: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def note(self, kind: str, good: bool, ok: bool, detail: str = "") -> None:
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        if good:
+            self.good_ok += ok
+            self.good_failed += not ok
+        else:  # a bad request is expected to be refused
+            self.bad_refused += not ok
+            self.bad_accepted += ok
+        if good != ok and not any(f.startswith(kind + ":") for f in self.failures):  # the first of a kind
+            self.failures.append(f"{kind}: {detail[:200]}")
+
+
+class Traffic:
+    """One kind of call after another, from a weighted cycle; every outcome noted in ``counts``."""
+
+    LENGTHS_S = (0.5, 1.0, 2.0, 3.75, 5.0, 8.0)
+
+    def __init__(self, server: ServerProcess, model: str) -> None:
+        self.server = server
+        self.model = model
+        self.counts = Counts()
+        self.clips = [clip(s, i) for i, s in enumerate(self.LENGTHS_S)]
+        self.wavs = [wav_bytes(c) for c in self.clips]
+        self.http = f"http://127.0.0.1:{server.http_port}"
+        good = ["v1_grpc"] * 6 + ["v1_rest"] * 3 + ["oip_grpc"] * 3 + ["oip_rest"] * 2 + ["stream"]
+        bad = ["bad_rest_items", "bad_rest_rows", "bad_grpc_items", "bad_shape", "bad_deep", "bad_rate",
+               "bad_proto"]
+        self.plan = good * 2 + bad  # about one bad request in five
+
+    async def run(self, stop_at: float, concurrency: int) -> None:
+        import aiohttp
+        import grpc.aio
+
+        options = [("grpc.max_send_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(self.server.target, options=options) as channel, \
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            self.channel, self.session = channel, session
+
+            async def worker(w: int) -> None:
+                i = w
+                while time.monotonic() < stop_at:
+                    kind = self.plan[i % len(self.plan)]
+                    i += concurrency
+                    try:
+                        await getattr(self, kind)(i)
+                    except Exception as exc:  # a client-side error is a failed call
+                        self.counts.note(kind, kind.startswith(("v1", "oip", "stream")), False, repr(exc))
+
+            await asyncio.gather(*(worker(w) for w in range(concurrency)))
+
+    # ------------------------------------------------------------------ good calls
+
+    async def _grpc(self, kind: str, good: bool, call: Any) -> None:
+        import grpc.aio
+
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            ok = exc.code() == grpc.StatusCode.OK
+            detail = f"{exc.code().name} {exc.details()}"
+            if not good and exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                ok, detail = True, f"refused with {exc.code().name}, not INVALID_ARGUMENT: {detail}"
+            self.counts.note(kind, good, ok, detail)
+            return
+        self.counts.note(kind, good, True, "accepted")
+
+    async def _rest(self, kind: str, good: bool, path: str, body: bytes,
+                    content_type: str = "application/json") -> None:
+        async with self.session.post(self.http + path, data=body,
+                                     headers={"Content-Type": content_type}) as r:
+            text = await r.text()
+            ok = r.status == 200
+            if not good and r.status != 400:
+                ok = True  # refused with the wrong status counts as accepted (a defect)
+            self.counts.note(kind, good, ok, f"{r.status} {text}")
+
+    async def v1_grpc(self, i: int) -> None:
+        from emotion.v1 import emotion_pb2_grpc
+
+        request = make_request(self.LENGTHS_S[i % len(self.clips)], seed=i % len(self.clips))
+        stub = emotion_pb2_grpc.EmotionRecognizerStub(self.channel)
+        await self._grpc("v1_grpc", True, stub.Recognize(request, timeout=60))
+
+    async def v1_rest(self, i: int) -> None:
+        await self._rest("v1_rest", True, "/v1/recognize", self.wavs[i % len(self.wavs)], "audio/wav")
+
+    async def oip_grpc(self, i: int) -> None:
+        from emotion.oip import grpc_service_pb2 as pb
+        from emotion.oip import grpc_service_pb2_grpc as pb_grpc
+
+        wave_ = self.clips[i % len(self.clips)]
+        request = pb.ModelInferRequest(model_name=self.model)
+        request.inputs.add(name="WAVEFORM", datatype="FP32", shape=[1, len(wave_)])
+        request.raw_input_contents.append(wave_.tobytes())
+        stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        await self._grpc("oip_grpc", True, stub.ModelInfer(request, timeout=60))
+
+    async def oip_rest(self, i: int) -> None:
+        wave_ = self.clips[i % 3]  # JSON is large: the shorter clips
+        body = {"inputs": [{"name": "WAVEFORM", "datatype": "FP32", "shape": [1, len(wave_)],
+                            "data": wave_.tolist()}]}
+        await self._rest("oip_rest", True, f"/v2/models/{self.model}/infer", json.dumps(body).encode())
+
+    async def stream(self, i: int) -> None:
+        from emotion.v1 import emotion_pb2 as pb
+        from emotion.v1 import emotion_pb2_grpc
+
+        audio = np.concatenate([self.clips[3], np.zeros(8000, "<f4"), self.clips[2]])
+
+        async def requests() -> Any:
+            yield pb.StreamRecognizeRequest(config=pb.StreamConfig(
+                encoding=pb.PCM_ENCODING_F32LE, sample_rate_hz=16000, channels=1))
+            for k in range(0, len(audio), 3200):
+                yield pb.StreamRecognizeRequest(audio=audio[k:k + 3200].tobytes())
+
+        stub = emotion_pb2_grpc.EmotionRecognizerStub(self.channel)
+
+        async def consume() -> None:
+            async for _ in stub.StreamRecognize(requests(), timeout=60):
+                pass
+
+        await self._grpc("stream", True, consume())
+
+    # ------------------------------------------------------------------ bad calls (issue 22)
+
+    async def bad_rest_items(self, i: int) -> None:
+        doc = {"inputs": [{"name": "AUDIO", "datatype": "BYTES", "shape": [40000], "data": [""] * 40000}]}
+        await self._rest("bad_rest_items", False, f"/v2/models/{self.model}/infer", json.dumps(doc).encode())
+
+    async def bad_rest_rows(self, i: int) -> None:
+        doc = {"inputs": [{"name": "WAVEFORM", "datatype": "FP32", "shape": [100000, 1],
+                           "data": [[0.0]] * 100000}]}
+        await self._rest("bad_rest_rows", False, f"/v2/models/{self.model}/infer", json.dumps(doc).encode())
+
+    async def bad_grpc_items(self, i: int) -> None:
+        from emotion.oip import grpc_service_pb2 as pb
+        from emotion.oip import grpc_service_pb2_grpc as pb_grpc
+
+        request = pb.ModelInferRequest(model_name=self.model)
+        request.inputs.add(name="AUDIO", datatype="BYTES", shape=[40000]).contents.bytes_contents.extend(
+            [b""] * 40000)
+        stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        await self._grpc("bad_grpc_items", False, stub.ModelInfer(request, timeout=60))
+
+    async def bad_shape(self, i: int) -> None:
+        shape = ([4294967296, 4294967296], [2**62 + 1, 4], [10**30, 1])[i % 3]
+        doc = {"inputs": [{"name": "WAVEFORM", "datatype": "FP32", "shape": shape, "data": [0.0]}]}
+        await self._rest("bad_shape", False, f"/v2/models/{self.model}/infer", json.dumps(doc).encode())
+
+    async def bad_deep(self, i: int) -> None:
+        body = b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        await self._rest("bad_deep", False, f"/v2/models/{self.model}/infer", body)
+
+    async def bad_rate(self, i: int) -> None:
+        doc = {"inputs": [{"name": "WAVEFORM", "datatype": "FP32", "shape": [1, 1600], "data": [0.0] * 1600},
+                          {"name": "SAMPLE_RATE", "datatype": "INT32", "shape": [1], "data": [2**40]}]}
+        await self._rest("bad_rate", False, f"/v2/models/{self.model}/infer", json.dumps(doc).encode())
+
+    async def bad_proto(self, i: int) -> None:
+        call = self.channel.unary_unary("/emotion.v1.EmotionRecognizer/Recognize",
+                                        request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        await self._grpc("bad_proto", False, call(b"\xff\xff\xff\xff not a protobuf", timeout=10))
+
+
 # ------------------------------------------------------------------------------------------- soak
 
 
 @dataclass
-class Second:
-    t: int
-    rss_mb: float = float("nan")
-    sent: int = 0
-    ok: int = 0
-    errors: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+class Sample:
+    t_s: float
+    rss_mb: float
+    good_ok: int
+    good_failed: int
+    bad_refused: int
+    bad_accepted: int
 
 
-async def soak(
-    address: str, server: ServerProcess, duration_s: float, rate: float, audio_s: float, deadline_s: float
-) -> list[Second]:
-    import grpc
-    import grpc.aio
-    from emotion.v1 import emotion_pb2_grpc
+async def soak(server: ServerProcess, model: str, minutes: float, sample_s: float,
+               concurrency: int) -> tuple[list[Sample], Counts]:
+    traffic = Traffic(server, model)
+    start = time.monotonic()
+    stop_at = start + 60.0 * minutes
+    samples: list[Sample] = []
 
-    seconds = [Second(t) for t in range(int(duration_s) + 1)]
-    request = make_request(audio_s)
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
-        start = time.monotonic()
-
-        async def one(scheduled: float) -> None:
-            bucket = seconds[min(int(scheduled - start), len(seconds) - 1)]
-            bucket.sent += 1
-            try:
-                await stub.Recognize(request, timeout=deadline_s)
-            except grpc.aio.AioRpcError:
-                bucket.errors += 1
+    async def sampler() -> None:
+        while True:
+            c = traffic.counts
+            samples.append(Sample(round(time.monotonic() - start, 1), round(rss_mb(server), 1), c.good_ok,
+                                  c.good_failed, c.bad_refused, c.bad_accepted))
+            if time.monotonic() >= stop_at:
                 return
-            bucket.ok += 1
-            bucket.latencies_s.append(time.monotonic() - scheduled)  # from the scheduled arrival
+            await asyncio.sleep(min(sample_s, max(0.0, stop_at - time.monotonic())))
 
-        async def sample_rss() -> None:
-            while True:
-                i = int(time.monotonic() - start)
-                if i >= len(seconds):
-                    return
-                seconds[i].rss_mb = rss_mb(server)
-                await asyncio.sleep(1.0)
-
-        sampler = asyncio.ensure_future(sample_rss())
-        tasks: list[asyncio.Future[None]] = []
-        n = int(duration_s * rate)
-        for i in range(n):
-            scheduled = start + i / rate
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(scheduled)))
-        await asyncio.gather(*tasks)
-        sampler.cancel()
-    return seconds[: int(duration_s)]
+    task = asyncio.ensure_future(sampler())
+    await traffic.run(stop_at, concurrency)
+    await task
+    c = traffic.counts
+    samples.append(Sample(round(time.monotonic() - start, 1), round(rss_mb(server), 1), c.good_ok,
+                          c.good_failed, c.bad_refused, c.bad_accepted))
+    return samples, traffic.counts
 
 
-def summarise(rows: list[Second], warmup_s: int) -> dict[str, float]:
-    steady = rows[warmup_s:]
-    ts = [r.t for r in steady]
-    rss = [r.rss_mb for r in steady]
+def growth(samples: list[Sample], warmup_s: float) -> dict[str, float]:
+    """RSS after the warm-up: the median of the first and of the last tenth of the steady samples."""
+    steady = [s for s in samples if s.t_s >= warmup_s] or samples[-1:]
     tenth = max(1, len(steady) // 10)
-    first_lat = [x for r in steady[:tenth] for x in r.latencies_s]
-    last_lat = [x for r in steady[-tenth:] for x in r.latencies_s]
-    rss_first = float(np.nanmedian(rss[:tenth]))
-    rss_last = float(np.nanmedian(rss[-tenth:]))
-    return {
-        "requests": sum(r.sent for r in rows),
-        "ok": sum(r.ok for r in rows),
-        "errors": sum(r.errors for r in rows),
-        "rss_first_mb": rss_first,
-        "rss_last_mb": rss_last,
-        "rss_peak_mb": float(np.nanmax(rss)),
-        "rss_slope_mb_per_min": slope_per_min(ts, rss),
-        "p50_first_ms": 1000 * pct(first_lat, 50),
-        "p50_last_ms": 1000 * pct(last_lat, 50),
-        "p99_first_ms": 1000 * pct(first_lat, 99),
-        "p99_last_ms": 1000 * pct(last_lat, 99),
-        "p99_slope_ms_per_min": 1000 * slope_per_min(ts, [pct(r.latencies_s, 99) for r in steady]),
-    }
+    first = float(np.median([s.rss_mb for s in steady[:tenth]]))
+    last = float(np.median([s.rss_mb for s in steady[-tenth:]]))
+    return {"rss_start_mb": samples[0].rss_mb, "rss_after_warmup_mb": first, "rss_end_mb": last,
+            "rss_peak_mb": max(s.rss_mb for s in samples), "growth_after_warmup": (last - first) / first,
+            "steady_samples": len(steady)}
 
 
-def write_csv(path: Path, rows: list[Second]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
+def model_name(server: ServerProcess) -> str:
+    import grpc
+    from emotion.oip import grpc_service_pb2 as pb
+    from emotion.oip import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30)
+    return str(index.models[0].name)
+
+
+def write_results(out: Path, command: str, samples: list[Sample], counts: Counts, summary: dict[str, float],
+                  minutes: float, concurrency: int, sample_s: float) -> Path:
+    from benchmarks.loadgen import machine_description
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
+    with stem.with_suffix(".csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["t_s", "rss_mb", "sent", "ok", "errors", "p50_ms", "p99_ms", "max_ms"])
-        for r in rows:
-            lat = r.latencies_s
-            w.writerow(
-                [
-                    r.t,
-                    f"{r.rss_mb:.1f}",
-                    r.sent,
-                    r.ok,
-                    r.errors,
-                    f"{1000 * pct(lat, 50):.1f}",
-                    f"{1000 * pct(lat, 99):.1f}",
-                    f"{1000 * max(lat, default=float('nan')):.1f}",
-                ]
-            )
+        w.writerow(list(asdict(samples[0])))
+        w.writerows([list(asdict(s).values()) for s in samples])
+    described = machine_description()
+    flags = cpu_flags()
+    doc = {"command": command, "machine": described, "cpu_flags": flags, "minutes": minutes,
+           "concurrency": concurrency, "summary": summary, "counts": asdict(counts),
+           "samples": [asdict(s) for s in samples]}
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    verdict = "met" if summary["growth_after_warmup"] < GOAL_GROWTH else "NOT met"
+    md = [
+        f"# Soak: {minutes:g} min of mixed traffic, {concurrency} in flight",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {described['cpu']}, {described['cores']} cores, {described['memory_gb']} GB; CPU flags: "
+        f"{' '.join(flags) or 'n/a'}; load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"; onnxruntime {described.get('onnxruntime')}, Python {platform.python_version()}.",
+        "",
+        f"Calls: good {counts.good_ok} OK, {counts.good_failed} failed; bad {counts.bad_refused} refused, "
+        f"{counts.bad_accepted} accepted or wrongly answered. By kind: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.by_kind.items())) + ".",
+        "",
+        f"RSS (MiB, sampled every {sample_s:g} s): at start "
+        f"{summary['rss_start_mb']:.1f}, after the warm-up {summary['rss_after_warmup_mb']:.1f}, at the end "
+        f"{summary['rss_end_mb']:.1f}, peak {summary['rss_peak_mb']:.1f}. Growth after the warm-up: "
+        f"{100 * summary['growth_after_warmup']:+.1f} % (goal < {100 * GOAL_GROWTH:.0f} %: {verdict}).",
+        "",
+        f"Samples: `{stem.with_suffix('.csv').name}`, everything: `{stem.with_suffix('.json').name}`.",
+    ]
+    if counts.failures:
+        md += ["", "First failures:", "", *[f"- `{f}`" for f in counts.failures[:10]]]
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return stem
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo", help="what emotion-server --model serves (default: demo)")
-    p.add_argument("--duration", type=float, default=180.0, help="seconds of steady load (default 180)")
-    p.add_argument("--rate", type=float, default=20.0, help="requests per second, open loop (default 20)")
-    p.add_argument("--audio-s", type=float, default=2.0, help="seconds of audio per request (default 2)")
-    p.add_argument("--deadline-s", type=float, default=5.0, help="per-request deadline (default 5)")
-    p.add_argument("--warmup-s", type=int, default=15, help="seconds excluded from the trend (default 15)")
-    p.add_argument("--csv", type=Path, default=Path("soak.csv"), help="per-second output (default soak.csv)")
-    p.add_argument(
-        "--growth-tolerance-mb",
-        type=float,
-        default=10.0,
-        help="RSS change over the run still called 'no growth' (default 10 MiB)",
-    )
+    p.add_argument("--minutes", type=float, default=30.0, help="minutes of traffic (default 30)")
+    p.add_argument("--warmup-minutes", type=float, default=None,
+                   help="minutes left out of the growth (default: a tenth of the run, at most 3)")
+    p.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period (default 10 s)")
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/soak"), help="results folder")
     p.add_argument("server_args", nargs="*", help="extra emotion-server flags, after --")
     args = p.parse_args(argv)
-
-    print("command:", " ".join([sys.executable, "-m", "benchmarks.soak", *(argv or sys.argv[1:])]))
-    print("machine:", machine())
-    with ServerProcess(args.model, args.server_args, metrics=False, startup_timeout_s=600.0) as server:
+    command = " ".join(["python", "-m", "benchmarks.soak", *(sys.argv[1:] if argv is None else argv)])
+    warmup_min = args.warmup_minutes if args.warmup_minutes is not None else min(3.0, args.minutes / 10)
+    print("command:", command)
+    print("machine:", machine(), "flags:", " ".join(cpu_flags()))
+    flags = ["--log-level", "WARNING", *args.server_args]
+    with ServerProcess(args.model, flags, metrics=False, startup_timeout_s=600.0) as server:
         try:
-            print(f"server pid {server.pid} on {server.target}; RSS at SERVING {rss_mb(server):.1f} MiB")
-            rows = asyncio.run(
-                soak(server.target, server, args.duration, args.rate, args.audio_s, args.deadline_s)
-            )
+            print(f"server pid {server.pid}; RSS at SERVING {rss_mb(server):.1f} MiB")
+            samples, counts = asyncio.run(soak(server, model_name(server), args.minutes, args.sample_s,
+                                               args.concurrency))
         finally:
             rc = server.terminate(60.0)
-    write_csv(args.csv, rows)
-    s = summarise(rows, min(args.warmup_s, len(rows) // 3))
-    steady_s = len(rows) - min(args.warmup_s, len(rows) // 3)
-    rss_growth = s["rss_slope_mb_per_min"] * steady_s / 60.0
-    lat_growth = s["p99_slope_ms_per_min"] * steady_s / 60.0
-    print(f"requests {s['requests']:.0f}: OK {s['ok']:.0f}, errors {s['errors']:.0f}; server exit code {rc}")
-    print(
-        f"RSS MiB: first {s['rss_first_mb']:.1f}, last {s['rss_last_mb']:.1f}, peak {s['rss_peak_mb']:.1f}, "
-        f"trend {s['rss_slope_mb_per_min']:+.2f} MiB/min ({rss_growth:+.1f} MiB over the steady part)"
-    )
-    print(
-        f"latency ms: p50 {s['p50_first_ms']:.1f} -> {s['p50_last_ms']:.1f}, p99 {s['p99_first_ms']:.1f} -> "
-        f"{s['p99_last_ms']:.1f}, p99 trend {s['p99_slope_ms_per_min']:+.2f} ms/min "
-        f"({lat_growth:+.1f} ms over the steady part)"
-    )
-    # Growth = both the fitted trend and the last-vs-first medians exceed the tolerance (one noisy sample
-    # cannot decide it either way).
-    grew = min(rss_growth, s["rss_last_mb"] - s["rss_first_mb"]) > args.growth_tolerance_mb
-    print("memory:", "GROWTH" if grew else "no growth", f"(tolerance {args.growth_tolerance_mb:g} MiB)")
-    print(f"csv: {args.csv}")
-    return 1 if grew or s["errors"] else 0
+    summary = growth(samples, 60.0 * warmup_min)
+    stem = write_results(args.out, command, samples, counts, summary, args.minutes, args.concurrency,
+                         args.sample_s)
+    print(stem.with_suffix(".md").read_text(encoding="utf-8"))
+    print(f"server exit code {rc}")
+    bad = summary["growth_after_warmup"] >= GOAL_GROWTH or counts.good_failed or counts.bad_accepted
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 import numpy as np
 import numpy.typing as npt
 
+from emotion2vec_serving.batching import BatchPolicy
 from emotion2vec_serving.modelrepo.labels import served_warnings
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.audio.store import PcmStore
@@ -63,6 +64,9 @@ class EmotionCore:
         # manifest's when the caller does not know better.
         self._precision = precision or manifest.precision
         self._warnings = served_warnings(manifest)
+        # A call's items are queued at once: more than the queue holds could never be admitted (issue 22).
+        policy = getattr(batcher, "policy", None)
+        self._max_request_items = int(getattr(policy, "max_queue_requests", BatchPolicy().max_queue_requests))
         self._admission = Admission(batcher, metrics, limits.max_concurrent_streams)
         self._pipeline = Pipeline(manifest, batcher, metrics, limits, decode_executor, cost_of)
         self._long = LongCalls(self._pipeline, self._admission.backlog)
@@ -85,6 +89,12 @@ class EmotionCore:
     @property
     def decode_executor(self) -> Executor:
         return self._pipeline.decode_executor
+
+    @property
+    def max_request_items(self) -> int:
+        """Most items one request may carry (an OIP batch): the batcher's queue bound
+        (``--max-queue-requests``). Front ends refuse more while parsing, before any per-item work."""
+        return self._max_request_items
 
     @property
     def enabled_labels(self) -> npt.NDArray[np.bool_]:
@@ -176,6 +186,10 @@ class EmotionCore:
         async def body(start: float) -> list[Recognition]:
             if not audios:
                 raise InvalidRequest("the request holds no audio (batch of 0)")
+            if len(audios) > self._max_request_items:
+                raise InvalidRequest(f"a batch of {len(audios)} items is more than this server takes in one "
+                                     f"request (the limit is {self._max_request_items} items, "
+                                     "--max-queue-requests)")
             tasks = [asyncio.ensure_future(self._recognize(a, options, call, start, observe=False))
                      for a in audios]
             try:

@@ -26,6 +26,7 @@ other request and the answer equals sending them one by one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "OutTensor",
     "build_outputs",
     "check_model",
+    "check_shape",
     "deserialize_bytes",
     "from_raw",
     "model_config",
@@ -75,6 +77,7 @@ _NUMPY = {
     "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }  # fmt: skip
+_INT32_MAX = 2**31 - 1
 
 
 @dataclass
@@ -230,17 +233,46 @@ def serialize_bytes(values: Sequence[bytes]) -> bytes:
     return b"".join(len(v).to_bytes(4, "little") + v for v in values)
 
 
-def _count(shape: Sequence[int], name: str) -> int:
-    if any(int(d) < 0 for d in shape):
-        raise InvalidRequest(f"input {name}: negative dimension in shape {list(shape)}")
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+def _check_rank(name: str, dims: tuple[int, ...]) -> None:
+    """The model's inputs' ranks (so that the first dimension is the batch, as the cap assumes)."""
+    if name == "WAVEFORM" and len(dims) != 2:
+        raise InvalidRequest(f"input WAVEFORM must have shape [batch, samples], got {list(dims)}")
+    if name == "AUDIO" and (len(dims) not in (1, 2) or (len(dims) == 2 and dims[1] != 1)):
+        raise InvalidRequest(f"input AUDIO must have shape [batch] (or [batch, 1]), got {list(dims)}")
+    if name == "SAMPLE_RATE" and not dims:
+        raise InvalidRequest("input SAMPLE_RATE needs a batch dimension (shape [batch]), got a scalar")
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> InTensor:
-    """An input sent as raw bytes (gRPC ``raw_input_contents``, REST binary tensor data)."""
-    shape = tuple(int(d) for d in shape)
-    n = _count(shape, name)
+def check_shape(name: str, shape: Sequence[int], max_items: int | None = None) -> tuple[tuple[int, ...], int]:
+    """(the shape as ints, its element count), before any data is converted: ``InvalidRequest`` for a
+    negative dimension, or a batch (the first dimension) of more than ``max_items``.
+
+    The count is exact (Python integers): a product beyond int64 (``[2**32, 2**32]``) is refused later by
+    the data size check, never wrapped or overflowed.
+    """
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise InvalidRequest(f"input {name}: negative dimension in shape {list(dims)}")
+    _check_rank(name, dims)
+    if max_items is not None and dims and dims[0] > max_items:
+        raise InvalidRequest(
+            f"input {name}: a batch of {dims[0]} items is more than this server takes in one request "
+            f"(the limit is {max_items} items, --max-queue-requests); send the items in several requests"
+        )
+    return dims, math.prod(dims)
+
+
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes,
+             max_items: int | None = None) -> InTensor:
+    """An input sent as raw bytes (gRPC ``raw_input_contents``, REST binary tensor data).
+
+    The shape is checked (``check_shape``) and held against the data's size before anything is converted.
+    """
+    shape, n = check_shape(name, shape, max_items)
     if datatype == "BYTES":
+        if 4 * n > len(raw):  # every element has its 4-byte length
+            raise InvalidRequest(f"input {name}: shape {list(shape)} holds {n} element(s), more than "
+                                 f"{len(raw)} bytes of BYTES data can")
         values = deserialize_bytes(raw, name)
         if len(values) != n:
             raise InvalidRequest(f"input {name}: shape {list(shape)} holds {n} element(s), "
@@ -255,10 +287,14 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> InTe
     return InTensor(name, datatype, shape, np.frombuffer(raw, dtype=dtype).reshape(shape))
 
 
-def from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]) -> InTensor:
-    """An input sent as typed values (gRPC ``contents``, REST JSON ``data``, already flattened)."""
-    shape = tuple(int(d) for d in shape)
-    n = _count(shape, name)
+def from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any],
+                max_items: int | None = None) -> InTensor:
+    """An input sent as typed values (gRPC ``contents``, REST JSON ``data``, already flattened).
+
+    The front end checks the shape (``check_shape``) before it flattens or copies the values; here it is
+    checked again and held against their number before they are converted.
+    """
+    shape, n = check_shape(name, shape, max_items)
     if len(values) != n:
         raise InvalidRequest(f"input {name}: shape {list(shape)} holds {n} element(s), "
                              f"the data {len(values)}")
@@ -270,7 +306,7 @@ def from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence
         raise InvalidRequest(f"input {name}: unknown datatype {datatype!r}")
     try:
         array = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: 2**40 as INT32
         raise InvalidRequest(f"input {name}: data is not {datatype}: {exc}") from None
     return InTensor(name, datatype, shape, array.reshape(shape))
 
@@ -289,10 +325,16 @@ def parse_infer(
     requested: Sequence[str],
     parameters: Mapping[str, Any],
     card: ModelCard,
+    max_items: int | None = None,
 ) -> InferPlan:
-    """Check one infer request and plan it; ``InvalidRequest`` says what is wrong, naming the tensor."""
+    """Check one infer request and plan it; ``InvalidRequest`` says what is wrong, naming the tensor.
+
+    ``max_items``: the most batch items one request may carry (the front ends have already refused more
+    while parsing, before any per-item work; checked again here for any other caller).
+    """
     by_name: dict[str, InTensor] = {}
     for t in inputs:
+        check_shape(t.name, t.shape, max_items)
         if t.name not in INPUTS:
             raise InvalidRequest(f"unknown input {t.name!r}: the model takes WAVEFORM (FP32 [batch, "
                                  "samples]) or AUDIO (BYTES [batch]), and optionally SAMPLE_RATE "
@@ -321,6 +363,9 @@ def parse_infer(
                 raise InvalidRequest(f"input SAMPLE_RATE must have shape [{rows}] (one rate per WAVEFORM "
                                      f"row), got {list(rate.shape)}")
             rates = [int(v) for v in values]
+            bad = [r for r in rates if not 0 < r <= _INT32_MAX]
+            if bad:
+                raise InvalidRequest(f"input SAMPLE_RATE must hold positive INT32 rates in Hz, got {bad[0]}")
         array = np.asarray(waveform.data, dtype=np.float32)
         audios = [AudioInput.from_waveform(array[i], rates[i]) for i in range(rows)]
     else:

@@ -51,21 +51,26 @@ def _parameter_value(param: pb.InferParameter) -> Any:
     return None if which is None else getattr(param, which)
 
 
-def _inputs(request: pb.ModelInferRequest) -> list[oip.InTensor]:
+def _inputs(request: pb.ModelInferRequest, max_items: int) -> list[oip.InTensor]:
+    """The input tensors; each shape is checked (batch cap, data size) before its data is copied."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequest(f"raw_input_contents holds {len(raw)} tensor(s) for {len(request.inputs)} "
                              "input(s): send every input as raw contents, or none")
     out = []
     for i, t in enumerate(request.inputs):
-        shape = [int(d) for d in t.shape]
+        shape, count = oip.check_shape(t.name, t.shape, max_items)
         if raw:
-            out.append(oip.from_raw(t.name, t.datatype, shape, raw[i]))
+            out.append(oip.from_raw(t.name, t.datatype, shape, raw[i], max_items))
             continue
         field = _CONTENTS_FIELD.get(t.datatype)
         if field is None:
             raise InvalidRequest(f"input {t.name}: datatype {t.datatype!r} cannot be sent as typed contents")
-        out.append(oip.from_values(t.name, t.datatype, shape, list(getattr(t.contents, field))))
+        contents = getattr(t.contents, field)
+        if len(contents) != count:  # before the values are copied
+            raise InvalidRequest(f"input {t.name}: shape {list(shape)} holds {count} element(s), "
+                                 f"the contents {len(contents)}")
+        out.append(oip.from_values(t.name, t.datatype, shape, list(contents), max_items))
     return out
 
 
@@ -153,7 +158,9 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
         try:
             oip.check_model(card, request.model_name, request.model_version)
             parameters = {key: _parameter_value(p) for key, p in request.parameters.items()}
-            plan = oip.parse_infer(_inputs(request), [o.name for o in request.outputs], parameters, card)
+            max_items = self._core.max_request_items
+            plan = oip.parse_infer(_inputs(request, max_items), [o.name for o in request.outputs], parameters,
+                                   card, max_items)
         except (InvalidRequest, ModelNotFound) as exc:
             await abort(context, self._core.refuse(exc, self._call("ModelInfer", context)))
         call = self._call("ModelInfer", context, plan.priority, plan.deadline)

@@ -44,6 +44,7 @@ from emotion2vec_serving.server.calls.errors import (
     ModelNotFound,
 )
 from emotion2vec_serving.server.calls.types import CallContext, ModelCard
+from emotion2vec_serving.server.http import jsonbody
 from emotion2vec_serving.server.http.auth import HttpAuth
 from emotion2vec_serving.server.http.status import http_error
 
@@ -69,16 +70,31 @@ def _failure(failure: Failure) -> web.Response:
     return _json(body, status, headers)
 
 
-def _flatten(data: Any) -> list[Any]:
-    """Row-major flattening of the JSON ``data`` (the protocol allows nested or flat lists)."""
-    if not isinstance(data, list):
-        return [data]
-    if not any(isinstance(v, list) for v in data):
-        return data
-    out: list[Any] = []
-    for v in data:
-        out.extend(_flatten(v))
-    return out
+def _flatten(data: Any, shape: tuple[int, ...], count: int, name: str) -> list[Any]:
+    """Row-major values of the JSON ``data``: flat (``count`` values) or nested exactly as ``shape``.
+
+    Iterative, level by level, and held against the shape at each level, so the work is bounded by the
+    data actually sent (a declared shape of 10**30 elements costs nothing) and no nesting depth can
+    overflow the stack.
+    """
+    flat: list[Any] = data if isinstance(data, list) else [data]
+    if not any(isinstance(v, list) for v in flat):
+        if len(flat) != count:
+            raise InvalidRequest(f"input {name}: shape {list(shape)} holds {count} element(s), "
+                                 f"the data {len(flat)}")
+        return flat
+    level: list[Any] = [flat]
+    for dim in shape:
+        deeper: list[Any] = []
+        for v in level:
+            if not isinstance(v, list) or len(v) != dim:
+                raise InvalidRequest(f"input {name}: \"data\" does not match shape {list(shape)}: send "
+                                     f"{count} values flat, or nested as the shape")
+            deeper.extend(v)
+        level = deeper
+    if any(isinstance(v, list) for v in level):
+        raise InvalidRequest(f"input {name}: \"data\" is nested deeper than shape {list(shape)}")
+    return level
 
 
 def _bytes_values(name: str, values: list[Any], content_type: Any) -> list[bytes]:
@@ -110,16 +126,14 @@ def _parse_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
         head, rest = view[:n], view[n:]
     else:
         head, rest = view, view[len(body):]
-    try:
-        doc = json.loads(bytes(head))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    doc = jsonbody.loads(head)
     if not isinstance(doc, dict):
         raise InvalidRequest("the request body must be a JSON object with an \"inputs\" list")
     return doc, rest
 
 
-def _inputs(doc: dict[str, Any], binary: memoryview) -> list[oip.InTensor]:
+def _inputs(doc: dict[str, Any], binary: memoryview, max_items: int) -> list[oip.InTensor]:
+    """The input tensors; each shape is checked (batch cap, data size) before its data is converted."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequest("the request needs a non-empty \"inputs\" list")
@@ -134,6 +148,7 @@ def _inputs(doc: dict[str, Any], binary: memoryview) -> list[oip.InTensor]:
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
                                                   for d in shape):
             raise InvalidRequest(f"input {name}: \"shape\" must be a list of integers")
+        dims, count = oip.check_shape(name, shape, max_items)
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidRequest(f"input {name}: \"parameters\" must be an object")
@@ -144,15 +159,15 @@ def _inputs(doc: dict[str, Any], binary: memoryview) -> list[oip.InTensor]:
             if offset + size > len(binary):
                 raise InvalidRequest(f"input {name}: binary_data_size {size} runs past the end of the body "
                                      f"({len(binary) - offset} bytes left)")
-            out.append(oip.from_raw(name, datatype, shape, bytes(binary[offset:offset + size])))
+            out.append(oip.from_raw(name, datatype, dims, bytes(binary[offset:offset + size]), max_items))
             offset += size
             continue
         if "data" not in t:
             raise InvalidRequest(f"input {name}: no \"data\" (and no binary_data_size)")
-        values = _flatten(t["data"])
+        values = _flatten(t["data"], dims, count, name)
         if datatype == "BYTES":
             values = _bytes_values(name, values, params.get("content_type"))
-        out.append(oip.from_values(name, datatype, shape, values))
+        out.append(oip.from_values(name, datatype, dims, values, max_items))
     if offset != len(binary):
         raise InvalidRequest(f"the body has {len(binary) - offset} byte(s) of binary data no input claims")
     return out
@@ -281,7 +296,11 @@ class _OipRest:
             parameters = doc.get("parameters") or {}
             if not isinstance(parameters, dict):
                 raise InvalidRequest("\"parameters\" must be an object")
-            plan = oip.parse_infer(_inputs(doc, binary), names, parameters, card)
+            request_id = doc.get("id")
+            if request_id is not None and not isinstance(request_id, str):
+                raise InvalidRequest("\"id\" must be a string")
+            max_items = self._core.max_request_items
+            plan = oip.parse_infer(_inputs(doc, binary, max_items), names, parameters, card, max_items)
         except (InvalidRequest, ModelNotFound) as exc:
             return self._refuse(exc, "ModelInfer")
         call = self._call("ModelInfer", plan.deadline, plan.priority, request)

@@ -58,10 +58,10 @@ def runner(manifest: ModelManifest) -> Iterator[Runner]:
 
 @contextlib.asynccontextmanager
 async def make_core(manifest: ModelManifest, runner: Runner, max_queue_requests: int = 64,
-                    ) -> AsyncIterator[EmotionCore]:
+                    max_queue_cost: int = 600 * RATE) -> AsyncIterator[EmotionCore]:
     metrics = ServerMetrics(manifest.sample_rate_hz)
     policy = BatchPolicy(max_batch_size=8, max_batch_cost=60 * RATE, max_queue_delay_s=0.005,
-                         max_queue_requests=max_queue_requests, max_queue_cost=600 * RATE, adaptive=False)
+                         max_queue_requests=max_queue_requests, max_queue_cost=max_queue_cost, adaptive=False)
     batcher: DynamicBatcher[np.ndarray, object] = DynamicBatcher(
         runner.run, policy, observer=metrics, split_on_error=split_on_error
     )
@@ -239,7 +239,9 @@ async def test_draining_refuses_every_call_with_a_retry_hint(core: EmotionCore) 
 async def test_a_shed_call_is_one_rejection_however_many_items_the_queue_refused(
     manifest: ModelManifest, runner: Runner
 ) -> None:
-    async with make_core(manifest, runner, max_queue_requests=4) as small:
+    # The queue holds 12 items but only 2 s of audio: 12 items of 0.5 s fit the request cap (issue 22: the
+    # queue's item bound), and the queue refuses all but 4 of them.
+    async with make_core(manifest, runner, max_queue_requests=12, max_queue_cost=2 * RATE) as small:
         items = [AudioInput.from_waveform(wave(0.5, seed=i)) for i in range(12)]
         with pytest.raises(CallFailed) as info:
             await small.recognize_many(items, RecognizeOptions(), call())
@@ -253,6 +255,11 @@ async def test_a_shed_call_is_one_rejection_however_many_items_the_queue_refused
         # The core is usable again at once.
         ok = await small.recognize(items[0], RecognizeOptions(), call())
         assert ok.utterance.label
+        # More items than the queue could ever hold is the caller's error, not a reason to retry (issue 22).
+        with pytest.raises(CallFailed) as info:
+            await small.recognize_many([*items, items[0]], RecognizeOptions(), call())
+        assert info.value.failure.kind is ErrorKind.INVALID_ARGUMENT
+        assert "the limit is 12 items" in info.value.failure.message
 
 
 def test_status_maps_carry_the_one_retry_hint() -> None:
