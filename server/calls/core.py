@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 import numpy as np
 import numpy.typing as npt
 
+from emotion2vec_serving.batching.policy import BatchPolicy
 from emotion2vec_serving.modelrepo.labels import served_warnings
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.audio.store import PcmStore
@@ -66,6 +67,9 @@ class EmotionCore:
         self._admission = Admission(batcher, metrics, limits.max_concurrent_streams)
         self._pipeline = Pipeline(manifest, batcher, metrics, limits, decode_executor, cost_of)
         self._long = LongCalls(self._pipeline, self._admission.backlog)
+        # The batch policy, shown in the OIP model configuration (a batcher without one shows none).
+        policy = getattr(batcher, "policy", None)
+        self._policy = policy if isinstance(policy, BatchPolicy) else None
 
     # ------------------------------------------------------------------ what is served
 
@@ -104,6 +108,9 @@ class EmotionCore:
             max_audio_s=longform.max_audio_s if longform else 0.0,
             max_segment_s=longform.max_segment_s if longform else 0.0,
             warnings=self._warnings,
+            max_batch_size=self._policy.max_batch_size if self._policy else 0,
+            preferred_batch_sizes=self._policy.preferred_batch_sizes if self._policy else (),
+            max_queue_delay_s=self._policy.max_queue_delay_s if self._policy else 0.0,
         )
 
     # ------------------------------------------------------------------ admission and lifecycle

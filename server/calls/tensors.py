@@ -182,27 +182,36 @@ def server_metadata(version: str) -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
 
 
-def model_config(card: ModelCard) -> dict[str, Any]:
-    """The model configuration (Triton's ``ModelConfig``, proto field names), for the config extension.
+def _config_tensor(t: dict[str, Any], batched: bool) -> dict[str, Any]:
+    # Batched: dims without the batch axis; a tensor of shape [batch] is Triton's dims [1], reshape [].
+    dims = (t["shape"][1:] or [1]) if batched else t["shape"]
+    kind = "STRING" if t["datatype"] == "BYTES" else t["datatype"]
+    out = {"name": t["name"], "data_type": "TYPE_" + kind, "dims": list(dims)}
+    return {**out, "reshape": {"shape": []}} if batched and len(t["shape"]) == 1 else out
 
-    ``max_batch_size`` is 0: the batch dimension is part of each tensor's shape, as the metadata writes it
-    (the server batches items across requests itself); ``dims`` hold -1 for variable sizes.
+
+def model_config(card: ModelCard) -> dict[str, Any]:
+    """Triton's ``ModelConfig`` (proto field names) as Triton describes a dynamically batched model.
+
+    Triton's tools add a batch axis to ``dims`` only when ``max_batch_size > 0`` (issue 24): it is
+    ``--max-batch-size`` (a request may hold more rows: each is one batcher item), ``dims`` = the metadata's
+    shapes without the batch axis (requests keep it), ``dynamic_batching`` = the batch policy's preferred
+    sizes and longest queue delay. A card without a policy (``max_batch_size`` 0) is unbatched.
     """
     inputs, outputs = _tensor_specs(card)
+    batched = card.max_batch_size > 0
     optional = {"SAMPLE_RATE", "WAVEFORM", "AUDIO"}  # one of WAVEFORM/AUDIO; SAMPLE_RATE optional
-    return {
-        "name": card.name,
-        "platform": PLATFORM,
-        "backend": "onnxruntime",
-        "max_batch_size": 0,
-        "input": [{"name": t["name"], "data_type": "TYPE_" + ("STRING" if t["datatype"] == "BYTES"
-                                                               else t["datatype"]),
-                   "dims": t["shape"], "optional": t["name"] in optional} for t in inputs],
-        "output": [{"name": t["name"], "data_type": "TYPE_" + ("STRING" if t["datatype"] == "BYTES"
-                                                                else t["datatype"]),
-                    "dims": t["shape"], "label_filename": ""} for t in outputs],
+    config: dict[str, Any] = {
+        "name": card.name, "platform": PLATFORM, "backend": "onnxruntime",
+        "max_batch_size": card.max_batch_size,
+        "input": [{**_config_tensor(t, batched), "optional": t["name"] in optional} for t in inputs],
+        "output": [{**_config_tensor(t, batched), "label_filename": ""} for t in outputs],
         "parameters": {key: {"string_value": value} for key, value in _model_parameters(card).items()},
-    }
+    }  # fmt: skip
+    if batched:
+        config["dynamic_batching"] = {"preferred_batch_size": list(card.preferred_batch_sizes),
+                                      "max_queue_delay_microseconds": round(card.max_queue_delay_s * 1e6)}
+    return config
 
 
 # ------------------------------------------------------------------------------------------ raw tensors
