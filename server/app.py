@@ -60,8 +60,11 @@ from emotion2vec_serving.server.runtime.contract import (
     is_out_of_memory,
     split_on_error,
 )
-from emotion2vec_serving.server.runtime.engines import equal_length_batches, session_factory_for
-from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
+from emotion2vec_serving.server.runtime.engines import (
+    engine_providers,
+    equal_length_batches,
+    session_factory_for,
+)
 from emotion2vec_serving.server.runtime.runner import Runner
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
@@ -149,8 +152,8 @@ class EmotionServer:
         tracing.install(self.tracing)
         gpu_options, buckets = s.gpu_options(f"{m.model_name}-{m.model_version}-{m.precision}")
         options = RunnerOptions(
-            # OpenVINO runs on the CPU here; the ONNX Runtime provider list is for ONNX Runtime.
-            providers=(CPU_PROVIDER,) if s.engine == "openvino" else s.providers,
+            # OpenVINO runs on the CPU, the emulated GPU first; --providers is for ONNX Runtime.
+            providers=engine_providers(s.engine, s.providers),
             engine=s.engine, inference_precision=s.inference_precision,
             intra_op_threads=s.effective_intra_op_threads,
             instances=s.runner_instances,
@@ -165,7 +168,8 @@ class EmotionServer:
         loop = asyncio.get_running_loop()
         # Loading a large model takes seconds: keep the event loop free meanwhile.
         self.runner = await loop.run_in_executor(None, lambda: Runner(
-            m, options, session_factory=self._session_factory or session_factory_for(s.engine),
+            m, options,
+            session_factory=self._session_factory or session_factory_for(s.engine, s.emulated_gpu),
             on_provider_change=self.metrics.set_provider,
             on_run_timeout=self.metrics.run_timeout,
             on_batch=None if self.tracing is None else self.tracing.on_batch,

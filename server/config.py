@@ -20,6 +20,8 @@ from emotion2vec_serving.batching.policy import BatchPolicy
 from emotion2vec_serving.batching.registry import DECISIONS, DEFAULT_DECISION
 from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.runtime.buckets import LengthBuckets, parse_length_buckets
+from emotion2vec_serving.server.runtime.engines import ENGINES
+from emotion2vec_serving.server.runtime.engines.emulated_gpu import parse_emulated_gpu
 from emotion2vec_serving.server.runtime.gpu import (
     GpuOptions,
     cuda_provider_options,
@@ -171,7 +173,17 @@ class Settings:
     # --- engine (issue 16)
     engine: str = _opt(
         defaults.ENGINE, "inference engine: onnxruntime, or openvino (CPU; needs the 'openvino' extra, "
-        "pip install '.[openvino]'); both run the same model repository"
+        "pip install '.[openvino]'); both run the same model repository. emulated-gpu: FOR BENCHMARKS AND "
+        "TESTS ONLY, runs no model and answers with fake outputs: an emulated GPU that sleeps per batch by "
+        "a cost curve (see --emulated-gpu), with the GPU path's length buckets, warm-up, out-of-memory "
+        "splits and fallback to real ONNX Runtime CPU sessions"
+    )
+    emulated_gpu: str = _opt(
+        "", "--engine emulated-gpu only (benchmarks and tests): the emulated card's cost curve and memory, "
+        "key=value pairs, e.g. launch_ms=2,ms_per_s=0.35,half_batch=4,first_shape_ms=20,weights_mb=1300,"
+        "act_mb_per_s=16,attn_mb_per_s2=0.5,fail_after=0,fail_for_s=0 (those are the defaults; "
+        "server/runtime/engines/emulated_gpu.py says what each means); its memory limit is "
+        "--gpu-mem-limit-mb (0: 90 %% of an emulated 80 GiB card)"
     )
     inference_precision: str = _opt(
         defaults.INFERENCE_PRECISION,
@@ -292,8 +304,12 @@ class Settings:
             problems.append("providers must name at least one execution provider")
         if self.batch_policy not in BATCH_POLICIES:
             problems.append(f"batch policy {self.batch_policy!r} is not one of {', '.join(BATCH_POLICIES)}")
-        if self.engine not in ("onnxruntime", "openvino"):
-            problems.append(f"engine {self.engine!r} is not one of onnxruntime, openvino")
+        if self.engine not in ENGINES:
+            problems.append(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        try:
+            parse_emulated_gpu(self.emulated_gpu)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.inference_precision not in ("auto", "f32", "bf16"):
             problems.append(f"inference precision {self.inference_precision!r} is not one of auto, f32, bf16")
         if self.cudnn_conv_algo_search not in ("heuristic", "exhaustive", "default"):
@@ -373,11 +389,14 @@ class Settings:
 
         Nothing GPU-specific happens (no NVML query) unless a GPU provider is asked for.
         """
-        wanted = gpu_wanted(self.engine, self.providers)
+        emulated = self.engine == "emulated-gpu"
+        wanted = gpu_wanted(self.engine, self.providers) or emulated
         buckets = parse_length_buckets(self.length_buckets, gpu=wanted,
                                        min_s=max(self.min_duration_s, 0.25), max_s=self.max_duration_s)
         if not wanted:
             return GpuOptions(), buckets
+        if emulated:  # the emulated card's limit: the flag, or its own default (no NVML query)
+            return GpuOptions(gpu_mem_limit_bytes=max(0, self.gpu_mem_limit_mb) * 1024 * 1024), buckets
         limit = resolve_gpu_mem_limit(self.gpu_mem_limit_mb, device_id=self.gpu_device_id)
         options = GpuOptions(
             device_id=self.gpu_device_id,

@@ -64,9 +64,11 @@ class EmotionCore:
         # manifest's when the caller does not know better.
         self._precision = precision or manifest.precision
         self._warnings = served_warnings(manifest)
-        # A call's items are queued at once: more than the queue holds could never be admitted (issue 22).
+        # The batch policy, shown in the OIP model configuration (a batcher without one shows none).
         policy = getattr(batcher, "policy", None)
-        self._max_request_items = int(getattr(policy, "max_queue_requests", BatchPolicy().max_queue_requests))
+        self._policy = policy if isinstance(policy, BatchPolicy) else None
+        # A call's items are queued at once: more than the queue holds could never be admitted (issue 22).
+        self._max_request_items = (self._policy or BatchPolicy()).max_queue_requests
         self._admission = Admission(batcher, metrics, limits.max_concurrent_streams)
         self._pipeline = Pipeline(manifest, batcher, metrics, limits, decode_executor, cost_of)
         self._long = LongCalls(self._pipeline, self._admission.backlog)
@@ -114,6 +116,9 @@ class EmotionCore:
             max_audio_s=longform.max_audio_s if longform else 0.0,
             max_segment_s=longform.max_segment_s if longform else 0.0,
             warnings=self._warnings,
+            max_batch_size=self._policy.max_batch_size if self._policy else 0,
+            preferred_batch_sizes=self._policy.preferred_batch_sizes if self._policy else (),
+            max_queue_delay_s=self._policy.max_queue_delay_s if self._policy else 0.0,
         )
 
     # ------------------------------------------------------------------ admission and lifecycle

@@ -30,46 +30,26 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from emotion2vec_serving.server.calls.errors import InvalidRequest, ModelNotFound
+from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.calls.oip_model import DEFAULT_OUTPUTS, INPUTS, OUTPUTS
 from emotion2vec_serving.server.calls.types import AudioInput, ModelCard, Recognition, RecognizeOptions
 
 __all__ = [
-    "INPUTS",
-    "MODEL_VERSION",
-    "OUTPUTS",
-    "PLATFORM",
     "InTensor",
     "InferPlan",
     "OutTensor",
     "build_outputs",
-    "check_model",
     "check_shape",
     "deserialize_bytes",
     "from_raw",
-    "model_config",
-    "model_metadata",
     "parse_infer",
     "serialize_bytes",
-    "server_metadata",
-    "server_version",
 ]
-
-#: The one version every model is served under.
-MODEL_VERSION = "1"
-#: ``platform`` in the model metadata and configuration.
-PLATFORM = "onnxruntime_onnx"
-#: Server metadata: name and the protocol extensions this server implements.
-SERVER_NAME = "emotion2vec-serving"
-EXTENSIONS = ("model_configuration", "binary_tensor_data", "parameters")
-INPUTS = ("WAVEFORM", "AUDIO", "SAMPLE_RATE")
-OUTPUTS = ("PROBS", "LABEL", "EMBEDDING", "FRAME_PROBS")
-DEFAULT_OUTPUTS = ("PROBS", "LABEL")
 
 # Wire datatype -> numpy dtype (little-endian) for the fixed-size types a client may send.
 _NUMPY = {
@@ -111,101 +91,6 @@ class InferPlan:
     priority: int
     deadline: float | None  # from the request's "timeout" parameter (microseconds), time.monotonic
 
-
-# ------------------------------------------------------------------------------------------ model facts
-
-
-def check_model(card: ModelCard, name: str, version: str) -> None:
-    """``ModelNotFound`` unless ``name``/``version`` address the served model (empty version: the latest)."""
-    # The refusal never names the served model: ModelReady is a probe that needs no token (auth.OIP_PROBES),
-    # so a caller without one learns nothing by guessing; authorised callers read the name from the
-    # metadata.
-    if name != card.name:
-        raise ModelNotFound(f"unknown model {name!r}")
-    if version not in ("", MODEL_VERSION):
-        raise ModelNotFound(f"unknown version {version!r} of model {name!r}: the only version is "
-                            f"{MODEL_VERSION!r}")
-
-
-def _label_names(card: ModelCard) -> list[str]:
-    return [label.name for label in card.labels]
-
-
-def _model_parameters(card: ModelCard) -> dict[str, str]:
-    """Facts a client needs to read the outputs (all strings: the protocol's parameter values)."""
-    return {
-        "labels": json.dumps(_label_names(card)),
-        "labels_zh": json.dumps([label.name_zh for label in card.labels], ensure_ascii=False),
-        "enabled_labels": json.dumps([label.name for label in card.labels if label.enabled]),
-        "sample_rate_hz": str(card.sample_rate_hz),
-        "frame_rate_hz": f"{card.frame_rate_hz:g}",
-        "embedding_dim": str(card.embedding_dim),
-        "model_version": card.version,
-        "precision": card.precision,
-        "untrained": "true" if card.untrained else "false",
-        "max_duration_s": f"{card.max_duration_s:g}",
-        "min_duration_s": f"{card.min_duration_s:g}",
-    }
-
-
-def _tensor_specs(card: ModelCard) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    n = len(card.labels)
-    inputs = [
-        {"name": "WAVEFORM", "datatype": "FP32", "shape": [-1, -1]},
-        {"name": "AUDIO", "datatype": "BYTES", "shape": [-1]},
-        {"name": "SAMPLE_RATE", "datatype": "INT32", "shape": [-1]},
-    ]
-    outputs = [
-        {"name": "PROBS", "datatype": "FP32", "shape": [-1, n]},
-        {"name": "LABEL", "datatype": "BYTES", "shape": [-1]},
-        {"name": "EMBEDDING", "datatype": "FP32", "shape": [-1, card.embedding_dim]},
-        {"name": "FRAME_PROBS", "datatype": "FP32", "shape": [-1, -1, n]},
-    ]
-    return inputs, outputs
-
-
-def model_metadata(card: ModelCard) -> dict[str, Any]:
-    """The model metadata object (REST JSON; the gRPC front end copies it into its message)."""
-    inputs, outputs = _tensor_specs(card)
-    return {
-        "name": card.name, "versions": [MODEL_VERSION], "platform": PLATFORM,
-        "inputs": inputs, "outputs": outputs, "parameters": _model_parameters(card),
-    }  # fmt: skip
-
-
-def server_version() -> str:
-    """This package's version (``"0"`` in a checkout that was never installed)."""
-    try:
-        return metadata.version("emotion2vec-serving")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
-def server_metadata(version: str) -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
-
-
-def model_config(card: ModelCard) -> dict[str, Any]:
-    """The model configuration (Triton's ``ModelConfig``, proto field names), for the config extension.
-
-    ``max_batch_size`` is 0: the batch dimension is part of each tensor's shape, as the metadata writes it
-    (the server batches items across requests itself); ``dims`` hold -1 for variable sizes.
-    """
-    inputs, outputs = _tensor_specs(card)
-    optional = {"SAMPLE_RATE", "WAVEFORM", "AUDIO"}  # one of WAVEFORM/AUDIO; SAMPLE_RATE optional
-    return {
-        "name": card.name,
-        "platform": PLATFORM,
-        "backend": "onnxruntime",
-        "max_batch_size": 0,
-        "input": [{"name": t["name"], "data_type": "TYPE_" + ("STRING" if t["datatype"] == "BYTES"
-                                                               else t["datatype"]),
-                   "dims": t["shape"], "optional": t["name"] in optional} for t in inputs],
-        "output": [{"name": t["name"], "data_type": "TYPE_" + ("STRING" if t["datatype"] == "BYTES"
-                                                                else t["datatype"]),
-                    "dims": t["shape"], "label_filename": ""} for t in outputs],
-        "parameters": {key: {"string_value": value} for key, value in _model_parameters(card).items()},
-    }
 
 
 # ------------------------------------------------------------------------------------------ raw tensors

@@ -173,6 +173,11 @@ class ModelCard:
     #: What a user must know before trusting the answers (e.g. an emotion2vec+ model enabling fewer than nine
     #: emotions): the manifest's warnings and the server's own label check (``modelrepo.labels``).
     warnings: tuple[str, ...] = ()
+    #: The batch policy as the OIP model configuration shows it (issue 24): ``--max-batch-size`` (0: not
+    #: known), ``--preferred-batch-sizes`` and ``--max-queue-delay-ms`` in seconds.
+    max_batch_size: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from google.protobuf import json_format
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_GRPC
 from emotion2vec_serving.server import tracing
+from emotion2vec_serving.server.calls import oip_model
 from emotion2vec_serving.server.calls import tensors as oip
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest, ModelNotFound
@@ -87,7 +88,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
 
     def __init__(self, core: EmotionCore) -> None:
         self._core = core
-        self._version = oip.server_version()
+        self._version = oip_model.server_version()
 
     def _call(self, rpc: str, context: Context, priority: int = 0,
               deadline: float | None = None) -> CallContext:
@@ -101,7 +102,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
     async def _model(self, name: str, version: str, context: Context, rpc: str) -> ModelCard:
         card = self._core.model_card()
         try:
-            oip.check_model(card, name, version)
+            oip_model.check_model(card, name, version)
         except ModelNotFound as exc:
             await abort(context, self._core.refuse(exc, self._call(rpc, context)))
         return card
@@ -120,14 +121,14 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
                              context: Context) -> pb.ServerMetadataResponse:
-        meta = oip.server_metadata(self._version)
+        meta = oip_model.server_metadata(self._version)
         return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"],
                                          extensions=meta["extensions"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: Context) -> pb.ModelMetadataResponse:
         card = await self._model(request.name, request.version, context, "ModelMetadata")
-        meta = oip.model_metadata(card)
+        meta = oip_model.model_metadata(card)
 
         def spec(t: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:
             return pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"],
@@ -139,7 +140,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
         card = await self._model(request.name, request.version, context, "ModelConfig")
-        config = json_format.ParseDict(oip.model_config(card), model_config_pb2.ModelConfig())
+        config = json_format.ParseDict(oip_model.model_config(card), model_config_pb2.ModelConfig())
         return pb.ModelConfigResponse(config=config)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
@@ -147,7 +148,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
         card = self._core.model_card()
         state = "READY" if self._core.ready else "UNAVAILABLE"
         return pb.RepositoryIndexResponse(
-            models=[pb.RepositoryIndexResponse.ModelIndex(name=card.name, version=oip.MODEL_VERSION,
+            models=[pb.RepositoryIndexResponse.ModelIndex(name=card.name, version=oip_model.MODEL_VERSION,
                                                           state=state)]
         )
 
@@ -156,7 +157,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         card = self._core.model_card()
         try:
-            oip.check_model(card, request.model_name, request.model_version)
+            oip_model.check_model(card, request.model_name, request.model_version)
             parameters = {key: _parameter_value(p) for key, p in request.parameters.items()}
             max_items = self._core.max_request_items
             plan = oip.parse_infer(_inputs(request, max_items), [o.name for o in request.outputs], parameters,
@@ -168,7 +169,8 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
             results = await self._core.recognize_many(plan.audios, plan.options, call)
         except CallFailed as failed:
             await abort(context, failed.failure)
-        response = pb.ModelInferResponse(model_name=card.name, model_version=oip.MODEL_VERSION, id=request.id)
+        response = pb.ModelInferResponse(model_name=card.name, model_version=oip_model.MODEL_VERSION,
+                                         id=request.id)
         for t in oip.build_outputs(plan, results, card):
             out = response.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
             for key, value in t.parameters.items():

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from emotion2vec_serving.clients.wire import PROTOCOL_OIP_HTTP
 from emotion2vec_serving.server import tracing
+from emotion2vec_serving.server.calls import oip_model
 from emotion2vec_serving.server.calls import tensors as oip
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import (
@@ -201,7 +202,7 @@ class _OipRest:
     def __init__(self, core: EmotionCore, auth: HttpAuth) -> None:
         self._core = core
         self._auth = auth
-        self._version = oip.server_version()
+        self._version = oip_model.server_version()
 
     # ------------------------------------------------------------------ auth
 
@@ -233,7 +234,7 @@ class _OipRest:
 
     def _model(self, request: web.Request) -> ModelCard:
         card = self._core.model_card()
-        oip.check_model(card, request.match_info["name"], request.match_info.get("version", ""))
+        oip_model.check_model(card, request.match_info["name"], request.match_info.get("version", ""))
         return card
 
     def _refuse(self, exc: BaseException, rpc: str) -> web.Response:
@@ -249,14 +250,14 @@ class _OipRest:
         return _json({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json(oip.server_metadata(self._version))
+        return _json(oip_model.server_metadata(self._version))
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
             card = self._model(request)
         except ModelNotFound as exc:
             return self._refuse(exc, "ModelMetadata")
-        return _json(oip.model_metadata(card))
+        return _json(oip_model.model_metadata(card))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
@@ -271,12 +272,12 @@ class _OipRest:
             card = self._model(request)
         except ModelNotFound as exc:
             return self._refuse(exc, "ModelConfig")
-        return _json(oip.model_config(card))
+        return _json(oip_model.model_config(card))
 
     async def repository_index(self, request: web.Request) -> web.Response:
         card = self._core.model_card()
         state = "READY" if self._core.ready else "UNAVAILABLE"
-        return _json([{"name": card.name, "version": oip.MODEL_VERSION, "state": state}])
+        return _json([{"name": card.name, "version": oip_model.MODEL_VERSION, "state": state}])
 
     # ------------------------------------------------------------------ inference
 
@@ -324,7 +325,7 @@ class _OipRest:
             if params:
                 entry["parameters"] = params
             outputs.append(entry)
-        response: dict[str, Any] = {"model_name": card.name, "model_version": oip.MODEL_VERSION,
+        response: dict[str, Any] = {"model_name": card.name, "model_version": oip_model.MODEL_VERSION,
                                     "outputs": outputs}
         if "id" in doc:
             response["id"] = doc["id"]

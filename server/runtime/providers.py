@@ -6,11 +6,14 @@ these names (OpenVINO's CPU plugin reports itself as ``CPUExecutionProvider`` to
 
 from __future__ import annotations
 
-__all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "GPU_PROVIDERS", "ROCM_PROVIDER", "TENSORRT_PROVIDER"]
+__all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "EMULATED_GPU_PROVIDER", "GPU_PROVIDERS", "ROCM_PROVIDER",
+           "TENSORRT_PROVIDER"]
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 ROCM_PROVIDER = "ROCMExecutionProvider"
+#: ``--engine emulated-gpu`` (benchmarks and tests only, runtime/engines/emulated_gpu.py): no model runs.
+EMULATED_GPU_PROVIDER = "EmulatedGpuExecutionProvider"
 #: Providers that run on a GPU: length buckets, device-failure probes and the fallback to CPU apply to them.
-GPU_PROVIDERS = frozenset({CUDA_PROVIDER, TENSORRT_PROVIDER, ROCM_PROVIDER})
+GPU_PROVIDERS = frozenset({CUDA_PROVIDER, TENSORRT_PROVIDER, ROCM_PROVIDER, EMULATED_GPU_PROVIDER})

@@ -3,7 +3,9 @@
 ``onnxruntime`` (default) runs every precision of a model repository (fp32, fp16, int8) through ONNX
 Runtime. ``openvino`` compiles the same ``model.onnx`` with OpenVINO's CPU plugin, in f32 or bf16
 (``inference_precision``); OpenVINO is an optional dependency (``pip install '.[openvino]'``) and is
-imported only when this engine is chosen, never by a default server.
+imported only when this engine is chosen, never by a default server. ``emulated-gpu`` runs no model: an
+EMULATED GPU for benchmarks and tests only (``engines/emulated_gpu.py``), which sleeps per batch by a cost
+curve and falls back to real ONNX Runtime CPU sessions.
 
 Both give the runner the same thing: ``session.run(output_names, feeds, run_handle)``,
 ``session.new_run_handle()`` (what the watchdog terminates), ``session.get_providers()`` and the
@@ -16,27 +18,45 @@ from collections.abc import Callable, Sequence, Sized
 from typing import TypeVar
 
 from emotion2vec_serving.server.runtime.contract import SessionFactory
+from emotion2vec_serving.server.runtime.engines.emulated_gpu import EmulatedGpuFactory, parse_emulated_gpu
 from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, EMULATED_GPU_PROVIDER
 
-__all__ = ["ENGINES", "INFERENCE_PRECISIONS", "equal_length_batches", "session_factory_for"]
+__all__ = ["ENGINES", "INFERENCE_PRECISIONS", "engine_providers", "equal_length_batches",
+           "session_factory_for"]
 
 P = TypeVar("P", bound=Sized)
 R = TypeVar("R")
 
-ENGINES = ("onnxruntime", "openvino")
+ENGINES = ("onnxruntime", "openvino", "emulated-gpu")
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 
 
-def session_factory_for(engine: str) -> SessionFactory:
-    """The session factory of ``engine``; OpenVINO is imported here, and only for ``openvino``."""
+def session_factory_for(engine: str, emulated_gpu: str = "") -> SessionFactory:
+    """The session factory of ``engine``; OpenVINO is imported here, and only for ``openvino``.
+
+    ``emulated_gpu``: the emulated card's parameters (``--emulated-gpu``), for ``emulated-gpu`` only.
+    """
     if engine == "onnxruntime":
         return ort_session_factory
+    if engine == "emulated-gpu":
+        return EmulatedGpuFactory(parse_emulated_gpu(emulated_gpu))
     if engine == "openvino":
         # Optional engine (``pip install '.[openvino]'``): its module imports OpenVINO, so it loads only here.
         from emotion2vec_serving.server.runtime.engines.openvino import OpenVinoFactory
 
         return OpenVinoFactory()
     raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+def engine_providers(engine: str, providers: tuple[str, ...]) -> tuple[str, ...]:
+    """The runner's provider list for ``engine``: ONNX Runtime's from the settings; OpenVINO runs on the CPU;
+    the emulated GPU first, with the CPU (real ONNX Runtime sessions) to fall back to."""
+    if engine == "openvino":
+        return (CPU_PROVIDER,)
+    if engine == "emulated-gpu":
+        return (EMULATED_GPU_PROVIDER, CPU_PROVIDER)
+    return providers
 
 
 def equal_length_batches(run: Callable[[Sequence[P]], list[R]]) -> Callable[[Sequence[P]], list[R]]:

@@ -23,7 +23,8 @@ ALLOWED = {
     "pipeline": {"errors", "limits", "types"},
     "streams": {"errors", "pipeline", "types"},
     "longform": {"errors", "limits", "pipeline", "types"},
-    "tensors": {"errors", "types"},
+    "oip_model": {"errors", "types"},
+    "tensors": {"errors", "oip_model", "types"},
     "core": {"admission", "errors", "limits", "longform", "pipeline", "streams", "types"},
 }
 

@@ -1,0 +1,184 @@
+"""The real server through an EMULATED GPU (``--engine emulated-gpu``): what the front end costs at GPU rates.
+
+The emulated card (server/runtime/engines/emulated_gpu.py) sleeps per batch by its cost curve and uses no
+CPU, so every CPU second the server process spends is the front end's: gRPC, decoding, admission, the
+batcher, padding and results. Clients send 3.75 s clips as raw PCM (s16le, 16 kHz mono: no decoding) and as
+Opus (Ogg, 24 kbit/s, made by ffmpeg from the same samples: decoded and resampled by the server), closed
+loop with ``--concurrency`` calls in flight from this process (the client shares the machine's cores with
+the server: say so when reading the numbers). Per input type it reports requests/s sustained, mean batch
+(server histogram), padding waste (buckets), p50/p99, the server's CPU per request (process CPU time /
+requests) and, from that, the cores one server process needs to feed a GPU at ``--target-rt`` x real time
+(= target_rt / clip_s requests/s x CPU per request)::
+
+    python -m benchmarks.emulated_gpu --out benchmarks/results/emulated_gpu --run-s 30
+
+The model repository is the null model's (benchmarks/suite/null_model.py: labels and framing of the
+contract; its ONNX file only serves a CPU fallback, which never happens here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.loadgen import (
+    closed_loop,
+    load_average,
+    machine_description,
+    process_cpu_s,
+    scrape,
+    speech_like,
+    summarize,
+)
+from benchmarks.suite.null_model import build_null_model
+from benchmarks.suite.server_process import ServerProcess
+
+CLIP_S = 3.75
+RATE = 16000
+
+
+def _clips(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [speech_like(CLIP_S, rng).astype(np.float32) for _ in range(n)]
+
+
+def _opus(clip: np.ndarray) -> bytes:
+    cmd = ["ffmpeg", "-v", "error", "-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", "pipe:0",
+           "-c:a", "libopus", "-b:a", "24k", "-f", "ogg", "pipe:1"]
+    return subprocess.run(cmd, input=clip.astype("<f4").tobytes(), capture_output=True, check=True).stdout
+
+
+def _requests(clips: Sequence[np.ndarray], kind: str) -> list[Any]:
+    from emotion.v1 import emotion_pb2
+
+    out = []
+    for clip in clips:
+        if kind == "pcm":
+            pcm = (np.clip(clip, -1, 1) * 32767).astype("<i2").tobytes()
+            audio = emotion_pb2.Audio(raw=emotion_pb2.RawAudio(
+                data=pcm, encoding=emotion_pb2.PCM_ENCODING_S16LE, sample_rate_hz=RATE, channels=1))
+        else:
+            audio = emotion_pb2.Audio(encoded=_opus(clip))
+        out.append(emotion_pb2.RecognizeRequest(audio=audio))
+    return out
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512"
+
+
+def _row(srv: ServerProcess, kind: str, requests: list[Any], concurrency: int, run_s: float,
+         target_rt: float) -> dict[str, Any]:
+    audio_s = [CLIP_S] * len(requests)
+    # Warm the path (connections, decoder, the batcher's latency model) before measuring.
+    asyncio.run(closed_loop(srv.target, requests, audio_s, concurrency, 3.0))
+    load = round(load_average()[0], 2)
+    before, cpu0 = scrape(srv.metrics_url), process_cpu_s(srv.pid)
+    records, wall = asyncio.run(closed_loop(srv.target, requests, audio_s, concurrency, run_s))
+    after, cpu1 = scrape(srv.metrics_url), process_cpu_s(srv.pid)
+    result = summarize(f"{kind} {CLIP_S:g} s", "closed", concurrency, records, wall, before, after)
+    row = result.to_row()
+    cpu_per_request_ms = 1e3 * (cpu1 - cpu0) / max(1, result.ok)
+    padded_s = after.get(("emotion_padded_audio_seconds_total", ()), 0.0) - before.get(
+        ("emotion_padded_audio_seconds_total", ()), 0.0)
+    need_rps = target_rt / CLIP_S
+    row.update(input=kind, load_1m=load, padded_over_real=round(padded_s / max(1e-9, result.ok * CLIP_S), 3),
+               server_cpu_s=round(cpu1 - cpu0, 2),
+               server_cpu_ms_per_request=round(cpu_per_request_ms, 3),
+               server_cpu_cores_used=round((cpu1 - cpu0) / wall, 2),
+               cores_for_target=round(need_rps * cpu_per_request_ms / 1e3, 2),
+               target_rps=round(need_rps, 1))
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _table(rows: Sequence[dict[str, Any]], target_rt: float) -> list[str]:
+    lines = [
+        "| input | load 1m | concurrency | ok | errors | req/s | audio-s/s (x real time) | "
+        "mean batch (server) | padding waste | padded / real audio | p50 ms | p99 ms | server CPU ms/req | "
+        "server cores busy | "
+        f"cores for {target_rt:,.0f} x |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['input']} {CLIP_S:g} s | {r['load_1m']:.2f} | {r['offered']:g} | {r['ok']} | "
+            f"{r['errors'] + r['rejected']} | {r['rps']:.1f} | {r['audio_s_per_s']:.0f} | "
+            f"{r.get('server_mean_batch_size', float('nan')):.2f} | {100 * r['padding_waste']:.1f}% | "
+            f"{r['padded_over_real']:.3f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{r['server_cpu_ms_per_request']:.2f} | "
+            f"{r['server_cpu_cores_used']:.2f} | {r['cores_for_target']:.2f} |")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/emulated_gpu")
+    parser.add_argument("--run-s", type=float, default=30.0, help="seconds per row")
+    parser.add_argument("--concurrency", type=int, default=128, help="calls in flight")
+    parser.add_argument("--clips", type=int, default=32, help="distinct clips per input type")
+    parser.add_argument("--target-rt", type=float, default=2000.0, help="GPU rate to feed, x real time")
+    parser.add_argument("--inputs", default="pcm,opus")
+    parser.add_argument("--server-args", default="--max-batch-size 64",
+                        help="extra server flags (after --engine emulated-gpu)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = tuple(round(x, 2) for x in load_average())
+    clips = _clips(args.clips)
+    server_args = ["--engine", "emulated-gpu", "--warmup", "--warmup-max-s", "4", *args.server_args.split()]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="null-model-") as tmp:
+        repo = build_null_model(tmp)
+        with ServerProcess(repo, server_args) as srv:
+            for kind in args.inputs.split(","):
+                rows.append(_row(srv, kind, _requests(clips, kind), args.concurrency, args.run_s,
+                                 args.target_rt))
+    ended = tuple(round(x, 2) for x in load_average())
+    command = "python -m benchmarks.emulated_gpu " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine = machine_description()
+    meta = {"command": command, "server_args": server_args, "machine": machine, "cpu_flags": _cpu_flags(),
+            "load_start": started, "load_end": ended}
+    (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str) + "\n")
+    report = [
+        "# The server through an emulated GPU (issue 24)", "",
+        f"- command: `{command}`",
+        f"- server: `python -m emotion2vec_serving.server <null model> {' '.join(server_args)}` (the "
+        "emulated card's default cost curve: estimates, see server/runtime/engines/emulated_gpu.py)",
+        f"- machine: {machine['cpu']}, {machine['cores']} cores ({os.cpu_count()} usable), "
+        f"{machine['memory_gb']} GB; CPU flags: {_cpu_flags()}; {platform.platform()}; Python "
+        f"{machine['python']}, grpcio {machine['grpc']}, numpy {machine['numpy']}",
+        f"- load average at start {started}, at end {ended}; the client runs on the same cores, and the "
+        "machine was shared with other work during the run, so these are lower bounds on what the server "
+        "alone would sustain",
+        f"- each row: {args.run_s:g} s closed loop after 3 s of warm-up, {args.clips} distinct clips of "
+        f"{CLIP_S:g} s; CPU per request = server process CPU time (user + system) / requests answered; "
+        f"cores for {args.target_rt:,.0f} x real time = {args.target_rt:g} / {CLIP_S:g} requests/s x CPU "
+        "per request; padding waste is the batcher's (between items of one batch), padded / real audio adds "
+        "the length buckets' own padding (every clip runs at its bucket's length)", "",
+        *_table(rows, args.target_rt), "",
+    ]
+    (out / "report.md").write_text("\n".join(report))
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
