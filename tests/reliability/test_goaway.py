@@ -2,10 +2,11 @@
 
 - Drain, with the binary's default flags: SIGTERM on one of two servers behind a plain gRPC channel
   (``round_robin`` over both addresses, plain stubs, no retry policy, no retry loop) while unary calls stream
-  in and a StreamRecognize stays open on it: zero failures. Readiness turns NOT_SERVING first (gRPC health and the HTTP ``/v2/health/ready``), the
-  server keeps serving for the readiness delay, then closes its gRPC listener and each connection gets its
-  connection-age GOAWAY while the server still serves (the shutdown's own GOAWAY would cancel calls that
-  cross it); the open stream finishes and the process exits 0.
+  in and a StreamRecognize stays open on it: zero failures. Readiness turns NOT_SERVING first (gRPC health
+  and the HTTP ``/v2/health/ready``), the server keeps serving for the readiness delay, then closes its gRPC
+  listener and each connection gets its connection-age GOAWAY (the default age) while the server still
+  serves (the shutdown's own GOAWAY would cancel calls that cross it); the open stream finishes and the
+  process exits 0.
 - Connection age: with ``--max-connection-age-s 2`` a 10 s real-time stream completes on its aged
   connection, and a new call afterwards opens a new connection that lands on the other server (a round-robin
   TCP proxy stands in for kube-proxy in front of the two).
