@@ -4,16 +4,18 @@ Start-up: load the model (reporting the provider really active), start the batch
 health NOT_SERVING, warm the model up across the batch length ranges, then report SERVING.
 
 Shutdown (SIGTERM), in this order (issue 14): readiness NOT_SERVING on every protocol while the server keeps
-serving for ``drain_readiness_delay_s`` (load balancers and resolvers move new work elsewhere) -> with a
-connection age set: no new gRPC connections (the listener closes; server/grpc/listeners.py), and each open
-connection gets its connection-age GOAWAY while the server still serves, so its client opens the next calls
-elsewhere and a call that crosses the GOAWAY is served, not lost (up to 1.1 x ``max_connection_age_s`` + 1 s,
-sooner when no connection is left) -> ``server.stop(grace)``: GOAWAY to what is left (connections carrying
-streams) and the HTTP listener closes -> every call already accepted (counted by ``RpcAdmission``) and the
-batcher finish within ``drain_grace_s`` -> what is left are health ``Watch`` streams, which never end by
-themselves: they are cancelled -> close the runner. No accepted call is refused or lost; calls still running
-when the grace is spent are cancelled. Without a connection age the GOAWAY is ``server.stop``'s own, and
-gRPC core cancels the calls that cross it (CANCELLED for a call the server never saw; grpc/grpc#41785).
+serving for ``drain_readiness_delay_s`` (load balancers and resolvers move new work elsewhere) -> no new
+gRPC connections (the listener closes; server/grpc/listeners.py), and each open connection gets its
+connection-age GOAWAY while the server still serves, so its client opens the next calls elsewhere and a call
+that crosses the GOAWAY is served, not lost (up to 1.1 x ``max_connection_age_s`` + 1 s, sooner when no
+connection is left) -> ``server.stop(grace)``: GOAWAY to what is left (connections carrying streams) and the
+HTTP listener closes -> every call already accepted (counted by ``RpcAdmission``) and the batcher finish
+within ``drain_grace_s`` -> what is left are health ``Watch`` streams, which never end by themselves: they
+are cancelled -> close the runner. No accepted call is refused or lost; calls still running when the grace
+is spent are cancelled. This is the default (the age defaults to 10 s: a GOAWAY cannot be sent at drain time
+only, server/grpc/listeners.py says why). With ``max_connection_age_s`` 0 the drain skips the age phase:
+its GOAWAY is ``server.stop``'s own, and gRPC core cancels the calls that cross it (CANCELLED for a call the
+server never saw; grpc/grpc#41785).
 
 Connection age: connections are closed after ``max_connection_age_s`` (GOAWAY, so clients rebalance) with a
 grace of ``max_stream_duration_s`` + ``drain_grace_s``: a stream accepted on an old connection always
@@ -213,8 +215,9 @@ class EmotionServer:
             ("grpc.so_reuseport", 0),
         ]
         if s.max_connection_age_s > 0:
-            # The grace outlasts the longest stream allowed: an aged connection gets GOAWAY (new calls go
-            # to a new connection) but the streams it carries finish.
+            # On by default: the drain's safe GOAWAY is this one (server/grpc/listeners.py). The grace
+            # outlasts the longest stream allowed: an aged connection gets GOAWAY (new calls go to a new
+            # connection) but the streams it carries finish.
             grace_s = s.max_stream_duration_s + s.drain_grace_s
             grpc_options += [("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                              ("grpc.max_connection_age_grace_ms", int(grace_s * 1000))]
@@ -317,8 +320,13 @@ class EmotionServer:
             await asyncio.sleep(s.drain_readiness_delay_s)
         # 2. GOAWAY while still serving: no new connections, and each connection's age GOAWAY moves its client
         # elsewhere (server/grpc/listeners.py: gRPC core's own shutdown GOAWAY cancels calls that cross it).
-        if self.server is not None and self.port > 0 and s.max_connection_age_s > 0:
-            await self._goaway_by_connection_age()
+        if self.server is not None and self.port > 0:
+            if s.max_connection_age_s > 0:
+                await self._goaway_by_connection_age()
+            else:
+                log.warning("gRPC port %d: --max-connection-age-s 0, so the drain's GOAWAY is the "
+                            "shutdown's: gRPC cancels calls that cross it (server/grpc/listeners.py)",
+                            self.port)
         grace_end = time.monotonic() + s.drain_grace_s  # the grace is for finishing work, counted from here
 
         def left() -> float:

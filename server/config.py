@@ -79,10 +79,11 @@ class Settings:
     )
     max_message_bytes: int = _opt(defaults.MAX_MESSAGE_BYTES, "largest gRPC message accepted, in bytes")
     max_connection_age_s: float = _opt(
-        0.0, "send GOAWAY on client connections after this many seconds (+-10 %%) so clients rebalance; "
-        "streams on an aged connection still finish. A drain then closes the gRPC listener and waits up to "
-        "1.1 x this + 1 s for every connection's age GOAWAY, so no call is caught by the shutdown "
-        "(0 = never; a drain's GOAWAY is then the shutdown's, and gRPC cancels calls that cross it)"
+        10.0, "send GOAWAY on client connections after this many seconds (+-10 %%): clients open their next "
+        "calls on a new connection (they rebalance; each reconnects about this often), while streams on an "
+        "aged connection still finish. This is also what makes a drain safe: it closes the gRPC listener and "
+        "waits up to 1.1 x this + 1 s for every connection's age GOAWAY, so no call is caught by the "
+        "shutdown. 0 = never: a drain's GOAWAY is then gRPC's shutdown's, which cancels calls that cross it"
     )
     max_concurrent_streams: int = _opt(
         defaults.MAX_CONCURRENT_STREAMS, "StreamRecognize calls open at once; more are refused"
@@ -280,7 +281,7 @@ class Settings:
     )
     drain_grace_s: float = _opt(
         25.0, "on SIGTERM, time allowed to finish accepted work before exiting (counted from the end of the "
-        "connection-age GOAWAYs when --max-connection-age-s is set)"
+        "connection-age GOAWAYs, up to 1.1 x --max-connection-age-s + 1 s after the readiness delay)"
     )
     drain_readiness_delay_s: float = _opt(
         1.0, "on SIGTERM, how long to keep serving after readiness turns NOT_SERVING before closing the "

@@ -14,6 +14,21 @@ that cross it are served. The drain therefore
    carry streams, so nothing new can arrive for core to cancel.
 
 Linux only for step 1 (``/proc/self/fd``); elsewhere the listener stays open until ``server.stop``.
+
+Why the age is on by default (``--max-connection-age-s`` 10 s; issue 22): the safe GOAWAY cannot be sent
+at drain time only. A connection's age timer is armed when the connection is accepted, from channel
+arguments fixed when the server was created (``grpc.max_connection_age_ms``; core's max-age filter), and
+neither grpcio nor core's public API sends a GOAWAY on a live server's connection any other way: the
+shutdown's GOAWAY is the racy one above; ``grpc.max_connection_idle_ms`` only reaches connections with no
+call, never a client under load; ``grpc.max_connection_age_grace_ms`` only bounds what comes after an age
+GOAWAY; a second server cannot take over connections the first accepted; the xDS server's serving-status
+drain (the one other GOAWAY without shutdown) needs an xDS control plane. So every connection must age all
+the time for one to be due soon after any SIGTERM: the wait here is at most 1.1 x the age + 1 s. A short
+default keeps that wait short (12 s, within Kubernetes' default 30 s termination grace); its cost in normal
+serving is one reconnect per client about every 10 s (new calls go to the new connection, calls and streams
+on the old one finish: the age grace is ``--max-stream-duration-s`` + ``--drain-grace-s``), which also
+rebalances clients behind a TCP load balancer. ``--max-connection-age-s 0`` turns it off, and with it the
+safe drain: the drain then goes straight to ``server.stop``.
 """
 
 from __future__ import annotations

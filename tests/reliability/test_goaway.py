@@ -1,11 +1,12 @@
 """GOAWAY instead of refusals (issue 14), with two real server processes (``python -m server``):
 
-- Drain: SIGTERM on one of two servers behind a plain gRPC channel (``round_robin`` over both addresses, plain
-  stubs, no retry policy, no retry loop) while unary calls stream in and a StreamRecognize stays open on it:
-  zero failures. Readiness turns NOT_SERVING first (gRPC health and the HTTP ``/v2/health/ready``), the
-  server keeps serving for the readiness delay, then closes its gRPC listener and each connection gets its
-  connection-age GOAWAY while the server still serves (the shutdown's own GOAWAY would cancel calls that
-  cross it); the open stream finishes and the process exits 0.
+- Drain, with the binary's default flags: SIGTERM on one of two servers behind a plain gRPC channel
+  (``round_robin`` over both addresses, plain stubs, no retry policy, no retry loop) while unary calls stream
+  in and a StreamRecognize stays open on it: zero failures. Readiness turns NOT_SERVING first (gRPC health
+  and the HTTP ``/v2/health/ready``), the server keeps serving for the readiness delay, then closes its gRPC
+  listener and each connection gets its connection-age GOAWAY (the default age) while the server still
+  serves (the shutdown's own GOAWAY would cancel calls that cross it); the open stream finishes and the
+  process exits 0.
 - Connection age: with ``--max-connection-age-s 2`` a 10 s real-time stream completes on its aged
   connection, and a new call afterwards opens a new connection that lands on the other server (a round-robin
   TCP proxy stands in for kube-proxy in front of the two).
@@ -89,12 +90,12 @@ async def _finish(call: grpc.aio.StreamStreamCall, already: int) -> list[pb.Stre
 
 async def test_sigterm_moves_calls_to_the_other_server_with_zero_failures(
         null_repo: Path, server_procs: list[ServerProcess]) -> None:
-    # With a connection age, A's GOAWAYs are the connections' own while it still serves
-    # (server/grpc/listeners.py).
-    drain = ("--drain-grace-s", "30", "--drain-readiness-delay-s", "1", "--max-connection-age-s", "2")
+    # The binary's default drain flags (issue 22, defect 8): no --max-connection-age-s, no grace, the
+    # default readiness delay (1 s). A's GOAWAYs must still be the connections' own age GOAWAYs while it
+    # still serves (server/grpc/listeners.py), not the shutdown's.
     # The null model: short calls, so thousands cross the drain (with the shutdown's GOAWAY, a few of them
     # came back CANCELLED in most runs: benchmarks/results/drain/).
-    a, b = _start(null_repo, server_procs, *drain), _start(null_repo, server_procs, *drain)
+    a, b = _start(null_repo, server_procs), _start(null_repo, server_procs)
     port_a = int(a.target.rsplit(":", 1)[1])
     # A stream held open on A: accepted work that keeps A draining while the unary calls go on.
     stream_channel = grpc.aio.insecure_channel(a.target)

@@ -41,8 +41,10 @@ __all__ = [
 ]
 
 #: What every in-process test server shares: loopback, free ports (gRPC, metrics, HTTP), the CPU provider
-#: with one intra-op thread (the test machines are shared), no warm-up, and no readiness delay when stopping
-#: (the drain tests set their own).
+#: with one intra-op thread (the test machines are shared), no warm-up, no readiness delay when stopping
+#: (the drain tests set their own), and no connection age, so a stop does not wait for the age GOAWAY of a
+#: connection a test left open (the real server's default drain is tested on processes:
+#: tests/reliability/test_goaway.py, test_drain_under_load.py).
 TEST_SETTINGS = Settings(
     host="127.0.0.1",
     port=0,
@@ -52,6 +54,7 @@ TEST_SETTINGS = Settings(
     intra_op_threads=1,
     warmup=False,
     drain_readiness_delay_s=0.0,
+    max_connection_age_s=0.0,
 )
 
 #: tests/server (the default ``server_settings``): long audio is segmented up to 60 s (issue 13), beyond
