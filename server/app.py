@@ -18,8 +18,8 @@ its GOAWAY is ``server.stop``'s own, and gRPC core cancels the calls that cross 
 server never saw; grpc/grpc#41785).
 
 Connection age: connections are closed after ``max_connection_age_s`` (GOAWAY, so clients rebalance) with a
-grace of ``max_stream_duration_s`` + ``drain_grace_s``: a stream accepted on an old connection always
-finishes. The trade-off: a connection carrying a long stream lives on (for that stream only; new calls go
+grace of ``stream_max_open_s`` (a stream's wall-clock bound) + ``drain_grace_s``: a stream accepted on an
+old connection always finishes. The trade-off: a connection carrying a long stream lives on (for that stream only; new calls go
 to a new connection) up to the longest stream allowed.
 A second SIGTERM (or SIGINT), a second or more after the first, exits at once with status 1.
 """
@@ -217,8 +217,9 @@ class EmotionServer:
         if s.max_connection_age_s > 0:
             # On by default: the drain's safe GOAWAY is this one (server/grpc/listeners.py). The grace
             # outlasts the longest stream allowed: an aged connection gets GOAWAY (new calls go to a new
-            # connection) but the streams it carries finish.
-            grace_s = s.max_stream_duration_s + s.drain_grace_s
+            # connection) but the streams it carries finish: a stream lives at most stream_max_open_s of
+            # wall-clock time (its audio, max_stream_duration_s, arrives within that).
+            grace_s = s.stream_max_open_s + s.drain_grace_s
             grpc_options += [("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                              ("grpc.max_connection_age_grace_ms", int(grace_s * 1000))]
         tokens = TokenStore.from_settings(s.auth_token_file or None)
