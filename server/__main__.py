@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import logging
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -114,6 +115,21 @@ def missing_server_extra() -> list[str]:
     return [name for name in SERVER_EXTRA_MODULES if importlib.util.find_spec(name) is None]
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft descriptor limit to the hard one (often 1024 -> 524288), as servers do: connections,
+    model files and decoders all take descriptors, and the ports' default caps are a quarter of it each
+    (``defaults.connection_cap``). Logged, never fatal."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = max(soft, 1 << 20)  # an explicit number: setting RLIM_INFINITY is refused on Linux
+        if 0 <= soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("open file limit raised from %d to %d", soft, hard)
+    except (OSError, ValueError) as exc:
+        log.warning("could not raise the open file limit: %s", exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     try:
@@ -134,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    raise_open_file_limit()
     try:
         manifest = resolve_model(settings)
         check_model_labels(manifest, settings)

@@ -19,8 +19,8 @@ server never saw; grpc/grpc#41785).
 
 Connection age: connections are closed after ``max_connection_age_s`` (GOAWAY, so clients rebalance) with a
 grace of ``stream_max_open_s`` (a stream's wall-clock bound) + ``drain_grace_s``: a stream accepted on an
-old connection always finishes. The trade-off: a connection carrying a long stream lives on (for that stream only; new calls go
-to a new connection) up to the longest stream allowed.
+old connection always finishes. The trade-off: a connection carrying a long stream lives on (for that stream
+only; new calls go to a new connection) up to the longest stream allowed.
 A second SIGTERM (or SIGINT), a second or more after the first, exits at once with status 1.
 """
 
@@ -46,6 +46,7 @@ from emotion2vec_serving.server.auth import OIP_PROBES, BearerAuth, TokenStore
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.limits import CoreLimits
 from emotion2vec_serving.server.config import Settings, metrics_address
+from emotion2vec_serving.server.defaults import connection_cap
 from emotion2vec_serving.server.grpc import listeners
 from emotion2vec_serving.server.grpc import oip as oip_grpc
 from emotion2vec_serving.server.grpc.admission import RpcAdmission
@@ -213,6 +214,9 @@ class EmotionServer:
             ("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),  # room for the envelope
             ("grpc.max_send_message_length", s.max_message_bytes + 64 * 1024),
             ("grpc.so_reuseport", 0),
+            # Bounded connections keep descriptors for the rest of the process (the HTTP port has its own
+            # cap); past it gRPC closes new connections at once, which clients see as UNAVAILABLE.
+            ("grpc.max_allowed_incoming_connections", s.max_grpc_connections or connection_cap()),
         ]
         if s.max_connection_age_s > 0:
             # On by default: the drain's safe GOAWAY is this one (server/grpc/listeners.py). The grace

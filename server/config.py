@@ -92,6 +92,11 @@ class Settings:
         256, "gRPC calls in progress at once, health checks not counted (bounds memory under overload); "
         "more get RESOURCE_EXHAUSTED before their request is read (0 = unlimited)"
     )
+    max_grpc_connections: int = _opt(
+        0, "open gRPC connections at once (0 = a quarter of the file-descriptor limit, at most 1024); past "
+        "it gRPC closes new connections at once (clients see UNAVAILABLE and may try another server; the "
+        "HTTP port keeps its own cap and a reserve for liveness probes)"
+    )
     # --- slow clients on the HTTP port (see server/http/connections.py)
     http_header_timeout_s: float = _opt(
         10.0, "an HTTP request line and headers must arrive within this many seconds of the connection "
@@ -346,8 +351,9 @@ class Settings:
         for name in ("http_header_timeout_s", "http_body_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
-        if self.max_http_connections < 0:
-            problems.append("max_http_connections must not be negative (0 = from the descriptor limit)")
+        for name in ("max_http_connections", "max_grpc_connections"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative (0 = from the descriptor limit)")
         for name in ("max_queue_delay_ms", "drain_grace_s", "drain_readiness_delay_s", "max_connection_age_s",
                      "run_timeout_s",
                      "max_concurrent_rpcs"):

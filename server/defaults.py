@@ -9,6 +9,8 @@ from there. Standard library only; tests/server/test_defaults.py compares every 
 
 from __future__ import annotations
 
+import resource
+
 # --- audio limits (AudioLimits)
 MAX_DURATION_S = 30.0  # longest single model pass / stream segment, in seconds
 MIN_DURATION_S = 0.1  # shortest audio accepted per request, in seconds
@@ -45,3 +47,20 @@ STREAM_IDLE_TIMEOUT_S = 30.0
 #: Wall-clock limit of one stream from its start: MAX_STREAM_DURATION_S of audio sent in real time, plus 25 %
 #: for pauses (each shorter than the idle timeout) and network jitter.
 STREAM_MAX_OPEN_S = MAX_STREAM_DURATION_S * 1.25
+# --- connections (HTTP and gRPC ports): each port's default cap is a quarter of the descriptor limit
+CONNECTIONS_FLOOR = 16
+CONNECTIONS_CEILING = 1024
+
+
+def connection_cap(soft_limit: int | None = None) -> int:
+    """A port's default connection cap (``--max-http-connections 0``, ``--max-grpc-connections 0``): a
+    quarter of the file-descriptor limit, at least 16 and at most 1024. The two ports take half; the rest is
+    for the model files, threads, the metrics port and the decoders."""
+    if soft_limit is None:
+        try:
+            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (OSError, ValueError):
+            return CONNECTIONS_CEILING
+    if soft_limit < 0:  # RLIM_INFINITY
+        return CONNECTIONS_CEILING
+    return max(CONNECTIONS_FLOOR, min(CONNECTIONS_CEILING, soft_limit // 4))

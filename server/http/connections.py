@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from emotion2vec_serving.server.defaults import connection_cap
 
 __all__ = [
     "ACCEPT_LOG_INTERVAL_S",
@@ -71,21 +72,11 @@ ACCEPT_LOG_INTERVAL_S = 60.0
 _CUT_LOG_INTERVAL_S = 10.0
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ACCEPT_MESSAGE = "accept() out of system resource"
-_MAX_CONNECTIONS_CEILING = 1024
-_MAX_CONNECTIONS_FLOOR = 16
 
 
 def default_max_connections(soft_limit: int | None = None) -> int:
-    """``--max-http-connections 0``: a quarter of the descriptor limit (the rest is for the model files,
-    threads, the gRPC port and the metrics port), at least 16 and at most 1024."""
-    if soft_limit is None:
-        try:
-            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (OSError, ValueError):
-            return _MAX_CONNECTIONS_CEILING
-    if soft_limit < 0:  # RLIM_INFINITY
-        return _MAX_CONNECTIONS_CEILING
-    return max(_MAX_CONNECTIONS_FLOOR, min(_MAX_CONNECTIONS_CEILING, soft_limit // 4))
+    """``--max-http-connections 0``: the default cap of a port (``defaults.connection_cap``)."""
+    return connection_cap(soft_limit)
 
 
 def is_probe(method: str, path: str) -> bool:
