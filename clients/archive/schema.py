@@ -16,36 +16,36 @@ row with ``channel == "mix"`` (there are no channels to tell apart), ``status`` 
 Columns, in order (``SCORE_PREFIX`` columns are inserted where ``{scores}`` stands, one per model label in
 the model's label order, e.g. ``score_angry``):
 
-========================  ========  ===========================================================================
-column                    type      meaning
-========================  ========  ===========================================================================
-path                      string    the recording as listed: a local path (as given, not resolved) or a URL
-channel                   string    ``"mix"``, or the channel index ``"0"``, ``"1"``... (split mode)
-channel_name              string    the channel's name (split mode with names), else ``""``
-size                      int64     bytes of the file (null when it could not be read)
-fingerprint               string    what ``--resume`` compares: ``mtime_ns`` of a local file, the ETag (or other
-                                    content hash, else mtime) of an object-store URL
-duration_s                float64   audio duration in seconds
-voiced_s                  float64   seconds of voiced audio (long recordings; 0 for a single-pass answer)
-label                     string    the top emotion (English name)
-confidence                float64   its probability
-{scores}                  float64   ``score_<label>``: each label's probability
-segments                  int64     segments of a long recording (0 when answered in one pass)
-model_name                string    the model that answered
-model_version             string    its short checkpoint hash
-model_precision           string    fp32, fp16, int8...
-flags                     string    the ``--flag`` rules the row met, ``;``-separated (``""`` when none)
-status                    string    ``"ok"``, or the error text
-finished_at               string    ISO 8601 UTC time the row was written, e.g. ``2025-01-31T12:00:00.123456Z``
-========================  ========  ===========================================================================
+================  ========  ===========================================================================
+column            type      meaning
+================  ========  ===========================================================================
+path              string    the recording as listed: a local path (as given, not resolved) or a URL
+channel           string    ``"mix"``, or the channel index ``"0"``, ``"1"``... (split mode)
+channel_name      string    the channel's name (split mode with names), else ``""``
+size              int64     bytes of the file (null when it could not be read)
+fingerprint       string    what ``--resume`` compares: ``mtime_ns`` of a local file, the ETag (or other
+                            content hash, else mtime) of an object-store URL
+duration_s        float64   audio duration in seconds
+voiced_s          float64   seconds of voiced audio (long recordings; 0 for a single-pass answer)
+label             string    the top emotion (English name)
+confidence        float64   its probability
+{scores}          float64   ``score_<label>``: each label's probability
+segments          int64     segments of a long recording (0 when answered in one pass)
+model_name        string    the model that answered
+model_version     string    its short checkpoint hash
+model_precision   string    fp32, fp16, int8...
+flags             string    the ``--flag`` rules the row met, ``;``-separated (``""`` when none)
+status            string    ``"ok"``, or the error text
+finished_at       string    ISO 8601 UTC time the row was written, e.g. ``2025-01-31T12:00:00.123456Z``
+================  ========  ===========================================================================
 
 Files (``SUMMARY`` is the ``--summary`` path; its suffix picks the format):
 
-- ``SUMMARY`` (``.csv``, ``.jsonl`` or ``.parquet``): the rows above, sorted by ``(path, channel)``; CSV with a
-  header line (UTF-8, ``csv`` module's excel dialect); JSONL one object per line; Parquet one table with the
-  types above. Rebuilt from the journal at the end of a run and at the start of a resumed one; CSV and JSONL
-  summaries are also appended to as each recording finishes (a torn last line after a kill is repaired by the
-  rebuild).
+- ``SUMMARY`` (``.csv``, ``.jsonl`` or ``.parquet``): the rows above, sorted by ``(path, channel)``; CSV
+  with a header line (UTF-8, ``csv`` module's excel dialect); JSONL one object per line; Parquet one table
+  with the types above. Rebuilt from the journal at the end of a run and at the start of a resumed one;
+  CSV and JSONL summaries are also appended to as each recording finishes (a torn last line after a kill is
+  repaired by the rebuild).
 - ``SUMMARY + ".journal.jsonl"`` (``JOURNAL_SUFFIX``): the source of truth. One JSON object per line, one line
   per finished recording: ``{"v": 1, "path": ..., "size": ..., "fingerprint": ..., "rows": [row, ...]}``
   where each row is a dict of the columns above. Appended, flushed and fsync'ed as each recording finishes, so
