@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     rec = sub.add_parser("recognize", help="classify files and directories")
-    rec.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    rec.add_argument("inputs", nargs="*", metavar="FILE_DIR_GLOB_OR_URL")
     rec.add_argument("--granularity", choices=("utterance", "frame"), default="utterance")
     rec.add_argument(
         "--embedding", action="store_true", help="also save the utterance embedding (embedding.npy)"
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar (seconds of audio done, when known)"
     )
+    from .archive.command import add_arguments as add_archive_arguments
+
+    add_archive_arguments(rec)
 
     emb = sub.add_parser("embed", help="utterance (and frame) embeddings of a file")
     emb.add_argument("file")
@@ -350,6 +353,15 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
 
 
 def cmd_recognize(args: argparse.Namespace) -> int:
+    from .archive.command import is_archive_run, run_command
+
+    if is_archive_run(args) or not args.inputs:
+        root = Path(args.output_dir)
+
+        def write_outputs(source: str, result: Recognition) -> str:
+            return str(_write_outputs(root, Path(source), result))
+
+        return run_command(args, _settings(args), _retry(args), write_outputs)
     files = find_audio_files(args.inputs)
     if not files:
         print("no audio files found", file=sys.stderr)
