@@ -87,10 +87,15 @@ def _format(path: Path) -> str:
     return suffix
 
 
-def _typed(value: Any, kind: str) -> Any:
-    """A cell as its column's type (CSV cells are strings; ``""`` is missing)."""
+#: String columns that are null on error rows (an empty CSV cell reads back as null there; elsewhere as
+#: ``""``, a value: ``channel_name`` and ``flags`` are ``""`` when there is none).
+_NULLABLE_STRINGS = frozenset({"label", "model_name", "model_version", "model_precision"})
+
+
+def _typed(value: Any, kind: str, column: str) -> Any:
+    """A cell as its column's type (CSV cells are strings; an empty cell is missing)."""
     if value is None or value == "":
-        return None if kind != "string" or value is None else ""
+        return "" if kind == "string" and column not in _NULLABLE_STRINGS else None
     if kind == "int64":
         return int(float(value)) if isinstance(value, str) else int(value)
     if kind == "float64":
@@ -132,7 +137,7 @@ def read_summary(path: str | os.PathLike[str]) -> Summary:
             raise ValueError(f"{p}: not an archive summary (no {needed!r} column)")
     summary = Summary(p, columns, [])
     types = summary.types()
-    summary.rows = [{c: _typed(r.get(c), types[c]) for c in columns} for r in raw]
+    summary.rows = [{c: _typed(r.get(c), types[c], c) for c in columns} for r in raw]
     return summary
 
 
