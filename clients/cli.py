@@ -3,6 +3,8 @@
     emotion-client --target localhost:50051 recognize clips/ --granularity frame --embedding
     emotion-client stream call.wav --realtime
     emotion-client plot call.wav --out call.png
+    emotion-client merge all.parquet shard-*.parquet
+    emotion-client cluster all.parquet --embeddings all.npy --k auto --out clusters/
     emotion-client health
 
 Connection flags (``--target``, TLS, ``--token``) come before the command; each also reads an
@@ -165,6 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--dpi", type=int, default=100)
     pl.add_argument("--smoothing-frames", type=int, default=0, help="moving average over N frames")
     pl.add_argument("--title")
+
+    mg = sub.add_parser(
+        "merge", help="concatenate shard summaries (--shard I/N runs) into one; refuses duplicates"
+    )
+    mg.add_argument("out", metavar="OUT", help="merged summary (.csv, .jsonl or .parquet)")
+    mg.add_argument("shards", nargs="+", metavar="SHARD", help="shard summaries, in any of the three formats")
+    mg.add_argument("--embeddings", nargs="+", default=[], metavar="E.npy",
+                    help="each shard's embeddings (with its E.index.csv), in the shards' order")
+    mg.add_argument("--embeddings-out", metavar="E.npy", help="merged embeddings, aligned to OUT's rows")
+
+    cl = sub.add_parser(
+        "cluster", help="K-Means over an archive's embeddings: clusters, mean scores, PCA plot"
+    )
+    cl.add_argument("summary", metavar="SUMMARY", help="archive summary (.csv, .jsonl or .parquet)")
+    cl.add_argument("--embeddings", required=True, metavar="E.npy", help="the summary's embeddings")
+    cl.add_argument(
+        "--k", default="8", help="clusters, or 'auto' to choose by silhouette (default %(default)s)"
+    )
+    cl.add_argument("--k-max", type=int, default=10, help="largest k tried by --k auto (default %(default)s)")
+    cl.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    cl.add_argument("--seed", type=int, default=0, help="K-Means random state (default %(default)s)")
+    cl.add_argument(
+        "--no-normalize", action="store_true", help="cluster raw embeddings (default: L2-normalised)"
+    )
     return parser
 
 
@@ -519,6 +545,32 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .archive_merge import merge_summaries
+
+    report = merge_summaries(
+        args.out, args.shards, embeddings=args.embeddings, embeddings_out=args.embeddings_out
+    )
+    emb = f", embeddings -> {report.embeddings_out}" if report.embeddings_out else ""
+    print(f"merged {report.shards} shards: {report.rows} rows ({report.failed} failed) -> {report.out}{emb}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .archive_cluster import cluster_summary
+
+    if args.k != "auto" and not args.k.isdigit():
+        raise ValueError(f"--k is a number or 'auto' (got {args.k!r})")
+    report = cluster_summary(
+        args.summary, args.embeddings, args.out, k=args.k if args.k == "auto" else int(args.k),
+        k_max=args.k_max, seed=args.seed, normalize=not args.no_normalize,
+    )
+    print(f"k={report.k}: {report.clustered} rows clustered (sizes {report.sizes}), {report.excluded} "
+          f"without an embedding; wrote {', '.join(str(p) for p in report.files)}", file=sys.stderr)
+    return EXIT_OK
+
+
 _COMMANDS = {
     "recognize": cmd_recognize,
     "embed": cmd_embed,
@@ -526,6 +578,8 @@ _COMMANDS = {
     "health": cmd_health,
     "info": cmd_info,
     "plot": cmd_plot,
+    "merge": cmd_merge,
+    "cluster": cmd_cluster,
 }
 
 

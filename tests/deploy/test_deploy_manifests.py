@@ -25,7 +25,8 @@ HEALTH_SERVICE = "emotion.v1.EmotionRecognizer"
 SETTINGS_ENV = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
+#: The hardware overlays and the example that adds the archive Indexed Job (components/archive-job).
+@pytest.fixture(scope="module", params=(*OVERLAYS, "archive"))
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, kustomize(K8S / "overlays" / request.param)
 
