@@ -138,9 +138,9 @@ def test_mono_and_raw_pcm(client: EmotionClient) -> None:
 
 def test_refusals(server: ServerProcess, client: EmotionClient) -> None:
     nine = make_signal(1.0, 16000, 9, seed=5)
-    with pytest.raises(InvalidAudio, match="9 channels.*at most 8"):
+    with pytest.raises(InvalidAudio, match=r"9 channels.*at most 8"):
         client.recognize(_file(nine, rate=16000), channels="split")
-    with pytest.raises(InvalidAudio, match="9 channels.*at most 8"):
+    with pytest.raises(InvalidAudio, match=r"9 channels.*at most 8"):
         client.embed(nine, sample_rate=16000, channels="split")
     assert client.recognize(_file(nine, rate=16000)).label  # mixing keeps today's limit (32 channels)
     with pytest.raises(InvalidAudio, match="3 channel names given but the recording has 2"):
