@@ -118,3 +118,73 @@ def test_the_cli_writes_the_channels_into_result_json(open_server: WebServer, tm
                  "--no-progress"]) == 0
     (folder,) = mixed.iterdir()
     assert "channels" not in json.loads((folder / "result.json").read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------ OIP
+
+
+def _model_name(server: WebServer) -> str:
+    return str(http("GET", server.url("/v1/model")).json()["model"]["name"])
+
+
+def test_oip_rest_split_adds_a_channel_dimension(open_server: WebServer) -> None:
+    """tritonclient.http: a stereo and a mono file in one AUDIO batch with ``channels: "split"``: PROBS
+    ``[2, 2, labels]`` (the mono item padded), ``channel_counts`` [2, 1], each row equal to /v1/recognize
+    of that channel alone."""
+    import tritonclient.http as th
+
+    from tests.support.oip import bytes_array
+
+    signal = _stereo(1.5)
+    files = [_wav(signal), _wav(signal[:, 1])]
+    with th.InferenceServerClient(open_server.base.removeprefix("http://")) as client:
+        inp = th.InferInput("AUDIO", [2], "BYTES")
+        inp.set_data_from_numpy(bytes_array(files))
+        outputs = [th.InferRequestedOutput(n) for n in ("PROBS", "LABEL", "FRAME_PROBS")]
+        result = client.infer(_model_name(open_server), [inp], outputs=outputs,
+                              parameters={"channels": "split"})
+        probs, labels, frames = (result.as_numpy(n) for n in ("PROBS", "LABEL", "FRAME_PROBS"))
+        response = result.get_response()
+    n_labels = probs.shape[-1]
+    assert probs.shape == (2, 2, n_labels) and labels.shape == (2, 2) and frames.shape[:2] == (2, 2)
+    params = {o["name"]: o.get("parameters", {}) for o in response["outputs"]}
+    assert json.loads(params["PROBS"]["channel_counts"]) == [2, 1] and params["PROBS"]["padded"] is True
+    frame_counts = json.loads(params["FRAME_PROBS"]["frame_counts"])
+    expected = [signal[:, 0], signal[:, 1], signal[:, 1]]
+    for (i, c), channel in zip([(0, 0), (0, 1), (1, 0)], expected, strict=True):
+        alone = http("POST", open_server.url("/v1/recognize?granularity=frame"), _wav(channel)).json()
+        np.testing.assert_allclose(probs[i, c], list(alone["scores"].values()), atol=TOL)
+        assert labels[i, c].decode() == alone["emotion"]
+        assert frame_counts[i][c] == len(alone["frames"])
+    assert not probs[1, 1].any() and labels[1, 1] == b""  # the padding
+
+
+def test_oip_grpc_split_and_waveform(open_server: WebServer) -> None:
+    """The gRPC front end (generated OIP stubs): WAVEFORM is mono, so split gives one channel a row."""
+    import grpc
+    from emotion.oip import grpc_service_pb2 as pb
+    from emotion.oip import grpc_service_pb2_grpc as pb_grpc
+
+    rows = make_signal(1.0, 16000, 2, seed=21).T.copy()  # two mono rows
+    request = pb.ModelInferRequest(model_name=_model_name(open_server))
+    request.inputs.add(name="WAVEFORM", datatype="FP32", shape=[2, rows.shape[1]])
+    request.raw_input_contents.append(rows.astype("<f4").tobytes())
+    request.outputs.add(name="PROBS")
+    request.parameters["channels"].string_param = "split"
+    with grpc.insecure_channel(open_server.target) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        (out,) = response.outputs
+        assert list(out.shape)[:2] == [2, 1] and out.parameters["channel_counts"].string_param == "[1, 1]"
+        probs = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(list(out.shape))
+        mixed = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name=request.model_name, inputs=request.inputs,
+                                 raw_input_contents=request.raw_input_contents, outputs=request.outputs),
+            timeout=60)
+        assert list(mixed.outputs[0].shape) == [2, probs.shape[-1]]  # mix: today's shape
+        mixed_probs = np.frombuffer(mixed.raw_output_contents[0], "<f4").reshape(2, -1)
+        np.testing.assert_allclose(probs[:, 0], mixed_probs, atol=TOL)
+        request.parameters["channels"].string_param = "sideways"
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "channels must be 'mix' or 'split'" in (info.value.details() or "")
