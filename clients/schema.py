@@ -158,7 +158,7 @@ def recognition_json(result: Any, model: Any = None, *, granularity: str | None 
     ``Recognition`` carries them; the server passes its model card and the granularity asked for).
     """
     model = result.model if model is None else model
-    granularity = granularity or getattr(result, "granularity", "utterance")
+    granularity = str(granularity or getattr(result, "granularity", "utterance"))
     channels = getattr(result, "channels", ())
     if channels:
         doc: dict[str, Any] = {"channel_mode": "split", "granularity": granularity}
