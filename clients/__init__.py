@@ -27,6 +27,8 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from .results import (
+        ChannelEmbedding,
+        ChannelRecognition,
         EmbeddingResult,
         Frame,
         LabelInfo,
@@ -48,8 +50,9 @@ _WHERE = {
     **{name: "errors" for name in ("DeadlineExceeded", "EmotionClientError", "InvalidAudio", "NotFound",
                                    "Overloaded", "PermissionDenied", "ServerError", "Unauthenticated",
                                    "Unavailable")},
-    **{name: "results" for name in ("EmbeddingResult", "Frame", "LabelInfo", "ModelInfo", "ModelRef",
-                                    "Recognition", "Segment", "StreamSummary", "Timing")},
+    **{name: "results" for name in ("ChannelEmbedding", "ChannelRecognition", "EmbeddingResult", "Frame",
+                                    "LabelInfo", "ModelInfo", "ModelRef", "Recognition", "Segment",
+                                    "StreamSummary", "Timing")},
     "NO_RETRY": "retry", "RetryPolicy": "retry",
 }
 
@@ -57,6 +60,8 @@ __all__ = [
     "NO_RETRY",
     "SERVICE_NAME",
     "AsyncEmotionClient",
+    "ChannelEmbedding",
+    "ChannelRecognition",
     "ChannelSettings",
     "DeadlineExceeded",
     "EmbeddingResult",

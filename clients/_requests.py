@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +14,8 @@ from emotion.v1 import emotion_pb2
 from .audio import AudioInput, decode_file, pcm_chunks, to_proto_audio
 
 Granularity = Literal["utterance", "frame"]
+#: ``mix``: channels averaged into one result (the default); ``split``: one result per channel.
+ChannelMode = Literal["mix", "split"]
 PcmName = Literal["f32le", "s16le"]
 
 _GRANULARITY = {
@@ -65,6 +67,23 @@ class Segmentation:
         return emotion_pb2.SegmentationConfig(**fields)
 
 
+_CHANNEL_MODE = {"mix": emotion_pb2.CHANNEL_MODE_MIX, "split": emotion_pb2.CHANNEL_MODE_SPLIT}
+
+
+def channel_fields(channels: str, channel_names: Sequence[str]) -> dict[str, Any]:
+    """The request fields of ``channels="mix"|"split"`` and optional channel names (split only)."""
+    if channels not in _CHANNEL_MODE:
+        raise ValueError(f"channels must be 'mix' or 'split', got {channels!r}")
+    if isinstance(channel_names, str):
+        raise TypeError("channel_names is a sequence of names, e.g. ('agent', 'customer')")
+    names = [str(n) for n in channel_names]
+    if names and channels != "split":
+        raise ValueError("channel_names needs channels='split'")
+    if channels == "mix":
+        return {}  # the request an older client sends: old servers answer it the same way
+    return {"channel_mode": _CHANNEL_MODE[channels], "channel_names": names}
+
+
 def granularity_proto(granularity: str) -> emotion_pb2.Granularity:
     try:
         return _GRANULARITY[granularity]
@@ -79,6 +98,8 @@ def recognize_request(
     embedding: bool,
     smoothing_frames: int,
     priority: int,
+    channels: str = "mix",
+    channel_names: Sequence[str] = (),
 ) -> emotion_pb2.RecognizeRequest:
     if smoothing_frames < 0:
         raise ValueError("smoothing_frames must be >= 0")
@@ -88,14 +109,17 @@ def recognize_request(
         return_embedding=embedding,
         smoothing_frames=smoothing_frames,
         priority=priority,
+        **channel_fields(channels, channel_names),
     )
 
 
 def embed_request(
-    audio: AudioInput, sample_rate: int | None, frames: bool, priority: int
+    audio: AudioInput, sample_rate: int | None, frames: bool, priority: int,
+    channels: str = "mix", channel_names: Sequence[str] = (),
 ) -> emotion_pb2.EmbedRequest:
     return emotion_pb2.EmbedRequest(
-        audio=to_proto_audio(audio, sample_rate), return_frames=frames, priority=priority
+        audio=to_proto_audio(audio, sample_rate), return_frames=frames, priority=priority,
+        **channel_fields(channels, channel_names),
     )
 
 

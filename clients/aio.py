@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from . import results as R
 from ._requests import (
+    ChannelMode,
     Granularity,
     PcmName,
     PreparedStream,
@@ -85,10 +86,14 @@ class AsyncEmotionClient(_ClientBase[grpc.aio.Channel]):
         embedding: bool = False,
         smoothing_frames: int = 0,
         priority: int = 0,
+        channels: ChannelMode = "mix",
+        channel_names: Sequence[str] = (),
         timeout: float | None = None,
     ) -> R.Recognition:
         """Classify one utterance (see ``EmotionClient.recognize``)."""
-        request = recognize_request(audio, sample_rate, granularity, embedding, smoothing_frames, priority)
+        request = recognize_request(
+            audio, sample_rate, granularity, embedding, smoothing_frames, priority, channels, channel_names
+        )
         response = await self._unary(self._stub.Recognize, request, timeout)
         return R.recognition_from_proto(response, granularity)
 
@@ -99,10 +104,12 @@ class AsyncEmotionClient(_ClientBase[grpc.aio.Channel]):
         sample_rate: int | None = None,
         frames: bool = False,
         priority: int = 0,
+        channels: ChannelMode = "mix",
+        channel_names: Sequence[str] = (),
         timeout: float | None = None,
     ) -> R.EmbeddingResult:
         """The utterance embedding, optionally with frame embeddings (see ``EmotionClient.embed``)."""
-        request = embed_request(audio, sample_rate, frames, priority)
+        request = embed_request(audio, sample_rate, frames, priority, channels, channel_names)
         return R.embedding_from_proto(await self._unary(self._stub.Embed, request, timeout))
 
     async def model_info(self, *, timeout: float | None = None) -> R.ModelInfo:

@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoothing-frames", type=int, default=0, help="frame granularity: moving average width"
     )
     rec.add_argument(
+        "--channels", choices=("mix", "split"), default="mix",
+        help="mix: channels averaged into one result (default); split: one result per channel (at most 8), "
+        "written as a 'channels' list in result.json",
+    )
+    rec.add_argument(
+        "--channel-names", type=_channel_names, default=(), metavar="NAME,NAME",
+        help="with --channels split: names of the channels in order, e.g. agent,customer",
+    )
+    rec.add_argument(
         "--output-dir",
         default="outputs",
         help="where the per-input outputs_YYYYMMDD_HHMMSS folders go (default %(default)s)",
@@ -248,7 +257,23 @@ def _write_outputs(root: Path, source: Path, result: Recognition) -> Path:
     )
     if result.embedding is not None:
         np.save(folder / "embedding.npy", result.embedding)
+    elif result.channels and all(c.embedding is not None for c in result.channels):
+        # --channels split: one row per channel, in channel order.
+        rows = [c.embedding for c in result.channels if c.embedding is not None]
+        np.save(folder / "embedding.npy", np.stack(rows))
     return folder
+
+
+def _channel_names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",")) if value.strip() else ()
+
+
+def _result_line(result: Recognition) -> str:
+    """The label of a result for the progress line (each channel's with --channels split)."""
+    if result.channels:
+        return ", ".join(f"{c.name or f'ch{c.channel}'}: {c.label} ({c.confidence:.3f})"
+                         for c in result.channels)
+    return f"{result.label} ({result.confidence:.3f})"
 
 
 def probe_duration_s(path: Path) -> float | None:
@@ -336,6 +361,8 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
                     granularity=args.granularity,
                     embedding=args.embedding,
                     smoothing_frames=args.smoothing_frames,
+                    channels=args.channels,
+                    channel_names=args.channel_names,
                     timeout=call_timeout_s(args.timeout, path, durations[path]),
                 )
             except (EmotionClientError, OSError, ValueError) as exc:
@@ -349,14 +376,15 @@ async def _recognize_files(args: argparse.Namespace, files: list[Path]) -> int:
                 else:
                     folder = await asyncio.to_thread(_write_outputs, root, path, result)
                     long_note = ""
-                    if result.segments:
+                    n_segments = len(result.segments) + sum(len(c.segments) for c in result.channels)
+                    if n_segments:
                         took = time.monotonic() - started
                         long_note = (
-                            f" [{len(result.segments)} segments, {result.duration_s:.0f} s audio in "
+                            f" [{n_segments} segments, {result.duration_s:.0f} s audio in "
                             f"{took:.1f} s]"
                         )
                     bar.write(
-                        f"{path}: {result.label} ({result.confidence:.3f}){long_note} -> {folder}",
+                        f"{path}: {_result_line(result)}{long_note} -> {folder}",
                         file=sys.stderr,
                     )
             finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import results as R
 from ._requests import (
+    ChannelMode,
     Granularity,
     PcmName,
     PreparedStream,
@@ -130,6 +131,8 @@ class EmotionClient(_ClientBase[grpc.Channel]):
         embedding: bool = False,
         smoothing_frames: int = 0,
         priority: int = 0,
+        channels: ChannelMode = "mix",
+        channel_names: Sequence[str] = (),
         timeout: float | None = None,
     ) -> R.Recognition:
         """Classify one utterance.
@@ -137,8 +140,13 @@ class EmotionClient(_ClientBase[grpc.Channel]):
         ``audio`` is a path, encoded bytes, or a numpy array (``sample_rate`` required). With
         ``granularity="frame"`` the result also holds per-frame scores at 50 Hz, optionally smoothed by a
         centred moving average over ``smoothing_frames``; ``embedding=True`` adds the utterance embedding.
+        ``channels="split"`` answers each channel of a multi-channel recording apart (at most 8; a mono file
+        is one channel): the result's ``channels`` holds one :class:`~.results.ChannelRecognition` each,
+        named by ``channel_names`` in channel order (optional), and its own utterance fields stay empty.
         """
-        request = recognize_request(audio, sample_rate, granularity, embedding, smoothing_frames, priority)
+        request = recognize_request(
+            audio, sample_rate, granularity, embedding, smoothing_frames, priority, channels, channel_names
+        )
         response = self._unary(self._stub.Recognize, request, timeout)
         return R.recognition_from_proto(response, granularity)
 
@@ -149,10 +157,16 @@ class EmotionClient(_ClientBase[grpc.Channel]):
         sample_rate: int | None = None,
         frames: bool = False,
         priority: int = 0,
+        channels: ChannelMode = "mix",
+        channel_names: Sequence[str] = (),
         timeout: float | None = None,
     ) -> R.EmbeddingResult:
-        """The utterance embedding ``[dim]``; with ``frames=True`` also frame embeddings ``[T, dim]``."""
-        request = embed_request(audio, sample_rate, frames, priority)
+        """The utterance embedding ``[dim]``; with ``frames=True`` also frame embeddings ``[T, dim]``.
+
+        ``channels="split"``: one :class:`~.results.ChannelEmbedding` per channel in the result's
+        ``channels``.
+        """
+        request = embed_request(audio, sample_rate, frames, priority, channels, channel_names)
         return R.embedding_from_proto(self._unary(self._stub.Embed, request, timeout))
 
     def model_info(self, *, timeout: float | None = None) -> R.ModelInfo:

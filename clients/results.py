@@ -14,6 +14,8 @@ import numpy.typing as npt
 from emotion.v1 import emotion_pb2
 
 __all__ = [
+    "ChannelEmbedding",
+    "ChannelRecognition",
     "EmbeddingResult",
     "EmbeddingSegment",
     "Frame",
@@ -87,13 +89,46 @@ class Recognition:
     #: over them (duration-weighted mean of segment scores). Empty for audio answered in one pass.
     segments: tuple[Segment, ...] = ()
     voiced_s: float = 0.0
+    #: ``channels="split"``: one result per channel of the recording, in channel order (a mono file: one).
+    #: The utterance fields above (label, scores, frames, embedding, segments, timing) are then empty;
+    #: ``duration_s`` and ``model`` stay filled. Empty with ``channels="mix"``.
+    channels: tuple[ChannelRecognition, ...] = ()
 
     @property
     def frame_scores(self) -> FloatArray:
         """Frame scores as a ``[frames, labels]`` float32 array in ``labels`` order."""
-        if not self.frames:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return np.array([[f.scores[name] for name in self.labels] for f in self.frames], dtype=np.float32)
+        return _frame_scores(self.frames, self.labels)
+
+
+def _frame_scores(frames: tuple[Frame, ...], labels: tuple[str, ...]) -> FloatArray:
+    if not frames:
+        return np.zeros((0, len(labels)), dtype=np.float32)
+    return np.array([[f.scores[name] for name in labels] for f in frames], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ChannelRecognition:
+    """One channel of a recording recognised with ``channels="split"``: what ``recognize`` returns for a
+    mono file holding only this channel (label, scores, frames, segments, embedding, durations, timing)."""
+
+    channel: int  # 0-based index in the file
+    name: str  # the caller's ``channel_names[channel]``, or ""
+    label: str
+    label_zh: str
+    confidence: float
+    scores: dict[str, float]
+    labels: tuple[str, ...]
+    frames: tuple[Frame, ...]
+    embedding: FloatArray | None
+    duration_s: float
+    voiced_s: float
+    segments: tuple[Segment, ...]
+    timing: Timing
+
+    @property
+    def frame_scores(self) -> FloatArray:
+        """Frame scores as a ``[frames, labels]`` float32 array in ``labels`` order."""
+        return _frame_scores(self.frames, self.labels)
 
 
 @dataclass(frozen=True)
@@ -108,6 +143,22 @@ class EmbeddingResult:
     model: ModelRef
     #: Long recordings: each segment's own embedding; ``embedding`` is then their frame-weighted mean.
     segments: tuple[EmbeddingSegment, ...] = ()
+    #: ``channels="split"``: one result per channel, in order; ``embedding`` is then empty (size 0) and
+    #: ``frames``/``segments`` empty. Empty with ``channels="mix"``.
+    channels: tuple[ChannelEmbedding, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChannelEmbedding:
+    """One channel of a recording embedded with ``channels="split"`` (fields as in ``EmbeddingResult``)."""
+
+    channel: int
+    name: str
+    embedding: FloatArray
+    frames: FloatArray | None
+    segments: tuple[EmbeddingSegment, ...]
+    duration_s: float
+    timing: Timing
 
 
 @dataclass(frozen=True)
@@ -210,10 +261,8 @@ def _scores(msg: emotion_pb2.UtteranceResult) -> dict[str, float]:
     return {s.label: float(s.score) for s in msg.scores}
 
 
-def recognition_from_proto(msg: emotion_pb2.RecognizeResponse, granularity: str) -> Recognition:
-    scores = _scores(msg.utterance)
-    labels = tuple(s.label for s in msg.utterance.scores)
-    frames = tuple(
+def _frames(frames_msg: Any, labels: tuple[str, ...]) -> tuple[Frame, ...]:
+    return tuple(
         Frame(
             start_s=f.start_s,
             end_s=f.end_s,
@@ -221,12 +270,44 @@ def recognition_from_proto(msg: emotion_pb2.RecognizeResponse, granularity: str)
             confidence=float(f.confidence),
             scores={name: float(v) for name, v in zip(labels, f.scores, strict=False)},
         )
-        for f in msg.frames
+        for f in frames_msg
     )
-    segments = tuple(
+
+
+def _segments(segments_msg: Any, frames: tuple[Frame, ...]) -> tuple[Segment, ...]:
+    return tuple(
         _segment(seg, None, frames[seg.first_frame : seg.first_frame + seg.frame_count])
-        for seg in msg.segments
+        for seg in segments_msg
     )
+
+
+def _channel_recognition(msg: emotion_pb2.ChannelResult) -> ChannelRecognition:
+    labels = tuple(s.label for s in msg.utterance.scores)
+    frames = _frames(msg.frames, labels)
+    return ChannelRecognition(
+        channel=msg.channel,
+        name=msg.name,
+        label=msg.utterance.label,
+        label_zh=msg.utterance.label_zh,
+        confidence=float(msg.utterance.confidence),
+        scores=_scores(msg.utterance),
+        labels=labels,
+        frames=frames,
+        embedding=_vector(msg.embedding) if msg.HasField("embedding") else None,
+        duration_s=msg.duration_s,
+        voiced_s=msg.voiced_s,
+        segments=_segments(msg.segments, frames),
+        timing=timing_from_proto(msg.timing),
+    )
+
+
+def recognition_from_proto(msg: emotion_pb2.RecognizeResponse, granularity: str) -> Recognition:
+    scores = _scores(msg.utterance)
+    labels = tuple(s.label for s in msg.utterance.scores)
+    channels = tuple(_channel_recognition(c) for c in msg.channels)
+    if not labels and channels:
+        labels = channels[0].labels
+    frames = _frames(msg.frames, labels)
     return Recognition(
         label=msg.utterance.label,
         label_zh=msg.utterance.label_zh,
@@ -239,8 +320,9 @@ def recognition_from_proto(msg: emotion_pb2.RecognizeResponse, granularity: str)
         timing=timing_from_proto(msg.timing),
         model=model_from_proto(msg.model),
         granularity=granularity,
-        segments=segments,
+        segments=_segments(msg.segments, frames),
         voiced_s=msg.voiced_s,
+        channels=channels,
     )
 
 
@@ -262,28 +344,47 @@ def _segment(
     )
 
 
+def _frame_matrix(frames_msg: Any) -> FloatArray | None:
+    if not len(frames_msg):
+        return None
+    return np.stack([_vector(f) for f in frames_msg]).astype(np.float32, copy=False)
+
+
+def _embedding_segments(segments_msg: Any) -> tuple[EmbeddingSegment, ...]:
+    return tuple(
+        EmbeddingSegment(
+            segment_id=seg.segment_id,
+            start_s=seg.start_s,
+            end_s=seg.end_s,
+            embedding=_vector(seg.embedding),
+            first_frame=seg.first_frame,
+            frame_count=seg.frame_count,
+            timing=timing_from_proto(seg.timing),
+        )
+        for seg in segments_msg
+    )
+
+
 def embedding_from_proto(msg: emotion_pb2.EmbedResponse) -> EmbeddingResult:
-    frames: FloatArray | None = None
-    if len(msg.frames):
-        frames = np.stack([_vector(f) for f in msg.frames]).astype(np.float32, copy=False)
     return EmbeddingResult(
         embedding=_vector(msg.embedding),
-        frames=frames,
+        frames=_frame_matrix(msg.frames),
         dim=msg.dim or len(msg.embedding.values),
         duration_s=msg.duration_s,
         timing=timing_from_proto(msg.timing),
         model=model_from_proto(msg.model),
-        segments=tuple(
-            EmbeddingSegment(
-                segment_id=seg.segment_id,
-                start_s=seg.start_s,
-                end_s=seg.end_s,
-                embedding=_vector(seg.embedding),
-                first_frame=seg.first_frame,
-                frame_count=seg.frame_count,
-                timing=timing_from_proto(seg.timing),
+        segments=_embedding_segments(msg.segments),
+        channels=tuple(
+            ChannelEmbedding(
+                channel=c.channel,
+                name=c.name,
+                embedding=_vector(c.embedding),
+                frames=_frame_matrix(c.frames),
+                segments=_embedding_segments(c.segments),
+                duration_s=c.duration_s,
+                timing=timing_from_proto(c.timing),
             )
-            for seg in msg.segments
+            for c in msg.channels
         ),
     )
 

@@ -108,38 +108,18 @@ def _segment_json(seg: Any, first_frame: int, *, frames: bool) -> dict[str, Any]
     return out
 
 
-def recognition_json(result: Any, model: Any = None, *, granularity: str | None = None,
-                     input_name: str | None = None, embedding: bool = False) -> dict[str, Any]:
-    """``result.json``: emotion, emotion_zh, confidence, scores, granularity, [input], duration_s, timing,
-    model, [frames], [voiced_s, segments] (long recordings), [embedding] (when ``embedding`` and present).
-
-    ``model`` and ``granularity`` default to the result's own ``model`` and ``granularity`` (the client's
-    ``Recognition`` carries them; the server passes its model card and the granularity asked for).
-    """
-    model = result.model if model is None else model
-    granularity = granularity or getattr(result, "granularity", "utterance")
-    top = _top(result)
-    out: dict[str, Any] = {
-        "emotion": top.label,
-        "emotion_zh": top.label_zh,
-        "confidence": float(top.confidence),
-        "scores": scores_json(top.scores),
-        "granularity": granularity,
-    }
-    if input_name is not None:
-        out["input"] = input_name
-    out["duration_s"] = float(result.duration_s)
-    out["timing"] = timing_json(result.timing)
-    out["model"] = model_ref_json(model)
+def _recognition_body(result: Any, granularity: str, embedding: bool) -> dict[str, Any]:
+    """duration_s, [voiced_s], timing, [frames], [segments], [embedding] of one recognised signal."""
+    out: dict[str, Any] = {"duration_s": float(result.duration_s), "timing": timing_json(result.timing)}
     if granularity == "frame":
-        labels = _labels(top.scores)
+        labels = _labels(_top(result).scores)
         out["frames"] = [_frame_json(f, labels) for f in result.frames]
     segments = getattr(result, "segments", ())
     if segments:
-        # Long recordings: the fields above are an aggregate over these segments.
+        # Long recordings: the emotion and scores are an aggregate over these segments.
         out["voiced_s"] = float(result.voiced_s)
         out["segments"] = []
-        first = 0  # segment frames are consecutive runs of the top-level "frames", in order
+        first = 0  # segment frames are consecutive runs of the "frames" list, in order
         for seg in segments:
             out["segments"].append(_segment_json(seg, first, frames=granularity == "frame"))
             first += _frame_count(seg)
@@ -148,20 +128,67 @@ def recognition_json(result: Any, model: Any = None, *, granularity: str | None 
     return out
 
 
-def embedding_json(result: Any, model: Any = None, *, input_name: str | None = None) -> dict[str, Any]:
-    """An ``embed`` result: [input], dim, embedding, duration_s, timing, model, [frames], [segments]."""
+def _emotion_json(result: Any) -> dict[str, Any]:
+    top = _top(result)
+    return {"emotion": top.label, "emotion_zh": top.label_zh, "confidence": float(top.confidence),
+            "scores": scores_json(top.scores)}
+
+
+def _channel_body(channel: Any) -> Any:
+    """The recognised (or embedded) signal of one channel (the server's types wrap it; the client's are
+    flat)."""
+    for attr in ("recognition", "result"):
+        inner = getattr(channel, attr, None)
+        if inner is not None:
+            return inner
+    return channel
+
+
+def recognition_json(result: Any, model: Any = None, *, granularity: str | None = None,
+                     input_name: str | None = None, embedding: bool = False) -> dict[str, Any]:
+    """``result.json``: emotion, emotion_zh, confidence, scores, granularity, [input], duration_s, timing,
+    model, [frames], [voiced_s, segments] (long recordings), [embedding] (when ``embedding`` and present).
+
+    A result split into channels (``channels="split"``: the result has a non-empty ``channels``) is instead
+    ``{"channel_mode": "split", "granularity", [input], "duration_s", "model", "channels": [...]}``, each
+    channel ``{"channel", "name", emotion, emotion_zh, confidence, scores, duration_s, timing, [frames],
+    [voiced_s, segments], [embedding]}``: what a mono file holding only that channel gets.
+
+    ``model`` and ``granularity`` default to the result's own ``model`` and ``granularity`` (the client's
+    ``Recognition`` carries them; the server passes its model card and the granularity asked for).
+    """
     model = result.model if model is None else model
+    granularity = str(granularity or getattr(result, "granularity", "utterance"))
+    channels = getattr(result, "channels", ())
+    if channels:
+        doc: dict[str, Any] = {"channel_mode": "split", "granularity": granularity}
+        if input_name is not None:
+            doc["input"] = input_name
+        doc["duration_s"] = float(result.duration_s)
+        doc["model"] = model_ref_json(model)
+        doc["channels"] = []
+        for ch in channels:
+            body = _channel_body(ch)
+            doc["channels"].append({"channel": int(ch.channel), "name": str(ch.name), **_emotion_json(body),
+                                    **_recognition_body(body, granularity, embedding)})
+        return doc
+    out: dict[str, Any] = {**_emotion_json(result), "granularity": granularity}
+    if input_name is not None:
+        out["input"] = input_name
+    body = _recognition_body(result, granularity, embedding)
+    out["duration_s"] = body.pop("duration_s")
+    out["timing"] = body.pop("timing")
+    out["model"] = model_ref_json(model)
+    out.update(body)  # frames, voiced_s and segments, embedding: the order result.json always had
+    return out
+
+
+def _embedding_body(result: Any) -> dict[str, Any]:
     vector = _vector(result.embedding)
     # The frame embeddings: ``frame_features`` on the server's result, ``frames`` on the client's.
     frames = result.frame_features if hasattr(result, "frame_features") else getattr(result, "frames", None)
-    out: dict[str, Any] = {}
-    if input_name is not None:
-        out["input"] = input_name
-    out["dim"] = len(vector)
-    out["embedding"] = vector
-    out["duration_s"] = float(result.duration_s)
-    out["timing"] = timing_json(result.timing)
-    out["model"] = model_ref_json(model)
+    out: dict[str, Any] = {"dim": len(vector), "embedding": vector, "duration_s": float(result.duration_s),
+                           "timing": timing_json(result.timing)}
     if frames is not None:
         out["frames"] = _vector(frames)
     segments = getattr(result, "segments", ())
@@ -172,6 +199,36 @@ def embedding_json(result: Any, model: Any = None, *, input_name: str | None = N
             "first_frame": int(seg.first_frame), "frame_count": int(seg.frame_count),
             "timing": timing_json(seg.timing),
         } for seg in segments]
+    return out
+
+
+def embedding_json(result: Any, model: Any = None, *, input_name: str | None = None) -> dict[str, Any]:
+    """An ``embed`` result: [input], dim, embedding, duration_s, timing, model, [frames], [segments].
+
+    Split into channels: ``{"channel_mode": "split", [input], "duration_s", "model", "channels": [...]}``,
+    each channel ``{"channel", "name", dim, embedding, duration_s, timing, [frames], [segments]}``.
+    """
+    model = result.model if model is None else model
+    channels = getattr(result, "channels", ())
+    out: dict[str, Any] = {}
+    if channels:
+        out["channel_mode"] = "split"
+        if input_name is not None:
+            out["input"] = input_name
+        out["duration_s"] = float(result.duration_s)
+        out["model"] = model_ref_json(model)
+        out["channels"] = [
+            {"channel": int(ch.channel), "name": str(ch.name), **_embedding_body(_channel_body(ch))}
+            for ch in channels
+        ]
+        return out
+    if input_name is not None:
+        out["input"] = input_name
+    body = _embedding_body(result)
+    out["dim"], out["embedding"] = body.pop("dim"), body.pop("embedding")
+    out["duration_s"], out["timing"] = body.pop("duration_s"), body.pop("timing")
+    out["model"] = model_ref_json(model)
+    out.update(body)
     return out
 
 

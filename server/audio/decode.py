@@ -19,7 +19,7 @@ Every failure is an :class:`~server.audio.errors.AudioError` with a message a pe
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -32,10 +32,26 @@ from emotion2vec_serving.server.audio.errors import (
     fmt_duration,
     max_frames,
 )
-from emotion2vec_serving.server.audio.pcm import BLOCK_FRAMES, Collector, downmix, finish_long, finish_mono
+from emotion2vec_serving.server.audio.pcm import (
+    BLOCK_FRAMES,
+    ChannelCollectors,
+    Collector,
+    downmix,
+    finish_long,
+    finish_mono,
+)
 from emotion2vec_serving.server.audio.store import Decoded, FloatArray
 
-__all__ = ["SUPPORTED_FORMATS", "decode_encoded", "decode_encoded_any", "sniff_format"]
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "decode_encoded",
+    "decode_encoded_any",
+    "decode_encoded_channels",
+    "sniff_format",
+]
+
+#: What the decoders feed: one collector (channels averaged) or one per channel (channel splitting).
+Sink = Collector | ChannelCollectors
 
 #: Container formats :func:`sniff_format` recognises, with the names used in error messages.
 SUPPORTED_FORMATS: dict[str, str] = {
@@ -94,7 +110,7 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def _decode_sndfile(
-    data: bytes, limits: AudioLimits, sink: Collector | None = None
+    data: bytes, limits: AudioLimits, sink: Sink | None = None
 ) -> tuple[FloatArray, int]:
     import soundfile as sf  # lazy (libsndfile, heavy): raw PCM and streams never load it
 
@@ -102,7 +118,7 @@ def _decode_sndfile(
     with sf.SoundFile(io.BytesIO(data)) as f:
         rate, channels = int(f.samplerate), int(f.channels)
         check_rate_and_channels(rate, channels, limits)
-        sink.start(rate)
+        sink.start(rate, channels)
         declared = int(f.frames)
         # libsndfile reports the header's frame count; trust it only to refuse early (it can be wrong
         # in the other direction, e.g. streamed WAV headers), and count what is really decoded.
@@ -112,7 +128,7 @@ def _decode_sndfile(
             block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
             if block.shape[0] == 0:
                 break
-            sink.add(downmix(block, channels))
+            sink.add_block(block, channels)
     return sink.mono(), rate
 
 
@@ -153,13 +169,40 @@ def _frame_to_mono(frame: Any) -> FloatArray:
     return mono
 
 
+def _frame_to_channels(frame: Any) -> list[FloatArray]:
+    """One decoded PyAV AudioFrame -> one float32 array per channel, each exactly what
+    :func:`_frame_to_mono` gives for a mono frame holding that channel's samples."""
+    fmt_name: str = frame.format.name
+    planar: bool = frame.format.is_planar
+    base = fmt_name[:-1] if planar else fmt_name
+    if base not in _AV_SAMPLE_SCALE:
+        raise AudioError(f"unsupported decoded sample format {fmt_name!r}", "unsupported_encoding")
+    arr: npt.NDArray[Any] = np.asarray(frame.to_ndarray())
+    channels = max(1, len(frame.layout.channels))
+    n = int(frame.samples)
+    if arr.size == 0 or n == 0:
+        return [np.zeros(0, np.float32) for _ in range(channels)]
+    flat = arr.reshape(-1)
+    planes = [arr[c] for c in range(channels)] if planar else [flat[c::channels] for c in range(channels)]
+    out = []
+    scale = _AV_SAMPLE_SCALE[base]
+    for plane in planes:
+        x = plane.astype(np.float32)
+        if base == "u8":
+            x -= np.float32(128.0)
+        if scale != 1.0:
+            x *= np.float32(scale)
+        out.append(x)
+    return out
+
+
 def _iter_av_frames(container: Any, stream: Any) -> Iterator[Any]:
     for packet in container.demux(stream):
         yield from packet.decode()
 
 
 def _decode_av(
-    data: bytes, fmt: str, limits: AudioLimits, sink: Collector | None = None
+    data: bytes, fmt: str, limits: AudioLimits, sink: Sink | None = None
 ) -> tuple[FloatArray, int]:
     import av  # lazy (FFmpeg, heavy): loaded only when a file needs FFmpeg
 
@@ -188,12 +231,15 @@ def _decode_av(
             if rate is None:
                 rate = int(frame.sample_rate)
                 check_rate_and_channels(rate, max(1, len(frame.layout.channels)), limits)
-                sink.start(rate)
+                sink.start(rate, max(1, len(frame.layout.channels)))
             elif frame.sample_rate != rate:
                 raise AudioError(
                     f"sample rate changes mid-stream ({rate} Hz -> {frame.sample_rate} Hz)", "undecodable"
                 )
-            sink.add(_frame_to_mono(frame))
+            if isinstance(sink, ChannelCollectors):
+                sink.add_channels(_frame_to_channels(frame))
+            else:
+                sink.add(_frame_to_mono(frame))
     finally:
         container.close()
     if rate is None:
@@ -250,12 +296,12 @@ def decode_encoded(data: bytes, limits: AudioLimits | None = None) -> FloatArray
 
 def _decode_any(
     data: bytes, fmt: str, limits: AudioLimits, max_audio_s: float | None = None,
-    sinks: list[Collector] | None = None,
-) -> tuple[FloatArray, int, Collector]:
+    sinks: list[Sink] | None = None, make_sink: Callable[[], Sink] | None = None,
+) -> tuple[FloatArray, int, Sink]:
     record = sinks if sinks is not None else []
 
-    def new_sink() -> Collector:
-        record.append(Collector(limits, max_audio_s))
+    def new_sink() -> Sink:
+        record.append(make_sink() if make_sink is not None else Collector(limits, max_audio_s))
         return record[-1]
 
     # libsndfile decodes Opus about twice as slowly as FFmpeg (measured: 30 s stereo, 370 vs 200 ms).
@@ -298,11 +344,12 @@ def decode_encoded_any(
     limits = limits or AudioLimits()
     data = bytes(data)
     fmt = _check_encoded(data, limits)
-    sinks: list[Collector] = []
+    sinks: list[Sink] = []
     try:
         with np.errstate(invalid="ignore", over="ignore"):
             mono, rate, sink = _decode_any(data, fmt, limits, max_audio_s, sinks)
             if sink.store is not None:
+                assert isinstance(sink, Collector)
                 return finish_long(sink)
             mono = mono[: max_frames(rate, limits)]  # codec padding within CODEC_PADDING_S
     except AudioError:
@@ -319,3 +366,34 @@ def decode_encoded_any(
         ) from exc
     return finish_mono(mono, rate, limits)
 
+
+
+def decode_encoded_channels(
+    data: bytes, limits: AudioLimits | None = None, *, max_audio_s: float | None = None, max_channels: int = 8
+) -> list[Decoded]:
+    """Each channel of an encoded file apart, in channel order (channel splitting): every channel is exactly
+    what :func:`decode_encoded` (``max_audio_s`` None) or :func:`decode_encoded_any` returns for a mono file
+    holding that channel's decoded samples. More than ``max_channels`` channels is an AudioError
+    ``too_many_channels``. Memory: one mono copy (or long store) per channel.
+    """
+    limits = limits or AudioLimits()
+    data = bytes(data)
+    fmt = _check_encoded(data, limits)
+    sinks: list[Sink] = []
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            _, _, sink = _decode_any(data, fmt, limits, max_audio_s, sinks,
+                                     lambda: ChannelCollectors(limits, max_audio_s, max_channels))
+        if sink.rate == 0:
+            raise AudioError("audio is empty: the file holds no decodable audio frames", "empty")
+        assert isinstance(sink, ChannelCollectors)
+        return sink.finish()
+    except AudioError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        detail = str(getattr(exc, "strerror", None) or exc).strip() or type(exc).__name__
+        raise AudioError(
+            f"could not decode audio as {SUPPORTED_FORMATS[fmt]}: {detail}", "undecodable"
+        ) from exc

@@ -36,11 +36,13 @@ __all__ = [
     "BLOCK_FRAMES",
     "CODEC_PADDING_S",
     "MAX_SAMPLE_MAGNITUDE",
+    "ChannelCollectors",
     "Collector",
     "PcmEncoding",
     "check_samples",
     "decode_pcm",
     "decode_pcm_any",
+    "decode_pcm_channels",
     "decode_waveform_any",
     "downmix",
     "finish_long",
@@ -141,7 +143,7 @@ class Collector:
         self._pending: list[FloatArray] = []
         self._pending_size = 0
 
-    def start(self, rate: int) -> None:
+    def start(self, rate: int, channels: int = 1) -> None:
         self.rate = rate
         self.pass_frames = _max_decoded_frames(rate, self.limits)
         if not self.long_ok:
@@ -162,6 +164,10 @@ class Collector:
         if declared_s > limit_s:
             detail = f"{fmt_duration(declared_s)} declared in the file header"
             raise too_long(self.limits, detail, self.max_s)
+
+    def add_block(self, block: npt.NDArray[Any], channels: int) -> None:
+        """A decoded block of interleaved frames (flat or ``(frames, channels)``), averaged into mono."""
+        self.add(downmix(block, channels))
 
     def add(self, block: FloatArray) -> None:
         self.total += int(block.size)
@@ -354,3 +360,102 @@ def decode_waveform_any(
     for a in range(0, x.size, BLOCK_FRAMES):
         sink.add(x[a : a + BLOCK_FRAMES])
     return finish_long(sink)
+
+
+# ------------------------------------------------------------------------------------------- channels apart
+
+
+def split_limit_error(channels: int, max_channels: int) -> AudioError:
+    return AudioError(
+        f"the recording has {channels} channels; channel splitting answers at most {max_channels} (send it "
+        "with channels mixed, or split it into files of fewer channels)", "too_many_channels",
+    )
+
+
+class ChannelCollectors:
+    """Like :class:`Collector`, but each channel of the decoded blocks goes into its own collector, so every
+    channel is decoded exactly as a mono file holding only that channel would be (channel splitting)."""
+
+    def __init__(self, limits: AudioLimits, max_audio_s: float | None, max_channels: int) -> None:
+        self.limits = limits
+        self.max_audio_s = max_audio_s
+        self.max_channels = max_channels
+        self.sinks: list[Collector] = []
+        self.rate = 0
+        self.total = 0
+
+    def start(self, rate: int, channels: int = 1) -> None:
+        if channels > self.max_channels:
+            raise split_limit_error(channels, self.max_channels)
+        self.rate = rate
+        self.sinks = [Collector(self.limits, self.max_audio_s) for _ in range(channels)]
+        for sink in self.sinks:
+            sink.start(rate)
+
+    def check_declared(self, declared_s: float, slack: float = 1.0, extra_s: float = 0.0) -> None:
+        Collector(self.limits, self.max_audio_s).check_declared(declared_s, slack, extra_s)
+
+    @property
+    def store(self) -> PcmStore | None:
+        return self.sinks[0].store if self.sinks else None
+
+    def add_block(self, block: npt.NDArray[Any], channels: int) -> None:
+        """Interleaved frames (flat or ``(frames, channels)``): channel c is ``flat[c::channels]``."""
+        flat = block.reshape(-1)
+        self.add_channels([flat[c::channels] for c in range(channels)])
+
+    def add_channels(self, planes: list[npt.NDArray[Any]]) -> None:
+        """One float32-convertible array per channel, all the same length."""
+        if len(planes) != len(self.sinks):
+            raise AudioError(f"the channel count changes mid-stream ({len(self.sinks)} -> {len(planes)})",
+                             "undecodable")
+        for sink, plane in zip(self.sinks, planes, strict=True):
+            sink.add(plane.astype(np.float32))  # a fresh copy, as downmix makes for one channel
+        self.total = self.sinks[0].total if self.sinks else 0
+
+    def mono(self) -> FloatArray:
+        """Channel 0's one-pass samples (what a caller checking for emptiness needs)."""
+        return self.sinks[0].mono() if self.sinks else np.zeros(0, np.float32)
+
+    def finish(self) -> list[Decoded]:
+        """Every channel as the one-pass decoders return it: a float32 waveform or a long ``PcmStore``."""
+        out: list[Decoded] = []
+        for sink in self.sinks:
+            if sink.store is not None:
+                out.append(finish_long(sink))
+            else:
+                mono = sink.mono()[: max_frames(self.rate, self.limits)]  # codec padding
+                out.append(finish_mono(mono, self.rate, self.limits))
+        return out
+
+
+def decode_pcm_channels(
+    data: bytes | bytearray | memoryview,
+    encoding: PcmEncoding,
+    sample_rate_hz: int,
+    channels: int,
+    limits: AudioLimits | None = None,
+    *,
+    max_audio_s: float | None = None,
+    max_channels: int = 8,
+) -> list[Decoded]:
+    """Raw interleaved PCM, each channel apart: exactly :func:`decode_pcm` (``max_audio_s`` None) or
+    :func:`decode_pcm_any` of that channel's samples sent as mono PCM."""
+    limits = limits or AudioLimits()
+    frame_bytes = validate_pcm_format(encoding, sample_rate_hz, channels, limits)
+    if channels > max_channels:
+        raise split_limit_error(channels, max_channels)
+    if channels == 1 or len(data) == 0 or len(data) % frame_bytes:
+        planes = [data]  # one channel, or the mono path's own error for a bad length
+    else:
+        n_frames = len(data) // frame_bytes
+        if n_frames > max_frames(sample_rate_hz, limits) and max_audio_s is None:
+            raise too_long(limits, fmt_duration(n_frames / sample_rate_hz))
+        dtype = "<i2" if encoding == "s16le" else "<f4"
+        flat = np.frombuffer(data, dtype=dtype)
+        planes = [np.ascontiguousarray(flat[c::channels]).tobytes() for c in range(channels)]
+    if max_audio_s is None:
+        return [decode_pcm(p, encoding, sample_rate_hz, 1 if len(planes) > 1 else channels, limits)
+                for p in planes]
+    return [decode_pcm_any(p, encoding, sample_rate_hz, 1 if len(planes) > 1 else channels, limits,
+                           max_audio_s=max_audio_s) for p in planes]

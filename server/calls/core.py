@@ -10,7 +10,6 @@ maps to its own status (``grpc.status`` / ``http.status``). No protobuf, gRPC or
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
@@ -23,6 +22,7 @@ from emotion2vec_serving.modelrepo.labels import served_warnings
 from emotion2vec_serving.modelrepo.manifest import ModelManifest
 from emotion2vec_serving.server.audio.store import PcmStore
 from emotion2vec_serving.server.calls.admission import Admission
+from emotion2vec_serving.server.calls.channels import SplitCalls, gather_all
 from emotion2vec_serving.server.calls.errors import Failure, InvalidRequest
 from emotion2vec_serving.server.calls.limits import CoreLimits
 from emotion2vec_serving.server.calls.longform import LongCalls
@@ -37,6 +37,8 @@ from emotion2vec_serving.server.calls.types import (
     ModelCard,
     Recognition,
     RecognizeOptions,
+    SplitEmbedding,
+    SplitRecognition,
 )
 from emotion2vec_serving.server.metrics import ServerMetrics
 
@@ -72,6 +74,7 @@ class EmotionCore:
         self._admission = Admission(batcher, metrics, limits.max_concurrent_streams)
         self._pipeline = Pipeline(manifest, batcher, metrics, limits, decode_executor, cost_of)
         self._long = LongCalls(self._pipeline, self._admission.backlog)
+        self._split = SplitCalls(self._pipeline, self._long)
 
     # ------------------------------------------------------------------ what is served
 
@@ -181,6 +184,23 @@ class EmotionCore:
         """Utterance embedding (and per-frame features when asked); works without a classifier head."""
         return await self._admission.unary(call, lambda start: self._embed(audio, options, call, start))
 
+    async def recognize_split(self, audio: AudioInput, options: RecognizeOptions,
+                              call: CallContext) -> SplitRecognition:
+        """Each channel of the recording recognised apart (channel splitting, ``channels``)."""
+        return await self._admission.unary(
+            call, lambda start: self._recognize_split(audio, options, call, start))
+
+    async def embed_split(self, audio: AudioInput, options: EmbedOptions,
+                          call: CallContext) -> SplitEmbedding:
+        """Each channel of the recording embedded apart (channel splitting, ``channels``)."""
+
+        async def body(start: float) -> SplitEmbedding:
+            result = await self._split.embed(audio, options, call, start)
+            self.metrics.observe_audio(call.rpc, result.duration_s, call.protocol)
+            return result
+
+        return await self._admission.unary(call, body)
+
     async def recognize_many(self, audios: Sequence[AudioInput], options: RecognizeOptions,
                              call: CallContext) -> list[Recognition]:
         """Several utterances in one call: each its own batcher item, all submitted at once.
@@ -189,26 +209,36 @@ class EmotionCore:
         """
 
         async def body(start: float) -> list[Recognition]:
-            if not audios:
-                raise InvalidRequest("the request holds no audio (batch of 0)")
-            if len(audios) > self._max_request_items:
-                raise InvalidRequest(f"a batch of {len(audios)} items is more than this server takes in one "
-                                     f"request (the limit is {self._max_request_items} items, "
-                                     "--max-queue-requests)")
-            tasks = [asyncio.ensure_future(self._recognize(a, options, call, start, observe=False))
-                     for a in audios]
-            try:
-                results = await asyncio.gather(*tasks)
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            self._check_batch(audios)
+            results = await gather_all([self._recognize(a, options, call, start, observe=False)
+                                        for a in audios])
             for r in results:
                 self._observe_recognition(call, r)
-            return list(results)
+            return results
 
         return await self._admission.unary(call, body)
+
+    async def recognize_many_split(self, audios: Sequence[AudioInput], options: RecognizeOptions,
+                                   call: CallContext) -> list[SplitRecognition]:
+        """``recognize_many`` with every item split into its channels (all channels of all items at once)."""
+
+        async def body(start: float) -> list[SplitRecognition]:
+            self._check_batch(audios)
+            results = await gather_all([self._recognize_split(a, options, call, start, observe=False)
+                                        for a in audios])
+            for r in results:
+                self._observe_split(call, r)
+            return results
+
+        return await self._admission.unary(call, body)
+
+    def _check_batch(self, audios: Sequence[AudioInput]) -> None:
+        if not audios:
+            raise InvalidRequest("the request holds no audio (batch of 0)")
+        if len(audios) > self._max_request_items:
+            raise InvalidRequest(f"a batch of {len(audios)} items is more than this server takes in one "
+                                 f"request (the limit is {self._max_request_items} items, "
+                                 "--max-queue-requests)")
 
     @contextlib.asynccontextmanager
     async def stream(self, settings: StreamSettings | None,
@@ -244,6 +274,19 @@ class EmotionCore:
         if observe:
             self._observe_recognition(call, recognition)
         return recognition
+
+    def _observe_split(self, call: CallContext, result: SplitRecognition) -> None:
+        self.metrics.observe_audio(call.rpc, result.duration_s, call.protocol)
+        for channel in result.channels:
+            u = channel.recognition.utterance
+            self.metrics.observe_prediction(u.label, u.confidence)
+
+    async def _recognize_split(self, audio: AudioInput, options: RecognizeOptions, call: CallContext,
+                               start: float, *, observe: bool = True) -> SplitRecognition:
+        result = await self._split.recognize(audio, options, call, start)
+        if observe:
+            self._observe_split(call, result)
+        return result
 
     async def _embed(self, audio: AudioInput, options: EmbedOptions, call: CallContext,
                      start: float) -> EmbeddingResult:

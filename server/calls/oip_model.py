@@ -10,6 +10,7 @@ import json
 from importlib import metadata
 from typing import Any
 
+from emotion2vec_serving.server.calls.channels import MAX_SPLIT_CHANNELS
 from emotion2vec_serving.server.calls.errors import ModelNotFound
 from emotion2vec_serving.server.calls.types import ModelCard
 
@@ -73,6 +74,9 @@ def _model_parameters(card: ModelCard) -> dict[str, str]:
         "untrained": "true" if card.untrained else "false",
         "max_duration_s": f"{card.max_duration_s:g}",
         "min_duration_s": f"{card.min_duration_s:g}",
+        # The "channels" request parameter: "mix" (default) or "split" (a channel dimension after the batch
+        # one, at most this many channels an item; see server/calls/tensors.py).
+        "max_split_channels": str(MAX_SPLIT_CHANNELS),
     }
 
 

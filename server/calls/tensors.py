@@ -19,6 +19,15 @@ The model, served under its manifest name, version ``"1"``:
     lengths are padded with zero rows to the longest; the output's ``frame_counts`` parameter (a JSON list)
     gives each item's real frame count.
 
+Channel splitting (issue 21): the request parameter ``channels: "split"`` (default ``"mix"``: channels
+averaged, as always) answers each channel of every item apart and adds a channel dimension after the batch
+one: ``PROBS`` ``[batch, channels, labels]``, ``LABEL`` ``[batch, channels]``, ``EMBEDDING``
+``[batch, channels, dim]``, ``FRAME_PROBS`` ``[batch, channels, frames, labels]``. Items with different
+channel counts (AUDIO files) are padded with zero rows (LABEL: empty strings) to the most channels; every
+output then carries a ``channel_counts`` parameter (a JSON list: each item's real channel count; with
+``padded`` true when they differ), and ``FRAME_PROBS``' ``frame_counts`` is a list per item of each channel's
+frame count. At most 8 channels an item. ``WAVEFORM`` rows are mono by definition: one channel each.
+
 A batch of ``n`` becomes ``n`` batcher items (``EmotionCore.recognize_many``): each is batched like any
 other request and the answer equals sending them one by one.
 """
@@ -35,9 +44,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from emotion2vec_serving.server.calls.channels import parse_channel_mode
 from emotion2vec_serving.server.calls.errors import InvalidRequest
 from emotion2vec_serving.server.calls.oip_model import DEFAULT_OUTPUTS, INPUTS, OUTPUTS
-from emotion2vec_serving.server.calls.types import AudioInput, ModelCard, Recognition, RecognizeOptions
+from emotion2vec_serving.server.calls.types import (
+    AudioInput,
+    ModelCard,
+    Recognition,
+    RecognizeOptions,
+    SplitRecognition,
+)
 
 __all__ = [
     "InTensor",
@@ -90,6 +106,7 @@ class InferPlan:
     options: RecognizeOptions
     priority: int
     deadline: float | None  # from the request's "timeout" parameter (microseconds), time.monotonic
+    split: bool = False  # the "channels": "split" parameter: each channel answered apart
 
 
 
@@ -275,9 +292,12 @@ def parse_infer(
     priority = _int_parameter(parameters, "priority")
     timeout_us = _int_parameter(parameters, "timeout")
     deadline = time.monotonic() + timeout_us / 1e6 if timeout_us > 0 else None
+    channels = parameters.get("channels", "mix")
+    if not isinstance(channels, str):
+        raise InvalidRequest(f"parameter 'channels' must be \"mix\" or \"split\", got {channels!r}")
     return InferPlan(
         audios=tuple(audios), outputs=outputs, options=RecognizeOptions(embedding="EMBEDDING" in outputs),
-        priority=priority, deadline=deadline,
+        priority=priority, deadline=deadline, split=parse_channel_mode(channels),
     )
 
 
@@ -290,8 +310,64 @@ def _int_parameter(parameters: Mapping[str, Any], name: str) -> int:
     return value
 
 
-def build_outputs(plan: InferPlan, results: Sequence[Recognition], card: ModelCard) -> list[OutTensor]:
+def build_outputs(plan: InferPlan, results: Sequence[Recognition] | Sequence[SplitRecognition],
+                  card: ModelCard) -> list[OutTensor]:
     """The requested output tensors, in the order requested."""
+    if plan.split:
+        return _build_split(plan, [r for r in results if isinstance(r, SplitRecognition)], card)
+    return _build(plan, [r for r in results if isinstance(r, Recognition)], card)
+
+
+def _build_split(plan: InferPlan, results: Sequence[SplitRecognition], card: ModelCard) -> list[OutTensor]:
+    """The outputs with a channel dimension after the batch one (zero-padded to the most channels)."""
+    batch = len(results)
+    counts = [len(r.channels) for r in results]
+    width = max(counts, default=0)
+    per_item = [[c.recognition for c in r.channels] for r in results]
+    params: dict[str, str | int | bool] = {"channel_counts": json.dumps(counts)}
+    if len(set(counts)) > 1:
+        params["padded"] = True
+    n_labels = len(card.labels)
+    out: list[OutTensor] = []
+    for name in plan.outputs:
+        if name == "PROBS":
+            probs = np.zeros((batch, width, n_labels), np.float32)
+            for i, recs in enumerate(per_item):
+                for c, rec in enumerate(recs):
+                    probs[i, c] = np.asarray(rec.probs, np.float32).reshape(n_labels)
+            out.append(OutTensor(name, "FP32", probs.shape, probs, dict(params)))
+        elif name == "LABEL":
+            labels = np.empty((batch, width), dtype=object)
+            labels[:] = b""
+            for i, recs in enumerate(per_item):
+                for c, rec in enumerate(recs):
+                    labels[i, c] = rec.utterance.label.encode()
+            out.append(OutTensor(name, "BYTES", (batch, width), labels, dict(params)))
+        elif name == "EMBEDDING":
+            dim = card.embedding_dim
+            emb = np.zeros((batch, width, dim), np.float32)
+            for i, recs in enumerate(per_item):
+                for c, rec in enumerate(recs):
+                    emb[i, c] = np.asarray(rec.embedding, np.float32).reshape(dim)
+            out.append(OutTensor(name, "FP32", emb.shape, emb, dict(params)))
+        elif name == "FRAME_PROBS":
+            frame_counts = [[0 if rec.frame_probs is None else int(rec.frame_probs.shape[0]) for rec in recs]
+                            for recs in per_item]
+            longest = max((n for row in frame_counts for n in row), default=0)
+            frames = np.zeros((batch, width, longest, n_labels), np.float32)
+            for i, recs in enumerate(per_item):
+                for c, rec in enumerate(recs):
+                    if rec.frame_probs is not None:
+                        frames[i, c, :frame_counts[i][c]] = rec.frame_probs
+            fparams = {**params, "frame_counts": json.dumps(frame_counts),
+                       "frame_rate_hz": f"{card.frame_rate_hz:g}"}
+            if len({n for row in frame_counts for n in row}) > 1:
+                fparams["padded"] = True
+            out.append(OutTensor(name, "FP32", frames.shape, frames, fparams))
+    return out
+
+
+def _build(plan: InferPlan, results: Sequence[Recognition], card: ModelCard) -> list[OutTensor]:
     batch = len(results)
     n_labels = len(card.labels)
     out: list[OutTensor] = []

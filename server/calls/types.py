@@ -19,6 +19,8 @@ __all__ = [
     "AudioInput",
     "BatcherLike",
     "CallContext",
+    "ChannelEmbedding",
+    "ChannelRecognition",
     "EmbedOptions",
     "EmbeddingResult",
     "EmbeddingSegment",
@@ -29,6 +31,8 @@ __all__ = [
     "RecognizeOptions",
     "Score",
     "SegmentResult",
+    "SplitEmbedding",
+    "SplitRecognition",
     "Timing",
     "Utterance",
     "smooth_frames",
@@ -105,11 +109,14 @@ class RecognizeOptions:
     frames: bool = False  # per-frame results
     smoothing_frames: int = 0  # centred moving average over this many frames (<= 1: none)
     embedding: bool = False  # return the utterance embedding
+    #: Channel splitting (``EmotionCore.recognize_split``): optional names of the channels, in order.
+    channel_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class EmbedOptions:
     frames: bool = False  # return per-frame features
+    channel_names: tuple[str, ...] = ()  # channel splitting: optional names of the channels, in order
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -234,6 +241,36 @@ class EmbeddingSegment:
     first_frame: int  # its rows of EmbeddingResult.frame_features (when asked for)
     frame_count: int  # valid model frames of the segment (its weight in the mean)
     timing: Timing
+
+
+@dataclass(frozen=True)
+class ChannelRecognition:
+    """One channel of a recording answered apart: ``recognition`` is what a mono file of it gets."""
+
+    channel: int  # 0-based index in the recording
+    name: str  # the caller's name for it, or ""
+    recognition: Recognition
+
+
+@dataclass(frozen=True)
+class SplitRecognition:
+    """A recording recognised channel by channel (channel splitting): one result per channel, in order."""
+
+    duration_s: float  # the recording's duration (every channel's)
+    channels: tuple[ChannelRecognition, ...]
+
+
+@dataclass(frozen=True)
+class ChannelEmbedding:
+    channel: int
+    name: str
+    result: EmbeddingResult
+
+
+@dataclass(frozen=True)
+class SplitEmbedding:
+    duration_s: float
+    channels: tuple[ChannelEmbedding, ...]
 
 
 def smooth_frames(scores: FloatArray, window: int) -> FloatArray:

@@ -15,8 +15,10 @@ from emotion2vec_serving.server.calls.errors import InvalidRequest
 from emotion2vec_serving.server.calls.types import (
     AudioInput,
     CallContext,
+    EmbeddingResult,
     EmbeddingSegment,
     Frame,
+    Recognition,
     Score,
     SegmentResult,
     Timing,
@@ -26,7 +28,10 @@ from emotion2vec_serving.server.calls.types import (
 __all__ = [
     "audio_input",
     "call_context",
+    "channel_split",
     "embedding_segment_pb",
+    "fill_embedding",
+    "fill_recognition",
     "frame_pb",
     "frames_wanted",
     "model_ref",
@@ -84,6 +89,49 @@ def frames_wanted(granularity: int) -> bool:
         raise InvalidRequest(
             f"unknown granularity {granularity}: use GRANULARITY_UTTERANCE (1) or GRANULARITY_FRAME (2)")
     return frames
+
+
+#: ChannelMode -> whether each channel is answered apart (UNSPECIFIED means MIX).
+_SPLIT: dict[int, bool] = {
+    emotion_pb2.CHANNEL_MODE_UNSPECIFIED: False,
+    emotion_pb2.CHANNEL_MODE_MIX: False,
+    emotion_pb2.CHANNEL_MODE_SPLIT: True,
+}
+
+
+def channel_split(mode: int, names: Any) -> bool:
+    """``channel_mode`` -> split?; an unknown value, or channel names without SPLIT, is an InvalidRequest."""
+    split = _SPLIT.get(mode)
+    if split is None:
+        raise InvalidRequest(
+            f"unknown channel_mode {mode}: use CHANNEL_MODE_MIX (1) or CHANNEL_MODE_SPLIT (2)")
+    if len(names) and not split:
+        raise InvalidRequest("channel_names needs channel_mode CHANNEL_MODE_SPLIT")
+    return split
+
+
+def fill_recognition(msg: Any, result: Recognition) -> None:
+    """The result fields a ``RecognizeResponse`` and a ``ChannelResult`` share: utterance, frames, embedding,
+    segments and voiced_s (long audio), timing."""
+    msg.utterance.CopyFrom(utterance_pb(result.utterance))
+    msg.timing.CopyFrom(timing_pb(result.timing))
+    if result.frames:
+        msg.frames.extend(frame_pb(f) for f in result.frames)
+    if result.embedding is not None:
+        msg.embedding.values.extend(result.embedding.tolist())
+    if result.segments:
+        msg.segments.extend(segment_pb(s) for s in result.segments)
+        msg.voiced_s = result.voiced_s
+
+
+def fill_embedding(msg: Any, result: EmbeddingResult) -> None:
+    """The fields an ``EmbedResponse`` and a ``ChannelEmbedding`` share: embedding, frames, segments,
+    timing."""
+    msg.embedding.values.extend(result.embedding.tolist())
+    msg.timing.CopyFrom(timing_pb(result.timing))
+    if result.frame_features is not None:
+        msg.frames.extend(emotion_pb2.Embedding(values=row.tolist()) for row in result.frame_features)
+    msg.segments.extend(embedding_segment_pb(s) for s in result.segments)
 
 
 def model_ref(core: EmotionCore) -> emotion_pb2.ModelRef:

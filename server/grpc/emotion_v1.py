@@ -20,13 +20,11 @@ from emotion2vec_serving.server.calls.types import EmbedOptions, RecognizeOption
 from emotion2vec_serving.server.grpc.convert import (
     audio_input,
     call_context,
-    embedding_segment_pb,
-    frame_pb,
+    channel_split,
+    fill_embedding,
+    fill_recognition,
     frames_wanted,
     model_ref,
-    segment_pb,
-    timing_pb,
-    utterance_pb,
 )
 from emotion2vec_serving.server.grpc.status import abort
 from emotion2vec_serving.server.grpc.streaming import stream_recognize
@@ -60,26 +58,31 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
     ) -> emotion_pb2.RecognizeResponse:
         call = call_context("Recognize", context, request.priority)
         try:
+            split = channel_split(request.channel_mode, request.channel_names)
             options = RecognizeOptions(frames=frames_wanted(request.granularity),
                                        smoothing_frames=int(request.smoothing_frames),
-                                       embedding=request.return_embedding)
+                                       embedding=request.return_embedding,
+                                       channel_names=tuple(request.channel_names))
             audio = audio_input(request.audio)
         except InvalidRequest as exc:
             await abort(context, self._core.refuse(exc, call))
+        if split:
+            try:
+                channels = await self._core.recognize_split(audio, options, call)
+            except CallFailed as failed:
+                await abort(context, failed.failure)
+            response = emotion_pb2.RecognizeResponse(duration_s=channels.duration_s, model=self._model_ref)
+            for ch in channels.channels:
+                item = response.channels.add(channel=ch.channel, name=ch.name,
+                                             duration_s=ch.recognition.duration_s)
+                fill_recognition(item, ch.recognition)
+            return response
         try:
             result = await self._core.recognize(audio, options, call)
         except CallFailed as failed:
             await abort(context, failed.failure)
-        response = emotion_pb2.RecognizeResponse(utterance=utterance_pb(result.utterance),
-                                                 duration_s=result.duration_s, model=self._model_ref,
-                                                 timing=timing_pb(result.timing))
-        if result.frames:
-            response.frames.extend(frame_pb(f) for f in result.frames)
-        if result.embedding is not None:
-            response.embedding.values.extend(result.embedding.tolist())
-        if result.segments:
-            response.segments.extend(segment_pb(s) for s in result.segments)
-            response.voiced_s = result.voiced_s
+        response = emotion_pb2.RecognizeResponse(duration_s=result.duration_s, model=self._model_ref)
+        fill_recognition(response, result)
         return response
 
     async def Embed(
@@ -87,23 +90,30 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
     ) -> emotion_pb2.EmbedResponse:
         call = call_context("Embed", context, request.priority)
         try:
+            split = channel_split(request.channel_mode, request.channel_names)
+            options = EmbedOptions(frames=request.return_frames, channel_names=tuple(request.channel_names))
             audio = audio_input(request.audio)
         except InvalidRequest as exc:
             await abort(context, self._core.refuse(exc, call))
+        if split:
+            try:
+                channels = await self._core.embed_split(audio, options, call)
+            except CallFailed as failed:
+                await abort(context, failed.failure)
+            response = emotion_pb2.EmbedResponse(duration_s=channels.duration_s, model=self._model_ref,
+                                                 dim=self._core.manifest.embedding_dim)
+            for ch in channels.channels:
+                item = response.channels.add(channel=ch.channel, name=ch.name,
+                                             duration_s=ch.result.duration_s)
+                fill_embedding(item, ch.result)
+            return response
         try:
-            result = await self._core.embed(audio, EmbedOptions(frames=request.return_frames), call)
+            result = await self._core.embed(audio, options, call)
         except CallFailed as failed:
             await abort(context, failed.failure)
-        response = emotion_pb2.EmbedResponse(
-            embedding=emotion_pb2.Embedding(values=result.embedding.tolist()),
-            dim=int(result.embedding.shape[0]), duration_s=result.duration_s, model=self._model_ref,
-            timing=timing_pb(result.timing),
-        )
-        if result.frame_features is not None:
-            response.frames.extend(
-                emotion_pb2.Embedding(values=row.tolist()) for row in result.frame_features
-            )
-        response.segments.extend(embedding_segment_pb(s) for s in result.segments)
+        response = emotion_pb2.EmbedResponse(dim=int(result.embedding.shape[0]), duration_s=result.duration_s,
+                                             model=self._model_ref)
+        fill_embedding(response, result)
         return response
 
     async def GetModelInfo(

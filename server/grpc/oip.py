@@ -166,7 +166,8 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
             await abort(context, self._core.refuse(exc, self._call("ModelInfer", context)))
         call = self._call("ModelInfer", context, plan.priority, plan.deadline)
         try:
-            results = await self._core.recognize_many(plan.audios, plan.options, call)
+            results = await (self._core.recognize_many_split(plan.audios, plan.options, call) if plan.split
+                             else self._core.recognize_many(plan.audios, plan.options, call))
         except CallFailed as failed:
             await abort(context, failed.failure)
         response = pb.ModelInferResponse(model_name=card.name, model_version=oip_model.MODEL_VERSION,

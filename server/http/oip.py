@@ -306,7 +306,8 @@ class _OipRest:
             return self._refuse(exc, "ModelInfer")
         call = self._call("ModelInfer", plan.deadline, plan.priority, request)
         try:
-            results = await self._core.recognize_many(plan.audios, plan.options, call)
+            results = await (self._core.recognize_many_split(plan.audios, plan.options, call) if plan.split
+                             else self._core.recognize_many(plan.audios, plan.options, call))
         except CallFailed as failed:
             return _failure(failed.failure)
         all_binary = parameters.get("binary_data_output") is True

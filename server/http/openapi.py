@@ -49,6 +49,12 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
     errors = {"400": error, "401": error, "413": error, "429": error, "503": error, "504": error}
+    channel_params = [
+        q("channels", {"type": "string", "enum": ["mix", "split"], "default": "mix"},
+          "split: each channel of a multi-channel file answered apart (at most 8), in a 'channels' list"),
+        q("channel_names", {"type": "string"},
+          "with channels=split: comma-separated names, e.g. agent,customer"),
+    ]
     return {
         "openapi": "3.0.3",
         "info": {"title": "emotion2vec serving: web API", "version": "1",
@@ -68,6 +74,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                       "frame granularity: moving average over N frames (alias smoothing_frames)"),
                     q("timeout_s", {"type": "number", "exclusiveMinimum": 0}, "deadline of the call"),
                     q("name", {"type": "string"}, "raw body: the name reported as 'input'"),
+                    *channel_params,
                 ],
                 "requestBody": upload_body,
                 "responses": {"200": {"description": "the result", "content": {"application/json": {
@@ -77,7 +84,8 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                 "summary": "Utterance (and frame) embeddings of one recording",
                 "parameters": [q("frames", {"type": "boolean", "default": False}, "also frame embeddings"),
                                q("timeout_s", {"type": "number", "exclusiveMinimum": 0}, "deadline"),
-                               q("name", {"type": "string"}, "raw body: the name reported as 'input'")],
+                               q("name", {"type": "string"}, "raw body: the name reported as 'input'"),
+                               *channel_params],
                 "requestBody": upload_body,
                 "responses": {"200": {"description": "the embedding", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Embedding"}}}}, **errors},
@@ -119,9 +127,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}},
                           "required": ["error"]},
-                "Recognition": {"type": "object", "required": [
-                    "emotion", "emotion_zh", "confidence", "scores", "granularity", "duration_s", "timing",
-                    "model"], "properties": {
+                # emotion, emotion_zh, confidence, scores and timing too, but with channels=split.
+                "Recognition": {"type": "object", "required": ["granularity", "duration_s", "model"],
+                                "properties": {
                     "emotion": {"type": "string"}, "emotion_zh": {"type": "string"}, "confidence": number,
                     "scores": scores, "granularity": {"type": "string", "enum": list(GRANULARITIES)},
                     "input": {"type": "string"}, "duration_s": number, "timing": timing, "model": model_ref,
@@ -136,7 +144,13 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                      "confidence": number, "scores": scores, "timing": timing,
                                      "first_frame": {"type": "integer", "description": "index into frames"},
                                      "frame_count": {"type": "integer"}}}},
-                    "embedding": {"type": "array", "items": number}}},
+                    "embedding": {"type": "array", "items": number},
+                    "channel_mode": {"type": "string", "enum": ["split"], "description": (
+                        "channels=split only: the emotion fields, timing, frames, segments and embedding are "
+                        "then in each entry of 'channels' instead of at the top level")},
+                    "channels": {"type": "array", "description": "channels=split: one entry per channel",
+                                 "items": {"type": "object", "properties": {
+                                     "channel": {"type": "integer"}, "name": {"type": "string"}}}}}},
                 "Embedding": {"type": "object", "required": ["dim", "embedding", "duration_s", "model"],
                               "properties": {
                                   "input": {"type": "string"}, "dim": {"type": "integer"},

@@ -6,6 +6,9 @@
   or from form fields. The answer is the ``result.json`` of ``emotion-client recognize`` (the same
   ``clients/schema.py`` writes both), plus ``embedding`` (a list) when asked for.
 - ``POST /v1/embed``: the same upload; ``frames`` (bool) adds frame embeddings.
+- Both take ``channels`` (``mix``, the default, or ``split``: each channel of a multi-channel file answered
+  apart, at most 8; the JSON then holds a ``channels`` list, see ``clients/schema.py``) and, with ``split``,
+  ``channel_names`` (comma-separated, e.g. ``agent,customer``).
 - ``GET /v1/model``: the model card (``emotion-client info`` fields, plus engine and limits; ``warnings``:
   what to know before trusting the answers, e.g. fewer than nine enabled emotions).
 
@@ -27,6 +30,7 @@ from aiohttp import web
 from emotion2vec_serving.clients.schema import GRANULARITIES, embedding_json, model_ref_json, recognition_json
 from emotion2vec_serving.clients.wire import PROTOCOL_HTTP
 from emotion2vec_serving.server import tracing
+from emotion2vec_serving.server.calls.channels import parse_channel_mode
 from emotion2vec_serving.server.calls.core import EmotionCore
 from emotion2vec_serving.server.calls.errors import CallFailed, InvalidRequest
 from emotion2vec_serving.server.calls.types import AudioInput, CallContext, EmbedOptions, RecognizeOptions
@@ -102,6 +106,16 @@ def _int_option(request: web.Request, fields: Mapping[str, str], *names: str) ->
     return n
 
 
+def _channel_options(request: web.Request, fields: Mapping[str, str]) -> tuple[bool, tuple[str, ...]]:
+    """``channels`` (mix|split) and ``channel_names`` (comma-separated; split only)."""
+    split = parse_channel_mode(_option(request, fields, "channels") or "")
+    raw = _option(request, fields, "channel_names") or ""
+    names = tuple(n.strip() for n in raw.split(",")) if raw.strip() else ()
+    if names and not split:
+        raise InvalidRequest("channel_names needs channels=split")
+    return split, names
+
+
 def _deadline(request: web.Request, fields: Mapping[str, str], default_s: float) -> float:
     value = _option(request, fields, "timeout_s")
     timeout = default_s
@@ -155,6 +169,7 @@ class _V1:
             call = CallContext(protocol=PROTOCOL_HTTP, rpc=rpc, deadline=deadline, trace=trace)
             audio = AudioInput.from_encoded(upload.data)
             card = self.core.model_card()
+            split, names = _channel_options(request, upload.fields)
             if rpc == "Recognize":
                 granularity = (_option(request, upload.fields, "granularity") or "utterance").strip().lower()
                 if granularity not in GRANULARITIES:
@@ -165,13 +180,17 @@ class _V1:
                     frames=granularity == "frame",
                     smoothing_frames=_int_option(request, upload.fields, "smoothing", "smoothing_frames"),
                     embedding=want_embedding,
+                    channel_names=names,
                 )
-                rec = await self.core.recognize(audio, options, call)
+                rec = await (self.core.recognize_split(audio, options, call) if split
+                             else self.core.recognize(audio, options, call))
                 body = recognition_json(rec, card, granularity=granularity, input_name=upload.name,
                                         embedding=want_embedding)
             else:
                 frames = _bool_option(request, upload.fields, "frames")
-                res = await self.core.embed(audio, EmbedOptions(frames=frames), call)
+                embed_options = EmbedOptions(frames=frames, channel_names=names)
+                res = await (self.core.embed_split(audio, embed_options, call) if split
+                             else self.core.embed(audio, embed_options, call))
                 body = embedding_json(res, card, input_name=upload.name)
         except CallFailed as failed:
             return failure_response(failed.failure)

@@ -13,6 +13,12 @@ class PcmEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PCM_ENCODING_S16LE: _ClassVar[PcmEncoding]
     PCM_ENCODING_F32LE: _ClassVar[PcmEncoding]
 
+class ChannelMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANNEL_MODE_UNSPECIFIED: _ClassVar[ChannelMode]
+    CHANNEL_MODE_MIX: _ClassVar[ChannelMode]
+    CHANNEL_MODE_SPLIT: _ClassVar[ChannelMode]
+
 class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GRANULARITY_UNSPECIFIED: _ClassVar[Granularity]
@@ -27,6 +33,9 @@ class SegmentationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 PCM_ENCODING_UNSPECIFIED: PcmEncoding
 PCM_ENCODING_S16LE: PcmEncoding
 PCM_ENCODING_F32LE: PcmEncoding
+CHANNEL_MODE_UNSPECIFIED: ChannelMode
+CHANNEL_MODE_MIX: ChannelMode
+CHANNEL_MODE_SPLIT: ChannelMode
 GRANULARITY_UNSPECIFIED: Granularity
 GRANULARITY_UTTERANCE: Granularity
 GRANULARITY_FRAME: Granularity
@@ -125,21 +134,25 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., precision: _Optional[str] = ..., untrained: _Optional[bool] = ...) -> None: ...
 
 class RecognizeRequest(_message.Message):
-    __slots__ = ("audio", "granularity", "return_embedding", "smoothing_frames", "priority")
+    __slots__ = ("audio", "granularity", "return_embedding", "smoothing_frames", "priority", "channel_mode", "channel_names")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     GRANULARITY_FIELD_NUMBER: _ClassVar[int]
     RETURN_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_FRAMES_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_MODE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     audio: Audio
     granularity: Granularity
     return_embedding: bool
     smoothing_frames: int
     priority: int
-    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., return_embedding: _Optional[bool] = ..., smoothing_frames: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+    channel_mode: ChannelMode
+    channel_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., return_embedding: _Optional[bool] = ..., smoothing_frames: _Optional[int] = ..., priority: _Optional[int] = ..., channel_mode: _Optional[_Union[ChannelMode, str]] = ..., channel_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecognizeResponse(_message.Message):
-    __slots__ = ("utterance", "frames", "embedding", "duration_s", "timing", "model", "segments", "voiced_s")
+    __slots__ = ("utterance", "frames", "embedding", "duration_s", "timing", "model", "segments", "voiced_s", "channels")
     UTTERANCE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +161,7 @@ class RecognizeResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     VOICED_S_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
     utterance: UtteranceResult
     frames: _containers.RepeatedCompositeFieldContainer[FrameResult]
     embedding: Embedding
@@ -156,20 +170,47 @@ class RecognizeResponse(_message.Message):
     model: ModelRef
     segments: _containers.RepeatedCompositeFieldContainer[SegmentResult]
     voiced_s: float
-    def __init__(self, utterance: _Optional[_Union[UtteranceResult, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[FrameResult, _Mapping]]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[SegmentResult, _Mapping]]] = ..., voiced_s: _Optional[float] = ...) -> None: ...
+    channels: _containers.RepeatedCompositeFieldContainer[ChannelResult]
+    def __init__(self, utterance: _Optional[_Union[UtteranceResult, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[FrameResult, _Mapping]]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[SegmentResult, _Mapping]]] = ..., voiced_s: _Optional[float] = ..., channels: _Optional[_Iterable[_Union[ChannelResult, _Mapping]]] = ...) -> None: ...
+
+class ChannelResult(_message.Message):
+    __slots__ = ("channel", "name", "utterance", "frames", "embedding", "duration_s", "voiced_s", "segments", "timing")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UTTERANCE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    VOICED_S_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    name: str
+    utterance: UtteranceResult
+    frames: _containers.RepeatedCompositeFieldContainer[FrameResult]
+    embedding: Embedding
+    duration_s: float
+    voiced_s: float
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentResult]
+    timing: Timing
+    def __init__(self, channel: _Optional[int] = ..., name: _Optional[str] = ..., utterance: _Optional[_Union[UtteranceResult, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[FrameResult, _Mapping]]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., duration_s: _Optional[float] = ..., voiced_s: _Optional[float] = ..., segments: _Optional[_Iterable[_Union[SegmentResult, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("audio", "return_frames", "priority")
+    __slots__ = ("audio", "return_frames", "priority", "channel_mode", "channel_names")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     RETURN_FRAMES_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_MODE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     audio: Audio
     return_frames: bool
     priority: int
-    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., return_frames: _Optional[bool] = ..., priority: _Optional[int] = ...) -> None: ...
+    channel_mode: ChannelMode
+    channel_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., return_frames: _Optional[bool] = ..., priority: _Optional[int] = ..., channel_mode: _Optional[_Union[ChannelMode, str]] = ..., channel_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embedding", "frames", "dim", "duration_s", "timing", "model", "segments")
+    __slots__ = ("embedding", "frames", "dim", "duration_s", "timing", "model", "segments", "channels")
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +218,7 @@ class EmbedResponse(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
     embedding: Embedding
     frames: _containers.RepeatedCompositeFieldContainer[Embedding]
     dim: int
@@ -184,7 +226,26 @@ class EmbedResponse(_message.Message):
     timing: Timing
     model: ModelRef
     segments: _containers.RepeatedCompositeFieldContainer[EmbeddingSegment]
-    def __init__(self, embedding: _Optional[_Union[Embedding, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dim: _Optional[int] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[EmbeddingSegment, _Mapping]]] = ...) -> None: ...
+    channels: _containers.RepeatedCompositeFieldContainer[ChannelEmbedding]
+    def __init__(self, embedding: _Optional[_Union[Embedding, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dim: _Optional[int] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[EmbeddingSegment, _Mapping]]] = ..., channels: _Optional[_Iterable[_Union[ChannelEmbedding, _Mapping]]] = ...) -> None: ...
+
+class ChannelEmbedding(_message.Message):
+    __slots__ = ("channel", "name", "embedding", "frames", "segments", "duration_s", "timing")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    name: str
+    embedding: Embedding
+    frames: _containers.RepeatedCompositeFieldContainer[Embedding]
+    segments: _containers.RepeatedCompositeFieldContainer[EmbeddingSegment]
+    duration_s: float
+    timing: Timing
+    def __init__(self, channel: _Optional[int] = ..., name: _Optional[str] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[EmbeddingSegment, _Mapping]]] = ..., duration_s: _Optional[float] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class EmbeddingSegment(_message.Message):
     __slots__ = ("segment_id", "start_s", "end_s", "embedding", "first_frame", "frame_count", "timing")

@@ -162,6 +162,7 @@
       granularity: $("input[name=granularity]:checked").value,
       embedding: $("#embedding").checked,
       smoothing: Math.max(0, Math.floor(Number($("#smoothing").value) || 0)),
+      split: $("#split-channels").checked,
     };
   }
 
@@ -223,6 +224,7 @@
     form.append("granularity", options.granularity);
     form.append("embedding", options.embedding ? "true" : "false");
     form.append("smoothing", String(options.smoothing));
+    if (options.split) form.append("channels", "split");
     let response;
     const started = performance.now();
     try {
@@ -283,7 +285,37 @@
     }
   }
 
+  // channels=split: one row per channel (its own label, scores, frame curve and long-recording timeline).
+  function renderChannels(card, result) {
+    const box = $(".channels", card);
+    box.replaceChildren();
+    box.hidden = false;
+    card.dataset.channels = String(result.channels.length);
+    for (const ch of result.channels) {
+      const title = ch.name ? `${ch.name} (channel ${ch.channel + 1})` : `channel ${ch.channel + 1}`;
+      const tbody = el("tbody");
+      const chart = el("div", { class: "chart" });
+      const timeline = el("div", { class: "timeline" });
+      const row = el("section", { class: "channel", data: { channel: String(ch.channel), emotion: ch.emotion,
+                                                             confidence: String(ch.confidence) } },
+        el("h3", { text: `${title}: ${ch.emotion} · ${ch.emotion_zh} ${pct(ch.confidence)}` }),
+        el("table", { class: "bars" }, tbody), chart, timeline);
+      box.append(row);
+      barsTable(tbody, ch.scores, ch.emotion);
+      chart.hidden = !(ch.frames && ch.frames.length);
+      if (!chart.hidden) drawChart(chart, ch.frames, Object.keys(ch.scores));
+      timeline.hidden = !(ch.segments && ch.segments.length);
+      if (!timeline.hidden) drawTimeline(timeline, ch.segments, ch.duration_s);
+    }
+  }
+
   function render(card, result, fileName, wallMs) {
+    if (result.channel_mode === "split") {
+      renderSplit(card, result, fileName, wallMs);
+      return;
+    }
+    $(".channels", card).hidden = true;
+    delete card.dataset.channels;
     card.dataset.state = "done";
     card.dataset.emotion = result.emotion;
     card.dataset.confidence = String(result.confidence);
@@ -324,6 +356,30 @@
       npyButton.onclick = () => download("embedding.npy",
         new Blob([npy(result.embedding)], { type: "application/octet-stream" }));
     }
+  }
+
+  function renderSplit(card, result, fileName, wallMs) {
+    card.dataset.state = "done";
+    card.dataset.granularity = result.granularity;
+    delete card.dataset.status;
+    delete card.dataset.emotion;
+    $(".state", card).textContent = `done in ${(wallMs / 1000).toFixed(2)} s`;
+    $(".error", card).hidden = true;
+    $(".retry", card).hidden = true;
+    $(".body", card).hidden = false;
+    $(".top-label", card).textContent = `${result.channels.length} channel(s)`;
+    $(".top-confidence", card).textContent = "";
+    $(".bars tbody", card).replaceChildren();
+    $(".chart", card).hidden = true;
+    $(".timeline", card).hidden = true;
+    $(".meta", card).textContent = `${secs(result.duration_s)} of audio · ` +
+      `${result.model.name} ${result.model.precision}${result.model.untrained ? " (untrained demo)" : ""}`;
+    renderChannels(card, result);
+    const saved = Object.assign({}, result, { input: fileName });
+    saved.channels = result.channels.map((ch) => { const c = Object.assign({}, ch); delete c.embedding; return c; });
+    $(".dl-json", card).onclick = () => download("result.json",
+      new Blob([JSON.stringify(saved, null, 2) + "\n"], { type: "application/json" }));
+    $(".dl-npy", card).hidden = true;
   }
 
   // A float32 vector as a NumPy .npy file (format version 1.0): magic, header dict padded so the data

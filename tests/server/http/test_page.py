@@ -280,3 +280,34 @@ def test_errors_show_next_to_their_file_and_the_page_stays_usable(
                                      "buffer": tone_file("wav", 1.5, seed=4)}])
     expect(card("again.wav")).to_have_attribute("data-state", "done")
     watch.check(allowed_statuses=(400, 401, 429))
+
+
+def test_split_channels_show_one_row_per_channel(open_server: WebServer, open_page: Any) -> None:
+    """A long stereo call with "split channels" ticked: one row per channel, each with the scores the API
+    gives that channel and its own timeline of segments (issue 21)."""
+    from tests.support.audio import encode, make_signal
+
+    stereo = make_signal(35.0, 16000, 2, seed=9)
+    stereo[:, 1] *= 0.5
+    data = encode(stereo, 16000, "flac")
+    with EmotionClient(open_server.target) as client:
+        expected = client.recognize(data, channels="split")
+    assert len(expected.channels) == 2 and all(len(c.segments) >= 2 for c in expected.channels)
+    watch = open_page(open_server)
+    page = watch.page
+    page.check("#split-channels")
+    page.set_input_files("#files", [{"name": "call.flac", "mimeType": "audio/flac", "buffer": data}])
+    card = page.locator('.result[data-file="call.flac"][data-state=done]')
+    expect(card).to_have_count(1)
+    assert card.get_attribute("data-channels") == "2"
+    rows = card.locator(".channels .channel")
+    expect(rows).to_have_count(2)
+    for i, ch in enumerate(expected.channels):
+        row = rows.nth(i)
+        assert row.get_attribute("data-emotion") == ch.label
+        shown = _shown_scores(row)
+        assert list(shown) == list(ch.scores)
+        for label, score in ch.scores.items():
+            assert shown[label] == pytest.approx(score, abs=1e-6)
+        expect(row.locator(".timeline rect.segment")).to_have_count(len(ch.segments))
+    watch.check()
