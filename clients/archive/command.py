@@ -82,6 +82,8 @@ def run_command(
         timeout_s=args.timeout,
         progress=not args.no_progress,
         write_outputs=write_outputs if (args.keep_outputs or not args.summary) else None,
+        channels=args.channels,  # recognize's --channels / --channel-names: one row per channel with split
+        channel_names=tuple(args.channel_names),
     )
 
     async def go() -> int:

@@ -79,10 +79,12 @@ class ArchiveReport:
 
 
 def request_options(mode: str, names: tuple[str, ...]) -> dict[str, Any]:
-    """Extra ``recognize`` arguments for the channel mode: none for ``mix``."""
+    """Extra ``recognize`` arguments for the channel mode: none for ``mix``. The names stay here: an archive
+    mixes mono and stereo recordings, and the server refuses more names than a recording has channels, so
+    ``channel_results`` names each channel the recording really has (a mono file: the first name)."""
     if mode == "mix":
         return {}
-    return {"channels": mode, "channel_names": names}
+    return {"channels": mode}
 
 
 def channel_results(result: Any, mode: str, names: tuple[str, ...]) -> list[tuple[str, str, Any]]:

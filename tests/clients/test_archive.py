@@ -236,3 +236,41 @@ def test_plain_recognize_still_writes_outputs_folders(
     assert len(folders) == 1 and (folders[0] / "result.json").exists()
     assert not math.isnan(json.loads((folders[0] / "result.json").read_text())["confidence"])
     shutil.rmtree(out)
+
+
+def test_split_channels_give_one_row_per_channel_equal_to_that_channel_alone(
+    target: str, archive: Archive, tmp_path: Path
+) -> None:
+    """``--channels split --channel-names agent,customer``: mono recordings get one row (channel 0), stereo
+    calls two, named; each channel's scores equal ``Recognize`` on that channel extracted alone (lossless
+    files: WAV and FLAC; the AAC call is only counted, a re-encoded channel would differ anyway)."""
+    import soundfile as sf
+
+    summary = tmp_path / "split.parquet"
+    embeddings = tmp_path / "split.npy"
+    code = recognize(target, str(archive.root), "--summary", str(summary), "--channels", "split",
+                     "--channel-names", "agent,customer", "--embeddings", str(embeddings))  # fmt: skip
+    assert code == 1  # the broken and the empty file
+    rows = read_summary(summary)
+    per_path: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        per_path.setdefault(r["path"], []).append(r)
+    assert sorted(per_path) == sorted(str(p) for p in archive.recordings), "every recording, once per channel"
+    for path in archive.good:
+        got = sorted((str(r["channel"]), r["channel_name"]) for r in per_path[str(path)])
+        expected = [("0", "agent"), ("1", "customer")] if path in archive.stereo else [("0", "agent")]
+        assert got == expected, (path, got)
+    assert [r["status"] for r in per_path[str(archive.empty)]] == ["ValueError: empty file (0 bytes)"]
+    assert np.load(embeddings).shape[0] == len(rows)
+    lossless = [p for p in archive.stereo if p.suffix in (".wav", ".flac")]
+    assert lossless
+    with EmotionClient(target) as client:
+        for path in lossless:
+            samples, rate = sf.read(path, dtype="float32", always_2d=True)
+            assert samples.shape[1] == 2
+            for channel in (0, 1):
+                alone = client.recognize(samples[:, channel].copy(), sample_rate=rate)
+                row = next(r for r in per_path[str(path)] if str(r["channel"]) == str(channel))
+                assert row["status"] == "ok" and row["label"] == alone.label
+                for label, score in alone.scores.items():
+                    assert float(row[f"score_{label}"]) == pytest.approx(score, abs=1e-5), (path, channel)
