@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import json
 import os
 import shutil
@@ -152,6 +153,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile_s > 0 and raw.exists():
             text = raw.read_text(encoding="utf-8")
             profiles[name] = {**summarise_profile(text, top=20), "inclusive": inclusive_profile(text)}
+            # py-spy's raw (collapsed stacks) output, kept compressed: `py-spy`-compatible after gunzip.
+            (args.out / f"profile_{name}.txt.gz").write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
+            raw.unlink()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(["python -m benchmarks.lean_path", *sys.argv[1:]]),
@@ -172,9 +176,17 @@ def report(result: dict[str, Any]) -> str:
     def cell(d: dict[str, float], fmt: str) -> str:
         return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
 
+    loads = [row["loadavg_1m"] for rows in result["rounds"] for row in rows.values()]
+    cores = result["machine"]["cores"] or 1
     lines = [
         "# Null model vs echo: the lean request path (issue 24)",
         "",
+    ]
+    if max(loads) > cores:
+        lines += [f"**Taken under load**: the 1-minute load average was {min(loads):.1f}–{max(loads):.1f} on "
+                  f"{cores} cores (other work shared the machine). Requests/s and ratios between rows are "
+                  "dominated by that noise; server CPU per request is the steadier figure.", ""]
+    lines += [
         f"- **Command**: `{result['command']}` ({result['date']})",
         f"- **Machine**: {result['machine']['cpu']}, {result['machine']['cores']} cores; CPU flags: "
         f"`{result['machine']['cpu_flags']}`",
@@ -190,6 +202,14 @@ def report(result: dict[str, Any]) -> str:
         added = cell(row["added_cpu_ms_per_req"], ".3f") if "added_cpu_ms_per_req" in row else "0"
         lines.append(f"| {name} | {cell(row['requests_per_s'], '.0f')} | "
                      f"{cell(row['server_cpu_ms_per_req'], '.3f')} | {over} | {added} |")
+    if all("main" in rows and "this" in rows for rows in result["rounds"]):
+        ratios = [rows["this"]["requests_per_s"] / rows["main"]["requests_per_s"]
+                  for rows in result["rounds"]]
+        cpu = [rows["this"]["server_cpu_ms_per_req"] / rows["main"]["server_cpu_ms_per_req"]
+               for rows in result["rounds"]]
+        lines += ["", "This checkout against main in the same round: requests/s × "
+                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}), server CPU per request × "
+                      f"{statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f})."]
     lines += ["", "Every row, with the 1-minute load average just before it:", "",
               "| round | configuration | requests/s | server CPU ms/request | load 1 min |",
               "|---|---|---|---|---|"]
@@ -198,7 +218,7 @@ def report(result: dict[str, Any]) -> str:
             lines.append(f"| {i} | {name} | {row['requests_per_s']:.0f} | "
                          f"{row['server_cpu_ms_per_req']:.3f} | {row['loadavg_1m']:.2f} |")
     for name, prof in result["profiles"].items():
-        lines += ["", f"## py-spy profile: {name} ({prof['samples']} samples, `profile_{name}.txt`)", "",
+        lines += ["", f"## py-spy profile: {name} ({prof['samples']} samples, `profile_{name}.txt.gz`)", "",
                   "| area | self % |", "|---|---|"]
         lines += [f"| {a['name']} | {a['self_pct']} |" for a in prof["by_area"][:10]]
         lines += ["", "| function | inclusive % |", "|---|---|"]
