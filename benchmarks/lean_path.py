@@ -208,8 +208,8 @@ def report(result: dict[str, Any]) -> str:
         cpu = [rows["this"]["server_cpu_ms_per_req"] / rows["main"]["server_cpu_ms_per_req"]
                for rows in result["rounds"]]
         lines += ["", "This checkout against main in the same round: requests/s × "
-                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}), server CPU per request × "
-                      f"{statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f})."]
+                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}), "
+                      f"server CPU per request × {statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f})."]
     lines += ["", "Every row, with the 1-minute load average just before it:", "",
               "| round | configuration | requests/s | server CPU ms/request | load 1 min |",
               "|---|---|---|---|---|"]
