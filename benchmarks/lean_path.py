@@ -207,9 +207,10 @@ def report(result: dict[str, Any]) -> str:
                   for rows in result["rounds"]]
         cpu = [rows["this"]["server_cpu_ms_per_req"] / rows["main"]["server_cpu_ms_per_req"]
                for rows in result["rounds"]]
-        lines += ["", "This checkout against main in the same round: requests/s × "
-                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}), "
-                      f"server CPU per request × {statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f})."]
+        rps = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+        per = f"{statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f})"
+        lines += ["", f"This checkout against main in the same round: requests/s × {rps}, "
+                      f"server CPU per request × {per}."]
     lines += ["", "Every row, with the 1-minute load average just before it:", "",
               "| round | configuration | requests/s | server CPU ms/request | load 1 min |",
               "|---|---|---|---|---|"]
