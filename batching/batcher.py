@@ -1,10 +1,13 @@
 """DynamicBatcher: asyncio front end that queues requests, forms batches and runs them on runner threads.
 
 Concurrency model: everything that touches the queue, the latency model and the request futures runs on
-one event loop, so none of it needs locks. ``run_batch`` is blocking and runs in a dedicated thread pool,
-one thread per runner instance, so the loop keeps admitting requests and forming the next batch while
-batches run. ``instances`` worker tasks each loop: ask the pure policy for a decision, then either run the
-batch or wait on a future that ``submit`` resolves (or a timer, for ``Wait(seconds)``) — no polling.
+one event loop, so none of it needs locks. ``run_batch`` is blocking and runs in dedicated threads, one per
+runner instance, so the loop keeps admitting requests and forming the next batch while batches run. A runner
+thread hands a finished batch back with one ``call_soon_threadsafe`` whose callback sets every request's
+future at once (issue 24: no ``concurrent.futures`` machinery and no extra loop iteration between the
+batch's end and its callers waking). ``instances`` worker tasks each loop: ask the pure policy for a
+decision, then either run the batch or wait on a future that ``submit`` resolves (or a timer, for
+``Wait(seconds)``) — no polling.
 A batch is chosen at the moment a runner is free, from the queue as it is then: deciding costs microseconds
 on the loop, and late binding lets requests that arrived during the previous run join the best-fitting batch.
 """
@@ -15,10 +18,11 @@ import asyncio
 import itertools
 import logging
 import math
+import queue as queue_module
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import BatcherClosed, DeadlineExceeded, QueueFull
 from .latency import LatencyModel
@@ -35,11 +39,31 @@ R = TypeVar("R")
 _log = logging.getLogger(__name__)
 
 
-def _timed(run_batch: Callable[[list[P]], Sequence[R]], payloads: list[P]) -> tuple[Sequence[R], float]:
-    # Timed inside the runner thread: the latency model must learn the device's time, not the loop's.
-    t0 = time.perf_counter()
-    results = run_batch(payloads)
-    return results, time.perf_counter() - t0
+#: A runner thread's job: the payloads and the loop callback ``deliver(results, error, run_s)``.
+_Job = tuple[list[Any], Callable[[Any, "BaseException | None", float], None]]
+
+
+def _runner_thread(loop: asyncio.AbstractEventLoop, run_batch: Callable[[list[P]], Sequence[R]],
+                   jobs: queue_module.SimpleQueue[_Job | None]) -> None:
+    """Run batches until a None job; each result goes back to the loop in one ``call_soon_threadsafe``."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        payloads, deliver = job
+        results: Sequence[R] | None = None
+        error: BaseException | None = None
+        t0 = time.perf_counter()  # timed in the runner thread: the model learns the device's time
+        try:
+            results = run_batch(payloads)
+        except BaseException as exc:  # handed to the loop, which fails (or splits) the batch
+            error = exc
+        run_s = time.perf_counter() - t0
+        try:
+            loop.call_soon_threadsafe(deliver, results, error, run_s)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this batch any more
+            return
+        del job, payloads, deliver, results, error  # no reference kept while waiting for the next job
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -96,7 +120,8 @@ class DynamicBatcher(Generic[P, R]):
         self._queue = RequestQueue(self.policy.max_queue_requests, self.policy.max_queue_cost)
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._jobs: queue_module.SimpleQueue[_Job | None] = queue_module.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._workers: list[asyncio.Task[None]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._running: set[QueuedRequest[P, R]] = set()
@@ -137,7 +162,13 @@ class DynamicBatcher(Generic[P, R]):
         if self._closing:
             raise BatcherClosed("batcher is closed")
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="batch-runner")
+        self._threads = [
+            threading.Thread(target=_runner_thread, args=(self._loop, self._run_batch, self._jobs),
+                             name=f"batch-runner_{i}", daemon=True)
+            for i in range(self.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
         self._workers = [
             asyncio.create_task(self._worker(), name=f"batch-runner-{i}") for i in range(self.instances)
         ]
@@ -171,8 +202,8 @@ class DynamicBatcher(Generic[P, R]):
         for req in leftover:
             self._fail(req, BatcherClosed("batcher closed before the request ran"))
         self._on_queue(0, 0)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._jobs.put(None)  # each runner thread ends after its current run (if any)
 
     # -- submission ---------------------------------------------------------------------------------
 
@@ -314,35 +345,52 @@ class DynamicBatcher(Generic[P, R]):
             await self._execute(batch, dispatched_s=time.monotonic())
 
     async def _execute(self, batch: list[QueuedRequest[P, R]], dispatched_s: float) -> None:
-        assert self._loop is not None and self._executor is not None
+        assert self._loop is not None
         self._running.update(batch)
         try:
-            payloads = [r.payload for r in batch]
-            try:
-                results, run_s = await self._loop.run_in_executor(
-                    self._executor, _timed, self._run_batch, payloads
-                )
-                if len(results) != len(batch):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} payloads")
-            except Exception as exc:
-                await self._handle_failure(batch, exc, dispatched_s)
-                return
-            costs = [r.cost for r in batch]
-            longest = max(costs)
-            self.latency_model.observe(len(batch), longest, run_s)
-            for req, result in zip(batch, results, strict=True):
-                fut = req.future
-                if fut is not None and not fut.done():
-                    fut.set_result(result)
-            self._on_batch(
-                len(batch),
-                len(batch) * longest,
-                sum(costs),
-                run_s,
-                [dispatched_s - r.enqueued_s for r in batch],
-            )
+            done: asyncio.Future[tuple[Exception | None, float]] = self._loop.create_future()
+
+            def deliver(results: Sequence[R] | None, error: BaseException | None, run_s: float) -> None:
+                # On the loop, in the runner thread's one callback: the callers' futures are set here,
+                # without waiting for this task to resume.
+                if done.done():  # this task was cancelled (the batcher closed): the results are dropped
+                    return
+                if error is None and results is not None and len(results) != len(batch):
+                    error = RuntimeError(
+                        f"run_batch returned {len(results)} results for {len(batch)} payloads")
+                if error is not None:
+                    if isinstance(error, Exception):
+                        done.set_result((error, run_s))
+                    else:
+                        done.set_exception(error)
+                    return
+                assert results is not None
+                self._deliver(batch, results, run_s, dispatched_s)
+                done.set_result((None, run_s))
+
+            self._jobs.put(([r.payload for r in batch], deliver))
+            error, _ = await done
+            if error is not None:
+                await self._handle_failure(batch, error, dispatched_s)
         finally:
             self._running.difference_update(batch)
+
+    def _deliver(self, batch: list[QueuedRequest[P, R]], results: Sequence[R], run_s: float,
+                 dispatched_s: float) -> None:
+        costs = [r.cost for r in batch]
+        longest = max(costs)
+        self.latency_model.observe(len(batch), longest, run_s)
+        for req, result in zip(batch, results, strict=True):
+            fut = req.future
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        self._on_batch(
+            len(batch),
+            len(batch) * longest,
+            sum(costs),
+            run_s,
+            [dispatched_s - r.enqueued_s for r in batch],
+        )
 
     async def _handle_failure(
         self, batch: list[QueuedRequest[P, R]], exc: Exception, dispatched_s: float

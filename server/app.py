@@ -54,7 +54,6 @@ from emotion2vec_serving.server.grpc.auth import TokenAuthInterceptor
 from emotion2vec_serving.server.grpc.credentials import server_credentials
 from emotion2vec_serving.server.grpc.emotion_v1 import EmotionService
 from emotion2vec_serving.server.grpc.health import SERVICE_NAME, Health
-from emotion2vec_serving.server.grpc.malformed import MalformedRequests
 from emotion2vec_serving.server.http.app import HttpFrontEnd
 from emotion2vec_serving.server.metrics import GatedObserver, ServerMetrics
 from emotion2vec_serving.server.runtime.contract import (
@@ -234,7 +233,6 @@ class EmotionServer:
             auth = BearerAuth(tokens, self.metrics, exempt_reflection=s.auth_exempt_reflection)
             interceptors.append(TokenAuthInterceptor(auth))
             log.info("bearer-token authentication enabled (health checks exempt)")
-        interceptors.append(MalformedRequests())  # innermost: undecodable request bytes -> INVALID_ARGUMENT
         credentials = server_credentials(s.tls_cert_file or None, s.tls_key_file or None,
                                          s.tls_client_ca_file or None)
         # Past --max-concurrent-rpcs calls in progress, RESOURCE_EXHAUSTED before any handler runs or any
@@ -245,6 +243,7 @@ class EmotionServer:
             s.max_concurrent_rpcs, exempt=OIP_PROBES,
             retry_after_ms=lambda: int(1000 * max(0.05, core.estimated_drain_s())),
             on_reject=self._count_cap_refusal,
+            safe_deserializers=True,  # bytes that do not parse -> INVALID_ARGUMENT (grpc/malformed.py)
         )
         # Outermost: it counts (and releases) whatever handler the others return, token refusals included.
         interceptors.insert(0, self.admission)

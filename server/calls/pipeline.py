@@ -48,8 +48,12 @@ from emotion2vec_serving.server.tracing import CallTrace
 
 __all__ = ["Pipeline", "traced_reduce"]
 
-#: Raw PCM up to this size at the model's rate is converted on the event loop (~tens of microseconds).
-_INLINE_PCM_BYTES = 256 * 1024
+#: Raw PCM (or a waveform) at the model's rate up to this many samples is converted on the event loop, not in
+#: the decode pool. Measured (issue 24, 2 EPYC cores under load): a hop to a pool thread and back costs
+#: ~58 us of CPU; ``decode_pcm`` of mono 16 kHz audio costs ~17 us at 0.5-1 s, ~35-45 us at 2-4 s and
+#: ~65-75 us at 8 s (f32le and s16le alike), ~100-200 us at 16-30 s. Up to 8 s the conversion holds the
+#: loop about as long as the hop would cost, and saves the hop's CPU; longer audio goes to the pool.
+_INLINE_PCM_SAMPLES = 8 * 16000
 
 
 class _SegmentLike(Protocol):
@@ -172,15 +176,17 @@ class Pipeline:
             assert pcm is not None
             encoding: PcmEncoding = "s16le" if audio.pcm_encoding == "s16le" else "f32le"
             rate, channels = audio.sample_rate_hz, audio.channels or 1
-            frame_bytes = (2 if encoding == "s16le" else 4) * max(1, channels)
+            sample_bytes = 2 if encoding == "s16le" else 4
+            frame_bytes = sample_bytes * max(1, channels)
             if longform is not None and len(pcm) // frame_bytes > limits.max_duration_s * rate:
                 max_audio_s = longform.max_audio_s
                 waveform = await loop.run_in_executor(
                     self._executor,
                     lambda: decode_pcm_any(pcm, encoding, rate, channels, limits, max_audio_s=max_audio_s),
                 )
-            elif rate == limits.target_sample_rate_hz and len(pcm) <= _INLINE_PCM_BYTES:
-                # No resampling, a short copy: cheaper on the loop than a hop to the decode thread and back.
+            elif rate == limits.target_sample_rate_hz and len(pcm) <= _INLINE_PCM_SAMPLES * sample_bytes:
+                # No resampling, a short copy: cheaper on the loop than a hop to the decode thread and back
+                # (counted in samples of every channel: a downmix costs per sample).
                 waveform = decode_pcm(pcm, encoding, rate, channels, limits)
             else:
                 waveform = await loop.run_in_executor(
@@ -200,7 +206,7 @@ class Pipeline:
                     self._executor,
                     lambda: decode_pcm_any(raw, "f32le", rate, 1, limits, max_audio_s=max_audio_s),
                 )
-            elif rate == limits.target_sample_rate_hz and len(raw) <= _INLINE_PCM_BYTES:
+            elif rate == limits.target_sample_rate_hz and len(raw) <= _INLINE_PCM_SAMPLES * 4:
                 waveform = decode_pcm(raw, "f32le", rate, 1, limits)
             else:
                 waveform = await loop.run_in_executor(

@@ -14,6 +14,15 @@ pods. :class:`RpcAdmission` replaces it as a server interceptor:
   released even when the client cancels before sending it (gRPC would otherwise never call the handler).
 - :meth:`wait_idle` waits until no admitted call is left: the drain uses it after GOAWAY (``server.stop``)
   to know that every call gRPC accepted has finished.
+- With ``safe_deserializers``, it also does what ``server/grpc/malformed.py``'s ``MalformedRequests`` does
+  (request bytes that do not parse -> INVALID_ARGUMENT), so the server needs one interceptor, not two, when
+  tokens are off (issue 24, a lean request path). Being outermost, it sees the handler every other
+  interceptor returned, so the safe deserializer is applied to the handler that really reads the request.
+
+Cost per call (issue 24): the wrapped handlers are built once per method and reused (nothing is allocated
+per call but the slot count), and a unary request is read with ``context.read()``: iterating the request
+stream would start an async generator per call that is left unfinished (and closed later by a task of its
+own).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import grpc.aio
 from emotion2vec_serving.clients.wire import PROTOCOL_EMOTION_V1, PROTOCOL_OIP_GRPC
 from emotion2vec_serving.server.auth import HEALTH_METHOD_PREFIX
 from emotion2vec_serving.server.calls.errors import ErrorKind, Failure
+from emotion2vec_serving.server.grpc.malformed import Malformed, safe_handler, safe_request_deserializer
 from emotion2vec_serving.server.grpc.status import trailing_metadata
 
 __all__ = ["EXEMPT_PREFIXES", "RpcAdmission", "protocol_and_rpc"]
@@ -57,16 +67,20 @@ class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc sh
 
     def __init__(self, limit: int, *, exempt: Sequence[str] = (),
                  retry_after_ms: Callable[[], int] | None = None,
-                 on_reject: Callable[[str, str], None] | None = None) -> None:
+                 on_reject: Callable[[str, str], None] | None = None,
+                 safe_deserializers: bool = False) -> None:
         self.limit = limit
         self._exempt_prefixes = EXEMPT_PREFIXES
         self._exempt = frozenset(exempt)
         self._retry_after_ms = retry_after_ms
         self._on_reject = on_reject
+        self._safe = safe_deserializers
         self.inflight = 0
         self.rejected = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # method -> (the handler gRPC gave, what to serve it with, counted: True / exempt: False)
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler, bool]] = {}
 
     def is_exempt(self, method: str) -> bool:
         return method in self._exempt or method.startswith(self._exempt_prefixes)
@@ -78,15 +92,33 @@ class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc sh
     ) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or self.is_exempt(method):
-            return handler
+        if handler is None:
+            return None
+        entry = self._handlers.get(method)
+        if entry is None or entry[0] is not handler:
+            entry = self._build(method, handler)
+            self._handlers[method] = entry
+        _, served, counted = entry
+        if not counted:
+            return served
         if self.limit and self.inflight >= self.limit:
             self.rejected += 1
             return self._refusal(method, handler)
         # No await from here to the handler's first line: the slot is released in its ``finally``.
         self.inflight += 1
         self._idle.clear()
-        return self._counted(handler)
+        return served
+
+    def _build(self, method: str, handler: grpc.RpcMethodHandler
+               ) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler, bool]:
+        """What serves ``method`` (built once per handler): the safe deserializer when asked, counted
+        unless exempt or synchronous (none of this server's handlers is)."""
+        if self.is_exempt(method):
+            return handler, safe_handler(method, handler) if self._safe else handler, False
+        counted = self._counted(method, handler)
+        if counted is None:
+            return handler, safe_handler(method, handler) if self._safe else handler, False
+        return handler, counted, True
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no admitted call is in progress; False when ``timeout_s`` passed first."""
@@ -130,25 +162,34 @@ class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc sh
         return grpc.stream_unary_rpc_method_handler(refuse, real.request_deserializer,
                                                     real.response_serializer)
 
-    def _counted(self, real: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _counted(self, method: str, real: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        """``real`` counted (the slot released when it returns), its unary request read by itself; None
+        for a synchronous handler (served as it is, not counted)."""
         release = self._release
-        des, ser = real.request_deserializer, real.response_serializer
         behaviour = real.unary_unary or real.unary_stream or real.stream_unary or real.stream_stream
         if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
-            release()  # a synchronous handler (none of this server's): served as it is, not counted
-            return real
+            return None
         if not real.request_streaming and not real.response_streaming:
+            # The hot path (Recognize, ModelInfer...): the malformed-message check fused in, no extra frame.
+            safe = self._safe and real.request_deserializer is not None
+            des = (safe_request_deserializer(method, real.request_deserializer) if safe
+                   else real.request_deserializer)
             unary = real.unary_unary
 
-            async def unary_unary(requests: AsyncIterator[Any],
+            async def unary_unary(_requests: AsyncIterator[Any],
                                   context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
-                    request = await _single(requests, context)
+                    request = await _single(context)
+                    if safe and type(request) is Malformed:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                     return await unary(request, context)
                 finally:
                     release()
 
-            return grpc.stream_unary_rpc_method_handler(unary_unary, des, ser)
+            return grpc.stream_unary_rpc_method_handler(unary_unary, des, real.response_serializer)
+        if self._safe:
+            real = safe_handler(method, real)
+        des, ser = real.request_deserializer, real.response_serializer
         if not real.request_streaming:
             unary_stream = real.unary_stream
             if inspect.isasyncgenfunction(unary_stream):
@@ -156,7 +197,7 @@ class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc sh
                 async def unary_stream_gen(requests: AsyncIterator[Any],
                                            context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                     try:
-                        request = await _single(requests, context)
+                        request = await _single(context)
                         async for response in unary_stream(request, context):
                             yield response
                     finally:
@@ -167,7 +208,7 @@ class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc sh
             async def unary_stream_writer(requests: AsyncIterator[Any],
                                           context: grpc.aio.ServicerContext[Any, Any]) -> None:
                 try:
-                    request = await _single(requests, context)
+                    request = await _single(context)
                     await unary_stream(request, context)
                 finally:
                     release()
@@ -207,8 +248,9 @@ class RpcAdmission(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc sh
         return grpc.stream_stream_rpc_method_handler(counted_stream_writer, des, ser)
 
 
-async def _single(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+async def _single(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
     """The one request message of a unary-request call, read by the handler itself."""
-    async for request in requests:
-        return request
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+    request = await context.read()
+    if request is grpc.aio.EOF:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+    return request

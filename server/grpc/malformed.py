@@ -14,9 +14,11 @@ INVALID_ARGUMENT naming the message type, logged at INFO in one line.
   INVALID_ARGUMENT (emotion.v1 ``StreamRecognize``); if the exception leaves the servicer unhandled, the
   wrapper aborts the call with INVALID_ARGUMENT itself.
 
-It must be the innermost interceptor (the last in the server's list): the others, ``RpcAdmission`` and the
-token check, then wrap the handler it returns and read requests with its deserializer. Synchronous handlers
-(none on this server) are left as they are.
+The server does this inside ``RpcAdmission`` (``safe_deserializers=True``, ``server/grpc/admission.py``):
+the outermost interceptor sees the handler every other one returned, so one interceptor does both (issue
+24). :class:`MalformedRequests` does it on its own; as a separate interceptor it must be the innermost (the
+last in the server's list), so that the others wrap the handler it returns and read requests with its
+deserializer. Synchronous handlers (none on this server) are left as they are.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import grpc.aio
 
 from emotion2vec_serving.server.calls.errors import InvalidRequest
 
-__all__ = ["Malformed", "MalformedMessage", "MalformedRequests"]
+__all__ = ["Malformed", "MalformedMessage", "MalformedRequests", "safe_handler", "safe_request_deserializer"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ def _type_name(deserializer: Callable[[bytes], Any]) -> str:
     return str(getattr(descriptor, "full_name", "") or "request message")
 
 
-def _safe_deserializer(method: str, deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def safe_request_deserializer(method: str, deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserializer`` that returns a :class:`Malformed` marker (logged at INFO) instead of raising."""
     type_name = _type_name(deserializer)
 
     def deserialize(data: bytes) -> Any:
@@ -83,9 +86,12 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-def _wrap(method: str, real: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``real`` with the safe deserializer and a behaviour that answers a malformed request."""
-    des = _safe_deserializer(method, real.request_deserializer)
+def safe_handler(method: str, real: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``real`` with the safe deserializer and a behaviour that answers a malformed request (``real`` itself
+    when it has no deserializer or is synchronous)."""
+    if real.request_deserializer is None:
+        return real
+    des = safe_request_deserializer(method, real.request_deserializer)
     ser = real.response_serializer
     behaviour = real.unary_unary or real.unary_stream or real.stream_unary or real.stream_stream
     streaming_out = inspect.isasyncgenfunction(behaviour)
@@ -166,6 +172,6 @@ class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # gr
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(method, handler)
+        wrapped = safe_handler(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
