@@ -24,6 +24,8 @@ compiled model's streams, so widths would need two compiled models (two copies o
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -47,12 +49,8 @@ def trim_heap() -> None:
     of that. Measured on the base model (373 MB): three shared-weight sessions 977 MB RSS after loading,
     380 MB after the trim (one session: 712 and 371 MB).
     """
-    try:
-        import ctypes  # lazy: only here
-
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def usable_cores() -> int:

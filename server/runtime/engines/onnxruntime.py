@@ -32,6 +32,7 @@ from typing import Any
 
 from emotion2vec_serving.server.runtime.contract import RunnerError, RunnerOptions, SessionLike
 from emotion2vec_serving.server.runtime.gpu import disable_tf32_in_environment, provider_list
+from emotion2vec_serving.server.runtime.onnx_initializers import read_initializers
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, GPU_PROVIDERS
 
 __all__ = ["OrtRunHandle", "OrtSession", "SharedWeights", "ort_session_factory", "shared_weights"]
@@ -45,8 +46,6 @@ class SharedWeights:
 
     def __init__(self, model_path: Path) -> None:
         import onnxruntime as ort  # lazy, as below
-
-        from emotion2vec_serving.server.runtime.onnx_initializers import read_initializers
 
         self.arrays = read_initializers(model_path)
         self.values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in self.arrays.items()}
