@@ -175,6 +175,7 @@ class EmotionServer:
             on_provider_change=self.metrics.set_provider,
             on_run_timeout=self.metrics.run_timeout,
             on_batch=None if self.tracing is None else self.tracing.on_batch,
+            on_width=self.metrics.runner_width,
         ))
         # The precision really used: OpenVINO may compute an fp32 repository in bf16.
         self.metrics.set_model(m.model_name, m.model_version, self.runner.precision, m.untrained)
@@ -189,11 +190,13 @@ class EmotionServer:
             # int8: exact only without padding between items; batch equal lengths only (DESIGN.md, engines).
             run_batch = equal_length_batches(run_batch)
             log.info("%s model: batches hold one length each (padding would change its answers)", m.precision)
-        self.batcher = DynamicBatcher(run_batch, policy, instances=s.runner_instances,
+        # Adaptive widths: as many workers as narrow sessions; the runner runs wide only on an empty queue.
+        self.batcher = DynamicBatcher(run_batch, policy, instances=self.runner.concurrency,
                                       observer=self._observer, split_on_error=split_on_error,
                                       out_of_memory=is_out_of_memory,
                                       decide=BATCH_DECISIONS[s.batch_policy])
         await self.batcher.start()
+        self.runner.set_queue_probe(lambda b=self.batcher: b.queued_requests)
         batcher = self.batcher
         # The core's estimate also counts segments of long recordings not yet handed to the batcher.
         self.metrics.bind_drain_estimate(

@@ -29,6 +29,7 @@ from emotion2vec_serving.server.runtime.gpu import (
     resolve_gpu_mem_limit,
 )
 from emotion2vec_serving.server.runtime.providers import TENSORRT_PROVIDER
+from emotion2vec_serving.server.runtime.widths import runner_concurrency
 
 __all__ = ["BATCH_POLICIES", "ENV_PREFIX", "Settings", "SettingsError", "build_parser", "parse_settings"]
 
@@ -144,10 +145,14 @@ class Settings:
         "ONNX Runtime execution providers in order of preference, comma-separated",
     )
     intra_op_threads: int = _opt(
-        defaults.INTRA_OP_THREADS, "ONNX Runtime intra-op threads per runner instance (0 = CPU cores)"
+        defaults.INTRA_OP_THREADS, "ONNX Runtime intra-op threads per runner instance (0 = CPU cores); "
+        "with --runner-instances 0 the adaptive runner's whole thread budget"
     )
     runner_instances: int = _opt(
-        defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread"
+        defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread. 0 = adaptive "
+        "(ONNX Runtime on the CPU): one copy of the weights run as one wide session (every intra-op thread) "
+        "when one batch is ready and as two narrow ones (half each) when several are; elsewhere one "
+        "instance. N >= 1: N fixed instances of --intra-op-threads each"
     )
     graph_optimization_level: str = _opt(
         defaults.GRAPH_OPTIMIZATION_LEVEL, "ONNX Runtime graph optimisation: disable|basic|extended|all"
@@ -335,7 +340,9 @@ class Settings:
                 f"graph optimisation level {self.graph_optimization_level!r} is not one of "
                 f"{', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
             )
-        for name in ("runner_instances", "max_batch_size", "max_queue_requests", "max_concurrent_streams",
+        if self.runner_instances < 0:
+            problems.append("runner_instances must be >= 0 (0 = adaptive)")
+        for name in ("max_batch_size", "max_queue_requests", "max_concurrent_streams",
                      "max_message_bytes", "gpu_failures_before_fallback"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
@@ -380,6 +387,11 @@ class Settings:
     def max_segment_s(self) -> float:
         """The longest single model pass (``--max-segment-s``, the same setting as ``--max-duration-s``)."""
         return self.max_duration_s
+
+    @property
+    def runner_concurrency(self) -> int:
+        """The most batches the runner may run at once (adaptive: its narrow sessions)."""
+        return runner_concurrency(self.runner_instances)
 
     @property
     def effective_intra_op_threads(self) -> int:

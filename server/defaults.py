@@ -19,7 +19,7 @@ SAMPLE_RATE_HZ = 16000  # what the model eats (the manifest states it for a give
 # --- runner (RunnerOptions)
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 INTRA_OP_THREADS = 0  # 0 = every usable core (Settings.effective_intra_op_threads)
-RUNNER_INSTANCES = 1
+RUNNER_INSTANCES = 0  # 0 = adaptive widths on ONNX Runtime CPU (runtime/widths.py), else one instance
 GRAPH_OPTIMIZATION_LEVEL = "all"
 GPU_FAILURES_BEFORE_FALLBACK = 3
 RUN_TIMEOUT_S = 120.0  # watchdog on one model run (0 = none)

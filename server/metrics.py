@@ -29,6 +29,7 @@ STREAM_ENDINGS = ("completed", "client_closed", "idle_timeout", "duration_limit"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+_WIDTH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _AUDIO_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 _SEGMENT_BUCKETS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -53,6 +54,10 @@ class ServerMetrics:
                                             buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("emotion_batch_size", "requests per batch", buckets=_BATCH_BUCKETS,
                                     registry=r)
+        self.runner_widths = Histogram("emotion_runner_width",
+                                      "intra-op threads of the session that ran each batch (adaptive runner: "
+                                      "wide when it ran alone, narrow when batches ran side by side)",
+                                      buckets=_WIDTH_BUCKETS, registry=r)
         self.batch_padded_audio = Histogram("emotion_batch_padded_audio_seconds",
                                             "padded audio per batch (items x longest item)",
                                             buckets=_AUDIO_BUCKETS, registry=r)
@@ -161,6 +166,10 @@ class ServerMetrics:
 
     def accept_error(self) -> None:
         self.accept_errors.inc()
+
+    def runner_width(self, threads: int) -> None:
+        """The runner ran a batch on a session of ``threads`` intra-op threads (any thread may call)."""
+        self.runner_widths.observe(threads)
 
     def run_timeout(self) -> None:
         """The runner's watchdog terminated a run; thread-safe (called from a batcher worker thread)."""

@@ -29,7 +29,7 @@ def window_for(max_batch_size: int, max_batch_audio_s: float, instances: int) ->
 #: The window of the default server: the default batch policy on the default number of runners.
 _POLICY = BatchPolicy()
 _DEFAULT_WINDOW = window_for(_POLICY.max_batch_size, _POLICY.max_batch_cost / defaults.SAMPLE_RATE_HZ,
-                             defaults.RUNNER_INSTANCES)
+                             Settings().runner_concurrency)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class LongformSettings:
     def from_settings(cls, settings: Settings) -> LongformSettings:
         """How a server run with ``settings`` handles long recordings."""
         window_segments, window_audio_s, initial_window = window_for(
-            settings.max_batch_size, settings.max_batch_audio_s, settings.runner_instances
+            settings.max_batch_size, settings.max_batch_audio_s, settings.runner_concurrency
         )
         return cls(max_audio_s=settings.max_audio_s, max_segment_s=settings.max_duration_s,
                    window_segments=window_segments, window_audio_s=window_audio_s,

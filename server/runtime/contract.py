@@ -110,6 +110,8 @@ class RunnerOptions:
     # --- engine (issue 16)
     engine: str = defaults.ENGINE  # which engine the session factory runs ("onnxruntime" | "openvino")
     inference_precision: str = defaults.INFERENCE_PRECISION  # OpenVINO: auto | f32 | bf16
+    # --- adaptive widths (issue 24, server/runtime/widths.py)
+    share_weights: bool = False  # ONNX Runtime on the CPU: one copy of the weights for a model's sessions
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,18 @@ Engines (``server/runtime/engines/``): the session factory decides what runs the
 default or OpenVINO (``engine``); the runner reports the engine and the precision really used
 (``precision``: the model repository's, or OpenVINO's inference precision for an fp32 repository). What a
 session and its factory must provide, and what the runner returns and raises: ``server/runtime/contract.py``.
+
+Widths (issue 24): ``instances`` 0 (``--runner-instances 0``, the default) on ONNX Runtime's CPU provider
+is the adaptive runner: one wide and two narrow sessions over one copy of the weights, the session chosen
+per batch from the queue (``server/runtime/widths.py``; ``set_queue_probe`` tells it the batcher's queue).
+Anywhere else 0 means one instance; ``instances`` N >= 1 is N fixed instances of ``intra_op_threads`` each.
+``concurrency`` is how many batches may run at once (the batcher's workers); ``on_width(threads)`` is told
+the threads of the session that ran each batch (``emotion_runner_width``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -56,6 +64,7 @@ from emotion2vec_serving.server.runtime.contract import (
 from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, GPU_PROVIDERS
 from emotion2vec_serving.server.runtime.watchdog import Watchdog
+from emotion2vec_serving.server.runtime.widths import ADAPTIVE, WidthPool, plan_widths, trim_heap
 
 __all__ = ["Runner"]
 
@@ -108,6 +117,7 @@ class Runner:
         on_provider_change: Callable[[str | None, str, str], None] | None = None,
         on_run_timeout: Callable[[], None] | None = None,
         on_batch: BatchHook | None = None,
+        on_width: Callable[[int], None] | None = None,
     ) -> None:
         self.manifest = manifest
         self.options = options
@@ -116,6 +126,9 @@ class Runner:
         self._on_run_timeout = on_run_timeout
         #: Traces (``server/tracing.py``): told of every run, in the run's thread; None while tracing is off.
         self.on_batch = on_batch
+        self.on_width = on_width  # told the threads of the session that ran each batch
+        self._instances = max(1, options.instances)  # fixed instances (adaptive: where it does not apply)
+        self._widths: WidthPool | None = None  # the adaptive runner's sessions (None: the fixed pool)
         self._batch_ids = itertools.count(1)  # next() is atomic under the GIL: batcher threads share it
         self._lock = threading.Lock()
         self._pool: queue.SimpleQueue[tuple[int, SessionLike]] = queue.SimpleQueue()
@@ -136,18 +149,29 @@ class Runner:
 
     def _load(self, providers: Sequence[str]) -> str:
         """Create the session pool; fall back to CPU when a GPU provider fails to load."""
-        first, active = self._create(providers)
-        sessions = [first]
-        for _ in range(self.options.instances - 1):
-            sessions.append(self._create(providers)[0])
-        for session in sessions:
-            self._pool.put((self._generation, session))
+        adaptive = self.options.instances == ADAPTIVE and self.options.engine == "onnxruntime"
+        plan = plan_widths(self.options.intra_op_threads)
+        wide = dataclasses.replace(self.options, intra_op_threads=plan.wide_threads, share_weights=True)
+        first, active = self._create(providers, wide if adaptive else self.options)
+        if adaptive and active == CPU_PROVIDER:
+            narrow = dataclasses.replace(wide, intra_op_threads=plan.narrow_threads)
+            self._widths = WidthPool(first, [self._create(providers, narrow)[0]
+                                             for _ in range(plan.narrow_sessions)], plan)
+            shape = (f"adaptive: 1 x {plan.wide_threads} or {plan.narrow_sessions} x {plan.narrow_threads} "
+                     "thread(s), one copy of the weights")
+        else:
+            sessions = [first]
+            for _ in range(self._instances - 1):
+                sessions.append(self._create(providers)[0])
+            for session in sessions:
+                self._pool.put((self._generation, session))
+            shape = f"{self._instances} instance(s), {self.options.intra_op_threads} intra-op thread(s)"
+        trim_heap()  # what parsing the model file left in the heap (widths.trim_heap)
         wanted = providers[0]
         if active != wanted:
             log.warning("execution provider %s is not active; running on %s", wanted, active)
-        log.info("model %s %s loaded on %s (%d instance(s), %d intra-op thread(s))",
-                 self.manifest.model_name, self.manifest.model_version, active,
-                 self.options.instances, self.options.intra_op_threads)
+        log.info("model %s %s loaded on %s (%s)", self.manifest.model_name, self.manifest.model_version,
+                 active, shape)
         if self._on_provider_change is not None:
             if active == wanted:
                 self._on_provider_change(None, active, "load")
@@ -155,14 +179,16 @@ class Runner:
                 self._on_provider_change(wanted, active, "unavailable_at_load")
         return active
 
-    def _create(self, providers: Sequence[str]) -> tuple[SessionLike, str]:
+    def _create(self, providers: Sequence[str],
+                options: RunnerOptions | None = None) -> tuple[SessionLike, str]:
+        options = options or self.options
         try:
-            session = self._factory(self.manifest.onnx_path, providers, self.options)
+            session = self._factory(self.manifest.onnx_path, providers, options)
         except Exception as exc:
             rest = [p for p in providers if p not in GPU_PROVIDERS]
             if rest and len(rest) < len(providers):
                 log.warning("loading with %s failed (%s); falling back to %s", list(providers), exc, rest)
-                session = self._factory(self.manifest.onnx_path, rest, self.options)
+                session = self._factory(self.manifest.onnx_path, rest, options)
             else:
                 raise RunnerError(f"cannot load {self.manifest.onnx_path}: {exc}") from exc
         active = session.get_providers()[0] if session.get_providers() else CPU_PROVIDER
@@ -173,6 +199,21 @@ class Runner:
         self._precision = str(computes_in) if computes_in and self.manifest.precision == "fp32" \
             else self.manifest.precision
         return session, active
+
+    @property
+    def concurrency(self) -> int:
+        """How many batches may run at once: the batcher's workers (adaptive: the narrow sessions)."""
+        return self._widths.plan.narrow_sessions if self._widths is not None else self._instances
+
+    @property
+    def widths(self) -> WidthPool | None:
+        """The adaptive runner's sessions and their counters (None: fixed instances)."""
+        return self._widths
+
+    def set_queue_probe(self, probe: Callable[[], int]) -> None:
+        """``probe()``: requests waiting in the batcher's queue; the adaptive runner runs wide only at 0."""
+        if self._widths is not None:
+            self._widths.queue_probe = probe
 
     @property
     def provider(self) -> str:
@@ -200,7 +241,15 @@ class Runner:
             raise RunnerError("the model runner is closed")
         if not batch:
             return []
-        generation, session = self._acquire()
+        widths = self._widths
+        if widths is not None:
+            session, threads = widths.acquire(lambda: self._closed)
+            generation = self._generation
+        else:
+            generation, session = self._acquire()
+            threads = self.options.intra_op_threads
+        if self.on_width is not None:
+            self.on_width(threads)
         provider = self._provider
         lengths = np.fromiter((len(w) for w in batch), dtype=np.int64, count=len(batch))
         # On a GPU the batch is padded to a length bucket (the model masks by `lengths`: same results).
@@ -234,7 +283,10 @@ class Runner:
                 with self._lock:
                     self._gpu_failures = 0
         finally:
-            self._release(generation, session)
+            if widths is not None:
+                widths.release(session)
+            else:
+                self._release(generation, session)
         return self._slice(dict(zip(self._output_names, outputs, strict=True)), len(batch), started, run_s,
                            provider, batch_id)
 
@@ -355,7 +407,7 @@ class Runner:
                   f", back after a probe in {self.options.gpu_cooldown_s:g} s"
                   if self.options.gpu_cooldown_s > 0 else "")
         self._discard_pool_locked()
-        for _ in range(self.options.instances):
+        for _ in range(self._instances):
             session = self._factory(self.manifest.onnx_path, [CPU_PROVIDER], self.options)
             self._pool.put((self._generation, session))
         self._provider = CPU_PROVIDER
@@ -380,7 +432,7 @@ class Runner:
         """One attempt to return to the GPU; True when done (or closed), False to try again later."""
         try:
             sessions = [self._factory(self.manifest.onnx_path, self.options.providers, self.options)
-                        for _ in range(self.options.instances)]
+                        for _ in range(self._instances)]
         except Exception as exc:
             log.warning("cannot load a %s session yet: %s", gpu_provider, exc)
             return False
@@ -437,6 +489,8 @@ class Runner:
         with self._lock:
             self._closed = True
             self._discard_pool_locked()
+        if self._widths is not None:
+            self._widths.close()
 
 
 _ORDER = ("logits", "probs", "frame_probs", "embedding", "frame_features", "frame_lengths")

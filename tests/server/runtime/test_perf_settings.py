@@ -44,7 +44,8 @@ async def _batches_through_server(start_server: StartServer, policy: str) -> lis
     """Hold the runner on a first request while four of alternating lengths queue; return the batches."""
     gate = threading.Event()
     factory = FaultyFactory(gate=gate)
-    running: Running = await start_server(factory, batch_policy=policy, max_batch_size=2,
+    # One fixed runner instance: the first request holds the only runner (adaptive runs two at once).
+    running: Running = await start_server(factory, batch_policy=policy, max_batch_size=2, runner_instances=1,
                                           adaptive_batching=False, max_queue_delay_ms=0.0)
     batcher = running.server.batcher
     assert batcher is not None

@@ -1,0 +1,146 @@
+"""Load-adaptive CPU parallelism (issue 24): one copy of the weights, run wide or narrow per batch.
+
+On a few CPU cores the best fixed configuration depends on the load: one session with every core
+(``1 x 2`` on 2 cores) serves a lone batch fastest, two one-thread sessions (``2 x 1``) serve a queue
+fastest (measured in ``benchmarks/results/cpu_engines`` and ``benchmarks/results/adaptive_cpu``). The
+adaptive runner (``--runner-instances 0``, the default) holds both: a *wide* session with the whole thread
+budget and two *narrow* sessions with half of it each, all over one copy of the weights (ONNX Runtime:
+``RunnerOptions.share_weights``, ``engines/onnxruntime.py``). ``WidthPool`` picks the session per batch:
+
+- the wide one when nothing else runs and nothing else is waiting (the batcher's queue is empty: the
+  runner's ``queue_probe``);
+- otherwise a narrow one: two ready batches run as two narrow sessions in parallel.
+
+A batch that arrives while a wide run is going takes a narrow session at once rather than waiting for the
+wide run to end (for the rest of that run the threads exceed the budget by the narrow width; waiting would
+cost the new batch up to a whole run). At most ``narrow_sessions`` batches run at once (the batcher runs
+``runner.concurrency`` workers). The width does not change a batch's answer beyond the project's
+batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
+
+Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emulated GPU run the fixed
+number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
+compiled model's streams, so widths would need two compiled models (two copies of the weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from emotion2vec_serving.server.runtime.contract import RunnerError, SessionLike
+
+__all__ = ["ADAPTIVE", "ADAPTIVE_CONCURRENCY", "WidthPlan", "WidthPool", "plan_widths", "runner_concurrency",
+           "trim_heap"]
+
+#: ``--runner-instances`` value that asks for adaptive widths.
+ADAPTIVE = 0
+#: Narrow sessions of the adaptive runner: the most batches it runs at once.
+ADAPTIVE_CONCURRENCY = 2
+
+
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Loading a session parses the whole model file (weights included) and frees it again; glibc keeps most
+    of that. Measured on the base model (373 MB): three shared-weight sessions 977 MB RSS after loading,
+    380 MB after the trim (one session: 712 and 371 MB).
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class WidthPlan:
+    """The adaptive runner's sessions: one of ``wide_threads``, ``narrow_sessions`` of ``narrow_threads``."""
+
+    wide_threads: int
+    narrow_threads: int
+    narrow_sessions: int = ADAPTIVE_CONCURRENCY
+
+
+def plan_widths(threads: int) -> WidthPlan:
+    """The plan for a budget of ``threads`` intra-op threads (0: every usable core)."""
+    budget = threads if threads > 0 else usable_cores()
+    return WidthPlan(wide_threads=budget, narrow_threads=max(1, budget // ADAPTIVE_CONCURRENCY))
+
+
+def runner_concurrency(instances: int) -> int:
+    """Batches a runner with ``--runner-instances instances`` may run at once (at most)."""
+    return instances if instances > 0 else ADAPTIVE_CONCURRENCY
+
+
+class WidthPool:
+    """The adaptive runner's sessions and the choice between them; thread-safe.
+
+    ``queue_probe()``: how many requests wait in the batcher's queue (None: taken as 0). ``counts``: runs
+    per width (threads); ``peak_narrow``: the most narrow runs seen at once (tests and benchmarks).
+    """
+
+    def __init__(self, wide: SessionLike, narrow: Sequence[SessionLike], plan: WidthPlan) -> None:
+        if not narrow:
+            raise ValueError("the adaptive runner needs at least one narrow session")
+        self.plan = plan
+        self.queue_probe: Callable[[], int] | None = None
+        self._cond = threading.Condition()
+        self._wide: SessionLike | None = wide
+        self._wide_busy = False
+        self._narrow_free: list[SessionLike] = list(narrow)
+        self._narrow_running = 0
+        self.counts: dict[int, int] = {}
+        self.peak_narrow = 0
+
+    def _others_waiting(self) -> bool:
+        probe = self.queue_probe
+        if probe is None:
+            return False
+        try:
+            return probe() > 0
+        except Exception:  # a probe must never fail a batch
+            return False
+
+    def acquire(self, closed: Callable[[], bool]) -> tuple[SessionLike, int]:
+        """Take the session for the next batch: (session, its threads). Blocks while none is free."""
+        with self._cond:
+            while True:
+                if closed() or self._wide is None:
+                    raise RunnerError("the model runner is closed")
+                idle = not self._wide_busy and self._narrow_running == 0
+                if idle and not self._others_waiting():
+                    self._wide_busy = True
+                    return self._taken(self._wide, self.plan.wide_threads)
+                if self._narrow_free:
+                    self._narrow_running += 1
+                    self.peak_narrow = max(self.peak_narrow, self._narrow_running)
+                    return self._taken(self._narrow_free.pop(), self.plan.narrow_threads)
+                self._cond.wait(0.5)
+
+    def _taken(self, session: SessionLike, threads: int) -> tuple[SessionLike, int]:
+        self.counts[threads] = self.counts.get(threads, 0) + 1
+        return session, threads
+
+    def release(self, session: SessionLike) -> None:
+        with self._cond:
+            if session is self._wide:
+                self._wide_busy = False
+            else:
+                self._narrow_running -= 1
+                self._narrow_free.append(session)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Drop the sessions (runs in progress finish); later ``acquire`` calls fail."""
+        with self._cond:
+            self._wide = None
+            self._narrow_free.clear()
+            self._cond.notify_all()

@@ -1,0 +1,31 @@
+"""benchmarks/adaptive_cpu.py in quick mode on the tiny model: the harness runs and its numbers agree.
+
+Nothing about speed: every configuration x client count has a row, each row served requests, its
+median lies within its min-max, and the report names the command and the CPU flags.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_mode_writes_consistent_rows(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adaptive"
+    subprocess.run([sys.executable, "-m", "benchmarks.adaptive_cpu", "--quick", "--fp32-repo", str(tiny_repo),
+                    "--out", str(out)], cwd=ROOT, check=True, timeout=600, capture_output=True)
+    result = json.loads((out / "results.json").read_text())
+    rows = result["rows"]
+    assert {(r["config"], r["clients"]) for r in rows} == {
+        (c, n) for c in ("fixed 1xT", "fixed 2x(T/2)", "adaptive") for n in (1, 4)}
+    for row in rows:
+        assert all(k > 0 for k in row["requests"]), row
+        assert row["audio_s_per_s_min"] <= row["audio_s_per_s"] <= row["audio_s_per_s_max"]
+        assert row["p50_ms"] <= row["p99_ms"] and row["vmhwm_mb"] > 0
+    assert "--runner-instances 0" in next(r for r in rows if r["config"] == "adaptive")["server_args"]
+    report = (out / "report.md").read_text()
+    assert "python -m benchmarks.adaptive_cpu --quick" in report and "flags:" in report
