@@ -196,8 +196,8 @@ class EmotionServer:
                                       out_of_memory=is_out_of_memory,
                                       decide=BATCH_DECISIONS[s.batch_policy])
         await self.batcher.start()
-        self.runner.set_queue_probe(lambda b=self.batcher: b.queued_requests)
         batcher = self.batcher
+        self.runner.set_queue_probe(lambda: batcher.queued_requests)
         # The core's estimate also counts segments of long recordings not yet handed to the batcher.
         self.metrics.bind_drain_estimate(
             lambda: self.core.estimated_drain_s() if self.core is not None
