@@ -44,7 +44,9 @@ __all__ = [
 #: with one intra-op thread (the test machines are shared), no warm-up, no readiness delay when stopping
 #: (the drain tests set their own), and no connection age, so a stop does not wait for the age GOAWAY of a
 #: connection a test left open (the real server's default drain is tested on processes:
-#: tests/reliability/test_goaway.py, test_drain_under_load.py).
+#: tests/reliability/test_goaway.py, test_drain_under_load.py), and one fixed runner instance: the tests'
+#: gated sessions count on one batch running at a time (the adaptive default is tested on real sessions in
+#: tests/server/runtime/test_adaptive_widths.py and on every server process).
 TEST_SETTINGS = Settings(
     host="127.0.0.1",
     port=0,
@@ -55,6 +57,7 @@ TEST_SETTINGS = Settings(
     warmup=False,
     drain_readiness_delay_s=0.0,
     max_connection_age_s=0.0,
+    runner_instances=1,
 )
 
 #: tests/server (the default ``server_settings``): long audio is segmented up to 60 s (issue 13), beyond

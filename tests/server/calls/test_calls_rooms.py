@@ -23,9 +23,10 @@ ALLOWED = {
     "pipeline": {"errors", "limits", "types"},
     "streams": {"errors", "pipeline", "types"},
     "longform": {"errors", "limits", "pipeline", "types"},
+    "channels": {"errors", "longform", "pipeline", "types"},
     "oip_model": {"errors", "types"},
     "tensors": {"errors", "oip_model", "types"},
-    "core": {"admission", "errors", "limits", "longform", "pipeline", "streams", "types"},
+    "core": {"admission", "channels", "errors", "limits", "longform", "pipeline", "streams", "types"},
 }
 
 
