@@ -20,6 +20,7 @@ from emotion2vec_serving.server.audio.decode import decode_encoded_channels
 from emotion2vec_serving.server.audio.pcm import PcmEncoding, decode_pcm_channels
 from emotion2vec_serving.server.audio.store import Decoded, PcmStore
 from emotion2vec_serving.server.calls.errors import InvalidRequest
+from emotion2vec_serving.server.calls.limits import MAX_SPLIT_CHANNELS
 from emotion2vec_serving.server.calls.longform import LongCalls
 from emotion2vec_serving.server.calls.pipeline import Pipeline
 from emotion2vec_serving.server.calls.types import (
@@ -36,10 +37,7 @@ from emotion2vec_serving.server.calls.types import (
 )
 from emotion2vec_serving.server.tracing import CallTrace
 
-__all__ = ["MAX_SPLIT_CHANNELS", "SplitCalls", "gather_all", "parse_channel_mode"]
-
-#: Most channels one recording may be split into (more is INVALID_ARGUMENT / 400).
-MAX_SPLIT_CHANNELS = 8
+__all__ = ["SplitCalls", "gather_all", "parse_channel_mode"]
 
 T = TypeVar("T")
 

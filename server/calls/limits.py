@@ -15,7 +15,10 @@ from emotion2vec_serving.server import defaults
 from emotion2vec_serving.server.audio.errors import AudioLimits
 from emotion2vec_serving.server.config import Settings
 
-__all__ = ["CoreLimits", "LongformSettings", "window_for"]
+__all__ = ["MAX_SPLIT_CHANNELS", "CoreLimits", "LongformSettings", "window_for"]
+
+#: Most channels one recording may be split into (``channels=split``; more is INVALID_ARGUMENT / 400).
+MAX_SPLIT_CHANNELS = 8
 
 
 def window_for(max_batch_size: int, max_batch_audio_s: float, instances: int) -> tuple[int, float, int]:

@@ -10,8 +10,8 @@ import json
 from importlib import metadata
 from typing import Any
 
-from emotion2vec_serving.server.calls.channels import MAX_SPLIT_CHANNELS
 from emotion2vec_serving.server.calls.errors import ModelNotFound
+from emotion2vec_serving.server.calls.limits import MAX_SPLIT_CHANNELS
 from emotion2vec_serving.server.calls.types import ModelCard
 
 __all__ = [

@@ -23,8 +23,8 @@ ALLOWED = {
     "pipeline": {"errors", "limits", "types"},
     "streams": {"errors", "pipeline", "types"},
     "longform": {"errors", "limits", "pipeline", "types"},
-    "channels": {"errors", "longform", "pipeline", "types"},
-    "oip_model": {"errors", "types"},
+    "channels": {"errors", "limits", "longform", "pipeline", "types"},
+    "oip_model": {"errors", "limits", "types"},
     "tensors": {"errors", "oip_model", "types"},
     "core": {"admission", "channels", "errors", "limits", "longform", "pipeline", "streams", "types"},
 }
