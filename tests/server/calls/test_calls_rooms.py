@@ -25,7 +25,7 @@ ALLOWED = {
     "longform": {"errors", "limits", "pipeline", "types"},
     "channels": {"errors", "limits", "longform", "pipeline", "types"},
     "oip_model": {"errors", "limits", "types"},
-    "tensors": {"errors", "oip_model", "types"},
+    "tensors": {"channels", "errors", "oip_model", "types"},
     "core": {"admission", "channels", "errors", "limits", "longform", "pipeline", "streams", "types"},
 }
 
