@@ -67,6 +67,7 @@ from emotion2vec_serving.server.runtime.engines import (
     equal_length_batches,
     session_factory_for,
 )
+from emotion2vec_serving.server.runtime.heap import HeapTrimmer
 from emotion2vec_serving.server.runtime.runner import Runner
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
@@ -130,6 +131,7 @@ class EmotionServer:
         )
         self.runner: Runner | None = None
         self.batcher: DynamicBatcher[Any, Any] | None = None
+        self._heap_trimmer: HeapTrimmer | None = None
         self.core: EmotionCore | None = None
         self.service: EmotionService | None = None
         self.server: grpc.aio.Server | None = None
@@ -278,6 +280,9 @@ class EmotionServer:
         if s.warmup:
             await self.warmup()
         self._observer.enabled = True
+        self._heap_trimmer = HeapTrimmer(s.heap_trim_interval_s, self._decode_executor,
+                                         lambda: self._observer.batches)
+        self._heap_trimmer.start()
         self.core.mark_ready()
         await self.health.set_serving()
         log.info("ready: health SERVING on %s:%d", s.host, self.port)
@@ -359,6 +364,8 @@ class EmotionServer:
             await grpc_stop
         if http_stop is not None:
             await http_stop
+        if self._heap_trimmer is not None:
+            await self._heap_trimmer.stop()
         if self.runner is not None:
             self.runner.close()
         self.metrics.close()

@@ -176,6 +176,12 @@ class Settings:
         "give the CPU arena's free memory back after every run, so RSS does not stay at the peak of "
         "the longest batch ever run (ignored without --ort-cpu-arena)"
     )
+    heap_trim_interval_s: float = _opt(
+        defaults.HEAP_TRIM_INTERVAL_S,
+        "give the C heap's free memory back to the system (glibc malloc_trim, off the event loop) this "
+        "often while batches run, so RSS follows the load instead of drifting up after large requests "
+        "(0 = never; server/runtime/heap.py)"
+    )
     run_timeout_s: float = _opt(
         defaults.RUN_TIMEOUT_S,
         "watchdog: a model run (one batch) taking longer is terminated and its requests retried "
@@ -362,7 +368,7 @@ class Settings:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative (0 = from the descriptor limit)")
         for name in ("max_queue_delay_ms", "drain_grace_s", "drain_readiness_delay_s", "max_connection_age_s",
-                     "run_timeout_s",
+                     "run_timeout_s", "heap_trim_interval_s",
                      "max_concurrent_rpcs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")

@@ -26,6 +26,7 @@ RUN_TIMEOUT_S = 120.0  # watchdog on one model run (0 = none)
 ORT_ALLOW_SPINNING = False
 ORT_CPU_ARENA = True
 ORT_ARENA_SHRINKAGE = True
+HEAP_TRIM_INTERVAL_S = 10.0  # give glibc's free heap back this often while batches run (0 = never)
 GPU_COOLDOWN_S = 300.0
 ENGINE = "onnxruntime"
 INFERENCE_PRECISION = "auto"

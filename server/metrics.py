@@ -235,9 +235,11 @@ class GatedObserver:
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
         self.enabled = False
+        self.batches = 0  # every batch run, warm-up included (the heap trimmer's sign of activity)
 
     def on_batch(self, size: int, padded_cost: int, useful_cost: int, run_s: float,
                  queue_waits_s: Sequence[float]) -> None:
+        self.batches += 1
         if self.enabled:
             self.metrics.on_batch(size, padded_cost, useful_cost, run_s, queue_waits_s)
 

@@ -62,9 +62,10 @@ from emotion2vec_serving.server.runtime.contract import (
     SessionLike,
 )
 from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
+from emotion2vec_serving.server.runtime.heap import trim_heap
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, GPU_PROVIDERS
 from emotion2vec_serving.server.runtime.watchdog import Watchdog
-from emotion2vec_serving.server.runtime.widths import ADAPTIVE, WidthPool, plan_widths, trim_heap
+from emotion2vec_serving.server.runtime.widths import ADAPTIVE, WidthPool, plan_widths
 
 __all__ = ["Runner"]
 
@@ -166,7 +167,7 @@ class Runner:
             for session in sessions:
                 self._pool.put((self._generation, session))
             shape = f"{self._instances} instance(s), {self.options.intra_op_threads} intra-op thread(s)"
-        trim_heap()  # what parsing the model file left in the heap (widths.trim_heap)
+        trim_heap()  # what parsing the model file left in the heap (runtime/heap.py)
         wanted = providers[0]
         if active != wanted:
             log.warning("execution provider %s is not active; running on %s", wanted, active)

@@ -24,8 +24,6 @@ compiled model's streams, so widths would need two compiled models (two copies o
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -33,24 +31,12 @@ from dataclasses import dataclass
 
 from emotion2vec_serving.server.runtime.contract import RunnerError, SessionLike
 
-__all__ = ["ADAPTIVE", "ADAPTIVE_CONCURRENCY", "WidthPlan", "WidthPool", "plan_widths", "runner_concurrency",
-           "trim_heap"]
+__all__ = ["ADAPTIVE", "ADAPTIVE_CONCURRENCY", "WidthPlan", "WidthPool", "plan_widths", "runner_concurrency"]
 
 #: ``--runner-instances`` value that asks for adaptive widths.
 ADAPTIVE = 0
 #: Narrow sessions of the adaptive runner: the most batches it runs at once.
 ADAPTIVE_CONCURRENCY = 2
-
-
-def trim_heap() -> None:
-    """Give the C heap's free memory back to the system (glibc ``malloc_trim``; elsewhere nothing).
-
-    Loading a session parses the whole model file (weights included) and frees it again; glibc keeps most
-    of that. Measured on the base model (373 MB): three shared-weight sessions 977 MB RSS after loading,
-    380 MB after the trim (one session: 712 and 371 MB).
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def usable_cores() -> int:

@@ -165,7 +165,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     from onnx import TensorProto, helper, numpy_helper
     from emotion2vec_serving.server.runtime.contract import RunnerOptions
     from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
-    from emotion2vec_serving.server.runtime.widths import trim_heap
+    from emotion2vec_serving.server.runtime.heap import trim_heap
 
     def rss():
         for line in open("/proc/self/status"):
