@@ -29,6 +29,7 @@ __all__ = [
     "EMOTION2VEC_FRAMING",
     "HEADLESS_OUTPUT_NAMES",
     "INPUT_NAMES",
+    "INT8_PADDING_NOTE",
     "MANIFEST_FILE",
     "MANIFEST_PRECISIONS",
     "MANIFEST_SCHEMA_VERSION",
@@ -56,6 +57,14 @@ MANIFEST_SCHEMA_VERSION = 1
 ONNX_FILE = "model.onnx"
 #: Values of the manifest's ``precision``.
 MANIFEST_PRECISIONS = ("fp32", "fp16", "int8")
+
+#: Why an int8 model is never ``batch_exact`` (the exporter writes it in the manifest's notes; issue 24).
+INT8_PADDING_NOTE = (
+    "int8 is exact in batches of equal-length items only: padding changes the last bits of fp32 ops before "
+    "the activation quantisers (ONNX Runtime's SGEMM chooses its K-block from the number of output frames of "
+    "a convolution, so a padded short clip rounds differently), and int8 rounding turns some of those bits "
+    "into whole steps; the server runs int8 batches as one group per length"
+)
 
 #: Graph inputs: ``waveform`` float32 [batch, samples] (16 kHz, right-padded), ``lengths`` int64 [batch].
 INPUT_NAMES = ("waveform", "lengths")
@@ -350,6 +359,7 @@ class ModelManifest:
     output_names: tuple[str, ...]  # manifest io.outputs
     untrained: bool
     #: An item's outputs do not depend on its batch mates, padded or not (measured; 1e-5 on probabilities).
+    #: Never true for int8, whatever a manifest says (``INT8_PADDING_NOTE``).
     batch_exact: bool
     #: ... do not depend on batch mates of exactly its length (no padding): what int8 guarantees.
     batch_exact_equal_length: bool
@@ -382,6 +392,11 @@ class ModelManifest:
         if batch_exact is None:  # manifests before the field: fp32/fp16 are, the old (per-tensor) int8 is not
             batch_exact = precision != "int8"
         equal_length = obj.flag_or_none("batch_exact_equal_length")
+        if precision == "int8" and batch_exact:
+            # Exporters before issue 24 claimed it for int8 when their measurement clips agreed padded;
+            # padding is never exact for int8 (INT8_PADDING_NOTE): such a model runs in equal-length groups.
+            equal_length = True if equal_length is None else equal_length
+            batch_exact = False
         io = obj.obj("io")
         quantization, source = obj.obj_or_none("quantization"), obj.obj_or_none("source")
         deviation, parity = obj.obj_or_none("deviation_from_fp32"), obj.obj_or_none("parity")
