@@ -5,12 +5,15 @@ the 1-minute load average before each row):
 
 - ``kernel``: the mechanism without the model. ONE ONNX ``Conv`` (kernel 2, stride 2, as the last two layers
   of emotion2vec's CNN) run on a clip of T output frames alone, and on the same clip zero-padded to 599
-  frames; the first T outputs are compared bit for bit. ONNX Runtime's SGEMM widens its K-block when the
-  GEMM is narrow (few output frames), so when K = channels x kernel exceeds 256 a short clip alone sums in
-  one K-block and padded in two: last-bit differences, in fp32 and therefore before every int8 quantiser.
+  frames; the first T outputs are compared bit for bit. ONNX Runtime's SGEMM sums K = channels x kernel
+  in blocks of 128 for a wide GEMM but of 256 for one of <= 64 columns (output frames), so once K > 128 a
+  short clip alone and padded sums in different blocks: last-bit differences, in fp32 and therefore before
+  every int8 quantiser (K = 128 is the control: one block either way).
 - ``served``: int8 repositories through the server's ``Runner``: each clip alone vs. in a batch with a 20x
   louder 2.4 s mate, (a) padded into one batch (what the server did while the exporter let int8 claim
-  ``batch_exact``) and (b) in the server's equal-length groups (``equal_length_batches``: what it does now).
+  ``batch_exact``) and (b) in the server's equal-length groups (``equal_length_batches``: what it does now),
+  where the clip runs alone; and (c) with a 20x louder mate of its own length, in one group of two: the
+  bound of equal-length batching itself.
 
 ``--build-odd DIR`` exports the exporter's ``odd`` checkpoint (seed 7) to int8 in DIR (about a minute) and
 measures it. ``--quick``: the kernel section's short rows and 3 clips per duration, one thread (< 1 min on
@@ -37,8 +40,8 @@ from benchmarks.soak import cpu_flags
 
 SR = 16000
 PADDED_FRAMES = 599
-KERNEL_CHANNELS = (120, 160, 512)  # K = 240 (one 256-deep block), 320, 1024
-KERNEL_FRAMES = (24, 49, 64, 99, 199)  # last CNN layer of 0.5, 1.0, 1.3, 2.0, 4.0 s clips
+KERNEL_CHANNELS = (64, 96, 160, 512)  # K = 128 (one block either way: the control), 192, 320, 1024
+KERNEL_FRAMES = (24, 49, 64, 65, 99, 199, 399)  # last CNN layer of 0.5, 1.0, 1.3, 1.3+, 2, 4, 8 s clips
 DURATIONS_S = (0.5, 0.8, 1.3, 2.0, 3.7, 6.0)
 MATE_S = 2.4
 MATE_GAIN = 20.0
@@ -56,8 +59,8 @@ def _conv_session(channels: int, threads: int) -> Any:
     weight = (rng.standard_normal((channels, channels, 2)) / np.sqrt(2 * channels)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[2], strides=[2])], "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, None])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, channels, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, channels, None])],
         [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
@@ -79,10 +82,17 @@ def kernel_rows(threads: Sequence[int], frames: Sequence[int]) -> list[dict[str,
                 alone = session.run(None, {"x": x})[0]
                 inside = session.run(None, {"x": padded})[0][..., :n]
                 diff = np.abs(alone.astype(np.float64) - inside)
+                # The same clip beside a 20x louder mate of its own length (no padding): how the threads
+                # split a batch of two vs. one item.
+                pair = np.concatenate([20.0 * np.random.default_rng(7 + n).standard_normal(x.shape), x])
+                in_pair = session.run(None, {"x": pair.astype(np.float32)})[0][1:]
+                pair_diff = np.abs(alone.astype(np.float64) - in_pair)
                 rows.append({"threads": t, "channels": channels, "K": 2 * channels, "frames_alone": n,
                              "frames_padded": PADDED_FRAMES, "outputs_differing": int((diff > 0).sum()),
                              "outputs": int(diff.size), "max_abs_diff": float(diff.max()),
-                             "max_abs_output": float(np.abs(alone).max()), "loadavg_1m": load})
+                             "max_abs_output": float(np.abs(alone).max()),
+                             "pair_outputs_differing": int((pair_diff > 0).sum()),
+                             "pair_max_abs_diff": float(pair_diff.max()), "loadavg_1m": load})
     return rows
 
 
@@ -117,15 +127,17 @@ def served_rows(repo: Path, threads: Sequence[int], seeds: int,
         try:
             for duration in durations:
                 load = _load1()
-                worst = {"padded": (0.0, -1), "equal_length_groups": (0.0, -1)}
+                worst = {"padded": (0.0, -1), "equal_length_groups": (0.0, -1), "same_length_mate": (0.0, -1)}
                 flipped = 0
                 for seed in range(seeds):
                     clip = speech_like(int(duration * SR), seed=seed)
                     alone = runner.run([clip])[0].probs
                     padded = runner.run([mate, clip])[1].probs
                     groups = grouped([mate, clip])[1].probs
-                    assert alone is not None and padded is not None and groups is not None
-                    for mode, got in (("padded", padded), ("equal_length_groups", groups)):
+                    twin = grouped([MATE_GAIN * speech_like(len(clip), seed=1000 + seed), clip])[1].probs
+                    assert all(x is not None for x in (alone, padded, groups, twin))
+                    for mode, got in (("padded", padded), ("equal_length_groups", groups),
+                                      ("same_length_mate", twin)):
                         d = float(np.abs(got.astype(np.float64) - alone).max())
                         if d > worst[mode][0]:
                             worst[mode] = (d, seed)
@@ -134,7 +146,9 @@ def served_rows(repo: Path, threads: Sequence[int], seeds: int,
                              "padded_max_abs_probs": worst["padded"][0],
                              "padded_worst_seed": worst["padded"][1],
                              "padded_clips_over_1e-5": flipped,
-                             "grouped_max_abs_probs": worst["equal_length_groups"][0], "loadavg_1m": load})
+                             "grouped_max_abs_probs": worst["equal_length_groups"][0],
+                             "same_length_mate_max_abs_probs": worst["same_length_mate"][0],
+                             "loadavg_1m": load})
         finally:
             runner.close()
     return rows
@@ -174,26 +188,31 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Kernel: one Conv (kernel 2, stride 2), a clip alone vs. zero-padded to 599 frames",
         "",
-        "| threads | channels | K | frames alone | outputs differing | max abs Δ | max abs output "
-        "| load 1 min |",
-        "|---|---|---|---|---|---|---|---|",
+        "The last two columns: the clip beside a 20x louder clip of its own length (batch of 2, no padding).",
+        "",
+        "| threads | channels | K | frames alone | padded: outputs differing | padded: max abs Δ "
+        "| max abs output | pair: outputs differing | pair: max abs Δ | load 1 min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["kernel"]:
         lines.append(f"| {r['threads']} | {r['channels']} | {r['K']} | {r['frames_alone']} | "
                      f"{r['outputs_differing']} / {r['outputs']} | {r['max_abs_diff']:.2e} | "
-                     f"{r['max_abs_output']:.2f} | {r['loadavg_1m']:.2f} |")
+                     f"{r['max_abs_output']:.2f} | {r['pair_outputs_differing']} | "
+                     f"{r['pair_max_abs_diff']:.2e} | {r['loadavg_1m']:.2f} |")
     for repo, model in data["models"].items():
         lines += ["", f"## Served: `{repo}`", "", model, "",
                   f"Each clip alone vs. in a batch with a {MATE_GAIN:g}x louder {MATE_S} s mate; max |Δprob| "
                   "over the clips of each duration.", "",
                   "| threads | clip s | clips | padded (old: int8 claimed batch_exact) "
-                  "| padded clips > 1e-5 | equal-length groups (now) | load 1 min |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| padded clips > 1e-5 | equal-length groups (now) | now, a loud mate of the same length "
+                  "| load 1 min |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in data["served"]:
             if r["repo"] == repo:
                 lines.append(f"| {r['threads']} | {r['duration_s']} | {r['clips']} | "
                              f"{r['padded_max_abs_probs']:.2e} | {r['padded_clips_over_1e-5']} | "
-                             f"{r['grouped_max_abs_probs']:.2e} | {r['loadavg_1m']:.2f} |")
+                             f"{r['grouped_max_abs_probs']:.2e} | "
+                             f"{r['same_length_mate_max_abs_probs']:.2e} | {r['loadavg_1m']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

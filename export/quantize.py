@@ -20,10 +20,11 @@ and ``weight_bits`` select the older layouts).
 
 Padding: rows are independent, but padding changes the last bits of the fp32 ops before a quantiser; at a
 rounding boundary that becomes a whole step, and over the layers it grows (~1e-3..1e-2 on probabilities).
-The first op to differ is the CNN's convolution: ONNX Runtime's SGEMM widens its K-block when the GEMM is
-narrow, so a short clip (few output frames) alone sums ``K = channels x kernel > 256`` in one block and
-padded in two (benchmarks/results/int8_exactness). Which clips flip a rounding depends on their content, so
-no measurement on a few clips can show padding harmless: an int8 manifest never claims ``batch_exact``.
+The first op to differ is the CNN's convolution: ONNX Runtime's SGEMM sums ``K = channels x kernel`` in
+blocks of 128 for a wide GEMM but of 256 when it has <= 64 columns (output frames), so a short clip alone
+and the same clip padded sum in different blocks once K > 128 (benchmarks/results/int8_exactness). Which
+clips flip a rounding depends on their content, so no measurement on a few clips can show padding harmless:
+an int8 manifest never claims ``batch_exact``.
 Batches of items of the same length are exact (every activation bit-identical; only the final mean over
 frames differs, ~1e-7), so the server runs such a model in equal-length groups
 (manifest ``batch_exact_equal_length``).

@@ -61,9 +61,9 @@ MANIFEST_PRECISIONS = ("fp32", "fp16", "int8")
 #: Why an int8 model is never ``batch_exact`` (the exporter writes it in the manifest's notes; issue 24).
 INT8_PADDING_NOTE = (
     "int8 is exact in batches of equal-length items only: padding changes the last bits of fp32 ops before "
-    "the activation quantisers (ONNX Runtime's SGEMM chooses its K-block from the number of output frames of "
-    "a convolution, so a padded short clip rounds differently), and int8 rounding turns some of those bits "
-    "into whole steps; the server runs int8 batches as one group per length"
+    "the activation quantisers (ONNX Runtime's SGEMM sums a convolution in K-blocks of 128 or, for <= 64 "
+    "output frames, 256, so a short clip rounds differently alone and padded), and int8 rounding turns some "
+    "of those bits into whole steps; the server runs int8 batches as one group per length"
 )
 
 #: Graph inputs: ``waveform`` float32 [batch, samples] (16 kHz, right-padded), ``lengths`` int64 [batch].
@@ -145,6 +145,9 @@ class Deviation:
     equal_length_consistency_max_abs: float | None = None  # ... in a batch of its own length (no padding)
     top1_agreement: float | None = None  # share of clips with the reference's top label; None: headless
     inputs: str | None = None  # what was measured on
+    #: int8: ``equal_length_consistency_max_abs`` measured per ONNX Runtime intra-op thread count (the bound
+    #: of equal-length batches, which depends on how the threads split a convolution: issue 24).
+    equal_length_consistency_by_threads: Mapping[int, float] | None = None
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> Deviation:
@@ -156,10 +159,30 @@ class Deviation:
             equal_length_consistency_max_abs=obj.number_or_none("equal_length_consistency_max_abs"),
             top1_agreement=obj.number_or_none("top1_agreement"),
             inputs=obj.text_or_none("inputs"),
+            equal_length_consistency_by_threads=_by_threads(obj, "equal_length_consistency_by_threads"),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.equal_length_consistency_by_threads is None:
+            del out["equal_length_consistency_by_threads"]  # absent before issue 24: rewritten unchanged
+        else:
+            out["equal_length_consistency_by_threads"] = {
+                str(k): v for k, v in sorted(self.equal_length_consistency_by_threads.items())}
+        return out
+
+
+def _by_threads(obj: JsonObject, key: str) -> dict[int, float] | None:
+    """``{"1": 1.2e-07, "4": 0.0018}``: thread counts (decimal keys) to numbers."""
+    sub = obj.obj_or_none(key)
+    if sub is None:
+        return None
+    out = {}
+    for name in sub.names():
+        if not name.isdigit() or int(name) < 1:
+            raise sub.error(name, "is not a thread count (a positive integer)")
+        out[int(name)] = sub.number(name)
+    return out
 
 
 @dataclass(frozen=True)

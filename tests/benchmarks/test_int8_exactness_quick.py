@@ -35,11 +35,13 @@ def test_quick_mode_writes_consistent_results(tiny_int8_repo: Path, tmp_path: Pa
     data = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert data["meta"]["quick"] and "int8_exactness --quick" in data["meta"]["command"]
     kernel = data["kernel"]
-    assert len(kernel) == 3 * 2  # three channel counts x two clip lengths, one thread
+    assert len(kernel) == 4 * 2  # four channel counts x two clip lengths, one thread
     for row in kernel:
         assert row["K"] == 2 * row["channels"] and row["frames_padded"] == 599
         assert 0 <= row["outputs_differing"] <= row["outputs"] == row["channels"] * row["frames_alone"]
         assert (row["outputs_differing"] == 0) == (row["max_abs_diff"] == 0.0)
+        assert 0 <= row["pair_outputs_differing"] <= row["outputs"]
+        assert (row["pair_outputs_differing"] == 0) == (row["pair_max_abs_diff"] == 0.0)
         assert row["max_abs_diff"] <= 1e-4 * max(1.0, row["max_abs_output"])  # last bits, never more
     served = data["served"]
     assert [r["duration_s"] for r in served] == [0.5, 1.3, 2.0]
@@ -48,5 +50,6 @@ def test_quick_mode_writes_consistent_results(tiny_int8_repo: Path, tmp_path: Pa
         assert row["repo"] == str(tiny_int8_repo) and str(tiny_int8_repo) in data["models"]
         # What the server runs now: equal-length groups, each item's answer as alone.
         assert row["grouped_max_abs_probs"] <= BATCH_EXACT_TOLERANCE
+        assert row["same_length_mate_max_abs_probs"] <= BATCH_EXACT_TOLERANCE
     report = (out / "measurement.md").read_text(encoding="utf-8")
     assert "CPU flags" in report and "load 1 min" in report and "int8_exactness --quick" in report
