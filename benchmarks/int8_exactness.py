@@ -223,11 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--build-odd", type=Path, default=None, help="export the odd checkpoint to int8 here")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--seeds", type=int, default=12)
+    p.add_argument("--durations", default=",".join(str(d) for d in DURATIONS_S), help="clip seconds")
+    p.add_argument("--no-kernel", action="store_true", help="skip the kernel section")
     p.add_argument("--quick", action="store_true", help="short rows, 3 clips per duration, one thread")
     args = p.parse_args(argv)
     threads = [1] if args.quick else [int(t) for t in args.threads.split(",")]
     seeds = 3 if args.quick else args.seeds
-    durations = (0.5, 1.3, 2.0) if args.quick else DURATIONS_S
+    durations = (0.5, 1.3, 2.0) if args.quick else tuple(float(d) for d in args.durations.split(","))
     frames = (24, 99) if args.quick else KERNEL_FRAMES
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     repos = list(args.repo) + ([build_odd(args.build_odd)] if args.build_odd is not None else [])
@@ -239,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "quick": args.quick,
                  "load_note": f"1-minute load average {load_before:.2f} at the start: the machine is shared; "
                               "nothing here is a timing, every number is a bit-level comparison."},
-        "kernel": kernel_rows(threads, frames),
+        "kernel": [] if args.no_kernel else kernel_rows(threads, frames),
         "models": {str(r): _model_line(r) for r in repos},
         "served": [row for r in repos for row in served_rows(r, threads, seeds, durations)],
     }
