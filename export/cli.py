@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("checkpoint", help="write a random-weight checkpoint in the real emotion2vec layout")
-    p.add_argument("--size", choices=["tiny", "base", "large"], default="tiny")
+    # The names of export.checkpoint.SIZES (that module imports torch: not for --help).
+    p.add_argument("--size", choices=["tiny", "odd", "base", "large"], default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--headless", action="store_true",

@@ -18,10 +18,16 @@ exact against int64 on this project's CPU). Measured on the large checkpoint, 7-
 weights halve |Δprob| against 8-bit activations with 7-bit weights (``asymmetric``, ``activation_levels``
 and ``weight_bits`` select the older layouts).
 
-Padding: rows are independent, but padding changes the last bits of the fp32 ops before a quantiser
-(attention sums over the padded keys); at a rounding boundary that becomes a whole step, and over 24 layers
-it grows (~1e-2 on probabilities). Batches of items of the same length are exact (measured ~1e-7), so the
-server runs such a model in equal-length groups (manifest ``batch_exact_equal_length``).
+Padding: rows are independent, but padding changes the last bits of the fp32 ops before a quantiser; at a
+rounding boundary that becomes a whole step, and over the layers it grows (~1e-3..1e-2 on probabilities).
+The first op to differ is the CNN's convolution: ONNX Runtime's SGEMM sums ``K = channels x kernel`` in
+blocks of 128 for a wide GEMM but of 256 when it has <= 64 columns (output frames), so a short clip alone
+and the same clip padded sum in different blocks once K > 128 (benchmarks/results/int8_exactness). Which
+clips flip a rounding depends on their content, so no measurement on a few clips can show padding harmless:
+an int8 manifest never claims ``batch_exact``.
+Batches of items of the same length are exact (every activation bit-identical; only the final mean over
+frames differs, ~1e-7), so the server runs such a model in equal-length groups
+(manifest ``batch_exact_equal_length``).
 
 Attention's activation x activation MatMuls and the small classifier head stay fp32.
 

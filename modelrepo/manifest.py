@@ -29,6 +29,7 @@ __all__ = [
     "EMOTION2VEC_FRAMING",
     "HEADLESS_OUTPUT_NAMES",
     "INPUT_NAMES",
+    "INT8_PADDING_NOTE",
     "MANIFEST_FILE",
     "MANIFEST_PRECISIONS",
     "MANIFEST_SCHEMA_VERSION",
@@ -56,6 +57,14 @@ MANIFEST_SCHEMA_VERSION = 1
 ONNX_FILE = "model.onnx"
 #: Values of the manifest's ``precision``.
 MANIFEST_PRECISIONS = ("fp32", "fp16", "int8")
+
+#: Why an int8 model is never ``batch_exact`` (the exporter writes it in the manifest's notes; issue 24).
+INT8_PADDING_NOTE = (
+    "int8 is exact in batches of equal-length items only: padding changes the last bits of fp32 ops before "
+    "the activation quantisers (ONNX Runtime's SGEMM sums a convolution in K-blocks of 128 or, for <= 64 "
+    "output frames, 256, so a short clip rounds differently alone and padded), and int8 rounding turns some "
+    "of those bits into whole steps; the server runs int8 batches as one group per length"
+)
 
 #: Graph inputs: ``waveform`` float32 [batch, samples] (16 kHz, right-padded), ``lengths`` int64 [batch].
 INPUT_NAMES = ("waveform", "lengths")
@@ -136,6 +145,9 @@ class Deviation:
     equal_length_consistency_max_abs: float | None = None  # ... in a batch of its own length (no padding)
     top1_agreement: float | None = None  # share of clips with the reference's top label; None: headless
     inputs: str | None = None  # what was measured on
+    #: int8: ``equal_length_consistency_max_abs`` measured per ONNX Runtime intra-op thread count (the bound
+    #: of equal-length batches, which depends on how the threads split a convolution: issue 24).
+    equal_length_consistency_by_threads: Mapping[int, float] | None = None
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> Deviation:
@@ -147,10 +159,30 @@ class Deviation:
             equal_length_consistency_max_abs=obj.number_or_none("equal_length_consistency_max_abs"),
             top1_agreement=obj.number_or_none("top1_agreement"),
             inputs=obj.text_or_none("inputs"),
+            equal_length_consistency_by_threads=_by_threads(obj, "equal_length_consistency_by_threads"),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.equal_length_consistency_by_threads is None:
+            del out["equal_length_consistency_by_threads"]  # absent before issue 24: rewritten unchanged
+        else:
+            out["equal_length_consistency_by_threads"] = {
+                str(k): v for k, v in sorted(self.equal_length_consistency_by_threads.items())}
+        return out
+
+
+def _by_threads(obj: JsonObject, key: str) -> dict[int, float] | None:
+    """``{"1": 1.2e-07, "4": 0.0018}``: thread counts (decimal keys) to numbers."""
+    sub = obj.obj_or_none(key)
+    if sub is None:
+        return None
+    out = {}
+    for name in sub.names():
+        if not name.isdigit() or int(name) < 1:
+            raise sub.error(name, "is not a thread count (a positive integer)")
+        out[int(name)] = sub.number(name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -350,6 +382,7 @@ class ModelManifest:
     output_names: tuple[str, ...]  # manifest io.outputs
     untrained: bool
     #: An item's outputs do not depend on its batch mates, padded or not (measured; 1e-5 on probabilities).
+    #: Never true for int8, whatever a manifest says (``INT8_PADDING_NOTE``).
     batch_exact: bool
     #: ... do not depend on batch mates of exactly its length (no padding): what int8 guarantees.
     batch_exact_equal_length: bool
@@ -382,6 +415,11 @@ class ModelManifest:
         if batch_exact is None:  # manifests before the field: fp32/fp16 are, the old (per-tensor) int8 is not
             batch_exact = precision != "int8"
         equal_length = obj.flag_or_none("batch_exact_equal_length")
+        if precision == "int8" and batch_exact:
+            # Exporters before issue 24 claimed it for int8 when their measurement clips agreed padded;
+            # padding is never exact for int8 (INT8_PADDING_NOTE): such a model runs in equal-length groups.
+            equal_length = True if equal_length is None else equal_length
+            batch_exact = False
         io = obj.obj("io")
         quantization, source = obj.obj_or_none("quantization"), obj.obj_or_none("source")
         deviation, parity = obj.obj_or_none("deviation_from_fp32"), obj.obj_or_none("parity")

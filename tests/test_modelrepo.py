@@ -84,7 +84,7 @@ def _full(directory: Path) -> ModelManifest:
         deviation_from_fp32=Deviation(
             max_abs_probs=2.9e-3, min_cosine_embedding=0.9999, max_abs_embedding=0.04,
             batch_consistency_max_abs=1.2e-3, equal_length_consistency_max_abs=6e-8, top1_agreement=1.0,
-            inputs="speech_like_set seeds 1234..",
+            inputs="speech_like_set seeds 1234..", equal_length_consistency_by_threads={1: 6e-8, 4: 1.8e-3},
         ),
         parity=Parity(
             max_abs={"single_probs": 3e-7, "batch_probs": 4e-7}, reference="funasr.AutoModel",
@@ -175,13 +175,15 @@ def test_the_json_written_before_the_typed_writer_reads_and_rewrites_unchanged(t
     repo = _repository(tmp_path)
     (repo / MANIFEST_FILE).write_text(LEGACY, encoding="utf-8")
     manifest = load_manifest(repo)
-    assert manifest.batch_exact and manifest.quantization is not None and manifest.quantization.rowwise
+    # Its int8 "batch_exact": true is not trusted (issue 24: padding is never exact for int8): equal lengths.
+    assert not manifest.batch_exact and manifest.batch_exact_equal_length
+    assert manifest.quantization is not None and manifest.quantization.rowwise
     assert manifest.parity is not None and manifest.parity.tolerance is None and not manifest.parity.passed
     assert manifest.source is not None and manifest.source.hub is not None
     assert manifest.source.hub.pinned_default is False and manifest.source.hub.commit is None
     write_manifest(repo, manifest)
     rewritten = json.loads((repo / MANIFEST_FILE).read_text(encoding="utf-8"))
-    original = json.loads(LEGACY)
+    original = json.loads(LEGACY) | {"batch_exact": False}
     assert rewritten == original
     assert json.dumps(rewritten) == json.dumps(original)  # same keys in the same order, nested ones too
 
@@ -237,6 +239,10 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
         ("deviation_from_fp32.max_abs_probs", "small",
          "field 'deviation_from_fp32.max_abs_probs' must be a number"),
         ("deviation_from_fp32", [1], "field 'deviation_from_fp32' must be an object, not list"),
+        ("deviation_from_fp32.equal_length_consistency_by_threads.4", "x",
+         "field 'deviation_from_fp32.equal_length_consistency_by_threads.4' must be a number"),
+        ("deviation_from_fp32.equal_length_consistency_by_threads", {"two": 1e-7},
+         "field 'deviation_from_fp32.equal_length_consistency_by_threads.two' is not a thread count"),
         ("quantization.smoothing.alpha", True,
          "field 'quantization.smoothing.alpha' must be a number, not bool"),
         ("source.hub.revision", ..., "missing field 'source.hub.revision'"),
