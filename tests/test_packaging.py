@@ -20,8 +20,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import dockerfile
 import pytest
+
+from tests.support.deploy import parse_dockerfile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -137,7 +138,7 @@ def _installs_the_project(commands: list[Any]) -> bool:
 
 def _dockerfiles() -> list[str]:
     return sorted(p.name for p in DOCKER.glob("Dockerfile.*")
-                  if _installs_the_project(dockerfile.parse_file(str(p))))
+                  if _installs_the_project(parse_dockerfile(p)))
 
 
 def test_some_dockerfiles_install_the_project() -> None:
@@ -146,7 +147,7 @@ def test_some_dockerfiles_install_the_project() -> None:
 
 @pytest.mark.parametrize("name", _dockerfiles())
 def test_dockerfiles_copy_exactly_the_mapped_folders(name: str) -> None:
-    commands = dockerfile.parse_file(str(DOCKER / name))
+    commands = parse_dockerfile(DOCKER / name)
     copied = sorted(src.rstrip("/").removeprefix("./") for c in commands
                     if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags)
                     for src in c.value[:-1])

@@ -8,10 +8,9 @@ import re
 import sys
 from typing import Any
 
-import dockerfile
 import pytest
 
-from tests.support.deploy import DEPLOY, ROOT
+from tests.support.deploy import DEPLOY, ROOT, parse_dockerfile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,7 +25,7 @@ ALL = (*SERVING, "Dockerfile.export")
 def _stages(name: str) -> list[list[Any]]:
     """Instructions grouped by build stage."""
     stages: list[list[Any]] = []
-    for cmd in dockerfile.parse_file(str(DOCKER / name)):
+    for cmd in parse_dockerfile(DOCKER / name):
         if cmd.cmd == "FROM":
             stages.append([])
         elif not stages:
@@ -78,7 +77,7 @@ def test_gpu_image_never_installs_the_cpu_onnxruntime() -> None:
     # ... the requirements it installs instead are filtered of onnxruntime, and the build proves it.
     assert '!= "onnxruntime"' in runs and "! pip show onnxruntime" in runs
     assert "onnxruntime-gpu" in runs
-    commands = dockerfile.parse_file(str(DOCKER / "Dockerfile.gpu"))
+    commands = parse_dockerfile(DOCKER / "Dockerfile.gpu")
     bases = [c.value[0] for c in commands if c.cmd == "FROM"]
     args = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
     assert all(args.get(b.strip("${}"), b).startswith("nvidia/cuda:") for b in bases)
@@ -126,7 +125,7 @@ def test_export_image_uses_cpu_torch_and_the_export_extra() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     export_extra = project["project"]["optional-dependencies"]["export"]
     torch_pin = next(d for d in export_extra if d.startswith("torch"))
-    commands = dockerfile.parse_file(str(DOCKER / "Dockerfile.export"))
+    commands = parse_dockerfile(DOCKER / "Dockerfile.export")
     args = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
     assert f'"{torch_pin}"' in runs and '--index-url "$TORCH_INDEX_URL"' in runs
     assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")  # the default; a mirror of it replaces it
@@ -150,7 +149,7 @@ def test_no_frontend_image_is_fetched(name: str) -> None:
     ("Dockerfile.cpu", "BASE_IMAGE"), ("Dockerfile.export", "BASE_IMAGE"), ("Dockerfile.gpu", "CUDA_IMAGE"),
 ])
 def test_base_image_and_package_index_are_build_arguments(name: str, base_arg: str) -> None:
-    commands = dockerfile.parse_file(str(DOCKER / name))
+    commands = parse_dockerfile(DOCKER / name)
     bases = [c.value[0] for c in commands if c.cmd == "FROM"]
     # A mirror replaces every stage's base.
     assert bases and all(b == "${" + base_arg + "}" for b in bases), bases

@@ -3,12 +3,14 @@ metric names out of PromQL."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -153,3 +155,19 @@ def exported_series_names(families: list[Any]) -> set[str]:
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
+
+
+@functools.cache
+def parse_dockerfile(path: Path) -> list[SimpleNamespace]:
+    """BuildKit's parser (the ``dockerfile`` package, Go through cgo) in a child process: a Go runtime
+    loaded into the long pytest process once crashed it (SIGSEGV, no Python traceback) after half an hour
+    of other tests' threads and child processes; a short-lived interpreter keeps it away from them."""
+    code = ("import json, sys, dockerfile\n"
+            "print(json.dumps([{**c._asdict(), 'heredocs': [h._asdict() for h in c.heredocs]}\n"
+            "                  for c in dockerfile.parse_file(sys.argv[1])]))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    # The same shape as dockerfile.Command: tuples, heredocs with attributes.
+    return [SimpleNamespace(**{**c, "value": tuple(c["value"]), "flags": tuple(c["flags"]),
+                               "heredocs": tuple(SimpleNamespace(**h) for h in c["heredocs"])})
+            for c in json.loads(out)]
