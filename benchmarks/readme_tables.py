@@ -175,7 +175,7 @@ def emulated_gpu(results: Path) -> list[str]:
     d = _load(results / "emulated_gpu" / "results.json")
     if d is None:
         return []
-    rows = [[f"{r['input']} 3.75 s", str(r["offered"]), _n(r["rps"], 1),
+    rows = [[f"{r['input']} 3.75 s", str(r["offered"]), _mrange(r.get("rps_rounds", [r["rps"]]), 1),
              f"{r.get('server_mean_batch_size', 0):.2f}",
              f"{100 * r['padding_waste']:.1f} %", _n(r["p99_ms"]), f"{r['server_cpu_ms_per_request']:.2f}",
              f"{r['cores_for_target']:.2f}", f"{r['load_1m']:.1f}"] for r in d["rows"]]
