@@ -205,7 +205,8 @@ def rss_open_loop(results: Path) -> list[str]:
         f"{m['mix']} clips up to {m['max_clip_s']:.1f} s; {m['machine']['cores']} {m['machine']['cpu']} "
         "cores, CPU flags "
         f"{m['cpu_flags']}; {m['started']} – {m['ended']}; details "
-        "[benchmarks/results/rss_open_loop/report.md](benchmarks/results/rss_open_loop/report.md))", "",
+        "[benchmarks/results/rss_open_loop/report.md](benchmarks/results/rss_open_loop/report.md))"
+        + (f". **{m['note']}**" if m.get("note") else ""), "",
         *_table(["variant", "rounds", "requests per round", "peak RSS (VmHWM) MiB",
                  "VmHWM after start-up MiB", "RSS at end MiB", "load 1m before each round",
                  f"≤ {m['goal_mib']:,.0f} MiB every round"], rows),

@@ -168,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-s", type=float, default=1.0, help="VmRSS sampling interval")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per-request deadline")
+    parser.add_argument("--note", default="", help="a caveat printed with the table")
     parser.add_argument("--variant", action="append", default=[],
                         help="'label|server flags|ENV=VALUE ...' (repeatable)")
     args = parser.parse_args(argv)
@@ -201,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "model_repo": str(args.model_repo),
         "minutes": args.minutes, "rate_rps": args.rate, "rounds": args.rounds, "mix": args.mix,
         "clips": len(clips), "clip_audio_s": round(sum(audio_s), 2), "max_clip_s": round(max(audio_s), 2),
-        "goal_mib": GOAL_MIB, "quick": args.quick,
+        "goal_mib": GOAL_MIB, "quick": args.quick, "note": args.note,
     }
     (args.out / "results.json").write_text(
         json.dumps({"meta": meta, "summary": summ, "rows": rows}, indent=1, default=str) + "\n",
@@ -216,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB; CPU flags: "
         f"{cpu_flags()}; onnxruntime {machine['onnxruntime']}; {started} – {meta['ended']}",
         "- peak RSS = the server's `VmHWM` at the end of the round (start-up and warm-up included); "
-        "cells: median (min–max) over the rounds", "",
+        "cells: median (min–max) over the rounds",
+        *([f"- **note**: {args.note}"] if args.note else []), "",
         *table(summ), "",
     ]
     (args.out / "report.md").write_text("\n".join(report), encoding="utf-8")
