@@ -207,7 +207,7 @@ def rss_open_loop(results: Path) -> list[str]:
         f"{m['cpu_flags']}; {m['started']} – {m['ended']}; details "
         "[benchmarks/results/rss_open_loop/report.md](benchmarks/results/rss_open_loop/report.md))"
         + (f". **{m['note']}**" if m.get("note") else ""), "",
-        *_table(["variant", "rounds", "requests per round", "peak RSS (VmHWM) MiB",
+        *_table(["variant", "rounds", "requests answered per round", "peak RSS (VmHWM) MiB",
                  "VmHWM after start-up MiB", "RSS at end MiB", "load 1m before each round",
                  f"≤ {m['goal_mib']:,.0f} MiB every round"], rows),
         "",

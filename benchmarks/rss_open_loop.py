@@ -140,8 +140,9 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(summ: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
-        "| variant | rounds | requests per round | peak RSS (VmHWM) MiB | VmHWM after start-up MiB | "
-        "RSS at end MiB | p99 ms | audio-s/s | load 1m before | ≤ 1,600 MiB every round |",
+        "| variant | rounds | requests answered per round | peak RSS (VmHWM) MiB | "
+        "VmHWM after start-up MiB | RSS at end MiB | p99 ms | audio-s/s | load 1m before | "
+        "≤ 1,600 MiB every round |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summ:
