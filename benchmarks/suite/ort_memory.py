@@ -1,6 +1,7 @@
 """RSS of one ONNX Runtime session under the memory options the server exposes (no server, no batcher).
 
     python -m benchmarks.suite.ort_memory ARENA SHRINK SECONDS...   # e.g. 1 1 10 16 30 10
+    python -m benchmarks.suite.ort_memory 1 1 10 10.7 9.8+9.3 7.6+7.1+6.9+6.3   # "+": one padded batch
 
 Loads ``~/.cache/emotion2vec-bench/repo_large`` (or ``$ORT_MEMORY_MODEL``), runs one item of each length
 and prints run time, VmRSS after the run and VmHWM (peak). ARENA: ``--ort-cpu-arena``; SHRINK:
@@ -40,15 +41,16 @@ def main(argv: list[str]) -> None:
     session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     print(f"arena={arena} shrink={shrink} load {time.time() - t:.1f}s rss {_mb('VmRSS')} hwm {_mb('VmHWM')}")
     names = [o.name for o in session.get_outputs()]
-    for seconds in map(float, argv[2:]):
-        n = int(seconds * 16000)
-        wave = (0.01 * np.random.default_rng(0).standard_normal((1, n))).astype(np.float32)
+    for item in argv[2:]:  # "10" is one 10-s item; "7.6+7.1" a padded batch of two (lengths as given)
+        lengths = [int(float(x) * 16000) for x in item.split("+")]
+        n = max(lengths)
+        wave = (0.01 * np.random.default_rng(0).standard_normal((len(lengths), n))).astype(np.float32)
         run_options = ort.RunOptions()
         if shrink and arena:
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         t = time.time()
-        session.run(names, {"waveform": wave, "lengths": np.array([n], np.int64)}, run_options)
-        print(f"  {seconds:g}s: {time.time() - t:.2f}s rss {_mb('VmRSS')} hwm {_mb('VmHWM')}", flush=True)
+        session.run(names, {"waveform": wave, "lengths": np.array(lengths, np.int64)}, run_options)
+        print(f"  {item}s: {time.time() - t:.2f}s rss {_mb('VmRSS')} hwm {_mb('VmHWM')}", flush=True)
 
 
 if __name__ == "__main__":
