@@ -147,15 +147,20 @@ _AV_SAMPLE_SCALE = {
 }
 
 
-def _frame_to_mono(frame: Any) -> FloatArray:
-    """One decoded PyAV AudioFrame -> float32 mono, whatever its sample format and layout."""
+def _frame_samples(frame: Any) -> tuple[str, bool, npt.NDArray[Any], int]:
+    """A decoded PyAV AudioFrame's sample format (without the planar ``p``), planarity, samples as an array
+    and sample count; an unsupported format is an ``AudioError``."""
     fmt_name: str = frame.format.name
     planar: bool = frame.format.is_planar
     base = fmt_name[:-1] if planar else fmt_name
     if base not in _AV_SAMPLE_SCALE:
         raise AudioError(f"unsupported decoded sample format {fmt_name!r}", "unsupported_encoding")
-    arr: npt.NDArray[Any] = np.asarray(frame.to_ndarray())
-    n = int(frame.samples)
+    return base, planar, np.asarray(frame.to_ndarray()), int(frame.samples)
+
+
+def _frame_to_mono(frame: Any) -> FloatArray:
+    """One decoded PyAV AudioFrame -> float32 mono, whatever its sample format and layout."""
+    base, planar, arr, n = _frame_samples(frame)
     if arr.size == 0 or n == 0:
         return np.zeros(0, np.float32)
     channels = arr.shape[0] if planar else max(1, arr.size // n)
@@ -172,14 +177,8 @@ def _frame_to_mono(frame: Any) -> FloatArray:
 def _frame_to_channels(frame: Any) -> list[FloatArray]:
     """One decoded PyAV AudioFrame -> one float32 array per channel, each exactly what
     :func:`_frame_to_mono` gives for a mono frame holding that channel's samples."""
-    fmt_name: str = frame.format.name
-    planar: bool = frame.format.is_planar
-    base = fmt_name[:-1] if planar else fmt_name
-    if base not in _AV_SAMPLE_SCALE:
-        raise AudioError(f"unsupported decoded sample format {fmt_name!r}", "unsupported_encoding")
-    arr: npt.NDArray[Any] = np.asarray(frame.to_ndarray())
+    base, planar, arr, n = _frame_samples(frame)
     channels = max(1, len(frame.layout.channels))
-    n = int(frame.samples)
     if arr.size == 0 or n == 0:
         return [np.zeros(0, np.float32) for _ in range(channels)]
     flat = arr.reshape(-1)
