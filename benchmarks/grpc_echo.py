@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,16 +96,20 @@ def _area(path: str) -> str:
     return "other"
 
 
+def collapsed_stacks(collapsed: str) -> Iterator[tuple[str, int]]:
+    """(stack, samples) of each line of py-spy's raw (collapsed stacks) output."""
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack, int(count_text)
+
+
 def summarise_profile(collapsed: str, top: int = 15) -> dict[str, Any]:
     """Self time per function and per area from py-spy's raw (collapsed stacks) output."""
     by_function: collections.Counter[str] = collections.Counter()
     by_area: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in collapsed_stacks(collapsed):
         leaf = stack.split(";")[-1]
         match = _FRAME.match(leaf)
         func, path = (match["func"], match["file"]) if match else (leaf, "")

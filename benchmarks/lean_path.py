@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.grpc_echo import _FRAME, _measure, summarise_profile
+from benchmarks.grpc_echo import _FRAME, _measure, collapsed_stacks, summarise_profile
 from benchmarks.loadgen import load_average, machine_description
 from benchmarks.suite.null_model import build_null_model
 from benchmarks.tracing_overhead import cpu_flags
@@ -60,11 +60,7 @@ def inclusive_profile(collapsed: str, top: int = 25) -> list[dict[str, Any]]:
     """Inclusive ("total") time per function: the share of samples with the function anywhere on the stack."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in collapsed_stacks(collapsed):
         total += count
         seen = set()
         for frame in stack.split(";"):
