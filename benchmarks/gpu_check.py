@@ -798,7 +798,18 @@ class _Injected:
 
 
 def _real_session(runner: Any) -> Any:
-    """The onnxruntime.InferenceSession behind a runner's first pooled session (None if not ONNX Runtime)."""
+    """The onnxruntime.InferenceSession behind a runner's first session (None if not ONNX Runtime).
+
+    A fixed runner's sessions are in its pool; the adaptive runner's (CPU provider, ``--runner-instances 0``)
+    are in its width pool, whose fixed pool stays empty."""
+    widths = runner.widths
+    if widths is not None:
+        session, _threads = widths.acquire(lambda: False)
+        try:
+            inner = getattr(session, "session", session)
+            return inner if hasattr(inner, "get_provider_options") else None
+        finally:
+            widths.release(session)
     generation, session = runner._acquire()
     try:
         inner = getattr(session, "session", session)
