@@ -112,6 +112,31 @@ def report(rows: list[dict[str, Any]], command: str, quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_table(result: dict[str, Any]) -> dict[str, Any]:
+    """The README's table of this run (``benchmarks/readme_tables.py`` renders ``readme_table.json``)."""
+    rows, table = result["rows"], []
+    for row in rows:
+        fixed = [r["audio_s_per_s"] for r in rows if r["precision"] == row["precision"]
+                 and r["clients"] == row["clients"] and r["config"] != "adaptive"]
+        best = max(fixed) if fixed else float("nan")
+        table.append([row["precision"], row["config"], str(row["clients"]),
+                      f"{row['audio_s_per_s']:.2f} "
+                      f"({row['audio_s_per_s_min']:.2f}–{row['audio_s_per_s_max']:.2f})",
+                      f"{row['audio_s_per_s'] / best:.3f}", f"{row['vmhwm_mb']:,.0f}",
+                      ", ".join(f"{x:.1f}" for x in row["loadavg_1m"])])
+    rounds = rows[0]["rounds"] if rows else 0
+    text = (f"`{result['command']}` ({result.get('date', '?')}; {result['machine'].get('cpu')}, "
+            f"{result['threads']} threads, CPU flags `{result['cpu_flags']}`; {rounds} round(s) of "
+            f"{result.get('run_s', '?')} s per row, median (min–max), realistic mix, closed loop; details "
+            "[benchmarks/results/adaptive_cpu/report.md](benchmarks/results/adaptive_cpu/report.md))")
+    if result.get("quick"):
+        text += ". **QUICK: tiny model, measures nothing.**"
+    return {"title": "Load-adaptive CPU parallelism: fixed 1 x T, fixed 2 x T/2 and adaptive", "text": text,
+            "header": ["precision", "config", "clients", "audio-s/s", "vs best fixed", "VmHWM MB",
+                       "load 1m per round"],
+            "rows": table}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fp32-repo", type=Path, required=True)
@@ -136,9 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.adaptive_cpu " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "machine": loadgen.machine_description(), "cpu_flags": cpu_flags(),
-              "threads": threads, "quick": args.quick, "rows": rows}
+              "threads": threads, "quick": args.quick, "run_s": args.run_s,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
     (args.out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     (args.out / "report.md").write_text(report(rows, command, args.quick))
+    (args.out / "readme_table.json").write_text(json.dumps(readme_table(result), indent=1) + "\n")
     print((args.out / "report.md").read_text())
     return 0
 

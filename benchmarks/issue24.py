@@ -64,7 +64,8 @@ def section_commands(args: argparse.Namespace) -> dict[str, tuple[str, list[str]
         *(["--clips", "2", "--funasr-budget-s", "5"] if args.quick else []),
         "--out", str(out / "issue24_baselines"), *shlex.split(args.baselines_args)])
     commands["adaptive"] = ("benchmarks.adaptive_cpu", [
-        "--fp32-repo", fp32, "--int8-repo", int8, "--concurrency", "1,2,4", "--rounds", rounds, *quick,
+        "--fp32-repo", fp32, *(["--int8-repo", str(args.int8_repo)] if args.int8_repo else []),
+        "--clients", "1,2,4", "--rounds", rounds, *quick,
         "--out", str(out / "adaptive_cpu"), *shlex.split(args.adaptive_args)])
     if _module_exists("benchmarks.lean_path"):
         commands["lean"] = ("benchmarks.lean_path", [

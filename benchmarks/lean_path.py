@@ -223,6 +223,37 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_table(result: dict[str, Any]) -> dict[str, Any]:
+    """The README's table of this run (``benchmarks/readme_tables.py`` renders ``readme_table.json``)."""
+    s = result["summary"]
+
+    def cell(d: dict[str, float], fmt: str) -> str:
+        return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
+
+    loads = [row["loadavg_1m"] for rows in result["rounds"] for row in rows.values()]
+    cores = result["machine"]["cores"] or 1
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    flags = " ".join(f for f in str(result["machine"]["cpu_flags"]).split() if f in wanted)
+    text = (f"`{result['command']}` ({result['date']}; {result['machine']['cpu']}, {cores} cores, CPU flags "
+            f"`{flags}`; {result['settings']['rounds']} rounds of "
+            f"{result['settings']['run_s']} s, {result['settings']['concurrency']} closed-loop clients, "
+            f"median (min–max); load 1m {min(loads):.1f}–{max(loads):.1f}; details "
+            "[benchmarks/results/lean_path/README.md](benchmarks/results/lean_path/README.md))")
+    if max(loads) > cores:
+        text += (f". **Measured under load** (1-minute load above the {cores} cores): requests/s and their "
+                 "ratios are noisy; server CPU per request is the steadier figure.")
+    names = {"echo": "bare grpc.aio echo server", "main": "null model, before the lean path (--main)",
+             "this": "null model, this checkout"}
+    rows = []
+    for name, row in s.items():
+        over = cell(row["over_echo"], ".2f") if "over_echo" in row else "1"
+        rows.append([names.get(name, name), cell(row["requests_per_s"], ".0f"),
+                     cell(row["server_cpu_ms_per_req"], ".3f"), over])
+    return {"title": "Lean request path: null model against a bare grpc.aio echo server", "text": text,
+            "header": ["configuration", "requests/s", "server CPU ms/request", "x echo (same round)"],
+            "rows": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(args)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / "README.md").write_text(report(result), encoding="utf-8")
+    (args.out / "readme_table.json").write_text(json.dumps(readme_table(result), indent=1) + "\n",
+                                                encoding="utf-8")
     print(json.dumps(result["summary"], indent=2))
     return 0
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import readme_tables
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,3 +36,6 @@ def test_the_lean_path_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert "cpu_flags" in data["machine"] and "command" in data
     report = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert "| this |" in report and "| echo |" in report and "load 1 min" in report
+    table = readme_tables.generic(tmp_path.parent, tmp_path.name)  # the README's table of this run
+    assert table[0].startswith("**Lean request path")
+    assert any(line.startswith("| null model, this checkout |") for line in table)
