@@ -549,6 +549,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "max_segment_s": info.max_segment_s,
             "max_audio_s": info.max_audio_s,
             "warnings": list(info.warnings),
+            "max_abs_prob_vs_fp32": info.max_abs_prob_vs_fp32,
+            "max_abs_prob_batch_vs_alone": info.max_abs_prob_batch_vs_alone,
         }
     )
     for warning in info.warnings:

@@ -234,6 +234,10 @@ class ModelInfo:
     #: What to know before trusting the answers (e.g. a model enabling fewer than its nine emotions); empty
     #: when there is nothing to say, and from servers that predate the field.
     warnings: tuple[str, ...] = ()
+    #: Accuracy as the model's exporter measured it (None: not measured, or a server that predates it): the
+    #: largest |Δprobability| against the fp32 model, and between an audio alone and in a batch as served.
+    max_abs_prob_vs_fp32: float | None = None
+    max_abs_prob_batch_vs_alone: float | None = None
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -424,4 +428,7 @@ def model_info_from_proto(msg: emotion_pb2.ModelInfo) -> ModelInfo:
         max_audio_s=msg.max_audio_s,
         max_segment_s=msg.max_segment_s,
         warnings=tuple(msg.warnings),
+        max_abs_prob_vs_fp32=(msg.max_abs_prob_vs_fp32 if msg.HasField("max_abs_prob_vs_fp32") else None),
+        max_abs_prob_batch_vs_alone=(msg.max_abs_prob_batch_vs_alone
+                                     if msg.HasField("max_abs_prob_batch_vs_alone") else None),
     )

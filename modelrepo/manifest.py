@@ -405,6 +405,33 @@ class ModelManifest:
     def onnx_path(self) -> Path:
         return self.directory / self.onnx_file
 
+    def batch_bound(self, threads: Iterable[int] | None, *, batched: bool = True) -> float | None:
+        """The largest |Δprobability| between an item answered alone and the same item in a batch, as a server
+        batches this model on ONNX Runtime's CPU provider with ``threads`` intra-op threads per session (every
+        count its sessions use). None: not measured for that case.
+
+        - not ``batched`` (``--max-batch-size 1``): 0, every item runs alone;
+        - ``batch_exact`` (padded batches): the exporter's padded measurement, ``batch_consistency_max_abs``;
+        - ``batch_exact_equal_length`` only (int8: equal-length groups): the per-thread-count measurement
+          ``equal_length_consistency_by_threads``, the largest over ``threads``; None when a count in use was
+          not measured (or ``threads`` is None: another engine or a GPU);
+        - neither (the legacy per-tensor int8): None, its answers depend on the batch (~1e-2).
+        """
+        if not batched:
+            return 0.0
+        deviation = self.deviation_from_fp32
+        if deviation is None:
+            return None
+        if self.batch_exact:
+            return deviation.batch_consistency_max_abs
+        by_threads = deviation.equal_length_consistency_by_threads
+        if not self.batch_exact_equal_length or by_threads is None or threads is None:
+            return None
+        counts = set(threads)
+        if not counts or not counts <= set(by_threads):
+            return None
+        return max(by_threads[n] for n in counts)
+
     @classmethod
     def from_json(cls, obj: JsonObject, directory: Path) -> ModelManifest:
         version = obj.integer("schema_version")

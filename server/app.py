@@ -68,6 +68,7 @@ from emotion2vec_serving.server.runtime.engines import (
     session_factory_for,
 )
 from emotion2vec_serving.server.runtime.heap import HeapTrimmer
+from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
 from emotion2vec_serving.server.runtime.runner import Runner
 
 __all__ = ["BATCH_DECISIONS", "EmotionServer", "run_server", "warmup_durations"]
@@ -206,12 +207,21 @@ class EmotionServer:
             else float(batcher.estimated_drain_s)
         )
         runner = self.runner
+        batched = s.max_batch_size > 1
+
+        def batch_bound() -> float | None:
+            # The exporter measured on ONNX Runtime's CPU provider: elsewhere the bound is not known.
+            if runner.engine != "onnxruntime" or runner.provider != CPU_PROVIDER:
+                return 0.0 if not batched else None
+            return m.batch_bound(runner.thread_counts, batched=batched)
+
         # The protocol-free core; every front end below is an adapter over it.
         self.core = EmotionCore(
             m, self.batcher, self.metrics, CoreLimits.from_settings(s, rate), self._decode_executor,
             provider=lambda: runner.provider, engine=runner.engine,
             cost_of=runner.cost,  # the padded length the runner really runs (length buckets on GPUs)
             precision=runner.precision,  # what the engine really runs, not only what the file holds
+            batch_bound=batch_bound,  # how far batch mates can move an answer, as served (GetModelInfo)
         )
         self.service = EmotionService(self.core)
         grpc_options: list[tuple[str, Any]] = [

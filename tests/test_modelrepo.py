@@ -311,3 +311,18 @@ def test_labels_from_tokens_follow_tokens_txt() -> None:
         Label(2, "unuse_2", "", "unuse_2", False),
         Label(3, "unknown", "", "<unk>", True),
     )
+
+
+def test_the_batch_bound_is_what_was_measured_for_the_way_the_model_is_served(tmp_path: Path) -> None:
+    int8 = _full(tmp_path)  # int8: equal-length groups, measured at 1 and 4 intra-op threads
+    assert int8.batch_bound([1]) == 6e-8
+    assert int8.batch_bound([1, 4]) == 1.8e-3  # the widest of the counts in use
+    assert int8.batch_bound([2]) is None  # a thread count the exporter did not measure: not known
+    assert int8.batch_bound([1, 2]) is None
+    assert int8.batch_bound(None) is None  # another engine or a GPU
+    assert int8.batch_bound([4], batched=False) == 0.0  # --max-batch-size 1: every item alone
+    fp32 = dataclasses.replace(int8, precision="fp32", batch_exact=True)
+    assert fp32.batch_bound([2]) == 1.2e-3  # padded batches: the padded measurement, whatever the threads
+    legacy = dataclasses.replace(int8, batch_exact_equal_length=False)  # per-tensor int8: batch-dependent
+    assert legacy.batch_bound([1]) is None
+    assert dataclasses.replace(int8, deviation_from_fp32=None).batch_bound([1]) is None

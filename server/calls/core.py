@@ -59,8 +59,14 @@ class EmotionCore:
         engine: str = "onnxruntime",
         cost_of: Callable[[int], int] | None = None,
         precision: str | None = None,
+        batch_bound: Callable[[], float | None] | None = None,
     ) -> None:
         self._provider = provider
+        # How far batch mates can move an answer as served (None: not known); the manifest's padded
+        # measurement when the caller does not say (a runner on its CPU provider knows its threads).
+        self._batch_bound = batch_bound or (
+            lambda: manifest.deviation_from_fp32.batch_consistency_max_abs
+            if manifest.batch_exact and manifest.deviation_from_fp32 is not None else None)
         self._engine = engine
         # The precision really run (e.g. OpenVINO's f32 for a bf16 request on a CPU without bf16); the
         # manifest's when the caller does not know better.
@@ -119,6 +125,8 @@ class EmotionCore:
             max_audio_s=longform.max_audio_s if longform else 0.0,
             max_segment_s=longform.max_segment_s if longform else 0.0,
             warnings=self._warnings,
+            max_abs_prob_vs_fp32=m.deviation_from_fp32.max_abs_probs if m.deviation_from_fp32 else None,
+            max_abs_prob_batch_vs_alone=self._batch_bound(),
             max_batch_size=self._policy.max_batch_size if self._policy else 0,
             preferred_batch_sizes=self._policy.preferred_batch_sizes if self._policy else (),
             max_queue_delay_s=self._policy.max_queue_delay_s if self._policy else 0.0,

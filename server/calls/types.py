@@ -180,6 +180,11 @@ class ModelCard:
     #: What a user must know before trusting the answers (e.g. an emotion2vec+ model enabling fewer than nine
     #: emotions): the manifest's warnings and the server's own label check (``modelrepo.labels``).
     warnings: tuple[str, ...] = ()
+    #: Accuracy as measured by the exporter (None: not measured): the largest |Δprobability| of this model
+    #: against the fp32 model, and between an item answered alone and in a batch as this server batches it
+    #: (padded, or in equal-length groups for int8, at the intra-op thread counts its sessions use).
+    max_abs_prob_vs_fp32: float | None = None
+    max_abs_prob_batch_vs_alone: float | None = None
     #: The batch policy as the OIP model configuration shows it (issue 24): ``--max-batch-size`` (0: not
     #: known), ``--preferred-batch-sizes`` and ``--max-queue-delay-ms`` in seconds.
     max_batch_size: int = 0

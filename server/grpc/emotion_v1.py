@@ -134,6 +134,8 @@ class EmotionService(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignor
             max_segment_s=card.max_segment_s,
             engine=card.engine,
             warnings=list(card.warnings),
+            max_abs_prob_vs_fp32=card.max_abs_prob_vs_fp32,
+            max_abs_prob_batch_vs_alone=card.max_abs_prob_batch_vs_alone,
         )
 
     async def StreamRecognize(

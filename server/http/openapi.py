@@ -180,7 +180,16 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "max_upload_bytes": {"type": "integer"},
                     "warnings": {"type": "array", "items": {"type": "string"},
                                  "description": "what to know before trusting the answers, e.g. a model "
-                                                "enabling fewer than its nine emotions; empty: none"}}},
+                                                "enabling fewer than its nine emotions; empty: none"},
+                    "max_abs_prob_vs_fp32": {
+                        **number, "nullable": True,
+                        "description": "largest |difference| of a probability against the fp32 model, as the "
+                                       "exporter measured it (null: not measured)"},
+                    "max_abs_prob_batch_vs_alone": {
+                        **number, "nullable": True,
+                        "description": "largest |difference| of a probability between an audio alone and in a "
+                                       "batch as this server batches it (0 with --max-batch-size 1; null: not "
+                                       "measured for this engine, device or thread count)"}}},
             },
         },
     }

@@ -63,6 +63,8 @@ def model_json(card: Any, settings: Settings) -> dict[str, Any]:
         "max_segment_s": float(getattr(card, "max_segment_s", card.max_duration_s)),
         "max_upload_bytes": settings.max_message_bytes,
         "warnings": list(getattr(card, "warnings", ())),
+        "max_abs_prob_vs_fp32": getattr(card, "max_abs_prob_vs_fp32", None),
+        "max_abs_prob_batch_vs_alone": getattr(card, "max_abs_prob_batch_vs_alone", None),
     }
 
 

@@ -207,6 +207,13 @@ class Runner:
         return self._widths.plan.narrow_sessions if self._widths is not None else self._instances
 
     @property
+    def thread_counts(self) -> tuple[int, ...]:
+        """The intra-op thread counts of the sessions batches run on (adaptive: the wide and the narrow)."""
+        if self._widths is not None:
+            return tuple(sorted({self._widths.plan.wide_threads, self._widths.plan.narrow_threads}))
+        return (plan_widths(self.options.intra_op_threads).wide_threads,)  # 0: every usable core
+
+    @property
     def widths(self) -> WidthPool | None:
         """The adaptive runner's sessions and their counters (None: fixed instances)."""
         return self._widths

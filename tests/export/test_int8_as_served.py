@@ -85,8 +85,16 @@ def test_short_clip_with_a_loud_longer_mate_in_fifo_batches_equals_it_alone(odd_
         scrape = srv.scrape()
         batches = metric_value(scrape, "emotion_batch_size_count") - batches_before
         items = metric_value(scrape, "emotion_batch_size_sum") - items_before
+        info = client.model_info()
     # Each pair shared one FIFO batch (300 ms to fill, two callers at once): fewer batches than requests.
     assert items == 2 * len(CLIPS) and batches < items, (batches, items)
     # The bound: the exporter's batch-exactness tolerance. Measured after the fix: <= 1.2e-7 (only the
     # final mean over frames differs in its last bits); before it, 4.3e-4 for the 0.5 s clip.
     assert max(worst.values()) <= BATCH_EXACT_TOLERANCE, worst
+    # GetModelInfo states the bound of the way it serves: the manifest's equal-length measurement at the one
+    # intra-op thread the test servers run with, within the same tolerance.
+    deviation = load_manifest(odd_int8_repo).deviation_from_fp32
+    assert deviation is not None and deviation.equal_length_consistency_by_threads is not None
+    assert info.max_abs_prob_batch_vs_alone == pytest.approx(deviation.equal_length_consistency_by_threads[1])
+    assert info.max_abs_prob_batch_vs_alone <= BATCH_EXACT_TOLERANCE
+    assert info.max_abs_prob_vs_fp32 == pytest.approx(deviation.max_abs_probs)

@@ -356,7 +356,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "labels", "sample_rate_hz", "frame_rate_hz", "embedding_dim", "execution_provider", "max_duration_s", "min_duration_s", "max_audio_s", "max_segment_s", "engine", "warnings")
+    __slots__ = ("model", "labels", "sample_rate_hz", "frame_rate_hz", "embedding_dim", "execution_provider", "max_duration_s", "min_duration_s", "max_audio_s", "max_segment_s", "engine", "warnings", "max_abs_prob_vs_fp32", "max_abs_prob_batch_vs_alone")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +369,8 @@ class ModelInfo(_message.Message):
     MAX_SEGMENT_S_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_PROB_VS_FP32_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_PROB_BATCH_VS_ALONE_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     labels: _containers.RepeatedCompositeFieldContainer[EmotionScore]
     sample_rate_hz: int
@@ -381,4 +383,6 @@ class ModelInfo(_message.Message):
     max_segment_s: float
     engine: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[EmotionScore, _Mapping]]] = ..., sample_rate_hz: _Optional[int] = ..., frame_rate_hz: _Optional[float] = ..., embedding_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_duration_s: _Optional[float] = ..., min_duration_s: _Optional[float] = ..., max_audio_s: _Optional[float] = ..., max_segment_s: _Optional[float] = ..., engine: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_abs_prob_vs_fp32: float
+    max_abs_prob_batch_vs_alone: float
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[EmotionScore, _Mapping]]] = ..., sample_rate_hz: _Optional[int] = ..., frame_rate_hz: _Optional[float] = ..., embedding_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_duration_s: _Optional[float] = ..., min_duration_s: _Optional[float] = ..., max_audio_s: _Optional[float] = ..., max_segment_s: _Optional[float] = ..., engine: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., max_abs_prob_vs_fp32: _Optional[float] = ..., max_abs_prob_batch_vs_alone: _Optional[float] = ...) -> None: ...

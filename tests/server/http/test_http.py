@@ -150,6 +150,10 @@ def test_embed_and_model_equal_emotion_v1(open_server: WebServer, upload_files: 
     assert card["execution_provider"] == info.execution_provider
     assert card["embedding_dim"] == info.embedding_dim
     assert card["warnings"] == list(info.warnings) == []
+    # The exporter's measurements as served: fp32 batches padded, so the padded batch measurement.
+    assert card["max_abs_prob_vs_fp32"] == info.max_abs_prob_vs_fp32
+    assert card["max_abs_prob_batch_vs_alone"] == info.max_abs_prob_batch_vs_alone
+    assert info.max_abs_prob_batch_vs_alone is not None and 0.0 <= info.max_abs_prob_batch_vs_alone <= 1e-5
 
 
 def test_openapi_describes_the_served_endpoints(open_server: WebServer) -> None:
