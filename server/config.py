@@ -149,10 +149,11 @@ class Settings:
         "with --runner-instances 0 the adaptive runner's whole thread budget"
     )
     runner_instances: int = _opt(
-        defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread. 0 = adaptive "
-        "(ONNX Runtime on the CPU): one copy of the weights run as one wide session (every intra-op thread) "
-        "when one batch is ready and as two narrow ones (half each) when several are; elsewhere one "
-        "instance. N >= 1: N fixed instances of --intra-op-threads each"
+        defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread: N >= 1 fixed "
+        "instances of --intra-op-threads each (one copy of the weights each on ONNX Runtime). 0 = adaptive "
+        "(ONNX Runtime on the CPU; opt-in: 0.85-0.96 x the best fixed configuration, measured on 2 cores, "
+        "benchmarks/results/adaptive_cpu): one copy of the weights run as one wide session (every intra-op "
+        "thread) when one batch is ready and as two narrow ones (half each) when several are"
     )
     graph_optimization_level: str = _opt(
         defaults.GRAPH_OPTIMIZATION_LEVEL, "ONNX Runtime graph optimisation: disable|basic|extended|all"

@@ -187,9 +187,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                        "exporter measured it (null: not measured)"},
                     "max_abs_prob_batch_vs_alone": {
                         **number, "nullable": True,
-                        "description": "largest |difference| of a probability between an audio alone and in a "
-                                       "batch as this server batches it (0 with --max-batch-size 1; null: not "
-                                       "measured for this engine, device or thread count)"}}},
+                        "description": "largest |difference| of a probability between an audio alone and "
+                                       "in a batch as this server batches it (0 with --max-batch-size 1; "
+                                       "null: not measured for this engine, device or thread count)"}}},
             },
         },
     }

@@ -3,9 +3,10 @@
 On a few CPU cores the best fixed configuration depends on the load: one session with every core
 (``1 x 2`` on 2 cores) serves a lone batch fastest, two one-thread sessions (``2 x 1``) serve a queue
 fastest (measured in ``benchmarks/results/cpu_engines`` and ``benchmarks/results/adaptive_cpu``). The
-adaptive runner (``--runner-instances 0``, the default) holds both: a *wide* session with the whole thread
-budget and two *narrow* sessions with half of it each, all over one copy of the weights (ONNX Runtime:
-``RunnerOptions.share_weights``, ``engines/onnxruntime.py``). ``WidthPool`` picks the session per batch:
+adaptive runner (``--runner-instances 0``, opt-in: see the measurement below) holds both: a *wide*
+session with the whole thread budget and two *narrow* sessions with half of it each, all over one copy of
+the weights (ONNX Runtime: ``RunnerOptions.share_weights``, ``engines/onnxruntime.py``). ``WidthPool``
+picks the session per batch:
 
 - the wide one when nothing else runs and nothing else is waiting (the batcher's queue is empty: the
   runner's ``queue_probe``);
@@ -20,6 +21,17 @@ batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
 Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emulated GPU run the fixed
 number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
 compiled model's streams, so widths would need two compiled models (two copies of the weights).
+
+Measured (``python -m benchmarks.issue24 --sections adaptive``, large model, 2 AMD EPYC cores, one round of
+60 s per row, quiet; benchmarks/results/adaptive_cpu): adaptive is 0.94 x the best fixed configuration at 1
+client and 0.90 x at 4 (fp32), 0.85 x and 0.96 x (int8). Its peak memory is 1.01 x one instance's at one
+client for fp32 (1.7 x for int8), and 2.7 x (fp32: 4,124 against 1,527 MB, more than two fixed copies)
+and 1.5 x (int8) at four, likely because each of its three sessions keeps its own activation arena. At
+one client it runs the wide session only, the same graph and threads as one fixed instance, yet 6-15 %
+slower: its weights are shared initializers, for which ONNX Runtime's weight pre-packing is off
+(``engines/onnxruntime.py``; ONNX Runtime's Python API has no shared pre-packed weights container), the
+likely cause, not measured apart. So one fixed instance is the default (``defaults.RUNNER_INSTANCES``):
+1.00 x at one client, 0.96 x (fp32) and 0.87 x (int8) of two one-thread instances at four.
 """
 
 from __future__ import annotations

@@ -44,9 +44,9 @@ __all__ = [
 #: with one intra-op thread (the test machines are shared), no warm-up, no readiness delay when stopping
 #: (the drain tests set their own), and no connection age, so a stop does not wait for the age GOAWAY of a
 #: connection a test left open (the real server's default drain is tested on processes:
-#: tests/reliability/test_goaway.py, test_drain_under_load.py), and one fixed runner instance: the tests'
-#: gated sessions count on one batch running at a time (the adaptive default is tested on real sessions in
-#: tests/server/runtime/test_adaptive_widths.py and on every server process).
+#: tests/reliability/test_goaway.py, test_drain_under_load.py), and one fixed runner instance (the default):
+#: the tests' gated sessions count on one batch running at a time (the adaptive widths are tested on real
+#: sessions and a server process in tests/server/runtime/test_adaptive_widths.py).
 TEST_SETTINGS = Settings(
     host="127.0.0.1",
     port=0,

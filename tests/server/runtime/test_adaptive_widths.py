@@ -207,11 +207,11 @@ def test_three_shared_sessions_cost_about_one_in_rss(tmp_path: Path) -> None:
     assert grown["shared"] <= 1.15 * grown["one"], grown
 
 
-def test_the_default_server_runs_adaptive_and_reports_the_width(tiny_repo: Path) -> None:
+def test_an_adaptive_server_runs_wide_alone_and_reports_the_width(tiny_repo: Path) -> None:
     import grpc
     from emotion.v1 import emotion_pb2_grpc
 
-    with server_process(tiny_repo, "--intra-op-threads", "2") as proc:  # default --runner-instances 0
+    with server_process(tiny_repo, "--intra-op-threads", "2", "--runner-instances", "0") as proc:
         with grpc.insecure_channel(proc.target) as channel:
             stub = emotion_pb2_grpc.EmotionRecognizerStub(channel)
             stub.Recognize(raw_request(tone(1.0)), timeout=60)
