@@ -166,11 +166,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cell(d: dict[str, float], fmt: str) -> str:
+    """A summary cell: median (min–max)."""
+    return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
+
+
 def report(result: dict[str, Any]) -> str:
     s = result["summary"]
-
-    def cell(d: dict[str, float], fmt: str) -> str:
-        return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
 
     loads = [row["loadavg_1m"] for rows in result["rounds"] for row in rows.values()]
     cores = result["machine"]["cores"] or 1
@@ -226,9 +228,6 @@ def report(result: dict[str, Any]) -> str:
 def readme_table(result: dict[str, Any]) -> dict[str, Any]:
     """The README's table of this run (``benchmarks/readme_tables.py`` renders ``readme_table.json``)."""
     s = result["summary"]
-
-    def cell(d: dict[str, float], fmt: str) -> str:
-        return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
 
     loads = [row["loadavg_1m"] for rows in result["rounds"] for row in rows.values()]
     cores = result["machine"]["cores"] or 1
