@@ -43,15 +43,8 @@ class Shape(cpu_engines.Config):
 
 
 def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni", "fma")
-                    return " ".join(fl for fl in line.split(":", 1)[1].split() if fl in wanted)
-    except OSError:
-        pass
-    return "unknown"
+    flags = loadgen.cpu_flags(loadgen.TABLE_FLAGS)
+    return "unknown" if flags is None else " ".join(flags)
 
 
 def measure(precision: str, repo: Path, threads: int, clients: Sequence[int], rounds: int, run_s: float,

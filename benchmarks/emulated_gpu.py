@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import (
+    TABLE_FLAGS,
     closed_loop,
+    cpu_flags,
     load_average,
     machine_description,
     process_cpu_s,
@@ -75,13 +77,10 @@ def _requests(clips: Sequence[np.ndarray], kind: str) -> list[Any]:
 
 
 def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
+    flags = cpu_flags(TABLE_FLAGS)
+    if flags is None:
         return "unknown"
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
-    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512"
+    return " ".join(flags) or "none of avx2/avx512"
 
 
 def _row(srv: ServerProcess, kind: str, requests: list[Any], concurrency: int, run_s: float,

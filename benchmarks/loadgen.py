@@ -477,6 +477,30 @@ def summarize(
     return result
 
 
+#: The instruction-set flags that matter to ONNX Runtime's kernels, in the order reports list them.
+FLAGS_OF_INTEREST = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+                     "amx_bf16", "amx_int8", "f16c")
+#: The shorter set the performance tables print.
+TABLE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+
+
+def cpu_flags(wanted: Sequence[str] | None = FLAGS_OF_INTEREST) -> list[str] | None:
+    """The CPU's flags from /proc/cpuinfo: those of ``wanted`` it has, in ``wanted``'s order (``None``:
+    every flag, in /proc/cpuinfo's order); ``None`` when /proc/cpuinfo cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    if line is None:
+        return None
+    have = line.split(":", 1)[1].split()
+    if wanted is None:
+        return have
+    present = set(have)
+    return [flag for flag in wanted if flag in present]
+
+
 def machine_description() -> dict[str, Any]:
     """Where the numbers were measured: CPU model, cores, memory, load average, library versions."""
     cpu = platform.processor() or "unknown"

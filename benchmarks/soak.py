@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import loadgen
 from emotion2vec_serving.server.process import ServerProcess
 
 GOAL_GROWTH = 0.05  # RSS growth after the warm-up, as a fraction of the RSS at the end of the warm-up
@@ -92,18 +93,10 @@ def slope_per_min(ts: list[float], ys: list[float]) -> float:
     return float(np.polyfit(t, y, 1)[0] * 60.0)
 
 
-def cpu_flags(wanted: tuple[str, ...] = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
-                                         "amx_tile", "amx_bf16", "amx_int8", "f16c")) -> list[str]:
-    """The CPU's instruction-set flags that matter to ONNX Runtime's kernels (from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in wanted if flag in have]
-    except OSError:
-        pass
-    return []
+def cpu_flags() -> list[str]:
+    """The CPU's instruction-set flags that matter to ONNX Runtime's kernels (``loadgen.cpu_flags``; [] when
+    /proc/cpuinfo cannot be read)."""
+    return loadgen.cpu_flags() or []
 
 
 # ------------------------------------------------------------------------------------------- traffic

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import build_requests, closed_loop, load_average, machine_description
+from benchmarks.loadgen import cpu_flags as loadgen_cpu_flags
 from benchmarks.suite.null_model import build_null_model
 from emotion2vec_serving.server.process import ServerProcess
 
@@ -49,14 +50,9 @@ class _Sink(BaseHTTPRequestHandler):
 
 
 def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    """Every flag of the CPU (``loadgen.cpu_flags``), as /proc/cpuinfo lists them."""
+    flags = loadgen_cpu_flags(None)
+    return "unknown" if flags is None else " ".join(flags)
 
 
 async def one_row(model: Path, cwd: Path, env: dict[str, str], run_s: float, concurrency: int,
