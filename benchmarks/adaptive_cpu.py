@@ -78,6 +78,13 @@ def measure(precision: str, repo: Path, threads: int, clients: Sequence[int], ro
     return rows
 
 
+def best_fixed(rows: Sequence[dict[str, Any]], row: dict[str, Any]) -> float:
+    """The best fixed configuration's audio-s/s at ``row``'s precision and client count (NaN: none)."""
+    fixed = [r["audio_s_per_s"] for r in rows if r["precision"] == row["precision"]
+             and r["clients"] == row["clients"] and r["config"] != "adaptive"]
+    return max(fixed) if fixed else float("nan")
+
+
 def report(rows: list[dict[str, Any]], command: str, quick: bool) -> str:
     lines = [
         "# Adaptive CPU parallelism: fixed 1xT, fixed 2x(T/2), adaptive"
@@ -93,9 +100,7 @@ def report(rows: list[dict[str, Any]], command: str, quick: bool) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        fixed = [r["audio_s_per_s"] for r in rows if r["precision"] == row["precision"]
-                 and r["clients"] == row["clients"] and r["config"] != "adaptive"]
-        best = max(fixed) if fixed else float("nan")
+        best = best_fixed(rows, row)
         lines.append(
             f"| {row['precision']} | {row['config']} | {row['clients']} | {row['audio_s_per_s']:.2f} "
             f"({row['audio_s_per_s_min']:.2f}-{row['audio_s_per_s_max']:.2f}) | "
@@ -110,9 +115,7 @@ def readme_table(result: dict[str, Any]) -> dict[str, Any]:
     """The README's table of this run (``benchmarks/readme_tables.py`` renders ``readme_table.json``)."""
     rows, table = result["rows"], []
     for row in rows:
-        fixed = [r["audio_s_per_s"] for r in rows if r["precision"] == row["precision"]
-                 and r["clients"] == row["clients"] and r["config"] != "adaptive"]
-        best = max(fixed) if fixed else float("nan")
+        best = best_fixed(rows, row)
         table.append([row["precision"], row["config"], str(row["clients"]),
                       f"{row['audio_s_per_s']:.2f} "
                       f"({row['audio_s_per_s_min']:.2f}–{row['audio_s_per_s_max']:.2f})",

@@ -805,17 +805,16 @@ def _real_session(runner: Any) -> Any:
     widths = runner.widths
     if widths is not None:
         session, _threads = widths.acquire(lambda: False)
-        try:
-            inner = getattr(session, "session", session)
-            return inner if hasattr(inner, "get_provider_options") else None
-        finally:
-            widths.release(session)
-    generation, session = runner._acquire()
+    else:
+        generation, session = runner._acquire()
     try:
         inner = getattr(session, "session", session)
         return inner if hasattr(inner, "get_provider_options") else None
     finally:
-        runner._release(generation, session)
+        if widths is not None:
+            widths.release(session)
+        else:
+            runner._release(generation, session)
 
 
 def _time_cell(runner: Any, bs: int, seconds: float, budget_s: float) -> dict[str, Any]:

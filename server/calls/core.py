@@ -62,11 +62,9 @@ class EmotionCore:
         batch_bound: Callable[[], float | None] | None = None,
     ) -> None:
         self._provider = provider
-        # How far batch mates can move an answer as served (None: not known); the manifest's padded
-        # measurement when the caller does not say (a runner on its CPU provider knows its threads).
-        self._batch_bound = batch_bound or (
-            lambda: manifest.deviation_from_fp32.batch_consistency_max_abs
-            if manifest.batch_exact and manifest.deviation_from_fp32 is not None else None)
+        # How far batch mates can move an answer as served (None: not known); without a caller that knows
+        # the runner's threads, what the manifest bounds whatever the threads (padded batches).
+        self._batch_bound = batch_bound or (lambda: manifest.batch_bound(None))
         self._engine = engine
         # The precision really run (e.g. OpenVINO's f32 for a bf16 request on a CPU without bf16); the
         # manifest's when the caller does not know better.
