@@ -244,8 +244,10 @@ def offline_streams(config: Config, clips: list[np.ndarray], threads: int, passe
 
 
 def server(
-    config: Config, clips: list[np.ndarray], threads: int, concurrency: int, run_s: float
+    config: Config, clips: list[np.ndarray], threads: int, concurrency: int, run_s: float,
+    max_requests: int | None = None,
 ) -> dict[str, Any]:
+    """One closed-loop row on a fresh server: ``run_s`` seconds, or ``max_requests`` requests if sooner."""
     from benchmarks.suite.server_process import ServerProcess
 
     requests = loadgen.build_requests(clips, "f32")
@@ -259,7 +261,8 @@ def server(
         before = loadgen.scrape(srv.metrics_url)
         with loadgen.RssSampler(srv.pid) as rss:
             records, wall = asyncio.run(
-                loadgen.closed_loop(srv.target, requests, audio_s, concurrency, run_s)
+                loadgen.closed_loop(srv.target, requests, audio_s, concurrency, run_s,
+                                    max_requests=max_requests)
             )
         after = loadgen.scrape(srv.metrics_url)
         result = loadgen.summarize(config.name, "closed", float(concurrency), records, wall, before, after)
@@ -269,6 +272,7 @@ def server(
         "config": config.name,
         **result.to_row(),
         "server_peak_rss_mb": rss.peak_mb,
+        "server_peak_pss_mb": rss.peak_pss_mb,
         "server_vmhwm_mb": hwm,
         "model_info": info[0] if info else "",
         "server_args": " ".join(config.server_args(threads)),

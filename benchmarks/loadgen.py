@@ -326,12 +326,17 @@ def _histogram_delta(before: Samples, after: Samples, name: str) -> dict[str, fl
 
 
 class RssSampler:
-    """Samples VmRSS of a process every ``interval_s`` on a thread; reports the peak seen and VmHWM."""
+    """Samples VmRSS and PSS of a process every ``interval_s`` on a thread; reports the peaks seen.
+
+    PSS (``Pss`` in ``/proc/PID/smaps_rollup``) counts a page mapped twice once; VmRSS counts it per mapping
+    (the adaptive runner maps its one pre-packed copy of the weights in two sessions).
+    """
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         self.pid = pid
         self.interval_s = interval_s
         self.peak_mb = 0.0
+        self.peak_pss_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -346,19 +351,34 @@ class RssSampler:
             pass
         return 0.0
 
+    @staticmethod
+    def read_pss_mb(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return 0.0
+
+    def _sample(self) -> None:
+        self.peak_mb = max(self.peak_mb, self.read_mb(self.pid))
+        self.peak_pss_mb = max(self.peak_pss_mb, self.read_pss_mb(self.pid))
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.peak_mb = max(self.peak_mb, self.read_mb(self.pid))
+            self._sample()
 
     def __enter__(self) -> RssSampler:
-        self.peak_mb = self.read_mb(self.pid)
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, self.read_mb(self.pid))
+        self._sample()
 
 
 def process_cpu_s(pid: int) -> float:

@@ -156,10 +156,17 @@ class Runner:
         first, active = self._create(providers, wide if adaptive else self.options)
         if adaptive and active == CPU_PROVIDER:
             narrow = dataclasses.replace(wide, intra_op_threads=plan.narrow_threads)
-            self._widths = WidthPool(first, [self._create(providers, narrow)[0]
-                                             for _ in range(plan.narrow_sessions)], plan)
+            if plan.narrow_threads == 1:
+                # One one-thread session runs the narrow batches side by side, each on its caller's thread
+                # (ONNX Runtime's Run is thread-safe): one arena and one mapping of the weights fewer.
+                # Wider narrow sessions each get their own: runs sharing a session share its thread pool,
+                # measured slower (benchmarks/results/adaptive_cpu/README.md).
+                narrows = [self._create(providers, narrow)[0]] * plan.narrow_sessions
+            else:
+                narrows = [self._create(providers, narrow)[0] for _ in range(plan.narrow_sessions)]
+            self._widths = WidthPool(first, narrows, plan)
             shape = (f"adaptive: 1 x {plan.wide_threads} or {plan.narrow_sessions} x {plan.narrow_threads} "
-                     "thread(s), one copy of the weights")
+                     "thread(s), one pre-packed copy of the weights")
         else:
             sessions = [first]
             for _ in range(self._instances - 1):

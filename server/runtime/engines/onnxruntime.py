@@ -12,11 +12,26 @@ The same RunOptions carries the CPU arena shrinkage request (``memory.enable_mem
 that RSS falls back to the weights after each run instead of staying at the peak of the longest batch.
 
 Shared weights (``RunnerOptions.share_weights``; the adaptive runner, ``server/runtime/widths.py``): every
-session of one model file made with it gets the same weights, read once (``onnx_initializers.py``) into
-``OrtValue``s and given to each session with ``SessionOptions.add_initializer``, so a wide and two narrow
-sessions hold one copy. Pre-packing is off for them (``session.disable_prepacking``): ONNX Runtime's Python
-API has no shared pre-packed weights container, and a per-session pre-packed copy of shared weights would
-cost a copy per session again. The weights live as long as a session that uses them (a weak cache).
+session of one model file made with it maps one pre-packed copy of the weights. ``prepacked_model`` lets
+ONNX Runtime optimise the model once and save the result, its pre-packed weights included
+(``session.save_external_prepacked_constant_initializers``), as an ONNX file with one external data file in a
+private temporary folder; every shared session then loads that file with graph optimisation off, and ONNX
+Runtime memory-maps the data file instead of copying it, so the sessions share its pages (one physical copy,
+pre-packed: measured on the large fp32 model, a wide and a narrow session: PSS 1,381 MiB against 1,246 for
+one plain session, the same run time, the same answers bit for bit). The saved file is built on this machine
+(ONNX Runtime's layout transformations and packed formats depend on the CPU), lives as long as a session
+that uses it (a weak cache), and is deleted with it or at exit; it takes about the model's size twice on
+disk (``TMPDIR``), for the original and the packed weights.
+
+Two ways that do not work, measured (benchmarks/results/adaptive_cpu/README.md): ``add_initializer`` over one
+set of arrays shares the weights but turns pre-packing off (ONNX Runtime's Python API has no shared
+pre-packed weights container): 10 % slower on a 3.75 s clip of the large model; and the project's reader of
+those arrays skipped external data (the large fp32 model), so each session then mapped the file on its own,
+unpacked. ``add_external_initializers_from_files_in_memory`` copies the buffers into each session.
+
+Resident set size counts a page once per mapping, so a process with the wide and the narrow session reports
+the mapped weights twice in ``VmRSS``; the proportional set size (``Pss`` in ``/proc/PID/smaps_rollup``)
+and the container's memory (cgroup: a page-cache page is charged once) count them once.
 
 ``onnxruntime`` itself is imported inside the functions that create sessions and run options, not at the
 top: a server running another engine (``--engine openvino``) never loads ONNX Runtime.
@@ -24,6 +39,8 @@ top: a server running another engine (``--engine openvino``) never loads ONNX Ru
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import weakref
 from collections.abc import Sequence
@@ -32,59 +49,75 @@ from typing import Any
 
 from emotion2vec_serving.server.runtime.contract import RunnerError, RunnerOptions, SessionLike
 from emotion2vec_serving.server.runtime.gpu import disable_tf32_in_environment, provider_list
-from emotion2vec_serving.server.runtime.onnx_initializers import read_initializers
+from emotion2vec_serving.server.runtime.heap import trim_heap
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, GPU_PROVIDERS
 
-__all__ = ["OrtRunHandle", "OrtSession", "SharedWeights", "ort_session_factory", "shared_weights"]
+__all__ = ["OrtRunHandle", "OrtSession", "PrepackedModel", "ort_session_factory", "prepacked_model"]
 
 
-class SharedWeights:
-    """One model file's weights as ``OrtValue``s, for every session that shares them.
+class PrepackedModel:
+    """``model_path`` optimised once, pre-packed weights included, saved for sessions to memory-map."""
 
-    ``arrays`` own the memory; ``values`` are ``OrtValue``s over the same buffers (no copy).
-    """
-
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, model_path: Path, graph_optimization_level: Any) -> None:
         import onnxruntime as ort  # lazy, as below
 
-        self.arrays = read_initializers(model_path)
-        self.values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in self.arrays.items()}
+        self.folder = Path(tempfile.mkdtemp(prefix="emotion2vec-ort-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+        self.path = self.folder / "model.onnx"
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3  # its warning (the saved file suits this machine only) is what we want
+        so.graph_optimization_level = graph_optimization_level
+        so.optimized_model_filepath = str(self.path)
+        for key, value in (("session.optimized_model_external_initializers_file_name", "model.onnx.data"),
+                           ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
+                           ("session.save_external_prepacked_constant_initializers", "1")):
+            so.add_session_config_entry(key, value)
+        try:
+            ort.InferenceSession(str(model_path), sess_options=so, providers=[CPU_PROVIDER])
+        except Exception:
+            self._cleanup()
+            raise
+        trim_heap()  # the saving session's own copy of the weights is gone
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
-    def add_to(self, so: Any) -> None:
-        for name, value in self.values.items():
-            so.add_initializer(name, value)
+        """Bytes on disk (the original and the pre-packed weights)."""
+        return sum(f.stat().st_size for f in self.folder.iterdir())
 
 
 _shared_lock = threading.Lock()
-_shared: weakref.WeakValueDictionary[tuple[str, int, int], SharedWeights] = weakref.WeakValueDictionary()
+_shared: weakref.WeakValueDictionary[tuple[str, int, int, str], PrepackedModel] = weakref.WeakValueDictionary()
 
 
-def shared_weights(model_path: Path) -> SharedWeights:
-    """The weights of ``model_path`` shared by its live sessions (read again when the file changed)."""
+def prepacked_model(model_path: Path, level: str) -> PrepackedModel:
+    """The pre-packed copy of ``model_path`` shared by its live sessions (made again when the file changed)."""
+    import onnxruntime as ort  # lazy, as below
+
     stat = Path(model_path).stat()
-    key = (str(Path(model_path).resolve()), stat.st_mtime_ns, stat.st_size)
+    key = (str(Path(model_path).resolve()), stat.st_mtime_ns, stat.st_size, level)
     with _shared_lock:
         found = _shared.get(key)
         if found is None:
-            found = SharedWeights(Path(model_path))
+            found = PrepackedModel(Path(model_path), _levels(ort)[level])
             _shared[key] = found
         return found
+
+
+def _levels(ort: Any) -> dict[str, Any]:
+    return {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
 
 
 def ort_session_factory(model_path: Path, providers: Sequence[str], options: RunnerOptions) -> SessionLike:
     """Create a real ``onnxruntime.InferenceSession``."""
     import onnxruntime as ort  # lazy: loaded only when this engine creates a session (see the docstring)
 
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
+    levels = _levels(ort)
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
     # One inference per session at a time: inter-op parallelism only adds contention on few cores.
@@ -107,10 +140,10 @@ def ort_session_factory(model_path: Path, providers: Sequence[str], options: Run
         disable_tf32_in_environment(options.gpu)
     weights = None
     if options.share_weights and usable == [CPU_PROVIDER]:
-        weights = shared_weights(model_path)
-        weights.add_to(so)
-        # A pre-packed copy per session would undo the sharing (see the module docstring).
-        so.add_session_config_entry("session.disable_prepacking", "1")
+        # Already optimised and pre-packed: this session maps the shared copy (see the module docstring).
+        weights = prepacked_model(model_path, options.graph_optimization_level)
+        model_path = weights.path
+        so.graph_optimization_level = levels["disable"]
     session = ort.InferenceSession(str(model_path), sess_options=so,
                                    providers=provider_list(usable, options.gpu))
     return OrtSession(session, arena_shrinkage=options.arena_shrinkage and options.cpu_arena,
@@ -139,7 +172,7 @@ class OrtSession:
     engine = "onnxruntime"
     inference_precision: str | None = None  # the graph's own number format: the manifest says which
 
-    def __init__(self, session: Any, *, arena_shrinkage: bool = False, weights: SharedWeights | None = None,
+    def __init__(self, session: Any, *, arena_shrinkage: bool = False, weights: PrepackedModel | None = None,
                  threads: int = 0) -> None:
         self.session = session
         self.weights = weights  # kept alive as long as this session (None: the session's own copy)
