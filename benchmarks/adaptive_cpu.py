@@ -104,8 +104,8 @@ def report(rows: list[dict[str, Any]], command: str, quick: bool) -> str:
         f"Command: `{command}`  ",
         f"CPU: {loadgen.machine_description().get('cpu')}, {os.cpu_count()} cores, flags: {cpu_flags()}  ",
         f"Taken {time.strftime('%Y-%m-%d %H:%M')}; the load average before each round is in the last column "
-        "(the machine is shared: compare rows only with a low load). Memory: the server's peak PSS during the "
-        "row (a page mapped by two sessions counted once) and its VmHWM (counted per mapping).",
+        "(the machine is shared: compare rows only with a low load). Memory: the server's peak PSS during "
+        "the row (a page mapped by two sessions counted once) and its VmHWM (counted per mapping).",
         "",
         "| precision | config | C | audio-s/s median (min-max) | vs best fixed | p50 ms | p99 ms "
         "| mean batch | peak PSS MB | PSS vs 1xT | VmHWM MB | requests | seconds | load 1m |",
@@ -136,8 +136,9 @@ def readme_table(result: dict[str, Any]) -> dict[str, Any]:
                       ", ".join(f"{x:.1f}" for x in row["loadavg_1m"])])
     rounds = rows[0]["rounds"] if rows else 0
     text = (f"`{result['command']}` ({result.get('date', '?')}; {result['machine'].get('cpu')}, "
-            f"{result['threads']} threads, CPU flags `{result['cpu_flags']}`; {rounds} round(s) per row, each "
-            f"{result.get('run_s', '?')} s or {result.get('min_requests') or 'unlimited'} requests if sooner, "
+            f"{result['threads']} threads, CPU flags `{result['cpu_flags']}`; {rounds} round(s) per row, "
+            f"each {result.get('run_s', '?')} s or {result.get('min_requests') or 'unlimited'} requests if "
+            "sooner, "
             "median (min–max), realistic mix, closed loop; details "
             "[benchmarks/results/adaptive_cpu/report.md](benchmarks/results/adaptive_cpu/report.md))")
     if result.get("quick"):

@@ -151,9 +151,9 @@ class Settings:
     runner_instances: int = _opt(
         defaults.RUNNER_INSTANCES, "model sessions run concurrently, each in its own thread: N >= 1 fixed "
         "instances of --intra-op-threads each (one copy of the weights each on ONNX Runtime). 0 = adaptive "
-        "(ONNX Runtime on the CPU; opt-in: 0.85-0.96 x the best fixed configuration, measured on 2 cores, "
-        "benchmarks/results/adaptive_cpu): one copy of the weights run as one wide session (every intra-op "
-        "thread) when one batch is ready and as two narrow ones (half each) when several are"
+        "(ONNX Runtime on the CPU; elsewhere one instance): one pre-packed copy of the weights run as one "
+        "wide session (every intra-op thread) when one batch is ready and as two narrow ones (half each) "
+        "when several are; it needs about twice the model's size free in TMPDIR"
     )
     graph_optimization_level: str = _opt(
         defaults.GRAPH_OPTIMIZATION_LEVEL, "ONNX Runtime graph optimisation: disable|basic|extended|all"

@@ -28,10 +28,11 @@ default or OpenVINO (``engine``); the runner reports the engine and the precisio
 (``precision``: the model repository's, or OpenVINO's inference precision for an fp32 repository). What a
 session and its factory must provide, and what the runner returns and raises: ``server/runtime/contract.py``.
 
-Widths (issue 24): ``instances`` 0 (``--runner-instances 0``, opt-in) on ONNX Runtime's CPU provider
-is the adaptive runner: one wide and two narrow sessions over one copy of the weights, the session chosen
-per batch from the queue (``server/runtime/widths.py``; ``set_queue_probe`` tells it the batcher's queue).
-Anywhere else 0 means one instance; ``instances`` N >= 1 is N fixed instances of ``intra_op_threads`` each.
+Widths (issue 24): ``instances`` 0 (``--runner-instances 0``, the default) on ONNX Runtime's CPU provider
+is the adaptive runner: a wide and a narrow session over one pre-packed copy of the weights, the session
+chosen per batch from the queue (``server/runtime/widths.py``; ``set_queue_probe`` tells it the batcher's
+queue). Anywhere else 0 means one instance; ``instances`` N >= 1 is N fixed instances of
+``intra_op_threads`` each.
 ``concurrency`` is how many batches may run at once (the batcher's workers); ``on_width(threads)`` is told
 the threads of the session that ran each batch (``emotion_runner_width``).
 """

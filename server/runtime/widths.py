@@ -3,14 +3,18 @@
 On a few CPU cores the best fixed configuration depends on the load: one session with every core
 (``1 x 2`` on 2 cores) serves a lone batch fastest, two one-thread sessions (``2 x 1``) serve a queue
 fastest (measured in ``benchmarks/results/cpu_engines`` and ``benchmarks/results/adaptive_cpu``). The
-adaptive runner (``--runner-instances 0``, opt-in: see the measurement below) holds both: a *wide*
-session with the whole thread budget and two *narrow* sessions with half of it each, all over one copy of
-the weights (ONNX Runtime: ``RunnerOptions.share_weights``, ``engines/onnxruntime.py``). ``WidthPool``
-picks the session per batch:
+adaptive runner (``--runner-instances 0``, the default) holds both: a *wide* session with the whole thread
+budget and *narrow* ones with half of it, all over one pre-packed copy of the weights (ONNX Runtime:
+``RunnerOptions.share_weights``, ``engines/onnxruntime.py``: the optimised model is saved once with its
+pre-packed weights and every session memory-maps it). ``WidthPool`` picks the session per batch:
 
 - the wide one when nothing else runs and nothing else is waiting (the batcher's queue is empty: the
   runner's ``queue_probe``);
-- otherwise a narrow one: two ready batches run as two narrow sessions in parallel.
+- otherwise a narrow one: two ready batches run narrow side by side. With one thread per narrow run (two
+  cores) both run on one one-thread session, each on its caller's thread; wider narrow runs get a session
+  each (runs that share a session share its intra-op thread pool: one two-thread session running two
+  batches at once served 1.08 runs/s against 1.27 for a one-thread session running two, large model,
+  3.75 s clip).
 
 A batch that arrives while a wide run is going takes a narrow session at once rather than waiting for the
 wide run to end (for the rest of that run the threads exceed the budget by the narrow width; waiting would
@@ -22,16 +26,15 @@ Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emul
 number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
 compiled model's streams, so widths would need two compiled models (two copies of the weights).
 
-Measured (``python -m benchmarks.issue24 --sections adaptive``, large model, 2 AMD EPYC cores, one round of
-60 s per row, quiet; benchmarks/results/adaptive_cpu): adaptive is 0.94 x the best fixed configuration at 1
-client and 0.90 x at 4 (fp32), 0.85 x and 0.96 x (int8). Its peak memory is 1.01 x one instance's at one
-client for fp32 (1.7 x for int8), and 2.7 x (fp32: 4,124 against 1,527 MB, more than two fixed copies)
-and 1.5 x (int8) at four, likely because each of its three sessions keeps its own activation arena. At
-one client it runs the wide session only, the same graph and threads as one fixed instance, yet 6-15 %
-slower: its weights are shared initializers, for which ONNX Runtime's weight pre-packing is off
-(``engines/onnxruntime.py``; ONNX Runtime's Python API has no shared pre-packed weights container), the
-likely cause, not measured apart. So one fixed instance is the default (``defaults.RUNNER_INSTANCES``):
-1.00 x at one client, 0.96 x (fp32) and 0.87 x (int8) of two one-thread instances at four.
+Measured (``benchmarks/results/adaptive_cpu``, large model, 2 AMD EPYC cores, quiet): adaptive is within
+5 % of the best fixed configuration at 1 and 4 clients for fp32 and int8 (a first one-round check: 0.99 /
+0.98 fp32, 1.01 / 0.99 int8), where one fixed instance of two threads is 0.96 (fp32) and 0.84 (int8) at
+four clients and two of one thread 0.57-0.60 at one. Its peak proportional memory (PSS) is 1.02-1.09 x one
+instance's, except int8 at four clients (1.27 x: two batches' activations in flight against one; two
+fixed instances: 1.75 x). ``VmRSS`` counts the mapped weights once per session that maps them (twice);
+PSS and the container's memory count them once (``engines/onnxruntime.py``). The earlier adaptive runner
+(shared ``add_initializer`` arrays, pre-packing off; external data not shared at all) measured 0.85-0.96 x
+and 2.7 x the memory, and was opt-in.
 """
 
 from __future__ import annotations

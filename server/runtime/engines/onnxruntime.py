@@ -87,11 +87,12 @@ class PrepackedModel:
 
 
 _shared_lock = threading.Lock()
-_shared: weakref.WeakValueDictionary[tuple[str, int, int, str], PrepackedModel] = weakref.WeakValueDictionary()
+_Key = tuple[str, int, int, str]
+_shared: weakref.WeakValueDictionary[_Key, PrepackedModel] = weakref.WeakValueDictionary()
 
 
 def prepacked_model(model_path: Path, level: str) -> PrepackedModel:
-    """The pre-packed copy of ``model_path`` shared by its live sessions (made again when the file changed)."""
+    """The pre-packed copy of ``model_path`` its live sessions share (made again when the file changed)."""
     import onnxruntime as ort  # lazy, as below
 
     stat = Path(model_path).stat()

@@ -228,8 +228,8 @@ def test_a_wide_and_a_narrow_shared_session_cost_about_one_in_memory(tmp_path: P
     ONNX file or in an external data file (as the large fp32 model's are)."""
     grown = {}
     for mode in ("one", "two", "shared"):
-        out = subprocess.run([sys.executable, "-c", _PSS_SCRIPT, str(tmp_path / f"{mode}.onnx"), mode, storage],
-                             capture_output=True, text=True, timeout=300, check=True)
+        command = [sys.executable, "-c", _PSS_SCRIPT, str(tmp_path / f"{mode}.onnx"), mode, storage]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
         grown[mode] = int(out.stdout.strip().splitlines()[-1])
     assert grown["one"] > 60 * 2**20, grown  # one session really holds the 64 MiB
     assert grown["two"] - grown["one"] > 60 * 2**20, grown  # the measure sees a second plain copy
