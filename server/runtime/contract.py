@@ -43,6 +43,11 @@ class RunnerError(RuntimeError):
     """The model failed to run a batch."""
 
 
+class SharedWeightsUnavailable(RunnerError):
+    """The engine cannot give several sessions one copy of the weights here (the adaptive runner then runs
+    one fixed instance)."""
+
+
 class RunnerOutOfMemory(RunnerError):
     """The batch did not fit in memory; a smaller batch may."""
 

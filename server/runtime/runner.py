@@ -61,6 +61,7 @@ from emotion2vec_serving.server.runtime.contract import (
     RunnerTimeout,
     SessionFactory,
     SessionLike,
+    SharedWeightsUnavailable,
 )
 from emotion2vec_serving.server.runtime.engines.onnxruntime import ort_session_factory
 from emotion2vec_serving.server.runtime.heap import trim_heap
@@ -154,7 +155,14 @@ class Runner:
         adaptive = self.options.instances == ADAPTIVE and self.options.engine == "onnxruntime"
         plan = plan_widths(self.options.intra_op_threads)
         wide = dataclasses.replace(self.options, intra_op_threads=plan.wide_threads, share_weights=True)
-        first, active = self._create(providers, wide if adaptive else self.options)
+        try:
+            first, active = self._create(providers, wide if adaptive else self.options)
+        except SharedWeightsUnavailable as exc:
+            log.warning("adaptive widths are not available (%s); running one instance of %d intra-op "
+                        "thread(s) instead", exc, plan.wide_threads)
+            adaptive = False
+            first, active = self._create(providers, dataclasses.replace(self.options,
+                                                                        intra_op_threads=plan.wide_threads))
         if adaptive and active == CPU_PROVIDER:
             narrow = dataclasses.replace(wide, intra_op_threads=plan.narrow_threads)
             if plan.narrow_threads == 1:
@@ -193,6 +201,8 @@ class Runner:
         options = options or self.options
         try:
             session = self._factory(self.manifest.onnx_path, providers, options)
+        except SharedWeightsUnavailable:
+            raise  # _load runs one fixed instance instead
         except Exception as exc:
             rest = [p for p in providers if p not in GPU_PROVIDERS]
             if rest and len(rest) < len(providers):

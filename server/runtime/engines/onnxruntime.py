@@ -47,7 +47,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emotion2vec_serving.server.runtime.contract import RunnerError, RunnerOptions, SessionLike
+from emotion2vec_serving.server.runtime.contract import (
+    RunnerError,
+    RunnerOptions,
+    SessionLike,
+    SharedWeightsUnavailable,
+)
 from emotion2vec_serving.server.runtime.gpu import disable_tf32_in_environment, provider_list
 from emotion2vec_serving.server.runtime.heap import trim_heap
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER, GPU_PROVIDERS
@@ -61,7 +66,10 @@ class PrepackedModel:
     def __init__(self, model_path: Path, graph_optimization_level: Any) -> None:
         import onnxruntime as ort  # lazy, as below
 
-        self.folder = Path(tempfile.mkdtemp(prefix="emotion2vec-ort-"))
+        try:
+            self.folder = Path(tempfile.mkdtemp(prefix="emotion2vec-ort-"))
+        except OSError as exc:
+            raise SharedWeightsUnavailable(f"no folder for the pre-packed model in TMPDIR: {exc}") from exc
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
         self.path = self.folder / "model.onnx"
         so = ort.SessionOptions()
@@ -75,9 +83,10 @@ class PrepackedModel:
             so.add_session_config_entry(key, value)
         try:
             ort.InferenceSession(str(model_path), sess_options=so, providers=[CPU_PROVIDER])
-        except Exception:
+        except Exception as exc:
             self._cleanup()
-            raise
+            raise SharedWeightsUnavailable(f"cannot save the pre-packed model in {self.folder.parent} "
+                                           f"(about twice the model's size is needed): {exc}") from exc
         trim_heap()  # the saving session's own copy of the weights is gone
 
     @property

@@ -8,8 +8,11 @@ really runs them side by side (the barrier breaks after its timeout otherwise).
 from __future__ import annotations
 
 import gc
+import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Sequence
@@ -20,7 +23,7 @@ import numpy as np
 import onnx
 import pytest
 
-from emotion2vec_serving.modelrepo.manifest import ModelManifest
+from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
 from emotion2vec_serving.server.runtime.contract import RunnerOptions, SessionLike
 from emotion2vec_serving.server.runtime.engines.onnxruntime import OrtSession, ort_session_factory
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
@@ -249,3 +252,22 @@ def test_an_adaptive_server_runs_wide_alone_and_reports_the_width(tiny_repo: Pat
     assert count >= 1
     # One request at a time: every batch ran alone, on the wide session (both threads).
     assert metric_value(text, "emotion_runner_width_sum") == pytest.approx(2 * count)
+
+
+def test_without_room_for_the_prepacked_copy_the_runner_runs_one_instance(
+        manifest: ModelManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    repo = shutil.copytree(manifest.directory, tmp_path / "repo")  # not in the shared-copy cache
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker))  # TMPDIR is a file: no folder can be made
+    with caplog.at_level(logging.WARNING):
+        runner = Runner(load_manifest(repo), ADAPTIVE)
+    try:
+        assert runner.widths is None and runner.concurrency == 1
+        assert runner.thread_counts == (2,)
+        results = runner.run(_batch())
+        assert len(results) == 3 and all(r.probs is not None for r in results)
+        assert "adaptive widths are not available" in caplog.text and "TMPDIR" in caplog.text
+    finally:
+        runner.close()
