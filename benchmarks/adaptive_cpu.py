@@ -10,9 +10,8 @@ or 100 requests, the issue's "at least 100 requests or 120 s"; three rounds, med
 warm pass over the clips; the server's peak PSS and VmHWM and the widths it ran
 (``emotion_runner_width``) come with it. Configurations (T = ``--threads``, default every core):
 ``fixed 1xT`` (``--runner-instances 1 --intra-op-threads T``), ``fixed 2x(T/2)`` and ``adaptive``
-(``--runner-instances 0 --intra-op-threads T``; opt-in since this measurement: the default is one
-instance). Every row carries the 1-minute load
-average taken just before it; the report states the command and the CPU flags. ``--quick``: the tiny
+(``--runner-instances 0 --intra-op-threads T``, the server's default). Every row carries the 1-minute
+load average taken just before it; the report states the command and the CPU flags. ``--quick``: the tiny
 model, C = 1 and 4, 2 s rows, one round (checks the harness, measures nothing).
 """
 
