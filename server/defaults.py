@@ -20,7 +20,7 @@ SAMPLE_RATE_HZ = 16000  # what the model eats (the manifest states it for a give
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 INTRA_OP_THREADS = 0  # 0 = every usable core (Settings.effective_intra_op_threads)
 # Adaptive widths (runtime/widths.py): on ONNX Runtime's CPU provider one pre-packed copy of the weights run
-# wide or narrow per batch (0.98-1.01 x the best fixed configuration at 1 and 4 clients, fp32 and int8,
+# wide or narrow per batch (0.97-1.02 x the best fixed configuration at 1, 2 and 4 clients, fp32 and int8,
 # benchmarks/results/adaptive_cpu); one instance on a GPU, OpenVINO and the emulated GPU.
 RUNNER_INSTANCES = 0
 GRAPH_OPTIMIZATION_LEVEL = "all"

@@ -26,15 +26,15 @@ Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emul
 number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
 compiled model's streams, so widths would need two compiled models (two copies of the weights).
 
-Measured (``benchmarks/results/adaptive_cpu``, large model, 2 AMD EPYC cores, quiet): adaptive is within
-5 % of the best fixed configuration at 1 and 4 clients for fp32 and int8 (a first one-round check: 0.99 /
-0.98 fp32, 1.01 / 0.99 int8), where one fixed instance of two threads is 0.96 (fp32) and 0.84 (int8) at
-four clients and two of one thread 0.57-0.60 at one. Its peak proportional memory (PSS) is 1.02-1.09 x one
-instance's, except int8 at four clients (1.27 x: two batches' activations in flight against one; two
-fixed instances: 1.75 x). ``VmRSS`` counts the mapped weights once per session that maps them (twice);
-PSS and the container's memory count them once (``engines/onnxruntime.py``). The earlier adaptive runner
-(shared ``add_initializer`` arrays, pre-packing off; external data not shared at all) measured 0.85-0.96 x
-and 2.7 x the memory, and was opt-in.
+Measured (``benchmarks/results/adaptive_cpu``, large model, 2 AMD EPYC cores, quiet, three rounds of 100
+requests per row): adaptive is 0.98 / 1.02 / 1.00 x the best fixed configuration at 1 / 2 / 4 clients for
+fp32 and 0.99 / 0.98 / 0.97 x for int8, where one fixed instance of two threads is 0.94 (fp32) and 0.84
+(int8) at four clients and two of one thread 0.59-0.64 at one. Its peak proportional memory (PSS) is
+1.05-1.08 x one instance's for fp32 and 1.09-1.23 x for int8 (two batches' activations in flight beside
+int8's small weights; two fixed instances: 1.61-1.91 x). ``VmRSS`` counts the mapped weights once per
+session that maps them (twice); PSS and the container's memory count them once (``engines/onnxruntime.py``).
+The earlier adaptive runner (shared ``add_initializer`` arrays, pre-packing off; external data not shared at
+all) measured 0.85-0.96 x and 2.7 x the memory, and was opt-in.
 """
 
 from __future__ import annotations
