@@ -169,7 +169,7 @@ class Runner:
                 # One one-thread session runs the narrow batches side by side, each on its caller's thread
                 # (ONNX Runtime's Run is thread-safe): one arena and one mapping of the weights fewer.
                 # Wider narrow sessions each get their own: runs sharing a session share its thread pool,
-                # measured slower (benchmarks/results/adaptive_cpu/README.md).
+                # measured slower (the numbers: runtime/widths.py).
                 narrows = [self._create(providers, narrow)[0]] * plan.narrow_sessions
             else:
                 narrows = [self._create(providers, narrow)[0] for _ in range(plan.narrow_sessions)]

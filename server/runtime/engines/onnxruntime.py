@@ -23,11 +23,11 @@ one plain session, the same run time, the same answers bit for bit). The saved f
 that uses it (a weak cache), and is deleted with it or at exit; it takes about the model's size twice on
 disk (``TMPDIR``), for the original and the packed weights.
 
-Two ways that do not work, measured (benchmarks/results/adaptive_cpu/README.md): ``add_initializer`` over one
-set of arrays shares the weights but turns pre-packing off (ONNX Runtime's Python API has no shared
-pre-packed weights container): 10 % slower on a 3.75 s clip of the large model; and the project's reader of
-those arrays skipped external data (the large fp32 model), so each session then mapped the file on its own,
-unpacked. ``add_external_initializers_from_files_in_memory`` copies the buffers into each session.
+Two ways that do not work, measured offline on the large model (one short script, not a committed
+benchmark): ``add_initializer`` over one set of arrays shares the weights but turns pre-packing off (ONNX
+Runtime's Python API has no shared pre-packed weights container): 10 % slower on a 3.75 s clip; and the
+project's reader of those arrays skipped external data (the large fp32 model), so each session then mapped
+the file on its own, unpacked. ``add_external_initializers_from_files_in_memory`` copies the buffers into each session.
 
 Resident set size counts a page once per mapping, so a process with the wide and the narrow session reports
 the mapped weights twice in ``VmRSS``; the proportional set size (``Pss`` in ``/proc/PID/smaps_rollup``)
@@ -88,11 +88,6 @@ class PrepackedModel:
             raise SharedWeightsUnavailable(f"cannot save the pre-packed model in {self.folder.parent} "
                                            f"(about twice the model's size is needed): {exc}") from exc
         trim_heap()  # the saving session's own copy of the weights is gone
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes on disk (the original and the pre-packed weights)."""
-        return sum(f.stat().st_size for f in self.folder.iterdir())
 
 
 _shared_lock = threading.Lock()
