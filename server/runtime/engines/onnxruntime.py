@@ -27,7 +27,8 @@ Two ways that do not work, measured offline on the large model (one short script
 benchmark): ``add_initializer`` over one set of arrays shares the weights but turns pre-packing off (ONNX
 Runtime's Python API has no shared pre-packed weights container): 10 % slower on a 3.75 s clip; and the
 project's reader of those arrays skipped external data (the large fp32 model), so each session then mapped
-the file on its own, unpacked. ``add_external_initializers_from_files_in_memory`` copies the buffers into each session.
+the file on its own, unpacked. ``add_external_initializers_from_files_in_memory`` copies the buffers into
+each session.
 
 Resident set size counts a page once per mapping, so a process with the wide and the narrow session reports
 the mapped weights twice in ``VmRSS``; the proportional set size (``Pss`` in ``/proc/PID/smaps_rollup``)
