@@ -67,7 +67,7 @@ from emotion2vec_serving.server.runtime.engines import (
     equal_length_batches,
     session_factory_for,
 )
-from emotion2vec_serving.server.runtime.heap import HeapTrimmer
+from emotion2vec_serving.server.runtime.heap import HeapTrimmer, set_mmap_threshold
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
 from emotion2vec_serving.server.runtime.runner import Runner
 
@@ -170,6 +170,9 @@ class EmotionServer:
             arena_shrinkage=s.ort_arena_shrinkage,
             gpu=gpu_options, length_buckets=buckets, gpu_cooldown_s=s.gpu_cooldown_s,
         )
+        if set_mmap_threshold(s.heap_mmap_threshold_kb):  # before the model's buffers exist
+            log.info("C heap: blocks of %d KiB or more are mapped and given back when freed",
+                     s.heap_mmap_threshold_kb)
         loop = asyncio.get_running_loop()
         # Loading a large model takes seconds: keep the event loop free meanwhile.
         self.runner = await loop.run_in_executor(None, lambda: Runner(

@@ -177,6 +177,13 @@ class Settings:
         "give the CPU arena's free memory back after every run, so RSS does not stay at the peak of "
         "the longest batch ever run (ignored without --ort-cpu-arena)"
     )
+    heap_mmap_threshold_kb: int = _opt(
+        defaults.HEAP_MMAP_THRESHOLD_KB,
+        "C heap blocks of at least this many KiB are mapped on their own and given back when freed "
+        "(glibc M_MMAP_THRESHOLD; 0 = glibc's sliding threshold; MALLOC_MMAP_THRESHOLD_ in the "
+        "environment wins): the batch buffers of one run do not stay in the heap for the next "
+        "(server/runtime/heap.py)"
+    )
     heap_trim_interval_s: float = _opt(
         defaults.HEAP_TRIM_INTERVAL_S,
         "give the C heap's free memory back to the system (glibc malloc_trim, off the event loop) this "
@@ -369,7 +376,7 @@ class Settings:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative (0 = from the descriptor limit)")
         for name in ("max_queue_delay_ms", "drain_grace_s", "drain_readiness_delay_s", "max_connection_age_s",
-                     "run_timeout_s", "heap_trim_interval_s",
+                     "run_timeout_s", "heap_trim_interval_s", "heap_mmap_threshold_kb",
                      "max_concurrent_rpcs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")

@@ -5,6 +5,15 @@ returning it, so after a burst of large requests (decode buffers, batch arrays, 
 high and drifts up as the arenas fragment. ``malloc_trim(0)`` returns every free page of every arena (glibc
 2.8+ also releases free pages in the middle of a heap, not only at its top).
 
+- :func:`set_mmap_threshold` at start-up (``--heap-mmap-threshold-kb``, default 1 MiB): glibc maps a large
+  block on its own and unmaps it when freed, but only below a *sliding* threshold: the first free of a
+  mapped block raises the threshold to that block's size (up to 32 MiB), and from then on blocks of a batch's
+  size (ONNX Runtime's arena regions, which arena shrinkage frees after every run, numpy batch arrays,
+  decode buffers) come from the heap and stay there, fragmented, until the next trim. A fixed threshold keeps
+  them mapped, so memory goes back the moment a run ends. Measured (large fp32 model, adaptive runner, 4
+  closed-loop clients, 100 requests, 2 AMD EPYC cores, two rounds): peak PSS 1,638 / 1,662 MiB with the
+  sliding threshold against 1,565 / 1,535 MiB at 1 MiB, throughput within the rounds' noise (4.19 / 4.11
+  against 4.14 / 4.17 audio-s/s);
 - :func:`trim_heap` once, after loading a model (parsing the file frees all of it again);
 - :class:`HeapTrimmer` every ``--heap-trim-interval-s`` while the server runs, off the event loop, and only
   when batches ran since the last trim (an idle server costs nothing). Measured with ``benchmarks/soak.py``
@@ -17,12 +26,31 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 
-__all__ = ["HeapTrimmer", "trim_heap"]
+__all__ = ["HeapTrimmer", "set_mmap_threshold", "trim_heap"]
 
 log = logging.getLogger(__name__)
+
+
+#: glibc's mallopt parameter number for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: glibc's environment tunable for the same; when set, the operator's value stands.
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+
+
+def set_mmap_threshold(kib: int) -> bool:
+    """Fix glibc's mmap threshold at ``kib`` KiB (module docstring: why). False, changing nothing, when
+    ``kib`` is 0, ``MALLOC_MMAP_THRESHOLD_`` is set in the environment, or the C library is not glibc."""
+    if kib <= 0 or MMAP_THRESHOLD_ENV in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(kib * 1024)))
+    except (OSError, AttributeError):
+        return False
 
 
 def trim_heap() -> None:
