@@ -12,6 +12,21 @@ requests) and, from that, the cores one server process needs to feed a GPU at ``
 
     python -m benchmarks.emulated_gpu --out benchmarks/results/emulated_gpu --run-s 30
 
+Two cards by default (``--cards``), each its own server process:
+
+- ``estimate``: the emulated card's default cost curve (an H100-class estimate, 2,860 x real time once a
+  batch saturates it; engines/emulated_gpu.py). At 3.75 s clips it cannot pass ~660 requests/s even at
+  batches of 64 (a batch of 64 padded to 4 s takes 2 + 0.35 x 4 x 68 = 97 ms), so its rows measure the
+  card, and show the front end keeping it busy;
+- ``front-end-bound``: a card seven times faster (``ms_per_s=0.05,launch_ms=1``: 20,000 x real time, as
+  several cards or a future one might be), never the bottleneck here, so its rows measure what one
+  server process's front end sustains on these cores: the issue's ">= 1,000 requests/s with mean batch
+  >= 8" is read on this card.
+
+``device busy`` is the card's share of the wall time (the server's ``emotion_inference_duration_seconds``
+sum over the row's wall time): near 1, the card is the limit; well below 1, the front end (or the client)
+is.
+
 The model repository is the null model's (benchmarks/suite/null_model.py: labels and framing of the
 contract; its ONNX file only serves a CPU fallback, which never happens here).
 """
@@ -48,6 +63,18 @@ from benchmarks.suite.server_process import ServerProcess
 
 CLIP_S = 3.75
 RATE = 16000
+#: ``--cards`` default: label=emulated-gpu spec pairs (module docstring).
+DEFAULT_CARDS = "estimate=;front-end-bound=ms_per_s=0.05,launch_ms=1"
+
+
+def parse_cards(text: str) -> list[tuple[str, str]]:
+    """``'label=spec;label=spec'`` -> [(label, spec)]; a spec is ``--emulated-gpu``'s (empty: defaults)."""
+    cards = []
+    for part in (p.strip() for p in text.split(";")):
+        if part:
+            label, _, spec = part.partition("=")
+            cards.append((label.strip(), spec.strip()))
+    return cards
 
 
 def _clips(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -83,11 +110,11 @@ def _cpu_flags() -> str:
     return " ".join(flags) or "none of avx2/avx512"
 
 
-def _row(srv: ServerProcess, kind: str, requests: list[Any], concurrency: int, run_s: float,
-         target_rt: float) -> dict[str, Any]:
+def _row(srv: ServerProcess, card: str, kind: str, requests: list[Any], concurrency: int, run_s: float,
+         target_rt: float, warm_s: float = 3.0) -> dict[str, Any]:
     audio_s = [CLIP_S] * len(requests)
     # Warm the path (connections, decoder, the batcher's latency model) before measuring.
-    asyncio.run(closed_loop(srv.target, requests, audio_s, concurrency, 3.0))
+    asyncio.run(closed_loop(srv.target, requests, audio_s, concurrency, warm_s))
     load = round(load_average()[0], 2)
     before, cpu0 = scrape(srv.metrics_url), process_cpu_s(srv.pid)
     records, wall = asyncio.run(closed_loop(srv.target, requests, audio_s, concurrency, run_s))
@@ -98,7 +125,10 @@ def _row(srv: ServerProcess, kind: str, requests: list[Any], concurrency: int, r
     padded_s = after.get(("emotion_padded_audio_seconds_total", ()), 0.0) - before.get(
         ("emotion_padded_audio_seconds_total", ()), 0.0)
     need_rps = target_rt / CLIP_S
-    row.update(input=kind, load_1m=load, padded_over_real=round(padded_s / max(1e-9, result.ok * CLIP_S), 3),
+    device_s = after.get(("emotion_inference_duration_seconds_sum", ()), 0.0) - before.get(
+        ("emotion_inference_duration_seconds_sum", ()), 0.0)
+    row.update(card=card, input=kind, device_busy=round(device_s / wall, 3), load_1m=load,
+               padded_over_real=round(padded_s / max(1e-9, result.ok * CLIP_S), 3),
                server_cpu_s=round(cpu1 - cpu0, 2),
                server_cpu_ms_per_request=round(cpu_per_request_ms, 3),
                server_cpu_cores_used=round((cpu1 - cpu0) / wall, 2),
@@ -110,18 +140,20 @@ def _row(srv: ServerProcess, kind: str, requests: list[Any], concurrency: int, r
 
 def _table(rows: Sequence[dict[str, Any]], target_rt: float) -> list[str]:
     lines = [
-        "| input | load 1m | concurrency | ok | errors | req/s | audio-s/s (x real time) | "
-        "mean batch (server) | padding waste | padded / real audio | p50 ms | p99 ms | server CPU ms/req | "
-        "server cores busy | "
+        "| card | input | load 1m | concurrency | ok | errors | req/s | audio-s/s (x real time) | "
+        "mean batch (server) | padding waste | padded / real audio | p50 ms | p99 ms | device busy | "
+        "server CPU ms/req | server cores busy | "
         f"cores for {target_rt:,.0f} x |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['input']} {CLIP_S:g} s | {r['load_1m']:.2f} | {r['offered']:g} | {r['ok']} | "
+            f"| {r.get('card', 'estimate')} | {r['input']} {CLIP_S:g} s | {r['load_1m']:.2f} | "
+            f"{r['offered']:g} | {r['ok']} | "
             f"{r['errors'] + r['rejected']} | {r['rps']:.1f} | {r['audio_s_per_s']:.0f} | "
             f"{r.get('server_mean_batch_size', float('nan')):.2f} | {100 * r['padding_waste']:.1f}% | "
             f"{r['padded_over_real']:.3f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{r.get('device_busy', float('nan')):.2f} | "
             f"{r['server_cpu_ms_per_request']:.2f} | "
             f"{r['server_cpu_cores_used']:.2f} | {r['cores_for_target']:.2f} |")
     return lines
@@ -131,10 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/emulated_gpu")
     parser.add_argument("--run-s", type=float, default=30.0, help="seconds per row")
+    parser.add_argument("--warm-s", type=float, default=3.0, help="unmeasured seconds before each row")
     parser.add_argument("--concurrency", type=int, default=128, help="calls in flight")
     parser.add_argument("--clips", type=int, default=32, help="distinct clips per input type")
     parser.add_argument("--target-rt", type=float, default=2000.0, help="GPU rate to feed, x real time")
     parser.add_argument("--inputs", default="pcm,opus")
+    parser.add_argument("--cards", default=DEFAULT_CARDS,
+                        help="emulated cards, 'label=spec;label=spec' (spec: --emulated-gpu's key=value "
+                        "list)")
     parser.add_argument("--server-args", default="--max-batch-size 64",
                         help="extra server flags (after --engine emulated-gpu)")
     args = parser.parse_args(argv)
@@ -146,28 +182,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="null-model-") as tmp:
         repo = build_null_model(tmp)
-        with ServerProcess(repo, server_args) as srv:
-            for kind in args.inputs.split(","):
-                rows.append(_row(srv, kind, _requests(clips, kind), args.concurrency, args.run_s,
-                                 args.target_rt))
+        requests = {kind: _requests(clips, kind) for kind in args.inputs.split(",")}
+        for card, spec in parse_cards(args.cards):
+            card_args = [*server_args, *(["--emulated-gpu", spec] if spec else [])]
+            with ServerProcess(repo, card_args) as srv:
+                for kind, reqs in requests.items():
+                    rows.append(_row(srv, card, kind, reqs, args.concurrency, args.run_s, args.target_rt,
+                                     args.warm_s))
     ended = tuple(round(x, 2) for x in load_average())
     command = "python -m benchmarks.emulated_gpu " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_description()
-    meta = {"command": command, "server_args": server_args, "machine": machine, "cpu_flags": _cpu_flags(),
+    meta = {"command": command, "server_args": server_args, "cards": dict(parse_cards(args.cards)),
+            "machine": machine, "cpu_flags": _cpu_flags(),
             "load_start": started, "load_end": ended}
     (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str) + "\n")
     report = [
         "# The server through an emulated GPU (issue 24)", "",
         f"- command: `{command}`",
-        f"- server: `python -m emotion2vec_serving.server <null model> {' '.join(server_args)}` (the "
-        "emulated card's default cost curve: estimates, see server/runtime/engines/emulated_gpu.py)",
+        f"- server: `python -m emotion2vec_serving.server <null model> {' '.join(server_args)}` with "
+        "`--emulated-gpu SPEC` per card: "
+        + "; ".join(f"{label}: `{spec or '(defaults)'}`" for label, spec in parse_cards(args.cards))
+        + " (the default curve is an estimate, see server/runtime/engines/emulated_gpu.py; "
+        "benchmarks/emulated_gpu.py says what each card is for)",
         f"- machine: {machine['cpu']}, {machine['cores']} cores ({os.cpu_count()} usable), "
         f"{machine['memory_gb']} GB; CPU flags: {_cpu_flags()}; {platform.platform()}; Python "
         f"{machine['python']}, grpcio {machine['grpc']}, numpy {machine['numpy']}",
-        f"- load average at start {started}, at end {ended}; the client runs on the same cores, and the "
-        "machine was shared with other work during the run, so these are lower bounds on what the server "
-        "alone would sustain",
-        f"- each row: {args.run_s:g} s closed loop after 3 s of warm-up, {args.clips} distinct clips of "
+        f"- load average at start {started}, at end {ended}; the client runs on the same cores as the server"
+        + (", and the machine was shared with other work during the run, so these are lower bounds on what "
+           "the server alone would sustain" if max(started[0], ended[0]) > (os.cpu_count() or 1) else ""),
+        f"- each row: {args.run_s:g} s closed loop after {args.warm_s:g} s of warm-up, {args.clips} "
+        "distinct clips of "
         f"{CLIP_S:g} s; CPU per request = server process CPU time (user + system) / requests answered; "
         f"cores for {args.target_rt:,.0f} x real time = {args.target_rt:g} / {CLIP_S:g} requests/s x CPU "
         "per request; padding waste is the batcher's (between items of one batch), padded / real audio adds "

@@ -19,11 +19,13 @@ import argparse
 import asyncio
 import collections
 import json
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,7 +34,40 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def _serve_echo(port: int) -> None:
+class _Handoff:
+    """The least a server that runs its model off the event loop must do per request: hand the request to a
+    worker thread and get it back. One worker thread takes whatever has queued (a batch) and resolves the
+    batch's futures with one ``call_soon_threadsafe``, as the server's batcher and runner do; no model, no
+    decoding, no admission (``--serve-echo PORT --handoff``; ``benchmarks.lean_path``'s ``hop`` row)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[tuple[Any, asyncio.Future[None]]] = queue.SimpleQueue()
+        threading.Thread(target=self._work, name="handoff", daemon=True).start()
+
+    def submit(self, payload: Any) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._jobs.put((payload, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            batch = [self._jobs.get()]
+            while True:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self._loop.call_soon_threadsafe(self._done, batch)
+
+    @staticmethod
+    def _done(batch: list[tuple[Any, asyncio.Future[None]]]) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+
+async def _serve_echo(port: int, handoff: bool = False) -> None:
     import grpc
     from emotion.v1 import emotion_pb2, emotion_pb2_grpc
 
@@ -43,8 +78,12 @@ async def _serve_echo(port: int) -> None:
         duration_s=1.0,
     )
 
+    hop = _Handoff(asyncio.get_running_loop()) if handoff else None
+
     class Echo(emotion_pb2_grpc.EmotionRecognizerServicer):  # type: ignore[misc]
         async def Recognize(self, request: Any, context: Any) -> Any:
+            if hop is not None:
+                await hop.submit(request.audio)
             return reply
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -128,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--handoff", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--run-s", type=float, default=15.0)
@@ -136,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="sample the null-model server with py-spy for this many seconds (0: no profile)")
     args = parser.parse_args(argv)
     if args.serve_echo:
-        asyncio.run(_serve_echo(args.serve_echo))
+        asyncio.run(_serve_echo(args.serve_echo, args.handoff))
         return 0
 
     from benchmarks.suite.null_model import build_null_model

@@ -14,8 +14,9 @@ Sections (``--sections``, default all), each one benchmark run as a child proces
   (``benchmarks.adaptive_cpu``) -> ``adaptive_cpu/``;
 - ``lean``: the null model against a bare echo server (``benchmarks.lean_path``; while that module does not
   exist, ``benchmarks.grpc_echo``) -> ``lean_path/``;
-- ``emulated``: the server through the emulated GPU, PCM and Opus (``benchmarks.emulated_gpu``, ``--rounds``
-  runs, the median row per input kept with every round's requests/s) -> ``emulated_gpu/``;
+- ``emulated``: the server through the emulated GPU, PCM and Opus, on the estimated card and on one that is
+  never the bottleneck (``benchmarks.emulated_gpu``, ``--rounds`` runs, the median row per card and input
+  kept with every round's requests/s) -> ``emulated_gpu/``;
 - ``rss``: peak RSS over a ``--rss-minutes`` open-loop run (``benchmarks.rss_open_loop``)
   -> ``rss_open_loop/``.
 
@@ -76,7 +77,7 @@ def section_commands(args: argparse.Namespace) -> dict[str, tuple[str, list[str]
             "--out", str(out / "lean_path" / "null_vs_echo.json"), *shlex.split(args.lean_args)])
     commands["emulated"] = ("benchmarks.emulated_gpu", [
         "--run-s", "3" if args.quick else "120",
-        *(["--concurrency", "16", "--clips", "4"] if args.quick else []),
+        *(["--concurrency", "16", "--clips", "4", "--warm-s", "1"] if args.quick else []),
         *shlex.split(args.emulated_args)])  # --out per round, below
     commands["rss"] = ("benchmarks.rss_open_loop", [
         "--model-repo", fp32, "--minutes", str(args.rss_minutes), "--rounds", rounds, *quick,
@@ -98,12 +99,16 @@ def _run(module: str, argv: list[str], log: list[dict[str, Any]], section: str) 
 
 
 def merge_emulated_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several emulated_gpu runs -> one results.json in the same format: per input, the round with the median
-    requests/s, with every round's requests/s and load in ``rps_rounds`` / ``load_rounds``."""
+    """Several emulated_gpu runs -> one results.json in the same format: per card and input, the round with
+    the median requests/s, with every round's requests/s and load in ``rps_rounds`` / ``load_rounds``."""
     merged = dict(rounds[0])
     merged["rows"] = []
-    for kind in dict.fromkeys(r["input"] for r in rounds[0]["rows"]):
-        rows = sorted((row for run in rounds for row in run["rows"] if row["input"] == kind),
+
+    def key(row: dict[str, Any]) -> tuple[str, str]:
+        return row.get("card", "estimate"), row["input"]
+
+    for wanted in dict.fromkeys(key(r) for r in rounds[0]["rows"]):
+        rows = sorted((row for run in rounds for row in run["rows"] if key(row) == wanted),
                       key=lambda row: row["rps"])
         median = dict(rows[(len(rows) - 1) // 2])
         median["rps_rounds"] = [row["rps"] for row in rows]

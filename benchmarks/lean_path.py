@@ -8,6 +8,9 @@ Rows, interleaved ``--rounds`` times so that a shared machine's drifting load sp
 
 - ``echo``: ``benchmarks/grpc_echo.py``'s echo server (``EmotionRecognizer.Recognize`` returning one fixed,
   realistically sized response, no work), in its own process;
+- ``hop``: the same echo server, but each request is first handed to a worker thread and back, batched as
+  the server's batcher and runner do (``grpc_echo._Handoff``): the floor of any server that runs its model off
+  the event loop, with nothing of this project's code in it;
 - ``main``: the server of the ``--main`` checkout on the null model (``benchmarks/suite/null_model.py``);
 - ``this``: this checkout's server on the null model.
 
@@ -73,13 +76,15 @@ def inclusive_profile(collapsed: str, top: int = 25) -> list[dict[str, Any]]:
     return [{"name": k, "total_pct": round(100 * v / max(total, 1), 1)} for k, v in counts.most_common(top)]
 
 
-def _echo_row(args: argparse.Namespace) -> dict[str, Any]:
+def _echo_row(args: argparse.Namespace, handoff: bool = False) -> dict[str, Any]:
     port = free_port()
-    echo = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_echo", "--serve-echo", str(port)],
+    echo = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_echo", "--serve-echo", str(port),
+                             *(["--handoff"] if handoff else [])],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
-        return _measure(f"127.0.0.1:{port}", echo.pid, args.concurrency, args.processes, args.run_s, "echo")
+        return _measure(f"127.0.0.1:{port}", echo.pid, args.concurrency, args.processes, args.run_s,
+                        "hop" if handoff else "echo")
     finally:
         echo.terminate()
         echo.wait(timeout=10)
@@ -122,17 +127,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rounds: list[dict[str, dict[str, Any]]] = []
     args.out.mkdir(parents=True, exist_ok=True)
     for r in range(args.rounds):
-        rows = {"echo": _echo_row(args)}
+        rows = {"echo": _echo_row(args), "hop": _echo_row(args, handoff=True)}
         for name, cwd in configs:
             profile_to = (args.out / f"profile_{name}.txt") if args.profile_s > 0 and r == args.rounds - 1 \
                 else None
             rows[name] = _null_row(args, model, name, cwd, profile_to)
-        for name, _ in configs:
+        for name in ("hop", *(n for n, _ in configs)):
             rows[name]["over_echo"] = rows[name]["requests_per_s"] / rows["echo"]["requests_per_s"]
             rows[name]["added_cpu_ms_per_req"] = (rows[name]["server_cpu_ms_per_req"]
                                                   - rows["echo"]["server_cpu_ms_per_req"])
         rounds.append(rows)
-    names = ["echo", *(n for n, _ in configs)]
+    names = ["echo", "hop", *(n for n, _ in configs)]
     summary: dict[str, Any] = {}
     for name in names:
         summary[name] = {
@@ -241,7 +246,9 @@ def readme_table(result: dict[str, Any]) -> dict[str, Any]:
     if max(loads) > cores:
         text += (f". **Measured under load** (1-minute load above the {cores} cores): requests/s and their "
                  "ratios are noisy; server CPU per request is the steadier figure.")
-    names = {"echo": "bare grpc.aio echo server", "main": "null model, before the lean path (--main)",
+    names = {"echo": "bare grpc.aio echo server",
+             "hop": "echo + a batched hand-off to a worker thread and back (no model)",
+             "main": "null model, before the lean path (--main)",
              "this": "null model, this checkout"}
     rows = []
     for name, row in s.items():

@@ -24,11 +24,15 @@ def test_issue24_quick_runs_its_sections_and_feeds_the_readme(tiny_repo: Path, t
     emulated = json.loads((tmp_path / "emulated_gpu" / "results.json").read_text(encoding="utf-8"))
     rounds = [json.loads((tmp_path / "emulated_gpu" / f"round{i}" / "results.json").read_text())
               for i in (0, 1)]
-    assert emulated["rounds"] == 2 and [r["input"] for r in emulated["rows"]] == ["pcm", "opus"]
+    # One row per card and input, each the median of its own rounds (not of another card's).
+    assert emulated["rounds"] == 2 and [(r["card"], r["input"]) for r in emulated["rows"]] == [
+        ("estimate", "pcm"), ("estimate", "opus"), ("front-end-bound", "pcm"), ("front-end-bound", "opus")]
     for row in emulated["rows"]:
-        per_round = sorted(r["rps"] for rnd in rounds for r in rnd["rows"] if r["input"] == row["input"])
-        assert row["rps_rounds"] == per_round and row["rps"] in per_round
+        per_round = sorted(r["rps"] for rnd in rounds for r in rnd["rows"]
+                           if (r["card"], r["input"]) == (row["card"], row["input"]))
+        assert len(per_round) == 2 and row["rps_rounds"] == per_round and row["rps"] in per_round
         assert row["ok"] > 0 and row["errors"] == 0
+        assert 0 < row["device_busy"] <= 1.05  # the card's run time over the wall time
 
     rss = json.loads((tmp_path / "rss_open_loop" / "results.json").read_text(encoding="utf-8"))
     assert rss["meta"]["rounds"] == 2 and len(rss["rows"]) == 2

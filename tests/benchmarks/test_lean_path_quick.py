@@ -23,19 +23,20 @@ def test_the_lean_path_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     (rows,) = data["rounds"]
-    assert set(rows) == {"echo", "this"}
+    assert set(rows) == {"echo", "hop", "this"}
     for name, row in rows.items():
         assert row["ok"] > 0 and row["errors"] == 0, (name, row)
         assert row["server_cpu_ms_per_req"] > 0, (name, row)
-    this, echo = rows["this"], rows["echo"]
+    this, echo, hop = rows["this"], rows["echo"], rows["hop"]
     assert this["over_echo"] == pytest.approx(this["requests_per_s"] / echo["requests_per_s"])
+    assert hop["over_echo"] == pytest.approx(hop["requests_per_s"] / echo["requests_per_s"])
     assert this["added_cpu_ms_per_req"] == pytest.approx(
         this["server_cpu_ms_per_req"] - echo["server_cpu_ms_per_req"])
     median = data["summary"]["this"]["requests_per_s"]["median"]
     assert median == pytest.approx(this["requests_per_s"], abs=1e-3)
     assert "cpu_flags" in data["machine"] and "command" in data
     report = (tmp_path / "README.md").read_text(encoding="utf-8")
-    assert "| this |" in report and "| echo |" in report and "load 1 min" in report
+    assert "| this |" in report and "| echo |" in report and "| hop |" in report and "load 1 min" in report
     table = readme_tables.generic(tmp_path.parent, tmp_path.name)  # the README's table of this run
     assert table[0].startswith("**Lean request path")
     assert any(line.startswith("| null model, this checkout |") for line in table)

@@ -25,12 +25,16 @@ def test_rss_open_loop_quick_mode_writes_consistent_results(tiny_repo: Path, tmp
         assert r["ok"] > 0 and r["errors"] == 0 and r["rejected"] == 0, r
         assert 0 < r["hwm_after_startup_mib"] <= r["peak_rss_mib"] < rss_open_loop.GOAL_MIB
         # VmHWM is the high-water mark of VmRSS: no sample may exceed it (0.5 MiB of rounding).
-        assert max(mb for _, mb in r["rss_samples"]) <= r["peak_rss_mib"] + 0.5
+        assert max(mb for _, mb, _ in r["rss_samples"]) <= r["peak_rss_mib"] + 0.5
         assert len(r["rss_samples"]) >= 2 and r["within_goal"] is True
+        # PSS: the largest sample; never above that sample's RSS (a page counts at most once in PSS).
+        assert r["peak_pss_mib"] == max(mb for _, _, mb in r["rss_samples"]) > 0
+        assert all(0 < pss <= rss + 0.5 for _, rss, pss in r["rss_samples"])
         assert isinstance(r["load_1m_before"], float)
     [plain, arenas] = doc["summary"]
     assert plain["variant"] == "plain" and plain["rounds"] == 2 and arenas["rounds"] == 2
     assert plain["peak_rss_mib"] == [rows[0]["peak_rss_mib"], rows[2]["peak_rss_mib"]]
+    assert plain["peak_pss_mib"] == [rows[0]["peak_pss_mib"], rows[2]["peak_pss_mib"]]
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "--minutes 0.05" in report and "CPU flags" in report and "load 1m before" in report
     median = f"{statistics.median(plain['peak_rss_mib']):,.0f}"
