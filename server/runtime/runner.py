@@ -83,19 +83,51 @@ _OOM_MARKERS = ("out of memory", "failed to allocate memory", "bfcarena", "cudnn
 BatchHook = Callable[[Sequence[FloatArray], int, float, float, str, "BaseException | None"], None]
 
 
-def _pad_batch(batch: Sequence[FloatArray], width: int) -> FloatArray:
+#: A runner thread keeps its padding buffer while a batch needs at most this many samples (16 MiB of float32:
+#: 60 s of batch audio needs 3.7 MiB); a larger batch pads into an array of its own, freed after the run.
+PAD_SCRATCH_MAX_SAMPLES = 4 * 1024 * 1024
+
+
+class PadScratch(threading.local):
+    """Each thread's reusable padding buffer (``_pad_batch``), grown to the largest batch it has padded.
+
+    A fresh zeroed array per batch costs the zeroing of the whole array, or, for arrays of 1 MiB or more (the
+    heap's mmap threshold, ``runtime/heap.py``), a new mapping whose every page faults on first write; with
+    the row copies it was 14 % of the busy CPU of the null model's server at 1,300-1,500 requests/s (py-spy,
+    ``benchmarks/results/lean_path``). The runner threads pad into their own buffer instead, zeroing only
+    the rows' tails; ONNX Runtime and OpenVINO read the input only while the run lasts, and the next run on
+    that thread starts after it has returned.
+    """
+
+    def __init__(self) -> None:
+        self.flat = np.empty(0, dtype=np.float32)
+
+
+def _pad_batch(batch: Sequence[FloatArray], width: int, scratch: PadScratch | None = None) -> FloatArray:
     """The batch as one right-padded ``(n, width)`` float32 array, each sample copied once.
 
     One waveform of exactly ``width`` samples (a batch of one on a CPU) is not copied at all. Measured
     (issue 24): building it with one masked numpy assignment (a boolean ``n x width`` mask and a
     concatenation) was 40-70 times slower than one slice copy per row for batches of 1-16 one-to-three
-    second clips, so rows are copied one by one into a zeroed array.
+    second clips, so rows are copied one by one. With ``scratch`` the rows go into the calling thread's
+    reused buffer (valid until that thread pads its next batch), each row's tail zeroed; without it, or past
+    ``PAD_SCRATCH_MAX_SAMPLES``, into a new zeroed array.
     """
     if len(batch) == 1 and len(batch[0]) == width:
         return np.ascontiguousarray(batch[0], dtype=np.float32).reshape(1, width)
-    waveform = np.zeros((len(batch), width), dtype=np.float32)
+    need = len(batch) * width
+    if scratch is None or need > PAD_SCRATCH_MAX_SAMPLES:
+        waveform = np.zeros((len(batch), width), dtype=np.float32)
+        for i, w in enumerate(batch):
+            waveform[i, : len(w)] = w
+        return waveform
+    if scratch.flat.size < need:
+        scratch.flat = np.empty(need, dtype=np.float32)
+    waveform = scratch.flat[:need].reshape(len(batch), width)
     for i, w in enumerate(batch):
-        waveform[i, : len(w)] = w
+        n = len(w)
+        waveform[i, :n] = w
+        waveform[i, n:] = 0.0
     return waveform
 
 
@@ -133,6 +165,7 @@ class Runner:
         self._instances = max(1, options.instances)  # fixed instances (adaptive: where it does not apply)
         self._widths: WidthPool | None = None  # the adaptive runner's sessions (None: the fixed pool)
         self._batch_ids = itertools.count(1)  # next() is atomic under the GIL: batcher threads share it
+        self._pad_scratch = PadScratch()  # one padding buffer per thread that runs batches
         self._lock = threading.Lock()
         self._pool: queue.SimpleQueue[tuple[int, SessionLike]] = queue.SimpleQueue()
         self._generation = 0  # bumped on fallback so that sessions of the old provider are discarded
@@ -280,7 +313,7 @@ class Runner:
         lengths = np.fromiter((len(w) for w in batch), dtype=np.int64, count=len(batch))
         # On a GPU the batch is padded to a length bucket (the model masks by `lengths`: same results).
         width = self._padded(max(1, int(lengths.max())), provider)
-        waveform = _pad_batch(batch, width)
+        waveform = _pad_batch(batch, width, self._pad_scratch)
         feeds = {"waveform": waveform, "lengths": lengths}
         batch_id = next(self._batch_ids)
         new_handle = getattr(session, "new_run_handle", None)
