@@ -120,6 +120,27 @@ def merge_emulated_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def emulated_report(merged: dict[str, Any]) -> str:
+    """report.md of merged emulated GPU rounds: each round's own report is in ``round<N>/report.md``."""
+    from benchmarks.emulated_gpu import _table
+
+    target_rt = merged["rows"][0]["target_rps"] * 3.75 if merged["rows"] else 2000.0
+    lines = [
+        "# The server through an emulated GPU (issue 24), " + f"{merged['rounds']} rounds", "",
+        f"- each round: `{merged['command']}` (its report, with the cards and the machine: "
+        "`round<N>/report.md`)",
+        f"- load average at the start of the first round {merged['load_start']}, at the end of the last "
+        f"{merged['load_end']}; CPU flags: {merged['cpu_flags']}",
+        "- each row below is the round with the median requests/s for its card and input; every round's "
+        "requests/s and 1-minute load before the row:", "",
+    ]
+    for row in merged["rows"]:
+        pairs = zip(row["rps_rounds"], row["load_rounds"], strict=True)
+        rounds = ", ".join(f"{rps:.1f} (load {load:.2f})" for rps, load in pairs)
+        lines.append(f"  - {row.get('card', 'estimate')}, {row['input']}: {rounds}")
+    return "\n".join([*lines, "", *_table(merged["rows"], target_rt), ""])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, a few seconds per row")
@@ -172,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 json.dumps(merged, indent=2, default=str) + "\n", encoding="utf-8")
             if len(runs) == 1:
                 shutil.copy(args.out / "emulated_gpu" / "round0" / "report.md", args.out / "emulated_gpu")
+            else:
+                report = emulated_report(merged)
+                (args.out / "emulated_gpu" / "report.md").write_text(report, encoding="utf-8")
         else:
             notes.append("emulated: every round failed")
     given = list(argv if argv is not None else sys.argv[1:])

@@ -187,9 +187,10 @@ def emulated_gpu(results: Path) -> list[str]:
         f"{d['cpu_flags']}; load {d['load_start'][0]:.1f} at start, {d['load_end'][0]:.1f} at end; details "
         "[benchmarks/results/emulated_gpu/report.md](benchmarks/results/emulated_gpu/report.md))", "",
         "`estimate` is the emulated card's default cost curve (an H100-class estimate; the card is the "
-        "limit: device busy near 1); `front-end-bound` is a card seven times faster, never the limit here, "
+        "limit: runner busy near 1, the share of time a batch was running); `front-end-bound` is a card "
+        "seven times faster, never the limit here, "
         "so its rows are what one server process's front end sustains on these cores (client included).", "",
-        *_table(["card", "input", "concurrency", "requests/s", "mean batch", "device busy", "padding waste",
+        *_table(["card", "input", "concurrency", "requests/s", "mean batch", "runner busy", "padding waste",
                  "p99 ms",
                  "server CPU ms/request", f"cores for {target:,.0f} x real time", "load 1m"], rows), "",
     ]

@@ -34,6 +34,9 @@ def test_issue24_quick_runs_its_sections_and_feeds_the_readme(tiny_repo: Path, t
         assert row["ok"] > 0 and row["errors"] == 0
         assert 0 < row["device_busy"] <= 1.05  # the card's run time over the wall time
 
+    report = (tmp_path / "emulated_gpu" / "report.md").read_text(encoding="utf-8")
+    assert "2 rounds" in report and "| front-end-bound | pcm 3.75 s |" in report
+
     rss = json.loads((tmp_path / "rss_open_loop" / "results.json").read_text(encoding="utf-8"))
     assert rss["meta"]["rounds"] == 2 and len(rss["rows"]) == 2
 
