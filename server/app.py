@@ -161,7 +161,7 @@ class EmotionServer:
             providers=engine_providers(s.engine, s.providers),
             engine=s.engine, inference_precision=s.inference_precision,
             intra_op_threads=s.effective_intra_op_threads,
-            instances=s.runner_instances,
+            instances=s.runner_instances, side_by_side_audio_s=s.side_by_side_audio_s,
             graph_optimization_level=s.graph_optimization_level,
             gpu_failures_before_fallback=s.gpu_failures_before_fallback,
             run_timeout_s=s.run_timeout_s,

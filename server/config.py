@@ -155,6 +155,12 @@ class Settings:
         "wide session (every intra-op thread) when one batch is ready and as two narrow ones (half each) "
         "when several are; it needs about twice the model's size free in TMPDIR"
     )
+    side_by_side_audio_s: float = _opt(
+        defaults.SIDE_BY_SIDE_AUDIO_S, "adaptive runner: a batch runs beside another only while the padded "
+        "audio running stays within this many seconds, else it waits for the running one (0 = no bound); "
+        "batches side by side hold their activations at once, about 19 MB per audio second for the large "
+        "model"
+    )
     graph_optimization_level: str = _opt(
         defaults.GRAPH_OPTIMIZATION_LEVEL, "ONNX Runtime graph optimisation: disable|basic|extended|all"
     )
@@ -377,6 +383,7 @@ class Settings:
                 problems.append(f"{name} must not be negative (0 = from the descriptor limit)")
         for name in ("max_queue_delay_ms", "drain_grace_s", "drain_readiness_delay_s", "max_connection_age_s",
                      "run_timeout_s", "heap_trim_interval_s", "heap_mmap_threshold_kb",
+                     "side_by_side_audio_s",
                      "max_concurrent_rpcs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")

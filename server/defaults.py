@@ -23,6 +23,9 @@ INTRA_OP_THREADS = 0  # 0 = every usable core (Settings.effective_intra_op_threa
 # wide or narrow per batch (0.97-1.02 x the best fixed configuration at 1, 2 and 4 clients, fp32 and int8,
 # benchmarks/results/adaptive_cpu); one instance on a GPU, OpenVINO and the emulated GPU.
 RUNNER_INSTANCES = 0
+# The adaptive runner runs a batch beside others only while their padded audio stays within this (seconds;
+# 0 = no bound): batches side by side hold their activations at once (runtime/widths.py).
+SIDE_BY_SIDE_AUDIO_S = 0.0
 GRAPH_OPTIMIZATION_LEVEL = "all"
 GPU_FAILURES_BEFORE_FALLBACK = 3
 RUN_TIMEOUT_S = 120.0  # watchdog on one model run (0 = none)

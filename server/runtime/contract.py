@@ -117,6 +117,8 @@ class RunnerOptions:
     inference_precision: str = defaults.INFERENCE_PRECISION  # OpenVINO: auto | f32 | bf16
     # --- adaptive widths (issue 24, server/runtime/widths.py)
     share_weights: bool = False  # ONNX Runtime on the CPU: one copy of the weights for a model's sessions
+    # batches run side by side only while their padded audio stays within this, in seconds (0: no bound)
+    side_by_side_audio_s: float = defaults.SIDE_BY_SIDE_AUDIO_S
 
 
 @dataclass(frozen=True)

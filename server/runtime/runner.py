@@ -206,7 +206,8 @@ class Runner:
                 narrows = [self._create(providers, narrow)[0]] * plan.narrow_sessions
             else:
                 narrows = [self._create(providers, narrow)[0] for _ in range(plan.narrow_sessions)]
-            self._widths = WidthPool(first, narrows, plan)
+            bound = int(self.options.side_by_side_audio_s * self.manifest.sample_rate_hz)
+            self._widths = WidthPool(first, narrows, plan, max_side_by_side_samples=bound)
             shape = (f"adaptive: 1 x {plan.wide_threads} or {plan.narrow_sessions} x {plan.narrow_threads} "
                      "thread(s), one pre-packed copy of the weights")
         else:
@@ -301,8 +302,10 @@ class Runner:
         if not batch:
             return []
         widths = self._widths
+        samples = 0
         if widths is not None:
-            session, threads = widths.acquire(lambda: self._closed)
+            samples = len(batch) * max(len(w) for w in batch)  # the run's padded samples (CPU: exact)
+            session, threads = widths.acquire(lambda: self._closed, samples)
             generation = self._generation
         else:
             generation, session = self._acquire()
@@ -343,7 +346,7 @@ class Runner:
                     self._gpu_failures = 0
         finally:
             if widths is not None:
-                widths.release(session)
+                widths.release(session, samples)
             else:
                 self._release(generation, session)
         return self._slice(dict(zip(self._output_names, outputs, strict=True)), len(batch), started, run_s,

@@ -18,7 +18,12 @@ pre-packed weights and every session memory-maps it). ``WidthPool`` picks the se
 
 A batch that arrives while a wide run is going takes a narrow session at once rather than waiting for the
 wide run to end (for the rest of that run the threads exceed the budget by the narrow width; waiting would
-cost the new batch up to a whole run). At most ``narrow_sessions`` batches run at once (the batcher runs
+cost the new batch up to a whole run), unless the audio running side by side would pass
+``--side-by-side-audio-s`` (``WidthPool.max_side_by_side_samples``): then it waits for the running batch to
+end. Batches side by side hold their activations at the same time (the convolutional front end's are the
+largest, ~20 MB per second of audio for the large model), so without a bound two long batches at once lifted
+the large fp32 model's peak PSS to 1,678-1,690 MiB in the 10-minute open-loop benchmark
+(``benchmarks/results/rss_open_loop``), against ~1,500 for one batch at a time. At most ``narrow_sessions`` batches run at once (the batcher runs
 ``runner.concurrency`` workers). The width does not change a batch's answer beyond the project's
 batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
 
@@ -88,10 +93,16 @@ class WidthPool:
     per width (threads); ``peak_narrow``: the most narrow runs seen at once (tests and benchmarks).
     """
 
-    def __init__(self, wide: SessionLike, narrow: Sequence[SessionLike], plan: WidthPlan) -> None:
+    def __init__(self, wide: SessionLike, narrow: Sequence[SessionLike], plan: WidthPlan,
+                 max_side_by_side_samples: int = 0) -> None:
         if not narrow:
             raise ValueError("the adaptive runner needs at least one narrow session")
         self.plan = plan
+        #: A batch starts beside running ones only while the samples running stay within this (0: no
+        #: bound); past it, it waits for them to end. Batches side by side hold their activations at once.
+        self.max_side_by_side_samples = max_side_by_side_samples
+        self._running_samples = 0
+        self.waits = 0  # batches that waited for the bound (tests and benchmarks)
         self.queue_probe: Callable[[], int] | None = None
         self._cond = threading.Condition()
         self._wide: SessionLike | None = wide
@@ -110,19 +121,33 @@ class WidthPool:
         except Exception:  # a probe must never fail a batch
             return False
 
-    def acquire(self, closed: Callable[[], bool]) -> tuple[SessionLike, int]:
-        """Take the session for the next batch: (session, its threads). Blocks while none is free."""
+    def acquire(self, closed: Callable[[], bool], samples: int = 0) -> tuple[SessionLike, int]:
+        """Take the session for the next batch of ``samples`` padded samples: (session, its threads).
+
+        Blocks while none is free, and while running it beside the batches already running would pass
+        ``max_side_by_side_samples`` (a batch alone always runs). Give the same ``samples`` to ``release``.
+        """
+        waited = False
         with self._cond:
             while True:
                 if closed() or self._wide is None:
                     raise RunnerError("the model runner is closed")
                 idle = not self._wide_busy and self._narrow_running == 0
+                bound = self.max_side_by_side_samples
+                if not idle and bound > 0 and self._running_samples + samples > bound:
+                    if not waited:
+                        waited = True
+                        self.waits += 1
+                    self._cond.wait(0.5)
+                    continue
                 if idle and not self._others_waiting():
                     self._wide_busy = True
+                    self._running_samples += samples
                     return self._taken(self._wide, self.plan.wide_threads)
                 if self._narrow_free:
                     self._narrow_running += 1
                     self.peak_narrow = max(self.peak_narrow, self._narrow_running)
+                    self._running_samples += samples
                     return self._taken(self._narrow_free.pop(), self.plan.narrow_threads)
                 self._cond.wait(0.5)
 
@@ -130,8 +155,9 @@ class WidthPool:
         self.counts[threads] = self.counts.get(threads, 0) + 1
         return session, threads
 
-    def release(self, session: SessionLike) -> None:
+    def release(self, session: SessionLike, samples: int = 0) -> None:
         with self._cond:
+            self._running_samples -= samples
             if session is self._wide:
                 self._wide_busy = False
             else:

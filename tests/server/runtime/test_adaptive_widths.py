@@ -30,6 +30,7 @@ from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
 from emotion2vec_serving.server.runtime.runner import Runner
 from tests.support.calls import raw_request, tone
 from tests.support.metrics import metric_value
+from tests.support.polling import wait_until
 from tests.support.servers import server_process
 
 RATE = 16000
@@ -120,6 +121,34 @@ def test_a_batch_arriving_during_a_wide_run_takes_a_narrow_session(manifest: Mod
         pool.release(wide)
         runner.run(_batch())
         assert widths == [1, 2]
+    finally:
+        runner.close()
+
+
+def test_a_batch_past_the_side_by_side_bound_waits_for_the_running_one(manifest: ModelManifest) -> None:
+    # 4 s of audio may run at once: a 3-clip batch of 2.01 s (6.03 s padded) beside a 1 s run would pass it.
+    options = RunnerOptions(providers=(CPU_PROVIDER,), intra_op_threads=2, instances=0,
+                            side_by_side_audio_s=4.0)
+    runner = Runner(manifest, options)
+    try:
+        pool = runner.widths
+        assert pool is not None and pool.max_side_by_side_samples == 4 * RATE
+        running, threads = pool.acquire(lambda: False, RATE)  # a 1 s wide run in progress
+        assert threads == 2
+        widths: list[int] = []
+        runner.on_width = widths.append
+        small = [np.zeros(RATE, np.float32), np.zeros(RATE // 2, np.float32)]  # 2 s padded: 3 s in all
+        runner.run(small)
+        assert widths == [1] and pool.waits == 0, "within the bound: beside the running batch, at once"
+        big = _batch()  # 3 x 2.01 s padded
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (runner.run(big), done.set()))
+        worker.start()
+        wait_until(lambda: pool.waits == 1, message="the big batch waits for the bound")
+        assert not done.is_set() and widths == [1]
+        pool.release(running, RATE)
+        worker.join(60)
+        assert done.is_set() and widths == [1, 2], "alone once the running batch ended: the wide session"
     finally:
         runner.close()
 
