@@ -19,11 +19,12 @@ pre-packed weights and every session memory-maps it). ``WidthPool`` picks the se
 A batch that arrives while a wide run is going takes a narrow session at once rather than waiting for the
 wide run to end (for the rest of that run the threads exceed the budget by the narrow width; waiting would
 cost the new batch up to a whole run), unless the audio running side by side would pass
-``--side-by-side-audio-s`` (``WidthPool.max_side_by_side_samples``): then it waits for the running batch to
-end. Batches side by side hold their activations at the same time (the convolutional front end's are the
-largest, ~20 MB per second of audio for the large model), so without a bound two long batches at once lifted
-the large fp32 model's peak PSS to 1,678-1,690 MiB in the 10-minute open-loop benchmark
-(``benchmarks/results/rss_open_loop``), against ~1,500 for one batch at a time. At most ``narrow_sessions`` batches run at once (the batcher runs
+``--side-by-side-audio-s`` (``WidthPool.max_side_by_side_samples``, off by default): then it waits for the
+running batch to end and runs wide. Batches side by side hold their activations at the same time (the
+convolutional front end's are the largest, ~20 MB per second of audio for the large model): in the
+10-minute open-loop benchmark (``benchmarks/results/rss_open_loop``) two long clips at once lifted the large
+fp32 model's peak PSS to 1,626-1,690 MiB, where one batch at a time stays near 1,500. SIDE_BY_SIDE_NUMBERS
+At most ``narrow_sessions`` batches run at once (the batcher runs
 ``runner.concurrency`` workers). The width does not change a batch's answer beyond the project's
 batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
 
@@ -140,7 +141,10 @@ class WidthPool:
                         self.waits += 1
                     self._cond.wait(0.5)
                     continue
-                if idle and not self._others_waiting():
+                # Alone: wide when nothing waits, and also when the bound keeps others from running beside
+                # it (it waited for the bound, or a batch of its size could not join it): narrow alone would
+                # leave threads idle.
+                if idle and (waited or (bound > 0 and 2 * samples > bound) or not self._others_waiting()):
                     self._wide_busy = True
                     self._running_samples += samples
                     return self._taken(self._wide, self.plan.wide_threads)

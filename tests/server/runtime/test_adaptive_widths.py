@@ -149,6 +149,11 @@ def test_a_batch_past_the_side_by_side_bound_waits_for_the_running_one(manifest:
         pool.release(running, RATE)
         worker.join(60)
         assert done.is_set() and widths == [1, 2], "alone once the running batch ended: the wide session"
+        # Requests waiting: a batch that leaves room for another runs narrow, one that does not runs wide.
+        runner.set_queue_probe(lambda: 3)
+        runner.run(small)  # 2 s: another 2 s batch fits beside it
+        runner.run(big)  # 6.03 s: no batch of its size fits beside it within 4 s
+        assert widths == [1, 2, 1, 2]
     finally:
         runner.close()
 
