@@ -158,7 +158,7 @@ class Settings:
     side_by_side_audio_s: float = _opt(
         defaults.SIDE_BY_SIDE_AUDIO_S, "adaptive runner: a batch runs beside another only while the padded "
         "audio running stays within this many seconds, else it waits for the running one (0 = no bound); "
-        "batches side by side hold their activations at once, about 19 MB per audio second for the large "
+        "batches side by side hold their activations at once, about 20 MB per audio second for the large "
         "model"
     )
     graph_optimization_level: str = _opt(

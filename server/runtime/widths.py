@@ -16,17 +16,20 @@ pre-packed weights and every session memory-maps it). ``WidthPool`` picks the se
   batches at once served 1.08 runs/s against 1.27 for a one-thread session running two, large model,
   3.75 s clip).
 
-A batch that arrives while a wide run is going takes a narrow session at once rather than waiting for the
-wide run to end (for the rest of that run the threads exceed the budget by the narrow width; waiting would
-cost the new batch up to a whole run), unless the audio running side by side would pass
-``--side-by-side-audio-s`` (``WidthPool.max_side_by_side_samples``, off by default): then it waits for the
-running batch to end and runs wide. Batches side by side hold their activations at the same time (the
-convolutional front end's are the largest, ~20 MB per second of audio for the large model): in the
-10-minute open-loop benchmark (``benchmarks/results/rss_open_loop``) two long clips at once lifted the large
-fp32 model's peak PSS to 1,626-1,690 MiB, where one batch at a time stays near 1,500. SIDE_BY_SIDE_NUMBERS
-At most ``narrow_sessions`` batches run at once (the batcher runs
-``runner.concurrency`` workers). The width does not change a batch's answer beyond the project's
-batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
+A batch that arrives while a wide run is going takes a narrow session at once rather than waiting for the wide
+run to end (for the rest of that run the threads exceed the budget by the narrow width; waiting would cost the
+new batch up to a whole run), unless the audio running side by side would pass ``--side-by-side-audio-s``
+(``WidthPool.max_side_by_side_samples``, off by default): then it waits for the running batch to end and runs
+wide. Batches side by side hold their activations at the same time (the convolutional front end's are the
+largest, ~20 MB per second of audio for the large model): in the 10-minute open-loop benchmark
+(``benchmarks/results/rss_open_loop/adaptive_no_bound``) two long clips at once lifted the large fp32 model's
+peak PSS to 1,626-1,690 MiB, where one batch at a time stays near 1,500. At 4 clients (closed loop, 100
+requests, ``benchmarks/results/peak_memory``) a 12 s bound held the large fp32 model to 1,497 MiB (no bound
+1,569, one instance 1,469) at 3.74 audio-s/s (no bound 4.27, one instance 3.85): on the realistic mix it is
+one instance's trade, so it is off by default and there for memory-bound deployments of short clips. At most
+``narrow_sessions`` batches run at once (the batcher runs ``runner.concurrency`` workers). The width does not
+change a batch's answer beyond the project's batch-exactness tolerance
+(tests/server/runtime/test_adaptive_widths.py).
 
 Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emulated GPU run the fixed
 number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
