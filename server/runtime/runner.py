@@ -91,12 +91,13 @@ PAD_SCRATCH_MAX_SAMPLES = 4 * 1024 * 1024
 class PadScratch(threading.local):
     """Each thread's reusable padding buffer (``_pad_batch``), grown to the largest batch it has padded.
 
-    A fresh zeroed array per batch costs the zeroing of the whole array, or, for arrays of 1 MiB or more (the
-    heap's mmap threshold, ``runtime/heap.py``), a new mapping whose every page faults on first write; with
-    the row copies it was 14 % of the busy CPU of the null model's server at 1,300-1,500 requests/s (py-spy,
-    ``benchmarks/results/lean_path``). The runner threads pad into their own buffer instead, zeroing only
-    the rows' tails; ONNX Runtime and OpenVINO read the input only while the run lasts, and the next run on
-    that thread starts after it has returned.
+    A fresh zeroed array per batch costs the zeroing of the whole array or, for arrays of 1 MiB or more (the
+    heap's mmap threshold, ``runtime/heap.py``), a new mapping whose every page faults on first write. The
+    runner threads pad into their own buffer instead, zeroing only the rows' tails. Measured through the
+    emulated GPU (batches of 15 x 4 s, 3.8 MB; ``benchmarks/results/emulated_gpu`` against its
+    ``before_pad_scratch/``, runs an hour apart): server CPU per PCM request 0.73-0.77 ms against 0.91-1.04.
+    ONNX Runtime and OpenVINO read the input only while the run lasts, and the next run on that thread starts
+    after it has returned.
     """
 
     def __init__(self) -> None:

@@ -22,13 +22,13 @@ new batch up to a whole run), unless the audio running side by side would pass `
 (``WidthPool.max_side_by_side_samples``, off by default): then it waits for the running batch to end and runs
 wide. Batches side by side hold their activations at the same time (the convolutional front end's are the
 largest, ~20 MB per second of audio for the large model): in the 10-minute open-loop benchmark
-(``benchmarks/results/rss_open_loop/adaptive_no_bound``) two long clips at once lifted the large fp32 model's
-peak PSS to 1,626-1,690 MiB, where one batch at a time stays near 1,500. At 4 clients (closed loop, 100
-requests, ``benchmarks/results/peak_memory``) a 12 s bound held the large fp32 model to 1,497 MiB (no bound
-1,569, one instance 1,469) at 3.74 audio-s/s (no bound 4.27, one instance 3.85): on the realistic mix it is
-one instance's trade, so it is off by default and there for memory-bound deployments of short clips. At most
-``narrow_sessions`` batches run at once (the batcher runs ``runner.concurrency`` workers). The width does not
-change a batch's answer beyond the project's batch-exactness tolerance
+(``benchmarks/results/rss_open_loop``) two long clips at once lifted the large fp32 model's peak PSS to
+1,626-1,690 MiB (one instance, one batch at a time: 1,576 by VmHWM in an earlier 10-minute round). At 4
+clients (closed loop, 100 requests, ``benchmarks/results/peak_memory``) a 12 s bound held the large fp32 model
+to 1,497 MiB (no bound 1,569, one instance 1,469) at 3.74 audio-s/s (no bound 4.27, one instance 3.85): on the
+realistic mix it is one instance's trade, so it is off by default and there for memory-bound deployments of
+short clips. At most ``narrow_sessions`` batches run at once (the batcher runs ``runner.concurrency``
+workers). The width does not change a batch's answer beyond the project's batch-exactness tolerance
 (tests/server/runtime/test_adaptive_widths.py).
 
 Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emulated GPU run the fixed
