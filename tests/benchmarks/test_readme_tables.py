@@ -41,6 +41,7 @@ def test_every_table_comes_from_its_result_file(tmp_path: Path) -> None:
     # A result file that changes changes the README: the RSS table's peak and the emulated GPU's requests/s.
     doc = json.loads((results / "emulated_gpu" / "results.json").read_text(encoding="utf-8"))
     doc["rows"][0]["rps"] = 12345.6
+    doc["rows"][0]["rps_rounds"] = [12345.6]  # merged rounds: the table shows the rounds' median and range
     (results / "emulated_gpu" / "results.json").write_text(json.dumps(doc), encoding="utf-8")
     assert "12,345.6" in readme_tables.generate(results) and "12,345.6" not in base
     # A benchmark without results has no table; a generic section appears once its table file exists.
