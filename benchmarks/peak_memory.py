@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from typing import Any
 
 from benchmarks import loadgen
 from benchmarks.emulated_gpu import _cpu_flags as cpu_flags
+from benchmarks.rss_open_loop import _median_range
 from benchmarks.suite.server_process import ServerProcess
 
 
@@ -70,11 +70,6 @@ def run_row(config: Config, rnd: int, requests: Sequence[Any], audio_s: Sequence
     return row
 
 
-def _cell(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
-    med = fmt.format(statistics.median(values))
-    return med if len(values) == 1 else f"{med} ({fmt.format(min(values))}–{fmt.format(max(values))})"
-
-
 def report(meta: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
     lines = ["# Peak memory under a closed loop (spot check)", "",
              f"- command: `{meta['command']}` ({meta['started']} – {meta['ended']})",
@@ -91,9 +86,10 @@ def report(meta: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
         loads = ", ".join(f"{r['load_1m_before']:.2f}" for r in part)
         lines.append(
             f"| {Path(repo).name} | {clients} | {label} | {len(part)} | "
-            f"{_cell([r['idle_pss_mib'] for r in part])} | {_cell([r['peak_pss_mib'] for r in part])} | "
-            f"{_cell([r['peak_rss_mib'] for r in part])} | "
-            f"{_cell([r['audio_s_per_s'] for r in part], '{:.2f}')} | "
+            f"{_median_range([r['idle_pss_mib'] for r in part])} | "
+            f"{_median_range([r['peak_pss_mib'] for r in part])} | "
+            f"{_median_range([r['peak_rss_mib'] for r in part])} | "
+            f"{_median_range([r['audio_s_per_s'] for r in part], '{:.2f}')} | "
             f"{loads} |")
     return "\n".join(lines) + "\n"
 

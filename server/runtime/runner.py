@@ -302,10 +302,11 @@ class Runner:
             raise RunnerError("the model runner is closed")
         if not batch:
             return []
+        lengths = np.fromiter((len(w) for w in batch), dtype=np.int64, count=len(batch))
         widths = self._widths
         samples = 0
         if widths is not None:
-            samples = len(batch) * max(len(w) for w in batch)  # the run's padded samples (CPU: exact)
+            samples = len(batch) * int(lengths.max())  # the run's padded samples (CPU: exact lengths)
             session, threads = widths.acquire(lambda: self._closed, samples)
             generation = self._generation
         else:
@@ -314,7 +315,6 @@ class Runner:
         if self.on_width is not None:
             self.on_width(threads)
         provider = self._provider
-        lengths = np.fromiter((len(w) for w in batch), dtype=np.int64, count=len(batch))
         # On a GPU the batch is padded to a length bucket (the model masks by `lengths`: same results).
         width = self._padded(max(1, int(lengths.max())), provider)
         waveform = _pad_batch(batch, width, self._pad_scratch)
