@@ -34,7 +34,7 @@ def _onnx(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     repo = export_repository(args.source, args.out, precision=args.precision, verify=not args.no_verify,
                              progress=_say, revision=args.revision, hub=args.hub,
-                             require_labels=args.require_labels)
+                             require_labels=args.require_labels, front_end_chunk_s=args.front_end_chunk_s)
     if args.triton_layout is not None:
         from emotion2vec_serving.export.triton import write_triton_layout
 
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hub of a model id (default: the pinned one, export/download.py)")
     p.add_argument("--require-labels", type=_require, default=None, metavar="N",
                    help="refuse a model that enables fewer than N labels (9: every emotion2vec+ emotion)")
+    p.add_argument("--front-end-chunk-s", type=float, default=2.0, metavar="S",
+                   help="run the convolutional front end over S-second chunks of the waveform (same "
+                   "outputs; its memory follows the chunk, not the longest clip); 0: whole rows")
     p.add_argument("--triton-layout", type=Path, default=None, metavar="DIR",
                    help="also write a Triton model directory DIR/<name>/1/model.onnx + config.pbtxt")
     p.set_defaults(func=_onnx)
