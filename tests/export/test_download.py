@@ -207,7 +207,15 @@ def test_a_stalled_or_dropped_connection_is_resumed(hub: FakeHub, hub_name: str,
 
 
 def _partial(cache: Path) -> int:
-    return max((p.stat().st_size for p in cache.rglob("*.incomplete")), default=0)
+    """The largest partial file in ``cache`` now; one renamed or removed between listing and stat is skipped
+    (the hub client's temporary files come and go while the download runs)."""
+    sizes = [0]
+    for path in cache.rglob("*.incomplete"):
+        try:
+            sizes.append(path.stat().st_size)
+        except FileNotFoundError:
+            continue
+    return max(sizes)
 
 
 @pytest.mark.parametrize("hub_name", HUBS)
