@@ -78,10 +78,10 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
     its first ``Conv`` and carry the prefix, plus the prefixed ``Constant`` nodes only they use. It must
     have one input (``[batch, 1, samples]``) and one output (``[batch, channels, frames]``) used elsewhere.
     """
-    if chunk_frames <= 0:
+    if chunk_frames < 0:
+        raise ValueError("chunk_frames must not be negative (0: no chunks)")
+    if chunk_frames == 0:
         return model
-    if chunk_frames < 1:
-        raise ValueError("chunk_frames must be a positive integer (0: no chunks)")
     graph = model.graph
     nodes = list(graph.node)
     convs = [n for n in nodes if n.op_type == "Conv" and n.name.startswith(FRONT_END_PREFIX)]
@@ -168,6 +168,7 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
         helper.make_node("Gather", [_P + "x_shape", _P + "two"], [_P + "samples"], name=_P + "samples"),
         _const(_P + "one", [1], scalar=True),
         _const(_P + "zero", [0], scalar=True),
+        _const(_P + "axis0_outer", [0]),
     ]
     length = _P + "samples"
     for j, (k, s) in enumerate(layers):  # L = (L - k) // s + 1, layer by layer (L >= k: the graph pads)
@@ -203,7 +204,6 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
         _const(_P + "pad_head", [0, 0, 0, 0, 0]),
         helper.make_node("Unsqueeze", [_P + "pad_end", _P + "axis0_outer"], [_P + "pad_tail"],
                          name=_P + "pad_tail"),
-        _const(_P + "axis0_outer", [0]),
         helper.make_node("Concat", [_P + "pad_head", _P + "pad_tail"], [_P + "pads"], axis=0,
                          name=_P + "pads"),
         helper.make_node("Pad", [x_name, _P + "pads"], [_P + "padded"], mode="constant", name=_P + "padded"),
@@ -223,8 +223,6 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
         helper.make_node("Slice", [_P + "joined", _P + "zero_1d", _P + "frames_1d", _P + "time_axis_outer"],
                          [y_name], name=_P + "frames"),
     ]
-    # Constants first (the Unsqueezes above use axis0_outer before its line), then the rest in order.
-    outer = [n for n in outer if n.op_type == "Constant"] + [n for n in outer if n.op_type != "Constant"]
     first = min(body_ids)
     kept = [n for i, n in enumerate(nodes) if i not in body_ids]
     at = sum(1 for i in range(first) if i not in body_ids)

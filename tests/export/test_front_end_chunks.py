@@ -163,3 +163,5 @@ def test_a_graph_without_a_front_end_is_refused() -> None:
     with pytest.raises(ValueError, match="front-end Conv"):
         chunk_front_end(model, 10)
     assert chunk_front_end(model, 0) is model  # 0: untouched
+    with pytest.raises(ValueError, match="negative"):
+        chunk_front_end(model, -1)
