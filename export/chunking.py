@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["FRONT_END_PREFIX", "chunk_front_end", "front_end_geometry", "iter_nodes"]
+__all__ = ["FRONT_END_PREFIX", "chunk_front_end", "const_node", "front_end_geometry", "iter_nodes"]
 
 #: Node-name prefix of the front end's nodes in the traced graph (the exporter names nodes by module path).
 FRONT_END_PREFIX = "/local_encoder/"
@@ -66,7 +66,7 @@ def front_end_geometry(convs: Iterable[onnx.NodeProto]) -> tuple[list[tuple[int,
     return layers, stride, field
 
 
-def _const(name: str, values: list[int], scalar: bool = False) -> onnx.NodeProto:
+def const_node(name: str, values: list[int], scalar: bool = False) -> onnx.NodeProto:
     tensor = helper.make_tensor(name, TensorProto.INT64, [] if scalar else [len(values)], values)
     return helper.make_node("Constant", [], [name], value=tensor, name=name)
 
@@ -135,8 +135,8 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
     body_nodes: list[onnx.NodeProto] = [
         helper.make_node("Mul", [_P + "iter", _P + "step_in"], [_P + "start"], name=_P + "start"),
         helper.make_node("Add", [_P + "start", _P + "window_in"], [_P + "end"], name=_P + "end"),
-        _const(_P + "axis0", [0]),
-        _const(_P + "time_axis", [2]),
+        const_node(_P + "axis0", [0]),
+        const_node(_P + "time_axis", [2]),
         helper.make_node("Unsqueeze", [_P + "start", _P + "axis0"], [_P + "starts"], name=_P + "starts"),
         helper.make_node("Unsqueeze", [_P + "end", _P + "axis0"], [_P + "ends"], name=_P + "ends"),
         helper.make_node("Slice", [_P + "padded_in", _P + "starts", _P + "ends", _P + "time_axis"],
@@ -164,17 +164,17 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
     # Outside: frames F from the sample count, n chunks, N frames per chunk, the zero-padded input.
     outer: list[onnx.NodeProto] = [
         helper.make_node("Shape", [x_name], [_P + "x_shape"], name=_P + "x_shape"),
-        _const(_P + "two", [2], scalar=True),
+        const_node(_P + "two", [2], scalar=True),
         helper.make_node("Gather", [_P + "x_shape", _P + "two"], [_P + "samples"], name=_P + "samples"),
-        _const(_P + "one", [1], scalar=True),
-        _const(_P + "zero", [0], scalar=True),
-        _const(_P + "axis0_outer", [0]),
+        const_node(_P + "one", [1], scalar=True),
+        const_node(_P + "zero", [0], scalar=True),
+        const_node(_P + "axis0_outer", [0]),
     ]
     length = _P + "samples"
     for j, (k, s) in enumerate(layers):  # L = (L - k) // s + 1, layer by layer (L >= k: the graph pads)
         outer += [
-            _const(f"{_P}k{j}", [k], scalar=True),
-            _const(f"{_P}s{j}", [s], scalar=True),
+            const_node(f"{_P}k{j}", [k], scalar=True),
+            const_node(f"{_P}s{j}", [s], scalar=True),
             helper.make_node("Sub", [length, f"{_P}k{j}"], [f"{_P}d{j}"], name=f"{_P}d{j}"),
             helper.make_node("Div", [f"{_P}d{j}", f"{_P}s{j}"], [f"{_P}q{j}"], name=f"{_P}q{j}"),
             helper.make_node("Add", [f"{_P}q{j}", _P + "one"], [f"{_P}l{j}"], name=f"{_P}l{j}"),
@@ -182,10 +182,10 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
         length = f"{_P}l{j}"
     frames = length
     outer += [
-        _const(_P + "max_frames", [chunk_frames], scalar=True),
-        _const(_P + "max_frames_less_one", [chunk_frames - 1], scalar=True),
-        _const(_P + "stride", [stride], scalar=True),
-        _const(_P + "field_less_stride", [field - stride], scalar=True),
+        const_node(_P + "max_frames", [chunk_frames], scalar=True),
+        const_node(_P + "max_frames_less_one", [chunk_frames - 1], scalar=True),
+        const_node(_P + "stride", [stride], scalar=True),
+        const_node(_P + "field_less_stride", [field - stride], scalar=True),
         # n = ceil(F / max_frames) chunks of N = ceil(F / n) frames
         helper.make_node("Add", [frames, _P + "max_frames_less_one"], [_P + "f_up"], name=_P + "f_up"),
         helper.make_node("Div", [_P + "f_up", _P + "max_frames"], [_P + "n_chunks"], name=_P + "n_chunks"),
@@ -201,7 +201,7 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
         helper.make_node("Add", [_P + "last_start", _P + "window"], [_P + "needed"], name=_P + "needed"),
         helper.make_node("Sub", [_P + "needed", _P + "samples"], [_P + "short"], name=_P + "short"),
         helper.make_node("Max", [_P + "short", _P + "zero"], [_P + "pad_end"], name=_P + "pad_end"),
-        _const(_P + "pad_head", [0, 0, 0, 0, 0]),
+        const_node(_P + "pad_head", [0, 0, 0, 0, 0]),
         helper.make_node("Unsqueeze", [_P + "pad_end", _P + "axis0_outer"], [_P + "pad_tail"],
                          name=_P + "pad_tail"),
         helper.make_node("Concat", [_P + "pad_head", _P + "pad_tail"], [_P + "pads"], axis=0,
@@ -214,12 +214,12 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
                          name=_P + "loop"),
         # [n, B, C, N] -> [B, C, n, N] -> [B, C, n * N] -> the first F frames
         helper.make_node("Transpose", [_P + "stacked"], [_P + "moved"], perm=[1, 2, 0, 3], name=_P + "moved"),
-        _const(_P + "joined_shape", [0, 0, -1]),
+        const_node(_P + "joined_shape", [0, 0, -1]),
         helper.make_node("Reshape", [_P + "moved", _P + "joined_shape"], [_P + "joined"], name=_P + "joined"),
         helper.make_node("Unsqueeze", [frames, _P + "axis0_outer"], [_P + "frames_1d"],
                          name=_P + "frames_1d"),
-        _const(_P + "zero_1d", [0]),
-        _const(_P + "time_axis_outer", [2]),
+        const_node(_P + "zero_1d", [0]),
+        const_node(_P + "time_axis_outer", [2]),
         helper.make_node("Slice", [_P + "joined", _P + "zero_1d", _P + "frames_1d", _P + "time_axis_outer"],
                          [y_name], name=_P + "frames"),
     ]

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 
+from emotion2vec_serving.export.attention_chunks import chunk_attention
 from emotion2vec_serving.export.chunking import chunk_front_end, iter_nodes
 from emotion2vec_serving.export.load import LoadedCheckpoint, load_checkpoint
 from emotion2vec_serving.export.model import Emotion2vecBatchExact, build_model
@@ -58,6 +59,12 @@ MIN_SAMPLES = EMOTION2VEC_FRAMING["min_samples"]
 #: the chunk instead of the longest clip. Large model, one 10.7 s clip: +97 MiB peak RSS against +157;
 #: four: +353 against +733; the same speed (2 AMD EPYC cores, ONNX Runtime CPU). 0: one pass per row.
 FRONT_END_CHUNK_S = 2.0
+#: Each attention runs over chunks of this many query rows (frames and extra tokens, 50 per second of audio;
+#: export/attention_chunks.py): the same outputs, bit for bit on ONNX Runtime's CPU provider, and the scores'
+#: memory follows ``batch x heads x chunk x T`` instead of ``T x T``. Large model: one 10.7 s clip +30 MiB
+#: peak RSS against +88, four +170 against +315, one 30 s clip +360 against +654 (2 AMD EPYC cores,
+#: ONNX Runtime CPU). 0: whole attention matrices.
+ATTENTION_CHUNK_ROWS = 128
 
 Progress = Callable[[str], None]
 
@@ -75,9 +82,11 @@ def front_end_chunk_frames(seconds: float) -> int:
 
 
 def export_onnx(model: Emotion2vecBatchExact, path: Path, opset: int = OPSET,
-                front_end_chunk_s: float = FRONT_END_CHUNK_S) -> Path:
+                front_end_chunk_s: float = FRONT_END_CHUNK_S,
+                attention_chunk_rows: int = ATTENTION_CHUNK_ROWS) -> Path:
     """Trace ``model`` into ``path`` with dynamic batch and time axes; external data when large. The front
-    end runs in chunks of ``front_end_chunk_s`` seconds (export/chunking.py; 0: not chunked)."""
+    end runs in chunks of ``front_end_chunk_s`` seconds (export/chunking.py), each attention in chunks of
+    ``attention_chunk_rows`` query rows (export/attention_chunks.py); 0: not chunked."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Padded dummy batch: item 0 fills the row, item 1 is shorter, so the masks are not all-true.
     gen = torch.Generator().manual_seed(0)
@@ -115,6 +124,7 @@ def export_onnx(model: Emotion2vecBatchExact, path: Path, opset: int = OPSET,
                 do_constant_folding=False,
             )
         proto = onnx.load(str(traced))
+    chunk_attention(proto, attention_chunk_rows)
     chunk_front_end(proto, front_end_chunk_frames(front_end_chunk_s))
     attach_weights(proto, model.state_dict(), path)
     return path
@@ -324,6 +334,7 @@ def repository_manifest(
     quantization: Quantization | None = None,
     warnings: tuple[str, ...] = (),
     front_end_chunk_s: float = 0.0,
+    attention_chunk_rows: int = 0,
 ) -> ModelManifest:
     """The manifest of a repository exported from ``ck`` (written by ``modelrepo.write_manifest``)."""
     return ModelManifest(
@@ -366,7 +377,10 @@ def repository_manifest(
           | ({"front_end_chunks": f"the convolutional front end runs over {front_end_chunk_s:g} s chunks of "
               "the waveform (an ONNX Loop; the same outputs within float rounding, activations bounded by "
               "the chunk)"}
-             if front_end_chunk_frames(front_end_chunk_s) else {}),
+             if front_end_chunk_frames(front_end_chunk_s) else {})
+          | ({"attention_chunks": f"each attention runs over chunks of {attention_chunk_rows} query rows (an "
+              "ONNX Loop per layer; the same outputs, activations bounded by the chunk)"}
+             if attention_chunk_rows else {}),
         warnings=warnings,
     )
 
@@ -382,11 +396,14 @@ def export_repository(
     hub: str | None = None,
     require_labels: int | None = None,
     front_end_chunk_s: float = FRONT_END_CHUNK_S,
+    attention_chunk_rows: int = ATTENTION_CHUNK_ROWS,
 ) -> Path:
     """Export ``source`` (checkpoint dir or model id) into the model repository ``out_dir``.
 
     The convolutional front end runs in chunks of ``front_end_chunk_s`` seconds of audio
-    (``export/chunking.py``; 0: over the whole row at once); the manifest's notes say which.
+    (``export/chunking.py``; 0: over the whole row at once) and each attention in chunks of
+    ``attention_chunk_rows`` query rows (``export/attention_chunks.py``; 0: whole); the manifest's notes
+    say which.
 
     A model id is downloaded at its pinned revision (or ``revision``) from ``hub`` (default: each hub in
     turn), resumably (export/download.py). Memory: the checkpoint is memory-mapped and becomes the model's
@@ -428,14 +445,16 @@ def export_repository(
         from emotion2vec_serving.export.quantize import quantize_rowwise_int8
 
         with tempfile.TemporaryDirectory(prefix="emotion-export-") as tmp:
-            fp32_path = export_onnx(model, Path(tmp) / ONNX_FILE, front_end_chunk_s=front_end_chunk_s)
+            fp32_path = export_onnx(model, Path(tmp) / ONNX_FILE, front_end_chunk_s=front_end_chunk_s,
+                                    attention_chunk_rows=attention_chunk_rows)
             progress("      quantising MatMul weights to int8 (row-wise dynamic activations: batch-exact)")
             # Smoothing factors from generated speech (seeds apart from the deviation set's), each clip alone.
             calibration = [speech_like(int(16000 * d), seed=900 + i) for i, d in enumerate((1.0, 2.5, 4.0))]
             quantization = quantize_rowwise_int8(fp32_path, repo / ONNX_FILE, calibration=calibration)
     elif precision == "int8_dynamic":
         with tempfile.TemporaryDirectory(prefix="emotion-export-") as tmp:
-            fp32_path = export_onnx(model, Path(tmp) / ONNX_FILE, front_end_chunk_s=front_end_chunk_s)
+            fp32_path = export_onnx(model, Path(tmp) / ONNX_FILE, front_end_chunk_s=front_end_chunk_s,
+                                    attention_chunk_rows=attention_chunk_rows)
             progress("      quantising MatMul weights to int8 (per-tensor dynamic: NOT batch-exact)")
             _quantize_int8(fp32_path, repo / ONNX_FILE)
             quantization = Quantization(
@@ -445,10 +464,11 @@ def export_repository(
     elif precision == "fp16":
         half = build_model(ck.config, ck.state_dict, ck.tokens, padding_fix=padding_fix, assign=True)
         export_onnx(half.to_compute_dtype(torch.float16), repo / ONNX_FILE,
-                    front_end_chunk_s=front_end_chunk_s)
+                    front_end_chunk_s=front_end_chunk_s, attention_chunk_rows=attention_chunk_rows)
         del half
     else:
-        export_onnx(model, repo / ONNX_FILE, front_end_chunk_s=front_end_chunk_s)
+        export_onnx(model, repo / ONNX_FILE, front_end_chunk_s=front_end_chunk_s,
+                    attention_chunk_rows=attention_chunk_rows)
     onnx.checker.check_model(str(repo / ONNX_FILE))
     export_s = time.perf_counter() - started
     del model  # the torch weights (the mapped checkpoint) go before ONNX Runtime loads its own copy
@@ -466,7 +486,8 @@ def export_repository(
              f"alone vs batched {deviation.batch_consistency_max_abs:.2e}")
     manifest = repository_manifest(repo, ck, precision, reference.output_names, deviation, None, export_s,
                                    quantization, warnings=(warning,) if warning is not None else (),
-                                   front_end_chunk_s=front_end_chunk_s)
+                                   front_end_chunk_s=front_end_chunk_s,
+                                   attention_chunk_rows=attention_chunk_rows)
     write_manifest(repo, manifest)
     if verify:
         from emotion2vec_serving.export.verify import verify_repository
