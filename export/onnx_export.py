@@ -59,12 +59,12 @@ MIN_SAMPLES = EMOTION2VEC_FRAMING["min_samples"]
 #: the chunk instead of the longest clip. Large model, one 10.7 s clip: +97 MiB peak RSS against +157;
 #: four: +353 against +733; the same speed (2 AMD EPYC cores, ONNX Runtime CPU). 0: one pass per row.
 FRONT_END_CHUNK_S = 2.0
-#: Each attention runs over chunks of this many query rows (frames and extra tokens, 50 per second of audio;
-#: export/attention_chunks.py): the same outputs, bit for bit on ONNX Runtime's CPU provider, and the scores'
-#: memory follows ``batch x heads x chunk x T`` instead of ``T x T``. Large model: one 10.7 s clip +30 MiB
-#: peak RSS against +88, four +170 against +315, one 30 s clip +360 against +654 (2 AMD EPYC cores,
-#: ONNX Runtime CPU). 0: whole attention matrices.
-ATTENTION_CHUNK_ROWS = 128
+#: An attention of more than this many query rows (frames and extra tokens, 50 per second of audio: ~4.9 s)
+#: runs over balanced chunks of at most this many (export/attention_chunks.py): the same outputs, bit for bit
+#: on ONNX Runtime's CPU provider, and the scores' memory follows ``batch x heads x chunk x T`` instead of
+#: ``T x T``. Large model: four 10.7 s clips +170 MiB peak RSS against +315, one 30 s clip +360 against
+#: +654 (2 AMD EPYC cores, ONNX Runtime CPU). 0: whole attention matrices always.
+ATTENTION_CHUNK_ROWS = 256
 
 Progress = Callable[[str], None]
 
@@ -378,8 +378,9 @@ def repository_manifest(
               "the waveform (an ONNX Loop; the same outputs within float rounding, activations bounded by "
               "the chunk)"}
              if front_end_chunk_frames(front_end_chunk_s) else {})
-          | ({"attention_chunks": f"each attention runs over chunks of {attention_chunk_rows} query rows (an "
-              "ONNX Loop per layer; the same outputs, activations bounded by the chunk)"}
+          | ({"attention_chunks": f"an attention of more than {attention_chunk_rows} query rows runs over "
+              "balanced chunks of at most that many (an ONNX If and Loop per layer; the same outputs, the "
+              "scores' memory bounded by the chunk)"}
              if attention_chunk_rows else {}),
         warnings=warnings,
     )
