@@ -10,12 +10,13 @@ Every row of the softmax depends on its own query row only (the bias and the key
 row, the softmax runs over keys), so the nodes from the score ``MatMul`` to the ``MatMul`` with ``v`` can
 run over chunks of query rows and the outputs be concatenated: each row is computed from the same values by
 the same kernels, and the scores' peak follows ``batch x heads x chunk x T``. Chunks are balanced like the
-front end's: ``T`` rows run as ``n = ceil(T / chunk_rows)`` chunks of ``ceil(T / n)`` rows; ``q`` and the
-bias get zero rows up to ``n`` chunks (their outputs are cut away), so every iteration has the same shape.
-The bias (ALiBi, ``[1, heads, T, T]``, one tensor for every layer) is padded once.
+front end's: ``T`` rows run as ``n = ceil(T / chunk_rows)`` chunks of ``ceil(T / n)`` rows; the last
+chunk's rows of ``q`` and of the bias (ALiBi, ``[1, heads, T, T]``, one tensor for every layer) get zero
+rows up to that size (their outputs are cut away), so every iteration has the same shape.
 
-Attention of at most ``chunk_rows`` rows runs as before (an ``If`` per layer picks): the loop's slices and
-copies cost ~2 % of a 3.75 s clip's run on the large model, where the scores are a few MB anyway.
+Attention of at most ``chunk_rows`` rows runs as before (an ``If`` per layer picks), where the scores are a
+few MB anyway. The subgraphs cost ~2-3 % of a 3.75 s clip's run on the int8 large model whichever branch
+runs (same-process alternating runs; fp32 within noise): the price of the bounded peak.
 ``chunk_rows = 0`` leaves the graph as it is.
 """
 
@@ -225,9 +226,9 @@ def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
             helper.make_node("Slice", [p + "joined", p + "zero_1d", rows_1d, p + "row_axis_outer"],
                              [p + "chunked"], name=p + "rows"),
         ]
-        # T <= chunk_rows: the nodes as they were (no loop: its slices and copies cost ~2 % of a short clip's
-        # run, where the scores are small anyway). The condition reads q's rows from the shapes above, so the
-        # If too stays after the values it reads when a tool sorts by explicit inputs.
+        # T <= chunk_rows: the nodes as they were (no slices or copies), the scores being small anyway. The
+        # condition reads q's rows from the shapes above, so the If too stays after the values it reads when
+        # a tool sorts by explicit inputs.
         whole_names = {name: p + "whole/" + name for name in produced | const_names}
         whole_nodes = []
         for i in constants + region:

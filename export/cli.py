@@ -133,10 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--front-end-chunk-s", type=float, default=2.0, metavar="S",
                    help="run the convolutional front end over S-second chunks of the waveform (same "
                    "outputs; its memory follows the chunk, not the longest clip); 0: whole rows")
-    p.add_argument("--attention-chunk-rows", type=int, default=256, metavar="N",
+    p.add_argument("--attention-chunk-rows", type=int, default=None, metavar="N",
                    help="run an attention of more than N query rows (50 per audio second) over chunks of "
                    "at most N (same outputs; its scores' memory follows the chunk instead of the clip's "
-                   "length squared); 0: whole")
+                   "length squared); 0: whole; default 256, whole for fp16 (the GPU precision)")
     p.add_argument("--triton-layout", type=Path, default=None, metavar="DIR",
                    help="also write a Triton model directory DIR/<name>/1/model.onnx + config.pbtxt")
     p.set_defaults(func=_onnx)

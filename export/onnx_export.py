@@ -62,7 +62,7 @@ FRONT_END_CHUNK_S = 2.0
 #: An attention of more than this many query rows (frames and extra tokens, 50 per second of audio: ~4.9 s)
 #: runs over balanced chunks of at most this many (export/attention_chunks.py): the same outputs, bit for bit
 #: on ONNX Runtime's CPU provider, and the scores' memory follows ``batch x heads x chunk x T`` instead of
-#: ``T x T``. Large model: four 10.7 s clips +170 MiB peak RSS against +315, one 30 s clip +360 against
+#: ``T x T``. Large model: four 10.7 s clips +162 MiB peak RSS against +315, one 30 s clip +366 against
 #: +654 (2 AMD EPYC cores, ONNX Runtime CPU). 0: whole attention matrices always.
 ATTENTION_CHUNK_ROWS = 256
 
@@ -71,6 +71,16 @@ Progress = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def attention_chunk_rows_for(precision: str) -> int:
+    """The default ``attention_chunk_rows`` of a precision: ``ATTENTION_CHUNK_ROWS``, 0 (whole) for fp16.
+
+    fp16 is the GPU precision, where the loop's cost is not measured; and on ONNX Runtime's CPU provider
+    (the fallback) an fp16 graph whose ``If`` branches both read one fp16 value gets a cast of it inserted
+    under one name in each branch, which makes the saved optimised model (the adaptive runner's shared copy)
+    invalid (``InsertedPrecisionFreeCast_...`` "used as output names multiple times")."""
+    return 0 if precision == "fp16" else ATTENTION_CHUNK_ROWS
 
 
 def front_end_chunk_frames(seconds: float) -> int:
@@ -397,14 +407,14 @@ def export_repository(
     hub: str | None = None,
     require_labels: int | None = None,
     front_end_chunk_s: float = FRONT_END_CHUNK_S,
-    attention_chunk_rows: int = ATTENTION_CHUNK_ROWS,
+    attention_chunk_rows: int | None = None,
 ) -> Path:
     """Export ``source`` (checkpoint dir or model id) into the model repository ``out_dir``.
 
     The convolutional front end runs in chunks of ``front_end_chunk_s`` seconds of audio
-    (``export/chunking.py``; 0: over the whole row at once) and each attention in chunks of
-    ``attention_chunk_rows`` query rows (``export/attention_chunks.py``; 0: whole); the manifest's notes
-    say which.
+    (``export/chunking.py``; 0: over the whole row at once) and each attention of more than
+    ``attention_chunk_rows`` query rows in chunks (``export/attention_chunks.py``; 0: whole; None: the
+    precision's default, ``attention_chunk_rows_for``); the manifest's notes say which.
 
     A model id is downloaded at its pinned revision (or ``revision``) from ``hub`` (default: each hub in
     turn), resumably (export/download.py). Memory: the checkpoint is memory-mapped and becomes the model's
@@ -422,6 +432,8 @@ def export_repository(
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
     started = time.perf_counter()
+    if attention_chunk_rows is None:
+        attention_chunk_rows = attention_chunk_rows_for(precision)
     progress(f"[1/4] loading checkpoint {source}")
     ck = load_checkpoint(source, revision=revision, hub=hub, progress=progress, mmap=True)
     record = DownloadRecord.from_record(ck.hub) if ck.hub is not None else None

@@ -21,16 +21,17 @@ run to end (for the rest of that run the threads exceed the budget by the narrow
 new batch up to a whole run), unless the audio running side by side would pass ``--side-by-side-audio-s``
 (``WidthPool.max_side_by_side_samples``, off by default): then it waits for the running batch to end and runs
 wide. Batches side by side hold their activations at the same time. With the model's convolutional front end
-in chunks (the exporter's default, ``export/chunking.py``) those are mostly attention's, quadratic in a clip's
-length; in the 10-minute open-loop benchmark (``benchmarks/results/rss_open_loop``) the large fp32 model's
-peak PSS was 1,572 (1,552-1,672) MiB (over 1,600 in one round of three), where an export running the front end
-over whole rows (~13 MB per second of audio at once) reached 1,626-1,690 MiB when two long clips ran side by
-side. For that unchunked export at 4 clients (closed loop, 100 requests, ``benchmarks/results/peak_memory``) a
-12 s bound gave 1,497 MiB (no bound 1,569, one instance 1,469) at 3.74 audio-s/s (no bound 4.27, one instance
-3.85): one instance's trade, so it is off by default and there for memory-bound deployments of short clips. At
-most ``narrow_sessions`` batches run at once (the batcher runs ``runner.concurrency`` workers). The width does
-not change a batch's answer beyond the project's batch-exactness tolerance
-(tests/server/runtime/test_adaptive_widths.py).
+and its long attentions in chunks (the exporter's defaults, ``export/chunking.py``,
+``export/attention_chunks.py``) those grow about linearly with the audio (ONNX Runtime alone, large fp32: four
+10.7 s clips +162 MiB); in the 10-minute open-loop benchmark (``benchmarks/results/rss_open_loop``) the large
+fp32 model's peak PSS was 1,540 (1,517-1,629) MiB (over 1,600 in one round of three), where exports with whole
+attention reached 1,552-1,672 and with the front end over whole rows too (~13 MB per second of audio at once)
+1,626-1,690 MiB when two long clips ran side by side. For that unchunked export at 4 clients (closed loop, 100
+requests, ``benchmarks/results/peak_memory``) a 12 s bound gave 1,497 MiB (no bound 1,569, one instance 1,469)
+at 3.74 audio-s/s (no bound 4.27, one instance 3.85): one instance's trade, so it is off by default and there
+for memory-bound deployments of short clips. At most ``narrow_sessions`` batches run at once (the batcher runs
+``runner.concurrency`` workers). The width does not change a batch's answer beyond the project's
+batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
 
 Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emulated GPU run the fixed
 number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
@@ -42,7 +43,8 @@ and 0.99 / 0.98 / 0.97 x for int8, where one fixed instance of two threads is 0.
 four clients and two of one thread 0.59-0.64 at one. Its peak proportional memory (PSS) is 1.05-1.08 x one
 instance's for fp32 and 1.09-1.23 x for int8 (two batches' activations in flight beside int8's small weights;
 two fixed instances: 1.61-1.91 x); with the chunked front end 1.05 x (fp32) and 1.14-1.16 x (int8) at 4
-clients (``benchmarks/results/peak_memory/front_end_chunks``, two rounds). ``VmRSS`` counts the mapped weights
+clients (``benchmarks/results/peak_memory/front_end_chunks``, two rounds); with attention in chunks too 1.05 x
+and 1.14 x (``benchmarks/results/peak_memory/attention_chunks``). ``VmRSS`` counts the mapped weights
 once per session that maps them (twice); PSS and the container's memory count them once
 (``engines/onnxruntime.py``). The earlier adaptive runner (shared ``add_initializer`` arrays, pre-packing off;
 external data not shared at all) measured 0.85-0.96 x and 2.7 x the memory, and was opt-in.

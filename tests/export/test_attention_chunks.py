@@ -23,7 +23,11 @@ from emotion2vec_serving.export.attention_chunks import chunk_attention
 from emotion2vec_serving.export.checkpoint import write_checkpoint
 from emotion2vec_serving.export.chunking import iter_nodes
 from emotion2vec_serving.export.cli import build_parser
-from emotion2vec_serving.export.onnx_export import ATTENTION_CHUNK_ROWS, export_repository
+from emotion2vec_serving.export.onnx_export import (
+    ATTENTION_CHUNK_ROWS,
+    attention_chunk_rows_for,
+    export_repository,
+)
 
 QUIET = {"progress": lambda _m: None}
 HOP, FIELD, EXTRA = 320, 400, 10  # frame hop and receptive field in samples; extra tokens before the frames
@@ -172,7 +176,9 @@ def test_attentions_memory_follows_the_chunk(repos: dict[int, Path]) -> None:
 
 def test_the_cli_default_and_refusals() -> None:
     args = build_parser().parse_args(["onnx", "--source", "x", "--out", "y"])
-    assert args.attention_chunk_rows == ATTENTION_CHUNK_ROWS
+    assert args.attention_chunk_rows is None  # the precision's default:
+    assert attention_chunk_rows_for("fp32") == attention_chunk_rows_for("int8") == ATTENTION_CHUNK_ROWS
+    assert attention_chunk_rows_for("fp16") == 0
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"], name="/other/Relu")], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
