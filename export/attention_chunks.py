@@ -84,6 +84,16 @@ def _regions(nodes: list[onnx.NodeProto]) -> list[list[int]]:
     return found
 
 
+def _renamed(node: onnx.NodeProto, names: dict[str, str], prefix: str) -> onnx.NodeProto:
+    """A copy of ``node`` for a subgraph: its values renamed by ``names``, its name prefixed."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.input[:] = [names.get(n, n) for n in copy.input]
+    copy.output[:] = [names.get(n, n) for n in copy.output]
+    copy.name = prefix + copy.name
+    return copy
+
+
 def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
     """Rewrite ``model`` in place so every attention of more than ``chunk_rows`` query rows runs over
     balanced chunks of at most ``chunk_rows`` rows (an ``If`` per layer: shorter ones run as they were).
@@ -192,13 +202,7 @@ def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
                 helper.make_node("Pad", [f"{p}rows{j}/cut", p + "pads"], [f"{p}rows{j}"], mode="constant",
                                  name=f"{p}rows{j}"),
             ]
-        for i in constants + region:
-            node = onnx.NodeProto()
-            node.CopyFrom(nodes[i])
-            node.input[:] = [rename.get(n, n) for n in node.input]
-            node.output[:] = [rename.get(n, n) for n in node.output]
-            node.name = p + "in/" + node.name
-            body_nodes.append(node)
+        body_nodes += [_renamed(nodes[i], rename, p + "in/") for i in constants + region]
         rank = len(t.shape.dim)
         body = helper.make_graph(
             body_nodes, p + "body",
@@ -230,14 +234,7 @@ def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
         # condition reads q's rows from the shapes above, so the If too stays after the values it reads when
         # a tool sorts by explicit inputs.
         whole_names = {name: p + "whole/" + name for name in produced | const_names}
-        whole_nodes = []
-        for i in constants + region:
-            node = onnx.NodeProto()
-            node.CopyFrom(nodes[i])
-            node.input[:] = [whole_names.get(n, n) for n in node.input]
-            node.output[:] = [whole_names.get(n, n) for n in node.output]
-            node.name = p + "whole/" + node.name
-            whole_nodes.append(node)
+        whole_nodes = [_renamed(nodes[i], whole_names, p + "whole/") for i in constants + region]
         outer += [
             const_node(p + "q_rows_at", [2], scalar=True),
             helper.make_node("Gather", [p + "deps", p + "q_rows_at"], [p + "q_rows"], name=p + "q_rows"),

@@ -8,14 +8,9 @@ boundaries, alone and in padded batches; and the peak memory of a long batch mea
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from emotion2vec_serving.export.checkpoint import write_checkpoint
@@ -26,6 +21,7 @@ from emotion2vec_serving.export.onnx_export import (
     export_repository,
     front_end_chunk_frames,
 )
+from tests.support.ort_probe import alone_vs_padded, peak_mib, worst_differences
 
 QUIET = {"progress": lambda _m: None}
 HOP, FIELD = 320, 400
@@ -39,19 +35,6 @@ def odd_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
     ckpt = write_checkpoint(root / "ckpt", "odd", seed=3)
     return {c: export_repository(ckpt, root / f"repo_{c}", verify=False, front_end_chunk_s=c, **QUIET)
             for c in (0.0, FRONT_END_CHUNK_S, 0.1)}
-
-
-def _session(repo: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(str(repo / "model.onnx"), so, providers=["CPUExecutionProvider"])
-
-
-def _batch(lengths: list[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    waveform = np.zeros((len(lengths), max(lengths)), np.float32)
-    for i, n in enumerate(lengths):
-        waveform[i, :n] = rng.standard_normal(n).astype(np.float32) * 0.1
-    return {"waveform": waveform, "lengths": np.asarray(lengths, np.int64)}
 
 
 def test_the_graph_has_a_loop_only_when_chunked(odd_repos: dict[float, Path]) -> None:
@@ -73,22 +56,11 @@ def test_the_graph_has_a_loop_only_when_chunked(odd_repos: dict[float, Path]) ->
 
 @pytest.mark.parametrize("chunk_s", [FRONT_END_CHUNK_S, 0.1])
 def test_chunked_answers_equal_the_whole_row(odd_repos: dict[float, Path], chunk_s: float) -> None:
-    whole, chunked = _session(odd_repos[0.0]), _session(odd_repos[chunk_s])
     frames = front_end_chunk_frames(chunk_s)
     boundary = HOP * (frames - 1) + FIELD  # exactly one chunk's window
-    rng = np.random.default_rng(0)
     cases = [[FIELD], [FIELD - 1], [FIELD + 1], [boundary], [boundary + 1], [boundary + HOP],
              [16000], [3 * 16000 + 17], [160_123, 1_200, FIELD + 1, boundary + HOP - 1]]
-    names = [o.name for o in whole.get_outputs()]
-    worst: dict[str, float] = {}
-    for lengths in cases:
-        feed = _batch(lengths, rng)
-        for name, a, b in zip(names, whole.run(None, feed), chunked.run(None, feed), strict=True):
-            assert a.shape == b.shape, (name, lengths)
-            if a.dtype.kind == "f":
-                worst[name] = max(worst.get(name, 0.0), float(np.max(np.abs(a - b))))
-            else:
-                np.testing.assert_array_equal(a, b)
+    worst = worst_differences(odd_repos[0.0] / "model.onnx", odd_repos[chunk_s] / "model.onnx", cases)
     # Only the float summation order differs (measured: <= 1.2e-5 on features, <= 1e-6 on probabilities).
     assert worst["probs"] <= 1e-5 and worst["frame_probs"] <= 1e-5, worst
     assert max(worst.values()) <= 1e-4, worst
@@ -96,51 +68,12 @@ def test_chunked_answers_equal_the_whole_row(odd_repos: dict[float, Path], chunk
 
 def test_an_item_is_the_same_alone_and_in_a_padded_batch(odd_repos: dict[float, Path]) -> None:
     """Batch-exact still: the chunks follow the batch's longest row, and the item's answer does not."""
-    session = _session(odd_repos[FRONT_END_CHUNK_S])
-    rng = np.random.default_rng(1)
-    clip = rng.standard_normal(37_000).astype(np.float32) * 0.1
-    alone = session.run(["probs", "embedding"], {"waveform": clip[None], "lengths": np.array([37_000])})
-    feed = _batch([37_000, 90_000], rng)
-    feed["waveform"][0, :37_000] = clip
-    batched = session.run(["probs", "embedding"], feed)
-    for a, b in zip(alone, batched, strict=True):
-        assert float(np.max(np.abs(a[0] - b[0]))) <= 1e-5
-
-
-_PEAK = textwrap.dedent("""
-    import json, sys
-    import numpy as np, onnxruntime as ort
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.enable_cpu_mem_arena = False  # every tensor freed at once: the peak is what is live together
-    so.enable_mem_pattern = False
-    s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    def run(batch, n):
-        w = (rng.standard_normal((batch, n)) * 0.1).astype(np.float32)
-        s.run(["probs"], {"waveform": w, "lengths": np.full(batch, n, np.int64)})
-    run(1, 16000)
-    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
-    before = status("VmRSS")
-    run(8, 160000)
-    print(json.dumps((status("VmHWM") - before) / 2**20))
-""")
-
-
-def _peak_mib(repo: Path) -> float:
-    env = {"MALLOC_MMAP_THRESHOLD_": "65536", "PATH": "/usr/bin:/bin"}  # large blocks unmapped when freed
-    out = subprocess.run([sys.executable, "-c", _PEAK, str(repo / "model.onnx")], check=True, env=env,
-                         capture_output=True, text=True, timeout=300)
-    return float(out.stdout.strip().splitlines()[-1])
+    assert alone_vs_padded(odd_repos[FRONT_END_CHUNK_S] / "model.onnx") <= 1e-5
 
 
 def test_the_front_ends_memory_follows_the_chunk(odd_repos: dict[float, Path]) -> None:
     """Eight 10 s clips: the first conv's output alone is 8 x 160 x 32,000 x 4 B = 164 MB per copy."""
-    whole, chunked = _peak_mib(odd_repos[0.0]), _peak_mib(odd_repos[FRONT_END_CHUNK_S])
+    whole, chunked = (peak_mib(odd_repos[c] / "model.onnx", 8, 160_000) for c in (0.0, FRONT_END_CHUNK_S))
     assert whole > 250, whole  # two copies of the first conv's output at once (measured 318 MiB)
     assert chunked < 0.4 * whole, (chunked, whole)  # measured 81 MiB
 
