@@ -25,22 +25,28 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from emotion2vec_serving.export.chunking import const_node
+from emotion2vec_serving.export.chunking import balanced_chunks, const_node
 
 __all__ = ["ATTENTION_PREFIX", "chunk_attention"]
 
 ATTENTION_PREFIX = "attention_chunks/"  # prefix of every value this pass adds
 #: Ops allowed between the score MatMul and the MatMul with v (others mean a graph this pass does not know).
-_REGION_OPS = {"MatMul", "Cast", "Add", "Where", "Softmax", "Slice", "Concat", "Constant"}
+_REGION_OPS = {"MatMul", "Cast", "Add", "Where", "Softmax", "Slice", "Concat"}
 
 
-def _regions(nodes: list[onnx.NodeProto]) -> list[list[int]]:
-    """Per Softmax: the node indices from its score MatMul to its MatMul with ``v`` (graph order)."""
+def _index(nodes: list[onnx.NodeProto]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Each value's producing node and its consuming nodes (indices into ``nodes``)."""
     producer = {out: i for i, n in enumerate(nodes) for out in n.output}
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for name in node.input:
             consumers.setdefault(name, []).append(i)
+    return producer, consumers
+
+
+def _regions(nodes: list[onnx.NodeProto], producer: dict[str, int],
+             consumers: dict[str, list[int]]) -> list[list[int]]:
+    """Per Softmax: the node indices from its score MatMul to its MatMul with ``v`` (graph order)."""
     found = []
     for s, node in enumerate(nodes):
         if node.op_type != "Softmax":
@@ -109,17 +115,13 @@ def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
         return model
     graph = model.graph
     nodes = list(graph.node)
-    regions = _regions(nodes)
+    producer, consumers = _index(nodes)
+    regions = _regions(nodes, producer, consumers)
     if not regions:
         raise ValueError("no Softmax (attention) in the graph")
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type for v in
              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
-    users: dict[str, set[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            users.setdefault(name, set()).add(i)
     moved: set[int] = set()
     insert_before: dict[int, list[onnx.NodeProto]] = {}
     geometry: dict[str, tuple[str, str, str]] = {}  # rows from -> (n chunks, rows per chunk, row count 1-D)
@@ -130,7 +132,7 @@ def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
         produced = {out for i in region for out in nodes[i].output}
         first, last = nodes[region[0]], nodes[region[-1]]
         q, out = first.input[0], last.output[0]
-        escaping = sorted(name for name in produced - {out} if users.get(name, set()) - inside
+        escaping = sorted(name for name in produced - {out} if set(consumers.get(name, ())) - inside
                           or name in {o.name for o in graph.output})
         if escaping:
             raise ValueError(f"{first.name}: attention values used outside it: {escaping}")
@@ -148,20 +150,14 @@ def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
         rows_from = biases[0] if biases else q  # every layer shares the bias: the geometry is computed once
         if rows_from not in geometry:  # n = ceil(T / chunk_rows) chunks of c = ceil(T / n) rows
             g = f"{p}geometry/"
+            split, n, _, size = balanced_chunks(g, g + "rows", chunk_rows)
             outer += [
                 helper.make_node("Shape", [rows_from], [g + "rows_1d"], start=2, end=3, name=g + "rows_1d"),
                 const_node(g + "zero", [0], scalar=True),
                 helper.make_node("Gather", [g + "rows_1d", g + "zero"], [g + "rows"], name=g + "rows"),
-                const_node(g + "max", [chunk_rows], scalar=True),
-                const_node(g + "max_less_one", [chunk_rows - 1], scalar=True),
-                const_node(g + "one", [1], scalar=True),
-                helper.make_node("Add", [g + "rows", g + "max_less_one"], [g + "up"], name=g + "up"),
-                helper.make_node("Div", [g + "up", g + "max"], [g + "n"], name=g + "n"),
-                helper.make_node("Sub", [g + "n", g + "one"], [g + "n_less_one"], name=g + "n_less_one"),
-                helper.make_node("Add", [g + "rows", g + "n_less_one"], [g + "up2"], name=g + "up2"),
-                helper.make_node("Div", [g + "up2", g + "n"], [g + "c"], name=g + "c"),
+                *split,
             ]
-            geometry[rows_from] = (g + "n", g + "c", g + "rows_1d")
+            geometry[rows_from] = (n, size, g + "rows_1d")
         n_chunks, c, rows_1d = geometry[rows_from]
 
         # The body reads the outer values directly: loop-carried copies would be copied every iteration and
@@ -248,7 +244,7 @@ def chunk_attention(model: onnx.ModelProto, chunk_rows: int) -> onnx.ModelProto:
                     helper.make_tensor_value_info(whole_names[out], t.elem_type, [None] * rank)])),
         ]
         moved.update(region)
-        moved.update(i for i in constants if users[nodes[i].output[0]] <= inside)
+        moved.update(i for i in constants if set(consumers[nodes[i].output[0]]) <= inside)
         insert_before.setdefault(region[-1], []).extend(outer)  # after every value it reads
 
     kept: list[onnx.NodeProto] = []

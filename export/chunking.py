@@ -30,7 +30,8 @@ from collections.abc import Iterable, Iterator
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["FRONT_END_PREFIX", "chunk_front_end", "const_node", "front_end_geometry", "iter_nodes"]
+__all__ = ["FRONT_END_PREFIX", "balanced_chunks", "chunk_front_end", "const_node", "front_end_geometry",
+           "iter_nodes"]
 
 #: Node-name prefix of the front end's nodes in the traced graph (the exporter names nodes by module path).
 FRONT_END_PREFIX = "/local_encoder/"
@@ -69,6 +70,23 @@ def front_end_geometry(convs: Iterable[onnx.NodeProto]) -> tuple[list[tuple[int,
 def const_node(name: str, values: list[int], scalar: bool = False) -> onnx.NodeProto:
     tensor = helper.make_tensor(name, TensorProto.INT64, [] if scalar else [len(values)], values)
     return helper.make_node("Constant", [], [name], value=tensor, name=name)
+
+
+def balanced_chunks(prefix: str, count: str, most: int) -> tuple[list[onnx.NodeProto], str, str, str]:
+    """Nodes splitting ``count`` items (an int64 scalar value) into ``n = ceil(count / most)`` chunks of
+    ``ceil(count / n)`` items: at most ``n - 1`` items past the end, where fixed-size chunks could waste
+    almost a whole chunk. Returns the nodes and the names of ``n``, ``n - 1`` and the chunk size."""
+    n, n_less_one, size = prefix + "n_chunks", prefix + "n_less_one", prefix + "chunk_size"
+    return [
+        const_node(prefix + "most", [most], scalar=True),
+        const_node(prefix + "most_less_one", [most - 1], scalar=True),
+        const_node(prefix + "unit", [1], scalar=True),
+        helper.make_node("Add", [count, prefix + "most_less_one"], [prefix + "up"], name=prefix + "up"),
+        helper.make_node("Div", [prefix + "up", prefix + "most"], [n], name=n),
+        helper.make_node("Sub", [n, prefix + "unit"], [n_less_one], name=n_less_one),
+        helper.make_node("Add", [count, n_less_one], [prefix + "up2"], name=prefix + "up2"),
+        helper.make_node("Div", [prefix + "up2", n], [size], name=size),
+    ], n, n_less_one, size
 
 
 def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProto:
@@ -181,22 +199,17 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
         ]
         length = f"{_P}l{j}"
     frames = length
+    # n = ceil(F / chunk_frames) chunks of N = ceil(F / n) frames
+    split, n_chunks, n_less_one, frames_per = balanced_chunks(_P, frames, chunk_frames)
     outer += [
-        const_node(_P + "max_frames", [chunk_frames], scalar=True),
-        const_node(_P + "max_frames_less_one", [chunk_frames - 1], scalar=True),
+        *split,
         const_node(_P + "stride", [stride], scalar=True),
         const_node(_P + "field_less_stride", [field - stride], scalar=True),
-        # n = ceil(F / max_frames) chunks of N = ceil(F / n) frames
-        helper.make_node("Add", [frames, _P + "max_frames_less_one"], [_P + "f_up"], name=_P + "f_up"),
-        helper.make_node("Div", [_P + "f_up", _P + "max_frames"], [_P + "n_chunks"], name=_P + "n_chunks"),
-        helper.make_node("Sub", [_P + "n_chunks", _P + "one"], [_P + "n_less_one"], name=_P + "n_less_one"),
-        helper.make_node("Add", [frames, _P + "n_less_one"], [_P + "f_up2"], name=_P + "f_up2"),
-        helper.make_node("Div", [_P + "f_up2", _P + "n_chunks"], [_P + "frames_per"], name=_P + "frames_per"),
         # chunk j's window: samples [j * step, j * step + window)
-        helper.make_node("Mul", [_P + "frames_per", _P + "stride"], [_P + "step"], name=_P + "step"),
+        helper.make_node("Mul", [frames_per, _P + "stride"], [_P + "step"], name=_P + "step"),
         helper.make_node("Add", [_P + "step", _P + "field_less_stride"], [_P + "window"], name=_P + "window"),
         # zeros after the row up to the last window's end
-        helper.make_node("Mul", [_P + "n_less_one", _P + "step"], [_P + "last_start"],
+        helper.make_node("Mul", [n_less_one, _P + "step"], [_P + "last_start"],
                          name=_P + "last_start"),
         helper.make_node("Add", [_P + "last_start", _P + "window"], [_P + "needed"], name=_P + "needed"),
         helper.make_node("Sub", [_P + "needed", _P + "samples"], [_P + "short"], name=_P + "short"),
@@ -209,7 +222,7 @@ def chunk_front_end(model: onnx.ModelProto, chunk_frames: int) -> onnx.ModelProt
         helper.make_node("Pad", [x_name, _P + "pads"], [_P + "padded"], mode="constant", name=_P + "padded"),
         # The body's values from outside are loop-carried inputs, not outer-scope references: tools that
         # sort a graph by explicit inputs only (onnxruntime.quantization's quantize_dynamic) keep the order.
-        helper.make_node("Loop", [_P + "n_chunks", "", *(_P + v for v in _CARRIED)],
+        helper.make_node("Loop", [n_chunks, "", *(_P + v for v in _CARRIED)],
                          [*(_P + f"{v}_final" for v in _CARRIED), _P + "stacked"], body=body,
                          name=_P + "loop"),
         # [n, B, C, N] -> [B, C, n, N] -> [B, C, n * N] -> the first F frames
