@@ -160,7 +160,8 @@ class Settings:
         "audio running stays within this many seconds, else it waits for the running one (0 = no bound); "
         "batches side by side hold their activations at once: for the large model about 4 MB per audio "
         "second of 10 s clips exported with the front end and attention in chunks (the exporter's default), "
-        "about 17 MB for an older export"
+        "about 17 MB for an older export. The default, the default --max-batch-audio-s, keeps two batches "
+        "from holding more than one full batch would"
     )
     graph_optimization_level: str = _opt(
         defaults.GRAPH_OPTIMIZATION_LEVEL, "ONNX Runtime graph optimisation: disable|basic|extended|all"

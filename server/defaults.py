@@ -24,8 +24,11 @@ INTRA_OP_THREADS = 0  # 0 = every usable core (Settings.effective_intra_op_threa
 # benchmarks/results/adaptive_cpu); one instance on a GPU, OpenVINO and the emulated GPU.
 RUNNER_INSTANCES = 0
 # The adaptive runner runs a batch beside others only while their padded audio stays within this (seconds;
-# 0 = no bound): batches side by side hold their activations at once (runtime/widths.py).
-SIDE_BY_SIDE_AUDIO_S = 0.0
+# 0 = no bound): batches side by side hold their activations at once (runtime/widths.py). The default is the
+# default batch's own bound (BatchPolicy.max_batch_cost, 60 s): batches side by side never hold more than one
+# full batch would alone, so peak memory is the model's plus one full batch whatever the width (with the
+# exporter's chunked front end and attention, ~3.5 MiB per padded audio second, large fp32).
+SIDE_BY_SIDE_AUDIO_S = 60.0
 GRAPH_OPTIMIZATION_LEVEL = "all"
 GPU_FAILURES_BEFORE_FALLBACK = 3
 RUN_TIMEOUT_S = 120.0  # watchdog on one model run (0 = none)

@@ -108,6 +108,14 @@ def test_the_default_settings_build_the_default_batch_policy() -> None:
     assert Settings().to_batch_policy(defaults.SAMPLE_RATE_HZ) == BatchPolicy()
 
 
+def test_batches_side_by_side_hold_at_most_one_default_batch() -> None:
+    # The adaptive runner's side-by-side bound is the default batch's own: two batches at once never hold
+    # more activations than one full batch alone (the peak-memory bound of issue 24).
+    settings = Settings()
+    assert settings.side_by_side_audio_s == settings.max_batch_audio_s > 0
+    assert RunnerOptions().side_by_side_audio_s * defaults.SAMPLE_RATE_HZ == BatchPolicy().max_batch_cost
+
+
 def test_every_batching_setting_reaches_the_policy() -> None:
     s = dataclasses.replace(Settings(), max_batch_size=3, preferred_batch_sizes=(2, 3), max_batch_audio_s=7.0,
                             max_queue_delay_ms=25.0, max_queue_requests=9, max_queue_audio_s=70.0,
