@@ -182,6 +182,7 @@ class EmotionServer:
             on_run_timeout=self.metrics.run_timeout,
             on_batch=None if self.tracing is None else self.tracing.on_batch,
             on_width=self.metrics.runner_width,
+            on_bound_wait=self.metrics.runner_bound_wait,
         ))
         # The precision really used: OpenVINO may compute an fp32 repository in bf16.
         self.metrics.set_model(m.model_name, m.model_version, self.runner.precision, m.untrained)

@@ -58,6 +58,10 @@ class ServerMetrics:
                                       "intra-op threads of the session that ran each batch (adaptive runner: "
                                       "wide when it ran alone, narrow when batches ran side by side)",
                                       buckets=_WIDTH_BUCKETS, registry=r)
+        self.runner_bound_waits = Counter(
+            "emotion_runner_bound_waits",
+            "batches that waited for the running ones to end: their padded audio beside them would pass "
+            "--side-by-side-audio-s (adaptive runner; they then run wide)", registry=r)
         self.batch_padded_audio = Histogram("emotion_batch_padded_audio_seconds",
                                             "padded audio per batch (items x longest item)",
                                             buckets=_AUDIO_BUCKETS, registry=r)
@@ -170,6 +174,10 @@ class ServerMetrics:
     def runner_width(self, threads: int) -> None:
         """The runner ran a batch on a session of ``threads`` intra-op threads (any thread may call)."""
         self.runner_widths.observe(threads)
+
+    def runner_bound_wait(self) -> None:
+        """A batch waited for the side-by-side bound (any thread may call)."""
+        self.runner_bound_waits.inc()
 
     def run_timeout(self) -> None:
         """The runner's watchdog terminated a run; thread-safe (called from a batcher worker thread)."""

@@ -34,7 +34,8 @@ chosen per batch from the queue (``server/runtime/widths.py``; ``set_queue_probe
 queue). Anywhere else 0 means one instance; ``instances`` N >= 1 is N fixed instances of
 ``intra_op_threads`` each.
 ``concurrency`` is how many batches may run at once (the batcher's workers); ``on_width(threads)`` is told
-the threads of the session that ran each batch (``emotion_runner_width``).
+the threads of the session that ran each batch (``emotion_runner_width``), ``on_bound_wait()`` of each batch
+that waited for the running ones to end under the side-by-side bound (``emotion_runner_bound_waits_total``).
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class Runner:
         on_run_timeout: Callable[[], None] | None = None,
         on_batch: BatchHook | None = None,
         on_width: Callable[[int], None] | None = None,
+        on_bound_wait: Callable[[], None] | None = None,
     ) -> None:
         self.manifest = manifest
         self.options = options
@@ -163,6 +165,7 @@ class Runner:
         #: Traces (``server/tracing.py``): told of every run, in the run's thread; None while tracing is off.
         self.on_batch = on_batch
         self.on_width = on_width  # told the threads of the session that ran each batch
+        self.on_bound_wait = on_bound_wait  # told of each batch that waits for the side-by-side bound
         self._instances = max(1, options.instances)  # fixed instances (adaptive: where it does not apply)
         self._widths: WidthPool | None = None  # the adaptive runner's sessions (None: the fixed pool)
         self._batch_ids = itertools.count(1)  # next() is atomic under the GIL: batcher threads share it
@@ -209,6 +212,7 @@ class Runner:
                 narrows = [self._create(providers, narrow)[0] for _ in range(plan.narrow_sessions)]
             bound = int(self.options.side_by_side_audio_s * self.manifest.sample_rate_hz)
             self._widths = WidthPool(first, narrows, plan, max_side_by_side_samples=bound)
+            self._widths.on_wait = self._bound_waited
             shape = (f"adaptive: 1 x {plan.wide_threads} or {plan.narrow_sessions} x {plan.narrow_threads} "
                      "thread(s), one pre-packed copy of the weights")
         else:
@@ -292,6 +296,10 @@ class Runner:
         return self._precision
 
     # ------------------------------------------------------------------ running
+
+    def _bound_waited(self) -> None:
+        if self.on_bound_wait is not None:
+            self.on_bound_wait()
 
     def run(self, batch: Sequence[FloatArray]) -> list[ItemResult]:
         """Run 16 kHz mono float32 waveforms as one right-padded batch; blocking.

@@ -19,19 +19,22 @@ pre-packed weights and every session memory-maps it). ``WidthPool`` picks the se
 A batch that arrives while a wide run is going takes a narrow session at once rather than waiting for the wide
 run to end (for the rest of that run the threads exceed the budget by the narrow width; waiting would cost the
 new batch up to a whole run), unless the audio running side by side would pass ``--side-by-side-audio-s``
-(``WidthPool.max_side_by_side_samples``, off by default): then it waits for the running batch to end and runs
-wide. Batches side by side hold their activations at the same time. With the model's convolutional front end
-and its long attentions in chunks (the exporter's defaults, ``export/chunking.py``,
-``export/attention_chunks.py``) those grow about linearly with the audio (ONNX Runtime alone, large fp32: four
-10.7 s clips +162 MiB); in the 10-minute open-loop benchmark (``benchmarks/results/rss_open_loop``) the large
-fp32 model's peak PSS was 1,540 (1,517-1,629) MiB (over 1,600 in one round of three), where exports with whole
-attention reached 1,552-1,672 and with the front end over whole rows too (~13 MB per second of audio at once)
-1,626-1,690 MiB when two long clips ran side by side. For that unchunked export at 4 clients (closed loop, 100
-requests, ``benchmarks/results/peak_memory``) a 12 s bound gave 1,497 MiB (no bound 1,569, one instance 1,469)
-at 3.74 audio-s/s (no bound 4.27, one instance 3.85): one instance's trade, so it is off by default and there
-for memory-bound deployments of short clips. At most ``narrow_sessions`` batches run at once (the batcher runs
-``runner.concurrency`` workers). The width does not change a batch's answer beyond the project's
-batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
+(``WidthPool.max_side_by_side_samples``): then it waits for the running batch to end and runs wide. Batches
+side by side hold their activations at the same time. With the model's convolutional front end and its long
+attentions in chunks (the exporter's defaults, ``export/chunking.py``, ``export/attention_chunks.py``) those
+grow about linearly with the padded audio (ONNX Runtime alone, large fp32: four 10.7 s clips +162 MiB, ~3.5
+MiB per padded second), so the bound is a memory bound. Its default is the default batch's own bound
+(``--max-batch-audio-s``, 60 s): two batches at once never hold more than one full batch alone, and the peak
+is the model's memory plus one full batch whatever the width. With no bound, the 10-minute open-loop benchmark
+(``benchmarks/results/rss_open_loop``) peaked at 1,540 (1,517-1,629) MiB of PSS for the large fp32 model, over
+1,600 in one round of three, when two large batches of long clips ran side by side. The bound never makes a
+batch wait at up to 4 clients with clips of at most 15 s (four requests in flight pad to at most 60 s); under
+a deep queue a batch that would pass it runs wide after the running one, as one instance would. A smaller
+bound trades throughput for memory (12 s on an older export at 4 clients: 1,497 MiB against 1,569 with no
+bound, at one instance's throughput, ``benchmarks/results/peak_memory``); 0 removes it. At most
+``narrow_sessions`` batches run at once (the batcher runs ``runner.concurrency`` workers). The width does not
+change a batch's answer beyond the project's batch-exactness tolerance
+(tests/server/runtime/test_adaptive_widths.py).
 
 Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emulated GPU run the fixed
 number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
@@ -111,6 +114,7 @@ class WidthPool:
         self.max_side_by_side_samples = max_side_by_side_samples
         self._running_samples = 0
         self.waits = 0  # batches that waited for the bound (tests and benchmarks)
+        self.on_wait: Callable[[], None] | None = None  # told of each batch that waits for the bound
         self.queue_probe: Callable[[], int] | None = None
         self._cond = threading.Condition()
         self._wide: SessionLike | None = wide
@@ -146,6 +150,8 @@ class WidthPool:
                     if not waited:
                         waited = True
                         self.waits += 1
+                        if self.on_wait is not None:
+                            self.on_wait()
                     self._cond.wait(0.5)
                     continue
                 # Alone: wide when nothing waits, and also when the bound keeps others from running beside

@@ -42,7 +42,7 @@ DESIGN_METRICS = [
     "emotion_predictions_total", "emotion_prediction_confidence", "emotion_execution_provider",
     "emotion_provider_fallbacks_total", "emotion_rejections_total", "emotion_batcher_dropped_total",
     "emotion_batch_failures_total", "emotion_active_streams", "emotion_model_info",
-    "emotion_run_timeouts_total",
+    "emotion_run_timeouts_total", "emotion_runner_width", "emotion_runner_bound_waits_total",
 ]
 
 

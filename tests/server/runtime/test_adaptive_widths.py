@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from prometheus_client import generate_latest
 
 from emotion2vec_serving.modelrepo.manifest import ModelManifest, load_manifest
+from emotion2vec_serving.server.metrics import ServerMetrics
 from emotion2vec_serving.server.runtime.contract import RunnerOptions, SessionLike
 from emotion2vec_serving.server.runtime.engines.onnxruntime import OrtSession, ort_session_factory
 from emotion2vec_serving.server.runtime.providers import CPU_PROVIDER
@@ -129,7 +131,8 @@ def test_a_batch_past_the_side_by_side_bound_waits_for_the_running_one(manifest:
     # 4 s of audio may run at once: a 3-clip batch of 2.01 s (6.03 s padded) beside a 1 s run would pass it.
     options = RunnerOptions(providers=(CPU_PROVIDER,), intra_op_threads=2, instances=0,
                             side_by_side_audio_s=4.0)
-    runner = Runner(manifest, options)
+    metrics = ServerMetrics()
+    runner = Runner(manifest, options, on_bound_wait=metrics.runner_bound_wait)
     try:
         pool = runner.widths
         assert pool is not None and pool.max_side_by_side_samples == 4 * RATE
@@ -149,6 +152,8 @@ def test_a_batch_past_the_side_by_side_bound_waits_for_the_running_one(manifest:
         pool.release(running, RATE)
         worker.join(60)
         assert done.is_set() and widths == [1, 2], "alone once the running batch ended: the wide session"
+        scraped = generate_latest(metrics.registry).decode()
+        assert metric_value(scraped, "emotion_runner_bound_waits_total") == 1, "the operator sees the wait"
         # Requests waiting: a batch that leaves room for another runs narrow, one that does not runs wide.
         runner.set_queue_probe(lambda: 3)
         runner.run(small)  # 2 s: another 2 s batch fits beside it
