@@ -25,16 +25,15 @@ attentions in chunks (the exporter's defaults, ``export/chunking.py``, ``export/
 grow about linearly with the padded audio (ONNX Runtime alone, large fp32: four 10.7 s clips +162 MiB, ~3.5
 MiB per padded second), so the bound is a memory bound. Its default is the default batch's own bound
 (``--max-batch-audio-s``, 60 s): two batches at once never hold more than one full batch alone, and the peak
-is the model's memory plus one full batch whatever the width. With no bound, the 10-minute open-loop benchmark
-(``benchmarks/results/rss_open_loop``) peaked at 1,540 (1,517-1,629) MiB of PSS for the large fp32 model, over
-1,600 in one round of three, when two large batches of long clips ran side by side. The bound never makes a
-batch wait at up to 4 clients with clips of at most 15 s (four requests in flight pad to at most 60 s); under
-a deep queue a batch that would pass it runs wide after the running one, as one instance would. A smaller
-bound trades throughput for memory (12 s on an older export at 4 clients: 1,497 MiB against 1,569 with no
-bound, at one instance's throughput, ``benchmarks/results/peak_memory``); 0 removes it. At most
-``narrow_sessions`` batches run at once (the batcher runs ``runner.concurrency`` workers). The width does not
-change a batch's answer beyond the project's batch-exactness tolerance
-(tests/server/runtime/test_adaptive_widths.py).
+is the model's memory plus one full batch whatever the width. (The 10-minute open-loop benchmark's overshoot,
+``benchmarks/results/rss_open_loop``, was not this: its batches hold one or two clips; it was arena regions
+kept by held outputs, ``engines/onnxruntime.py``.) The bound never makes a batch wait at up to 4 clients with
+clips of at most 15 s (four requests in flight pad to at most 60 s); under a deep queue a batch that would
+pass it runs wide after the running one, as one instance would. A smaller bound trades throughput for memory
+(12 s on an older export at 4 clients: 1,497 MiB against 1,569 with no bound, at one instance's throughput,
+``benchmarks/results/peak_memory``); 0 removes it. At most ``narrow_sessions`` batches run at once (the
+batcher runs ``runner.concurrency`` workers). The width does not change a batch's answer beyond the project's
+batch-exactness tolerance (tests/server/runtime/test_adaptive_widths.py).
 
 Only ONNX Runtime on the CPU runs adaptive: a GPU session, OpenVINO and the emulated GPU run the fixed
 number of instances (``--runner-instances 0`` means one there). OpenVINO fixes a request's threads by the
