@@ -253,9 +253,10 @@ def downmix(interleaved: npt.NDArray[Any], channels: int, scale: float = 1.0) ->
     """
     flat = interleaved.reshape(-1)
     mono: FloatArray = flat[0::channels].astype(np.float32)  # always a fresh copy
-    with np.errstate(over="ignore", invalid="ignore"):
-        for ch in range(1, channels):
-            mono += flat[ch::channels]
+    if channels > 1:  # np.errstate costs a few microseconds a call: none for mono, the common request
+        with np.errstate(over="ignore", invalid="ignore"):
+            for ch in range(1, channels):
+                mono += flat[ch::channels]
     factor = scale / channels
     if factor != 1.0:
         mono *= np.float32(factor)
