@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.grpc_echo import _FRAME, _measure, collapsed_stacks, summarise_profile
-from benchmarks.loadgen import load_average, machine_description
+from benchmarks.loadgen import THREAD_GROUPS, load_average, machine_description
 from benchmarks.suite.null_model import build_null_model
 from benchmarks.tracing_overhead import cpu_flags
 from emotion2vec_serving.server.process import ServerProcess, free_port
@@ -49,6 +49,7 @@ from emotion2vec_serving.server.process import ServerProcess, free_port
 ROOT = Path(__file__).resolve().parents[1]
 #: The null-model server's flags: the same as benchmarks.grpc_echo's null row (defaults otherwise).
 FLAGS = ["--no-warmup", "--log-level", "WARNING"]
+PY_SPY_RATE = 250  # samples per second
 PY_SPY_CANDIDATES = (Path(sys.executable).parent / "py-spy", Path("/tmp/ci/base/.venv/bin/py-spy"))
 
 
@@ -76,15 +77,36 @@ def inclusive_profile(collapsed: str, top: int = 25) -> list[dict[str, Any]]:
     return [{"name": k, "total_pct": round(100 * v / max(total, 1), 1)} for k, v in counts.most_common(top)]
 
 
-def _echo_row(args: argparse.Namespace, handoff: bool = False) -> dict[str, Any]:
+def _spy(args: argparse.Namespace, pid: int, profile_to: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling ``pid`` into ``profile_to`` for ``--profile-s`` (None: no profile). It starts with
+    the 2 s warm pass and ends inside the measured run when profile_s < run_s + 2. With ``--profile-gil``
+    only samples taken while a thread holds the GIL are kept: Python's own work, no waiting."""
+    if profile_to is None:
+        return None
+    exe = _py_spy()
+    if exe is None:
+        raise SystemExit("--profile-s needs py-spy (pip install py-spy)")
+    return subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--duration", str(int(args.profile_s)), "--rate", str(PY_SPY_RATE),
+         "--format", "raw", "--full-filenames", "--output", str(profile_to), "--nonblocking",
+         *(["--gil"] if args.profile_gil else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _echo_row(args: argparse.Namespace, handoff: bool = False,
+              profile_to: Path | None = None) -> dict[str, Any]:
     port = free_port()
     echo = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_echo", "--serve-echo", str(port),
                              *(["--handoff"] if handoff else [])],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
-        return _measure(f"127.0.0.1:{port}", echo.pid, args.concurrency, args.processes, args.run_s,
-                        "hop" if handoff else "echo")
+        spy = _spy(args, echo.pid, profile_to)
+        row = _measure(f"127.0.0.1:{port}", echo.pid, args.concurrency, args.processes, args.run_s,
+                       "hop" if handoff else "echo")
+        if spy is not None:
+            spy.wait(timeout=args.profile_s + 60)
+        return row
     finally:
         echo.terminate()
         echo.wait(timeout=10)
@@ -94,17 +116,7 @@ def _null_row(args: argparse.Namespace, model: Path, name: str, cwd: Path,
               profile_to: Path | None) -> dict[str, Any]:
     with ServerProcess(model, FLAGS, cwd=cwd, isolated_env=True, metrics=False, http=False,
                        startup_timeout_s=120.0) as srv:
-        spy = None
-        if profile_to is not None:
-            exe = _py_spy()
-            if exe is None:
-                raise SystemExit("--profile-s needs py-spy (pip install py-spy)")
-            # Starts with the 2 s warm pass; ends inside the measured run when profile_s < run_s + 2.
-            spy = subprocess.Popen(
-                [exe, "record", "--pid", str(srv.pid), "--duration", str(int(args.profile_s)),
-                 "--rate", "250", "--format", "raw", "--full-filenames", "--output", str(profile_to),
-                 "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = _spy(args, srv.pid, profile_to)
         row = _measure(srv.target, srv.pid, args.concurrency, args.processes, args.run_s, name)
         if spy is not None:
             spy.wait(timeout=args.profile_s + 60)
@@ -127,11 +139,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rounds: list[dict[str, dict[str, Any]]] = []
     args.out.mkdir(parents=True, exist_ok=True)
     for r in range(args.rounds):
-        rows = {"echo": _echo_row(args), "hop": _echo_row(args, handoff=True)}
+        def profile_to(name: str, last: bool = r == args.rounds - 1) -> Path | None:
+            return args.out / f"profile_{name}.txt" if args.profile_s > 0 and last else None
+        rows = {"echo": _echo_row(args, profile_to=profile_to("echo")), "hop": _echo_row(args, handoff=True)}
         for name, cwd in configs:
-            profile_to = (args.out / f"profile_{name}.txt") if args.profile_s > 0 and r == args.rounds - 1 \
-                else None
-            rows[name] = _null_row(args, model, name, cwd, profile_to)
+            rows[name] = _null_row(args, model, name, cwd, profile_to(name))
         for name in ("hop", *(n for n, _ in configs)):
             rows[name]["over_echo"] = rows[name]["requests_per_s"] / rows["echo"]["requests_per_s"]
             rows[name]["added_cpu_ms_per_req"] = (rows[name]["server_cpu_ms_per_req"]
@@ -143,17 +155,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary[name] = {
             "requests_per_s": _summary([rd[name]["requests_per_s"] for rd in rounds]),
             "server_cpu_ms_per_req": _summary([rd[name]["server_cpu_ms_per_req"] for rd in rounds]),
+            "threads_cpu_ms_per_req": {group: _summary([rd[name]["threads_cpu_ms_per_req"][group]
+                                                        for rd in rounds]) for group in THREAD_GROUPS},
         }
         if name != "echo":
             summary[name]["over_echo"] = _summary([rd[name]["over_echo"] for rd in rounds])
             summary[name]["added_cpu_ms_per_req"] = _summary(
                 [rd[name]["added_cpu_ms_per_req"] for rd in rounds])
     profiles: dict[str, Any] = {}
-    for name, _ in configs:
+    for name in ("echo", *(n for n, _ in configs)):
         raw = args.out / f"profile_{name}.txt"
         if args.profile_s > 0 and raw.exists():
             text = raw.read_text(encoding="utf-8")
-            profiles[name] = {**summarise_profile(text, top=20), "inclusive": inclusive_profile(text)}
+            profiles[name] = {**summarise_profile(text, top=20), "inclusive": inclusive_profile(text),
+                              "gil_only": args.profile_gil}
+            if args.profile_gil:
+                # The share of the profile's time some thread held the GIL, and that time per request at the
+                # last round's rate (the profile spans the 2 s warm pass too: an estimate).
+                held = profiles[name]["samples"] / (PY_SPY_RATE * args.profile_s)
+                profiles[name]["gil_held_share"] = round(held, 3)
+                profiles[name]["gil_us_per_req"] = round(1e6 * held / rounds[-1][name]["requests_per_s"], 1)
             # py-spy's raw (collapsed stacks) output, kept compressed: `py-spy`-compatible after gunzip.
             (args.out / f"profile_{name}.txt.gz").write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
             raw.unlink()
@@ -162,6 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(["python -m benchmarks.lean_path", *sys.argv[1:]]),
         "machine": {**machine_description(), "cpu_flags": cpu_flags()},
         "settings": {"rounds": args.rounds, "run_s": args.run_s, "concurrency": args.concurrency,
+                     "profile_s": args.profile_s, "profile_gil": args.profile_gil,
                      "processes": args.processes, "server_flags": FLAGS, "main": args.main,
                      "clips": "short mix, raw f32 16 kHz (benchmarks.loadgen)", "quick": args.quick},
         "summary": summary,
@@ -222,10 +244,31 @@ def report(result: dict[str, Any]) -> str:
         for name, row in rows.items():
             lines.append(f"| {i} | {name} | {row['requests_per_s']:.0f} | "
                          f"{row['server_cpu_ms_per_req']:.3f} | {row['loadavg_1m']:.2f} |")
+    lines += ["", "The server's CPU per request by thread (`/proc/<pid>/task`; median over the rounds, ms): "
+              "the event loop runs gRPC's Python side and every handler; gRPC's C core moves the bytes; the "
+              "other Python threads are grpc.aio's completion-queue poller and, in hop and the null-model "
+              "rows, the worker or model-runner threads.", "",
+              f"| configuration | {' | '.join(THREAD_GROUPS)} | all threads |", "|---|---|---|---|---|"]
+    for name, row in s.items():
+        groups = row.get("threads_cpu_ms_per_req")
+        if groups:
+            lines.append(f"| {name} | " + " | ".join(cell(groups[g], ".3f") for g in THREAD_GROUPS)
+                         + f" | {cell(row['server_cpu_ms_per_req'], '.3f')} |")
     for name, prof in result["profiles"].items():
-        lines += ["", f"## py-spy profile: {name} ({prof['samples']} samples, `profile_{name}.txt.gz`)", "",
-                  "| area | self % |", "|---|---|"]
-        lines += [f"| {a['name']} | {a['self_pct']} |" for a in prof["by_area"][:10]]
+        kind = "GIL held only (`py-spy --gil`)" if prof.get("gil_only") else "all samples, idle included"
+        lines += ["", f"## py-spy profile: {name} ({prof['samples']} samples, {kind}, "
+                      f"`profile_{name}.txt.gz`)", ""]
+        per_req = prof.get("gil_us_per_req")
+        if per_req is not None:
+            lines += [f"A thread held the GIL {100 * prof['gil_held_share']:.0f} % of the profiled time: "
+                      f"about {per_req:.0f} µs of Python per request at this row's rate (the profile spans "
+                      "the 2 s warm pass too, so this is an estimate).", "",
+                      "| area | self % | ≈ µs per request |", "|---|---|---|"]
+            lines += [f"| {a['name']} | {a['self_pct']} | {a['self_pct'] * per_req / 100:.0f} |"
+                      for a in prof["by_area"][:10]]
+        else:
+            lines += ["| area | self % |", "|---|---|"]
+            lines += [f"| {a['name']} | {a['self_pct']} |" for a in prof["by_area"][:10]]
         lines += ["", "| function | inclusive % |", "|---|---|"]
         lines += [f"| {f['name']} | {f['total_pct']} |" for f in prof["inclusive"][:25]]
     return "\n".join(lines) + "\n"
@@ -273,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--profile-s", type=float, default=0.0,
                         help="py-spy the null-model servers of the last round for this many s (0: none)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="profile only while a thread holds the GIL (py-spy --gil): the Python work per "
+                             "request by area, in microseconds")
     parser.add_argument("--quick", action="store_true", help="one short round with few clients, no profile")
     args = parser.parse_args(argv)
     if args.quick:

@@ -392,6 +392,47 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Thread id -> (thread name, user + system CPU seconds so far) for every thread of a process, from
+    /proc/<pid>/task/<tid>/stat; threads that end while being read are left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+#: How ``thread_groups`` names a server's threads: its main thread runs the event loop; gRPC's C core names
+#: its own threads; the rest are Python threads (model runners, grpc.aio's completion-queue poller).
+THREAD_GROUPS = ("event loop thread", "gRPC core threads", "other Python threads")
+
+
+def thread_groups(pid: int, before: dict[int, tuple[str, float]],
+                  after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per group of ``THREAD_GROUPS`` between two ``thread_cpu_s`` readings of ``pid``."""
+    groups = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for tid, (name, cpu) in after.items():
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        if tid == pid:
+            groups[THREAD_GROUPS[0]] += used
+        elif name.startswith(("event_engine", "grpc")):
+            groups[THREAD_GROUPS[1]] += used
+        else:
+            groups[THREAD_GROUPS[2]] += used
+    return groups
+
+
 # ---------------------------------------------------------------------------------------------- results
 
 

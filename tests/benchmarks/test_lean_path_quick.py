@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import readme_tables
+from benchmarks import loadgen, readme_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +27,12 @@ def test_the_lean_path_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     for name, row in rows.items():
         assert row["ok"] > 0 and row["errors"] == 0, (name, row)
         assert row["server_cpu_ms_per_req"] > 0, (name, row)
+        # The CPU by thread is that same CPU split (ticks of 10 ms round each thread's share), the event loop
+        # thread's share never empty: every request's handler runs there.
+        groups = row["threads_cpu_ms_per_req"]
+        assert set(groups) == set(loadgen.THREAD_GROUPS) and min(groups.values()) >= 0, (name, groups)
+        assert groups["event loop thread"] > 0, (name, groups)
+        assert sum(groups.values()) == pytest.approx(row["server_cpu_ms_per_req"], rel=0.5), (name, row)
     this, echo, hop = rows["this"], rows["echo"], rows["hop"]
     assert this["over_echo"] == pytest.approx(this["requests_per_s"] / echo["requests_per_s"])
     assert hop["over_echo"] == pytest.approx(hop["requests_per_s"] / echo["requests_per_s"])
@@ -37,6 +43,7 @@ def test_the_lean_path_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert "cpu_flags" in data["machine"] and "command" in data
     report = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert "| this |" in report and "| echo |" in report and "| hop |" in report and "load 1 min" in report
+    assert "| configuration | event loop thread | gRPC core threads | other Python threads |" in report
     table = readme_tables.generic(tmp_path.parent, tmp_path.name)  # the README's table of this run
     assert table[0].startswith("**Lean request path")
     assert any(line.startswith("| null model, this checkout |") for line in table)

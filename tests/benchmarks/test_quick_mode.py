@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,28 @@ def test_length_mixes_are_seeded_and_bounded() -> None:
     assert min(short) >= 0.5 and max(short) <= 3.0
     clip = loadgen.speech_like(2.0, np.random.default_rng(0))
     assert clip.dtype == np.float32 and len(clip) == 32000 and 0.01 < float(np.abs(clip).max()) <= 1.0
+
+
+def test_thread_groups_put_each_threads_cpu_where_it_ran() -> None:
+    # A real child process: its main thread sleeps while a Python thread spins, so the CPU it used between
+    # two readings belongs to "other Python threads", none to the event loop thread.
+    busy = ("import threading, time\n"
+            "def spin():\n"
+            "    end = time.monotonic() + 30\n"
+            "    while time.monotonic() < end: pass\n"
+            "threading.Thread(target=spin, daemon=True).start()\n"
+            "print('up', flush=True)\n"
+            "time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", busy], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "up"
+        before = loadgen.thread_cpu_s(child.pid)
+        assert len(before) == 2 and child.pid in before
+        time.sleep(0.8)  # the child's thread spins meanwhile
+        groups = loadgen.thread_groups(child.pid, before, loadgen.thread_cpu_s(child.pid))
+    finally:
+        child.kill()
+        child.wait()
+    assert set(groups) == set(loadgen.THREAD_GROUPS)
+    assert groups["other Python threads"] >= 0.1
+    assert groups["event loop thread"] <= 0.02 and groups["gRPC core threads"] == 0.0
