@@ -101,11 +101,13 @@ def _measure(
 
     loadgen.closed_loop_processes(target, "short", "f32", 12, 0, concurrency, 2.0, processes)  # warm
     load = loadgen.load_average()[0]
-    cpu0, threads0 = loadgen.process_cpu_s(pid), loadgen.thread_cpu_s(pid)
+    cpu0, threads0, machine0 = loadgen.process_cpu_s(pid), loadgen.thread_cpu_s(pid), loadgen.machine_cpu_s()
     records, wall = loadgen.closed_loop_processes(
         target, "short", "f32", 12, 0, concurrency, run_s, processes
     )
     cpu = loadgen.process_cpu_s(pid) - cpu0
+    machine1 = loadgen.machine_cpu_s()
+    busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
     groups = loadgen.thread_groups(pid, threads0, loadgen.thread_cpu_s(pid))
     ok = sum(1 for r in records if r.code == "OK")
     row = {
@@ -117,6 +119,9 @@ def _measure(
         # The same CPU by thread (loadgen.THREAD_GROUPS): whose work each request's CPU is.
         "threads_cpu_ms_per_req": {k: 1e3 * v / ok if ok else float("nan") for k, v in groups.items()},
         "loadavg_1m": round(load, 2),
+        # The share of all the machine's cores busy during the run (server, clients and anything else): near
+        # 1, the machine is the limit; well below, something in the server is.
+        "machine_busy_share": round(busy / total, 3) if total > 0 else float("nan"),
     }
     print(json.dumps(row), flush=True)
     return row

@@ -237,13 +237,17 @@ def report(result: dict[str, Any]) -> str:
         per = f"{statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f})"
         lines += ["", f"This checkout against main in the same round: requests/s × {rps}, "
                       f"server CPU per request × {per}."]
-    lines += ["", "Every row, with the 1-minute load average just before it:", "",
-              "| round | configuration | requests/s | server CPU ms/request | load 1 min |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Every row, with the share of the machine's cores busy during it (`/proc/stat`: server, "
+              "clients and anything else; near 100 % the machine is the limit, well below it something in "
+              "one process is) and the 1-minute load average just before it:", "",
+              "| round | configuration | requests/s | server CPU ms/request | machine busy | load 1 min |",
+              "|---|---|---|---|---|---|"]
     for i, rows in enumerate(result["rounds"], 1):
         for name, row in rows.items():
+            busy = row.get("machine_busy_share")
             lines.append(f"| {i} | {name} | {row['requests_per_s']:.0f} | "
-                         f"{row['server_cpu_ms_per_req']:.3f} | {row['loadavg_1m']:.2f} |")
+                         f"{row['server_cpu_ms_per_req']:.3f} | "
+                         f"{'–' if busy is None else f'{100 * busy:.0f} %'} | {row['loadavg_1m']:.2f} |")
     lines += ["", "The server's CPU per request by thread (`/proc/<pid>/task`; median over the rounds, ms): "
               "the event loop runs gRPC's Python side and every handler; gRPC's C core moves the bytes; the "
               "other Python threads are grpc.aio's completion-queue poller and, in hop and the null-model "
@@ -298,10 +302,12 @@ def readme_table(result: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for name, row in s.items():
         over = cell(row["over_echo"], ".2f") if "over_echo" in row else "1"
+        loop = row.get("threads_cpu_ms_per_req", {}).get(THREAD_GROUPS[0])
         rows.append([names.get(name, name), cell(row["requests_per_s"], ".0f"),
-                     cell(row["server_cpu_ms_per_req"], ".3f"), over])
+                     cell(row["server_cpu_ms_per_req"], ".3f"), cell(loop, ".3f") if loop else "–", over])
     return {"title": "Lean request path: null model against a bare grpc.aio echo server", "text": text,
-            "header": ["configuration", "requests/s", "server CPU ms/request", "x echo (same round)"],
+            "header": ["configuration", "requests/s", "server CPU ms/request",
+                       "of which the event loop thread", "x echo (same round)"],
             "rows": rows}
 
 

@@ -32,6 +32,7 @@ def test_the_lean_path_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         groups = row["threads_cpu_ms_per_req"]
         assert set(groups) == set(loadgen.THREAD_GROUPS) and min(groups.values()) >= 0, (name, groups)
         assert groups["event loop thread"] > 0, (name, groups)
+        assert 0 < row["machine_busy_share"] <= 1, (name, row)
         assert sum(groups.values()) == pytest.approx(row["server_cpu_ms_per_req"], rel=0.5), (name, row)
     this, echo, hop = rows["this"], rows["echo"], rows["hop"]
     assert this["over_echo"] == pytest.approx(this["requests_per_s"] / echo["requests_per_s"])
