@@ -2,7 +2,7 @@
 before (another checkout's code, ``--main``) and after (this checkout), in one run.
 
     python -m benchmarks.lean_path --main /work/main --out benchmarks/results/lean_path \\
-        [--rounds 3] [--run-s 8] [--concurrency 64] [--processes 2] [--profile-s 6]
+        [--rounds 3] [--run-s 8] [--concurrency 64] [--processes 2] [--profile-s 6 [--profile-gil]]
 
 Rows, interleaved ``--rounds`` times so that a shared machine's drifting load spreads over all of them:
 
@@ -17,11 +17,14 @@ Rows, interleaved ``--rounds`` times so that a shared machine's drifting load sp
 Every row is the same closed loop as ``benchmarks.grpc_echo`` (``--concurrency`` clients over ``--processes``
 client processes, short raw f32 clips, a 2 s warm pass first) and records requests/s, the server's CPU ms per
 request (``/proc/<pid>/stat``) and the 1-minute load average before it. The summary is the median with
-min–max per configuration and each null-model row over the echo row of its round. ``--profile-s N`` samples
-the null-model servers of the last round with py-spy (``/tmp/ci/base/.venv/bin/py-spy`` or ``py-spy`` on
-PATH; not a project dependency) and writes the raw collapsed stacks and a summary (self and inclusive time
-per function and per area) for before and after. ``--quick``: one short round, few clients, no profile
-(checks the harness; its numbers mean nothing).
+min–max per configuration and each null-model row over the echo row of its round. Each row also splits the
+server's CPU by thread (its event loop thread, gRPC's C-core threads, other Python threads) and records the
+share of the machine's cores busy during it: near 100 % the machine is the limit, well below one thread is.
+``--profile-s N`` samples the echo and null-model servers of the last round with py-spy
+(``/tmp/ci/base/.venv/bin/py-spy`` or ``py-spy`` on PATH; not a project dependency) and writes the raw
+collapsed stacks and a summary (self and inclusive time per function and per area); ``--profile-gil`` keeps
+only the samples taken while the GIL is held and gives the Python time per request by area. ``--quick``: one
+short round, few clients, no profile (checks the harness; its numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -295,6 +298,9 @@ def readme_table(result: dict[str, Any]) -> dict[str, Any]:
         text += (f". The 1-minute load was above the {cores} cores (the benchmark's own server and two "
                  "client processes make ~3): requests/s and their ratios move with it; server CPU per "
                  "request is the steadier figure.")
+    text += (". Where each request's CPU goes, and why the null model cannot reach 0.8 x the echo with a "
+             "Python front end on these cores: [benchmarks/README.md](benchmarks/README.md#the-lean-request-"
+             "path-where-a-requests-cpu-goes-issue-24-2026-12-08).")
     names = {"echo": "bare grpc.aio echo server",
              "hop": "echo + a batched hand-off to a worker thread and back (no model)",
              "main": "null model, before the lean path (--main)",
