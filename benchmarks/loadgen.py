@@ -381,35 +381,38 @@ class RssSampler:
         self._sample()
 
 
+def _stat_cpu_s(path: str) -> tuple[str, float] | None:
+    """(name, user + system CPU seconds) from a /proc ``stat`` file (a process's or one of its threads');
+    None when it cannot be read (the process or thread has ended)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1:text.rindex(")")]
+    # Fields after the command name: state is [0], utime [11], stime [12] (in clock ticks).
+    fields = text.rsplit(")", 1)[1].split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds used so far by a process (all its threads), from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    # Fields after the command name: state is [0], utime [11], stime [12] (in clock ticks).
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = _stat_cpu_s(f"/proc/{pid}/stat")
+    return float("nan") if stat is None else stat[1]
 
 
 def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
     """Thread id -> (thread name, user + system CPU seconds so far) for every thread of a process, from
     /proc/<pid>/task/<tid>/stat; threads that end while being read are left out."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        stat = _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
+        if stat is not None:
+            out[int(tid)] = stat
     return out
 
 
