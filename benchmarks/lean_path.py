@@ -80,20 +80,26 @@ def inclusive_profile(collapsed: str, top: int = 25) -> list[dict[str, Any]]:
     return [{"name": k, "total_pct": round(100 * v / max(total, 1), 1)} for k, v in counts.most_common(top)]
 
 
-def _spy(args: argparse.Namespace, pid: int, profile_to: Path | None) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling ``pid`` into ``profile_to`` for ``--profile-s`` (None: no profile). It starts with
-    the 2 s warm pass and ends inside the measured run when profile_s < run_s + 2. With ``--profile-gil``
-    only samples taken while a thread holds the GIL are kept: Python's own work, no waiting."""
-    if profile_to is None:
-        return None
-    exe = _py_spy()
-    if exe is None:
-        raise SystemExit("--profile-s needs py-spy (pip install py-spy)")
-    return subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--duration", str(int(args.profile_s)), "--rate", str(PY_SPY_RATE),
-         "--format", "raw", "--full-filenames", "--output", str(profile_to), "--nonblocking",
-         *(["--gil"] if args.profile_gil else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _profiled_measure(args: argparse.Namespace, target: str, pid: int, label: str,
+                      profile_to: Path | None) -> dict[str, Any]:
+    """``_measure``'s row for the server ``pid``, sampled by py-spy into ``profile_to`` meanwhile (None: no
+    profile). The profile starts with the 2 s warm pass and ends inside the measured run when profile_s <
+    run_s + 2. With ``--profile-gil`` only samples taken while a thread holds the GIL are kept: Python's own
+    work, no waiting."""
+    spy = None
+    if profile_to is not None:
+        exe = _py_spy()
+        if exe is None:
+            raise SystemExit("--profile-s needs py-spy (pip install py-spy)")
+        spy = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--duration", str(int(args.profile_s)), "--rate",
+             str(PY_SPY_RATE), "--format", "raw", "--full-filenames", "--output", str(profile_to),
+             "--nonblocking", *(["--gil"] if args.profile_gil else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    row = _measure(target, pid, args.concurrency, args.processes, args.run_s, label)
+    if spy is not None:
+        spy.wait(timeout=args.profile_s + 60)
+    return row
 
 
 def _echo_row(args: argparse.Namespace, handoff: bool = False,
@@ -104,12 +110,8 @@ def _echo_row(args: argparse.Namespace, handoff: bool = False,
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
-        spy = _spy(args, echo.pid, profile_to)
-        row = _measure(f"127.0.0.1:{port}", echo.pid, args.concurrency, args.processes, args.run_s,
-                       "hop" if handoff else "echo")
-        if spy is not None:
-            spy.wait(timeout=args.profile_s + 60)
-        return row
+        return _profiled_measure(args, f"127.0.0.1:{port}", echo.pid, "hop" if handoff else "echo",
+                                 profile_to)
     finally:
         echo.terminate()
         echo.wait(timeout=10)
@@ -119,11 +121,7 @@ def _null_row(args: argparse.Namespace, model: Path, name: str, cwd: Path,
               profile_to: Path | None) -> dict[str, Any]:
     with ServerProcess(model, FLAGS, cwd=cwd, isolated_env=True, metrics=False, http=False,
                        startup_timeout_s=120.0) as srv:
-        spy = _spy(args, srv.pid, profile_to)
-        row = _measure(srv.target, srv.pid, args.concurrency, args.processes, args.run_s, name)
-        if spy is not None:
-            spy.wait(timeout=args.profile_s + 60)
-    return row
+        return _profiled_measure(args, srv.target, srv.pid, name, profile_to)
 
 
 def _summary(values: Sequence[float]) -> dict[str, float]:
