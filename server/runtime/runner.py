@@ -212,7 +212,7 @@ class Runner:
                 narrows = [self._create(providers, narrow)[0] for _ in range(plan.narrow_sessions)]
             bound = int(self.options.side_by_side_audio_s * self.manifest.sample_rate_hz)
             self._widths = WidthPool(first, narrows, plan, max_side_by_side_samples=bound)
-            self._widths.on_wait = self._bound_waited
+            self._widths.on_wait = self.on_bound_wait
             shape = (f"adaptive: 1 x {plan.wide_threads} or {plan.narrow_sessions} x {plan.narrow_threads} "
                      "thread(s), one pre-packed copy of the weights")
         else:
@@ -296,10 +296,6 @@ class Runner:
         return self._precision
 
     # ------------------------------------------------------------------ running
-
-    def _bound_waited(self) -> None:
-        if self.on_bound_wait is not None:
-            self.on_bound_wait()
 
     def run(self, batch: Sequence[FloatArray]) -> list[ItemResult]:
         """Run 16 kHz mono float32 waveforms as one right-padded batch; blocking.
